@@ -1,0 +1,1 @@
+"""Freeze-SFT and evaluation recipes (installed as weightsurgeon.recipes); heavy optional deps."""

@@ -1,0 +1,68 @@
+"""Packaging for weightsurgeon.
+
+The top-level folders ``kernels/`` and ``recipes/`` install as
+``weightsurgeon.kernels`` and ``weightsurgeon.recipes``: a top-level module named
+``kernels`` would shadow the Hugging Face package that transformers probes for.
+"""
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+
+
+def read_version() -> str:
+    """Single source of truth: weightsurgeon/_version.py (no hard-coded copies)."""
+    namespace: dict[str, str] = {}
+    exec((HERE / "weightsurgeon" / "_version.py").read_text(), namespace)
+    return namespace["__version__"]
+
+
+CORE = [
+    "safetensors>=0.4",
+    "numpy>=1.24",
+    "numba>=0.59",
+    "click>=8.1",
+    "rich>=13",
+    "huggingface_hub>=0.23",
+    "matplotlib>=3.7",
+    "pyyaml>=6",
+]
+TORCH = "torch>=2.4"
+TRAIN = [TORCH, "transformers>=4.56", "accelerate>=1.0", "trl>=0.24", "datasets>=3.0", "deepspeed>=0.19.3"]
+EVAL = [TORCH, "transformers>=4.56", "datasets>=3.0", "lm-eval>=0.4.8", "math-verify>=0.8"]
+TEST = sorted(set(["pytest>=8", "hypothesis>=6", "psutil>=5"] + TRAIN + EVAL))
+
+setup(
+    name="weightsurgeon",
+    version=read_version(),
+    description="Streaming weight surgery for LLM checkpoints: diff, splice, zero, reinit, remove; freeze-SFT and eval recipes",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=[
+        "weightsurgeon",
+        "weightsurgeon.commands",
+        "weightsurgeon.report",
+        "weightsurgeon.kernels",
+        "weightsurgeon.recipes",
+        "weightsurgeon.recipes.configs",
+    ],
+    package_dir={
+        "weightsurgeon": "weightsurgeon",
+        "weightsurgeon.kernels": "kernels",
+        "weightsurgeon.recipes": "recipes",
+        "weightsurgeon.recipes.configs": "recipes/configs",
+    },
+    package_data={"weightsurgeon.recipes.configs": ["*.yaml"]},
+    install_requires=CORE,
+    extras_require={
+        "train": TRAIN,
+        "eval": EVAL,
+        # vLLM pins its own torch and transformers: never part of `all` or `test`.
+        "vllm": ["vllm"],
+        "test": TEST,
+        "all": sorted(set(TRAIN + EVAL)),
+    },
+    entry_points={"console_scripts": ["surgeon=weightsurgeon.cli:main"]},
+)

@@ -1,0 +1,4 @@
+"""`python -m weightsurgeon` == `surgeon`."""
+from weightsurgeon.cli import main
+
+main()

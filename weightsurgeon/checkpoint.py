@@ -1,0 +1,365 @@
+"""Open a checkpoint: resolve the source, validate every header and the index, read in chunks.
+
+Validation happens once, here, at the boundary (the safetensors habit): what leaves this
+module is a `Checkpoint` of immutable `TensorInfo` records that the rest of the engine
+trusts. Tensor bytes are read only on demand, in bounded chunks, into buffers the caller
+reuses, so reading a 2.5 GB embedding costs one chunk of memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from weightsurgeon.errors import SurgeonError
+from weightsurgeon.format import ShardHeader, itemsize, parse_header, storage_dtype
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Metadata of one stored tensor; no data. ``begin``/``end`` are absolute file offsets."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    begin: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+    @property
+    def itemsize(self) -> int:
+        return itemsize(self.dtype)
+
+
+@dataclass
+class Checkpoint:
+    """A validated set of safetensors shards plus the JSON files beside them."""
+
+    source: str
+    root: Path | None
+    shards: tuple[ShardHeader, ...]
+    tensors: dict[str, TensorInfo]
+    config: dict | None
+    index: dict | None
+    warnings: list[str] = field(default_factory=list)
+    surgeon: dict | None = None
+    _fds: dict[Path, int] = field(default_factory=dict, repr=False)
+
+    # -- container protocol -------------------------------------------------------------
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors
+
+    def __getitem__(self, name: str) -> TensorInfo:
+        return self.tensors[name]
+
+    def __iter__(self) -> Iterator[TensorInfo]:
+        return iter(self.tensors.values())
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def files(self) -> list[Path]:
+        return [s.path for s in self.shards]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    @property
+    def is_partial(self) -> bool:
+        """True for a folder written by ``surgeon extract`` (it holds only some tensors)."""
+        return bool(self.surgeon and self.surgeon.get("partial"))
+
+    @property
+    def text_config(self) -> dict:
+        """The language model's config: ``text_config`` of multimodal models, else the config."""
+        cfg = self.config or {}
+        inner = cfg.get("text_config")
+        return inner if isinstance(inner, dict) else cfg
+
+    def header_digest(self, shard: ShardHeader) -> str:
+        """sha256 of a shard's header bytes: identifies the checkpoint without hashing GBs."""
+        with open(shard.path, "rb") as f:
+            return hashlib.sha256(f.read(shard.data_start)).hexdigest()
+
+    # -- reading --------------------------------------------------------------------------
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise SurgeonError(f"{path}: cannot open: {e.strerror}") from e
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            self._fds[path] = fd
+        return fd
+
+    def read_into(self, info: TensorInfo, offset: int, out: memoryview | bytearray | np.ndarray) -> None:
+        """Fill ``out`` with the tensor's bytes starting ``offset`` bytes into the tensor."""
+        view = memoryview(out).cast("B")
+        if offset < 0 or offset + len(view) > info.nbytes:
+            raise SurgeonError(f"internal: read of {len(view)} bytes at {offset} outside tensor {info.name!r}")
+        fd = self._fd(info.file)
+        pos = info.begin + offset
+        done = 0
+        while done < len(view):
+            try:
+                n = _pread_into(fd, view[done:], pos + done)
+            except OSError as e:
+                raise SurgeonError(f"{info.file}: read failed in tensor {info.name!r}: {e.strerror}") from e
+            if n == 0:
+                raise SurgeonError(f"{info.file}: file is shorter than its header says (truncated while reading {info.name!r})")
+            done += n
+
+    def iter_chunks(self, info: TensorInfo, chunk_bytes: int = DEFAULT_CHUNK_BYTES, buffer: bytearray | None = None) -> Iterator[np.ndarray]:
+        """Yield the tensor as 1-D arrays of its stored dtype (BF16 as uint16 bits).
+
+        Every chunk is a view of one reused buffer: consume it before asking for the next.
+        """
+        size = info.itemsize
+        step = max(size, chunk_bytes - chunk_bytes % size)
+        if buffer is None:
+            buffer = bytearray(min(step, max(info.nbytes, size)))
+        elif len(buffer) < size:
+            raise SurgeonError("internal: read buffer smaller than one element")
+        step = min(step, len(buffer) - len(buffer) % size)
+        dtype = storage_dtype(info.dtype)
+        offset = 0
+        while offset < info.nbytes:
+            n = min(step, info.nbytes - offset)
+            view = memoryview(buffer)[:n]
+            self.read_into(info, offset, view)
+            yield np.frombuffer(view, dtype=dtype)
+            offset += n
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        """The whole tensor, shaped, in its stored dtype. Memory = tensor size: for small tensors and tests."""
+        info = self.tensors[name]
+        out = np.empty(info.numel, dtype=storage_dtype(info.dtype))
+        if info.nbytes:
+            self.read_into(info, 0, out)
+        return out.reshape(info.shape)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _pread_into(fd: int, view: memoryview, pos: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], pos)
+    data = os.pread(fd, len(view), pos)  # portable fallback (allocates)
+    view[: len(data)] = data
+    return len(data)
+
+
+# ---------------------------------------------------------------------------------------
+# Opening
+# ---------------------------------------------------------------------------------------
+
+def open_checkpoint(source: str | os.PathLike) -> Checkpoint:
+    """Open a model directory, a single .safetensors file, or a Hub id already in the local cache."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_dir():
+            return _open_directory(text, path)
+        return _open_single_file(text, path)
+    if _HUB_ID.match(text) and not text.endswith((".safetensors", ".json")) and "/" in text:
+        return _open_directory(text, _resolve_hub_id(text))
+    raise SurgeonError(f"{text}: no such file or directory (and not a Hub id like 'Qwen/Qwen2.5-Math-1.5B')")
+
+
+def _resolve_hub_id(repo_id: str) -> Path:
+    """Find a Hub repo in the local cache, offline. Never downloads."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError as e:  # pragma: no cover - core dependency
+        raise SurgeonError("huggingface_hub is not installed: pass a local path instead of a Hub id") from e
+    try:
+        return Path(snapshot_download(repo_id=repo_id, local_files_only=True))
+    except LocalEntryNotFoundError as e:
+        raise SurgeonError(f"{repo_id}: not in the local Hugging Face cache; download it first with `hf download {repo_id}`") from e
+    except Exception as e:  # invalid ids and cache oddities: report, never crash
+        raise SurgeonError(f"{repo_id}: cannot resolve from the local Hugging Face cache ({type(e).__name__}: {str(e)[:120]})") from e
+
+
+def _open_single_file(text: str, path: Path) -> Checkpoint:
+    if path.suffix in PICKLE_SUFFIXES:
+        raise _pickle_error(path)
+    if path.name == INDEX_NAME:
+        return _open_directory(str(path.parent), path.parent)
+    header = parse_header(path)
+    _refuse_quantised(header)
+    root = path.parent
+    config = _read_json_if_present(root / "config.json") if (root / "config.json").exists() else None
+    ckpt = Checkpoint(source=text, root=None, shards=(header,), tensors=_tensor_infos([header]), config=config, index=None)
+    return ckpt
+
+
+def _open_directory(text: str, root: Path) -> Checkpoint:
+    warnings: list[str] = []
+    index_path = root / INDEX_NAME
+    index: dict | None = None
+    if index_path.exists():
+        index = _read_json_if_present(index_path)
+        shard_names = _validate_index(index_path, index)
+        files = [root / n for n in shard_names]
+        for f in files:
+            if not f.exists():
+                raise SurgeonError(f"{index_path}: names shard {f.name!r}, which does not exist")
+        listed = set(shard_names)
+        for extra in sorted(p.name for p in root.glob("*.safetensors")):
+            if extra not in listed and extra != "adapter_model.safetensors":
+                warnings.append(f"{root / extra}: not listed in {INDEX_NAME}; ignored")
+    elif (root / SINGLE_NAME).exists():
+        files = [root / SINGLE_NAME]
+    else:
+        files = sorted(p for p in root.glob("*.safetensors") if p.name != "adapter_model.safetensors")
+        if not files:
+            raise _empty_directory_error(root)
+    headers = []
+    for f in files:
+        if not f.is_file():
+            raise SurgeonError(f"{f}: is not a regular file")
+        headers.append(parse_header(f))
+    tensors = _tensor_infos(headers)
+    if index is not None:
+        _cross_check_index(index_path, index, headers, warnings)
+    for h in headers:
+        _refuse_quantised(h)
+    config = _read_json_if_present(root / "config.json")
+    if config is not None and not isinstance(config, dict):
+        raise SurgeonError(f"{root / 'config.json'}: must be a JSON object")
+    if isinstance(config, dict) and isinstance(config.get("quantization_config"), dict):
+        method = config["quantization_config"].get("quant_method", "unknown")
+        raise SurgeonError(f"{root}: quantized checkpoint (quantization_config: {method}); the engine works on plain float weights: dequantize it first")
+    surgeon = _read_json_if_present(root / "surgeon.json")
+    if surgeon is not None and not isinstance(surgeon, dict):
+        surgeon = None
+    return Checkpoint(source=text, root=root, shards=tuple(headers), tensors=tensors, config=config, index=index,
+                      warnings=warnings, surgeon=surgeon)
+
+
+def _tensor_infos(headers: list[ShardHeader]) -> dict[str, TensorInfo]:
+    tensors: dict[str, TensorInfo] = {}
+    for h in headers:
+        for e in h.tensors:
+            if e.name in tensors:
+                raise SurgeonError(f"tensor {e.name!r} is stored twice: in {tensors[e.name].file.name} and in {h.path.name}")
+            tensors[e.name] = TensorInfo(e.name, e.dtype, e.shape, h.path, e.begin, e.end)
+    return tensors
+
+
+def _read_json_if_present(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(64 * 1024 * 1024 + 1)
+        if len(raw) > 64 * 1024 * 1024:
+            raise SurgeonError(f"{path}: larger than 64 MB; not a checkpoint JSON file")
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise SurgeonError(f"{path}: not valid JSON ({str(e)[:100]})") from e
+    except OSError as e:
+        raise SurgeonError(f"{path}: cannot read: {e.strerror}") from e
+
+
+def _plain_file_name(name: object) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\x00" not in name and not os.path.isabs(name) and name.endswith(".safetensors"))
+
+
+def _validate_index(index_path: Path, index: object) -> list[str]:
+    """The index's shape and file names; returns shard names sorted (model-00001-of-N first)."""
+    if not isinstance(index, dict):
+        raise SurgeonError(f"{index_path}: must be a JSON object")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise SurgeonError(f"{index_path}: missing or empty 'weight_map'")
+    names: dict[str, None] = {}
+    for tensor, file in weight_map.items():
+        if not _plain_file_name(file):
+            raise SurgeonError(f"{index_path}: tensor {tensor[:80]!r} maps to {str(file)[:80]!r}, which is not a plain .safetensors file name inside the model directory")
+        names.setdefault(file, None)
+    return sorted(names)
+
+
+def _cross_check_index(index_path: Path, index: dict, headers: list[ShardHeader], warnings: list[str]) -> None:
+    where: dict[str, str] = {}
+    for h in headers:
+        for e in h.tensors:
+            where[e.name] = h.path.name
+    for tensor, file in index["weight_map"].items():
+        actual = where.get(tensor)
+        if actual is None:
+            raise SurgeonError(f"{index_path}: lists tensor {tensor[:80]!r} in {file}, but no shard contains it")
+        if actual != file:
+            raise SurgeonError(f"{index_path}: lists tensor {tensor[:80]!r} in {file}, but it is stored in {actual}")
+    unlisted = [n for n in where if n not in index["weight_map"]]
+    if unlisted:
+        warnings.append(f"{index_path}: {len(unlisted)} tensor(s) in shards are not in the weight_map (e.g. {unlisted[0]!r}); transformers would ignore them")
+    total = index.get("metadata", {}).get("total_size") if isinstance(index.get("metadata"), dict) else None
+    actual_total = sum(e.nbytes for h in headers for e in h.tensors)
+    if isinstance(total, int) and total != actual_total:
+        warnings.append(f"{index_path}: metadata.total_size is {total} but the tensors hold {actual_total} bytes")
+
+
+def _refuse_quantised(header: ShardHeader) -> None:
+    for e in header.tensors:
+        if e.name.endswith((".qweight", ".qzeros", ".g_idx")):
+            raise SurgeonError(f"{header.path}: GPTQ/AWQ-quantized weights ({e.name}); the engine works on plain float weights: use the unquantized model")
+        if e.name.endswith((".weight_scale_inv", ".weight_scale")):
+            raise SurgeonError(f"{header.path}: FP8 block-quantized weights ({e.name}); the engine works on plain float weights: use the bf16 release of the model")
+        if e.name.endswith((".absmax", ".quant_map", ".quant_state.bitsandbytes__nf4", ".SCB")):
+            raise SurgeonError(f"{header.path}: bitsandbytes-quantized weights ({e.name}); use the unquantized model")
+
+
+def _pickle_error(path: Path) -> SurgeonError:
+    return SurgeonError(
+        f"{path}: pickle checkpoints are never opened (they can run code); convert to safetensors first, e.g. "
+        "`python -c \"from transformers import AutoModelForCausalLM as M; M.from_pretrained('IN').save_pretrained('OUT')\"` in a trusted environment"
+    )
+
+
+def _empty_directory_error(root: Path) -> SurgeonError:
+    if (root / "adapter_model.safetensors").exists() or (root / "adapter_config.json").exists():
+        return SurgeonError(f"{root}: a LoRA/PEFT adapter (adapter_model.safetensors), not a full model; merge it into its base first (peft: merge_and_unload) and save with safetensors")
+    pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES) if root.is_dir() else []
+    if pickles:
+        return _pickle_error(root / pickles[0])
+    return SurgeonError(f"{root}: no .safetensors files found")

@@ -1,0 +1,101 @@
+"""The `surgeon` command: a click group whose subcommands load lazily, and the error contract.
+
+Subcommands live in ``weightsurgeon/commands/<family>.py`` and are imported only when
+invoked (or listed by --help), so `surgeon --help` never imports numba, torch,
+transformers or matplotlib. Errors are handled here, once: a `SurgeonError` becomes one
+``error: ...`` line on stderr and exit code 1; ``--debug`` shows the traceback; usage
+errors keep click's exit code 2.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from weightsurgeon._version import __version__
+from weightsurgeon.errors import SurgeonError
+
+# name -> "module:attribute" of a click command.
+COMMANDS: dict[str, str] = {
+    "inspect": "weightsurgeon.commands.inspect:inspect_cmd",
+    "verify": "weightsurgeon.commands.inspect:verify_cmd",
+    "demo": "weightsurgeon.commands.demo:demo_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when that subcommand is needed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return super().get_command(ctx, name)
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="surgeon")
+@click.option("--debug", is_flag=True, envvar="SURGEON_DEBUG", help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Streaming weight surgery for LLM checkpoints: which weights changed, and what do they do?
+
+    \b
+    Delta:        surgeon diff BASE TUNED -o report/
+    Merge:        surgeon splice BASE DONOR --take o_proj -o merged/
+    Destruction:  surgeon zero|reinit MODEL --module o_proj --layers 5-30 -o out/; surgeon remove MODEL --layers 5-30 -o out/
+    Freeze:       surgeon train CONFIG.yaml; surgeon eval MODEL --tasks aime24,math500,gpqa_diamond
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the group and apply the error contract."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("SURGEON_DEBUG"))
+    try:
+        rv = cli.main(args=argv, prog_name="surgeon", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        sys.exit(1)
+    except click.ClickException as e:  # usage errors: click's own message and exit code (2)
+        e.show()
+        sys.exit(e.exit_code)
+    except SurgeonError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        click.echo("error: interrupted", err=True)
+        sys.exit(1)
+    except BrokenPipeError:
+        sys.stderr.close()  # `surgeon ... | head`: not an error of ours
+        sys.exit(0)
+    except MemoryError:
+        click.echo("error: out of memory", err=True)
+        sys.exit(1)
+    except OSError as e:
+        if debug:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        click.echo(f"error: {where}{e.strerror or e}", err=True)
+        sys.exit(1)
+    except Exception as e:  # a bug of ours: still one line, with a hint to --debug
+        if debug:
+            raise
+        click.echo(f"error: internal error ({type(e).__name__}: {str(e)[:200]}); rerun with --debug for the traceback", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,152 @@
+"""`surgeon inspect` and `surgeon verify`: what a checkpoint holds, and whether it is sound."""
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+
+import click
+
+from weightsurgeon.checkpoint import Checkpoint, open_checkpoint
+from weightsurgeon.layout import layout_of
+from weightsurgeon.output import emit_json, print_warnings, stdout_console
+
+
+def describe(ckpt: Checkpoint, per_layer: bool = False) -> dict:
+    """The machine-readable inspection of a checkpoint (what `inspect --json` prints)."""
+    layout = layout_of(ckpt.tensors, ckpt.config)
+    cfg = ckpt.text_config
+    params_by_group: Counter = Counter()
+    bytes_by_dtype: Counter = Counter()
+    tensors_by_dtype: Counter = Counter()
+    layers: dict[int, Counter] = defaultdict(Counter)
+    for info in ckpt:
+        loc = layout.locations[info.name]
+        params_by_group[loc.group] += info.numel
+        bytes_by_dtype[info.dtype] += info.nbytes
+        tensors_by_dtype[info.dtype] += 1
+        if loc.layer is not None:
+            layers[loc.layer][loc.module] += info.numel
+    shards = [{"file": s.path.name, "bytes": s.file_size, "tensors": len(s.tensors)} for s in ckpt.shards]
+    out = {
+        "source": ckpt.source,
+        "path": str(ckpt.root) if ckpt.root else str(ckpt.files[0]),
+        "architecture": ((ckpt.config or {}).get("architectures") or [None])[0],
+        "model_type": (ckpt.config or {}).get("model_type"),
+        "num_layers": layout.num_layers,
+        "hidden_size": cfg.get("hidden_size"),
+        "vocab_size": cfg.get("vocab_size"),
+        "tied_embeddings": layout.tied_embeddings,
+        "partial": ckpt.is_partial,
+        "num_tensors": len(ckpt),
+        "num_parameters": sum(params_by_group.values()),
+        "total_bytes": ckpt.total_bytes,
+        "dtypes": {d: {"tensors": tensors_by_dtype[d], "bytes": bytes_by_dtype[d]} for d in sorted(bytes_by_dtype)},
+        "parameters_by_group": dict(sorted(params_by_group.items(), key=lambda kv: -kv[1])),
+        "modules": layout.modules_present(),
+        "shards": shards,
+        "other": list(layout.other),
+        "warnings": list(ckpt.warnings),
+    }
+    if per_layer:
+        out["parameters_by_layer"] = {str(l): dict(sorted(c.items())) for l, c in sorted(layers.items())}
+    return out
+
+
+def _human(n: float, unit: str = "B") -> str:
+    for prefix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000 or prefix == "T":
+            return f"{n:.1f} {prefix}{unit}" if prefix else f"{int(n)} {unit}"
+        n /= 1000
+    return f"{n} {unit}"
+
+
+def _count(n: int) -> str:
+    return _human(n, "").strip()
+
+
+@click.command("inspect")
+@click.argument("model")
+@click.option("-v", "--verbose", is_flag=True, help="Also list parameters per layer and module.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")
+def inspect_cmd(model: str, verbose: bool, as_json: bool) -> None:
+    """Show a checkpoint's architecture, layers, dtypes, parameters per module group and shards."""
+    with open_checkpoint(model) as ckpt:
+        info = describe(ckpt, per_layer=verbose)
+    print_warnings(info["warnings"] + ([f"{len(info['other'])} tensor name(s) reported as 'other' (e.g. {info['other'][0]!r})"] if info["other"] else []))
+    if as_json:
+        emit_json(info)
+        return
+    from rich.table import Table
+
+    console = stdout_console()
+    title = f"{info['path']}  ({info['architecture'] or info['model_type'] or 'unknown architecture'})"
+    summary = Table(title=title, show_header=False, box=None)
+    summary.add_row("layers", str(info["num_layers"]))
+    summary.add_row("hidden size", str(info["hidden_size"]))
+    summary.add_row("vocab size", str(info["vocab_size"]))
+    summary.add_row("parameters", f"{_count(info['num_parameters'])} ({info['num_parameters']:,})")
+    summary.add_row("size", _human(info["total_bytes"]))
+    summary.add_row("dtypes", ", ".join(f"{d} ({v['tensors']} tensors)" for d, v in info["dtypes"].items()))
+    summary.add_row("tied embeddings", "yes" if info["tied_embeddings"] else "no")
+    if info["partial"]:
+        summary.add_row("partial", "yes (written by surgeon extract)")
+    console.print(summary)
+    groups = Table(title="parameters by module group")
+    groups.add_column("group")
+    groups.add_column("parameters", justify="right")
+    groups.add_column("share", justify="right")
+    total = max(info["num_parameters"], 1)
+    for group, n in info["parameters_by_group"].items():
+        groups.add_row(group, f"{n:,}", f"{100 * n / total:.2f}%")
+    console.print(groups)
+    shards = Table(title=f"{len(info['shards'])} shard(s)")
+    shards.add_column("file")
+    shards.add_column("tensors", justify="right")
+    shards.add_column("size", justify="right")
+    for s in info["shards"]:
+        shards.add_row(s["file"], str(s["tensors"]), _human(s["bytes"]))
+    console.print(shards)
+    if verbose and info.get("parameters_by_layer"):
+        modules = sorted({m for c in info["parameters_by_layer"].values() for m in c})
+        per_layer = Table(title="parameters per layer")
+        per_layer.add_column("layer", justify="right")
+        for m in modules:
+            per_layer.add_column(m, justify="right")
+        for layer, counts in info["parameters_by_layer"].items():
+            per_layer.add_row(layer, *[f"{counts.get(m, 0):,}" for m in modules])
+        console.print(per_layer)
+    if info["other"]:
+        console.print(f"other: {', '.join(info['other'][:10])}{' ...' if len(info['other']) > 10 else ''}")
+
+
+@click.command("verify")
+@click.argument("model")
+@click.option("--deep", is_flag=True, help="Also scan every tensor for NaN/Inf (reads all bytes, bounded memory).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def verify_cmd(model: str, deep: bool, as_json: bool, quiet: bool) -> None:
+    """Check a checkpoint: headers, index, config against tensors; --deep scans values. Exit 0 if valid."""
+    from weightsurgeon.progress import ByteProgress
+    from weightsurgeon.verify import verify_checkpoint
+
+    with open_checkpoint(model) as ckpt:
+        with ByteProgress(ckpt.total_bytes if deep else 0, "scanning", quiet=quiet or not deep) as progress:
+            result = verify_checkpoint(ckpt, deep=deep, progress=progress)
+        print_warnings(result.warnings)
+        summary = {
+            "path": str(ckpt.root or ckpt.files[0]),
+            "valid": True,
+            "partial": ckpt.is_partial,
+            "shards": len(ckpt.shards),
+            "tensors": len(ckpt),
+            "bytes": ckpt.total_bytes,
+            "deep": deep,
+            "warnings": result.warnings,
+        }
+    if as_json:
+        emit_json(summary)
+    else:
+        kind = "partial checkpoint" if summary["partial"] else "checkpoint"
+        scanned = ", every value finite" if deep else ""
+        click.echo(f"ok: {summary['path']}: valid {kind}, {summary['tensors']} tensors in {summary['shards']} shard(s), "
+                   f"{_human(summary['bytes'])}{scanned}")

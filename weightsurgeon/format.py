@@ -1,0 +1,251 @@
+"""The safetensors file format: dtype table, strict header parsing, header building.
+
+One place knows the format's rules, so the reader (checkpoint.py), the writer
+(writer.py) and the synthetic generator (synth.py) cannot disagree. Parsing follows the
+rules of huggingface/safetensors and is stricter where the library is lenient (identical
+duplicate names are refused, the data section must end exactly at the end of the file).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from weightsurgeon.errors import SurgeonError
+
+MAX_HEADER_BYTES = 100_000_000
+HEADER_ALIGN = 8
+
+# safetensors dtype name -> (bytes per element, numpy dtype of the *stored* representation).
+# BF16 and FP8 have no numpy dtype: they are read as raw bit patterns.
+DTYPES: dict[str, tuple[int, np.dtype]] = {
+    "BOOL": (1, np.dtype(np.bool_)),
+    "U8": (1, np.dtype(np.uint8)),
+    "I8": (1, np.dtype(np.int8)),
+    "F8_E4M3": (1, np.dtype(np.uint8)),
+    "F8_E5M2": (1, np.dtype(np.uint8)),
+    "F8_E8M0": (1, np.dtype(np.uint8)),
+    "I16": (2, np.dtype("<i2")),
+    "U16": (2, np.dtype("<u2")),
+    "F16": (2, np.dtype("<f2")),
+    "BF16": (2, np.dtype("<u2")),
+    "I32": (4, np.dtype("<i4")),
+    "U32": (4, np.dtype("<u4")),
+    "F32": (4, np.dtype("<f4")),
+    "F64": (8, np.dtype("<f8")),
+    "I64": (8, np.dtype("<i8")),
+    "U64": (8, np.dtype("<u8")),
+}
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
+
+# numpy / torch-style names users may type (--cast) -> safetensors names.
+DTYPE_ALIASES = {
+    "bf16": "BF16", "bfloat16": "BF16", "f16": "F16", "fp16": "F16", "float16": "F16", "half": "F16",
+    "f32": "F32", "fp32": "F32", "float32": "F32", "float": "F32", "f64": "F64", "float64": "F64",
+}
+
+
+def normalize_dtype(name: str) -> str:
+    """Accept 'bf16', 'float32', 'F32' ... and return the safetensors name."""
+    if name in DTYPES:
+        return name
+    alias = DTYPE_ALIASES.get(name.lower())
+    if alias is None:
+        raise SurgeonError(f"unknown dtype {name!r} (use one of {', '.join(sorted(DTYPE_ALIASES))})")
+    return alias
+
+
+def itemsize(dtype: str) -> int:
+    return DTYPES[dtype][0]
+
+
+def storage_dtype(dtype: str) -> np.dtype:
+    return DTYPES[dtype][1]
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of one file, as its header declares it. Offsets are absolute in the file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class ShardHeader:
+    """A validated header: tensors in on-disk order, metadata, where data starts."""
+
+    path: Path
+    file_size: int
+    data_start: int
+    metadata: dict[str, str]
+    tensors: tuple[TensorEntry, ...]
+
+
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _Duplicate(key)
+        seen[key] = value
+    return seen
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _reject_constant(token: str) -> float:
+    raise ValueError(f"non-standard JSON constant {token}")
+
+
+def parse_header(path: Path) -> ShardHeader:
+    """Read and validate one .safetensors file's header without reading tensor data."""
+    where = str(path)
+    try:
+        with open(path, "rb") as f:
+            file_size = _file_size(f)
+            if file_size < 8:
+                raise SurgeonError(f"{where}: not a safetensors file (only {file_size} bytes; need an 8-byte header length)")
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > MAX_HEADER_BYTES:
+                raise SurgeonError(f"{where}: header length {header_len} exceeds the 100 MB limit (corrupt or not safetensors)")
+            if 8 + header_len > file_size:
+                raise SurgeonError(f"{where}: header length {header_len} runs past the end of the file ({file_size} bytes): truncated or corrupt")
+            raw = f.read(header_len)
+    except OSError as e:
+        raise SurgeonError(f"{where}: cannot read: {e.strerror or e}") from e
+    if len(raw) != header_len:
+        raise SurgeonError(f"{where}: file shrank while reading its header")
+    return _validate_header(path, raw, file_size)
+
+
+def _file_size(f) -> int:
+    import os
+
+    return os.fstat(f.fileno()).st_size
+
+
+def _validate_header(path: Path, raw: bytes, file_size: int) -> ShardHeader:
+    where = str(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SurgeonError(f"{where}: header is not valid UTF-8 (byte {e.start})") from e
+    try:
+        obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    except _Duplicate as e:
+        raise SurgeonError(f"{where}: header names {str(e.args[0])[:80]!r} twice") from e
+    except (ValueError, RecursionError) as e:
+        raise SurgeonError(f"{where}: header is not valid JSON ({str(e)[:120]})") from e
+    if not isinstance(obj, dict):
+        raise SurgeonError(f"{where}: header must be a JSON object, got {type(obj).__name__}")
+
+    metadata = obj.pop("__metadata__", {})
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise SurgeonError(f"{where}: __metadata__ must map strings to strings")
+
+    data_start = 8 + len(raw)
+    data_size = file_size - data_start
+    entries: list[TensorEntry] = []
+    for name, spec in obj.items():
+        entries.append(_validate_entry(where, name, spec, data_start, data_size))
+    entries.sort(key=lambda e: (e.begin, e.end))
+
+    cursor = data_start
+    for e in entries:
+        if e.begin != cursor:
+            if e.begin < cursor:
+                raise SurgeonError(f"{where}: tensor {e.name!r} overlaps the previous tensor's bytes")
+            raise SurgeonError(f"{where}: gap of {e.begin - cursor} bytes before tensor {e.name!r} (offsets must be contiguous)")
+        cursor = e.end
+    if cursor != file_size:
+        if cursor < file_size:
+            raise SurgeonError(f"{where}: {file_size - cursor} trailing bytes after the last tensor (data section must end at end of file)")
+        raise SurgeonError(f"{where}: truncated: tensors need {cursor - data_start} data bytes, file has {data_size}")
+    return ShardHeader(path=path, file_size=file_size, data_start=data_start, metadata=dict(metadata), tensors=tuple(entries))
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _validate_entry(where: str, name: str, spec: object, data_start: int, data_size: int) -> TensorEntry:
+    shown = name if len(name) <= 120 else name[:117] + "..."
+    if not name:
+        raise SurgeonError(f"{where}: a tensor has an empty name")
+    if not isinstance(spec, dict):
+        raise SurgeonError(f"{where}: tensor {shown!r}: entry must be an object with dtype, shape, data_offsets")
+    extra = set(spec) - {"dtype", "shape", "data_offsets"}
+    missing = {"dtype", "shape", "data_offsets"} - set(spec)
+    if missing:
+        raise SurgeonError(f"{where}: tensor {shown!r}: missing {', '.join(sorted(missing))}")
+    if extra:
+        raise SurgeonError(f"{where}: tensor {shown!r}: unknown field(s) {', '.join(sorted(map(str, extra)))}")
+    dtype = spec["dtype"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise SurgeonError(f"{where}: tensor {shown!r}: unknown dtype {str(dtype)[:40]!r}")
+    shape = spec["shape"]
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise SurgeonError(f"{where}: tensor {shown!r}: shape must be a list of non-negative integers")
+    offsets = spec["data_offsets"]
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+        raise SurgeonError(f"{where}: tensor {shown!r}: data_offsets must be two integers")
+    begin, end = offsets
+    if begin < 0 or end < begin:
+        raise SurgeonError(f"{where}: tensor {shown!r}: invalid data_offsets [{begin}, {end}]")
+    if end > data_size:
+        raise SurgeonError(f"{where}: tensor {shown!r}: data ends at byte {end} but the data section has {data_size} bytes (truncated?)")
+    numel = 1
+    for d in shape:
+        numel *= d  # Python ints cannot overflow: no wrap-around tricks get through.
+    if numel * DTYPES[dtype][0] != end - begin:
+        raise SurgeonError(
+            f"{where}: tensor {shown!r}: {dtype}{list(shape)} needs {numel * DTYPES[dtype][0]} bytes but data_offsets span {end - begin}"
+        )
+    return TensorEntry(name=name, dtype=dtype, shape=tuple(shape), begin=data_start + begin, end=data_start + end)
+
+
+def build_header(tensors: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None = None) -> tuple[bytes, list[int]]:
+    """Serialise a header for tensors written back to back in the given order.
+
+    Returns the full prefix (8-byte length + JSON padded with spaces to a multiple of 8,
+    so that tensor data is aligned) and each tensor's byte size.
+    """
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    sizes: list[int] = []
+    offset = 0
+    for name, dtype, shape in tensors:
+        n = 1
+        for d in shape:
+            n *= d
+        size = n * DTYPES[dtype][0]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+        sizes.append(size)
+    if len(header) != len(tensors) + (1 if metadata else 0):
+        raise SurgeonError("internal: duplicate tensor names in a planned shard")
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % HEADER_ALIGN)
+    return struct.pack("<Q", len(blob)) + blob, sizes

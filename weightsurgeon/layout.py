@@ -1,0 +1,260 @@
+"""Tensor name -> (layer, module, parameter), and the selectors users type.
+
+Architectures are declared as data (a table of name patterns), not a class per model:
+Llama, Mistral, Qwen2/2.5, Qwen3 (q_norm/k_norm), Gemma 2/3 (also under the multimodal
+``model.language_model.`` prefix), Phi-3 (fused qkv_proj and gate_up_proj), GPT-2 style
+(``transformer.h.N``), GPT-NeoX, and MoE (Mixtral ``block_sparse_moe``, Qwen2/3-MoE
+``mlp.experts.N``, routers, shared experts). Names nothing matches are ``other``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from weightsurgeon.errors import SurgeonError
+
+# Where decoder layers live: "<prefix><layers-word>.<N>.<rest>".
+_LAYER = re.compile(
+    r"^(?P<prefix>model\.language_model\.|language_model\.model\.|model\.decoder\.|model\.|transformer\.|gpt_neox\.|)"
+    r"(?P<word>layers|h|blocks)\.(?P<layer>\d+)\.(?P<rest>.+)$"
+)
+# Non-language towers of multimodal checkpoints: kept whole, never "other".
+_VISION = re.compile(r"^(model\.)?(vision_tower|vision_model|visual|multi_modal_projector|mm_projector|audio_tower|embed_vision)\.")
+
+# Inside a layer: (pattern on the part before the final ".weight"/".bias", canonical module).
+LAYER_RULES: tuple[tuple[str, str], ...] = (
+    (r"(self_attn|attn|attention)\.(q_proj|wq|query)", "q_proj"),
+    (r"(self_attn|attn|attention)\.(k_proj|wk|key)", "k_proj"),
+    (r"(self_attn|attn|attention)\.(v_proj|wv|value)", "v_proj"),
+    (r"(self_attn|attention)\.(o_proj|wo|dense|out_proj)", "o_proj"),
+    (r"attn\.(o_proj|c_proj|out_proj|dense)", "o_proj"),
+    (r"(self_attn|attn|attention)\.(qkv_proj|W_pack|c_attn|query_key_value|Wqkv)", "qkv_proj"),
+    (r"(self_attn|attn|attention)\.(q_norm|q_layernorm)", "q_norm"),
+    (r"(self_attn|attn|attention)\.(k_norm|k_layernorm)", "k_norm"),
+    (r"(mlp|block_sparse_moe|feed_forward)\.experts\.(?P<expert>\d+)\.(gate_proj|w1)", "expert_gate_proj"),
+    (r"(mlp|block_sparse_moe|feed_forward)\.experts\.(?P<expert>\d+)\.(up_proj|w3)", "expert_up_proj"),
+    (r"(mlp|block_sparse_moe|feed_forward)\.experts\.(?P<expert>\d+)\.(down_proj|w2)", "expert_down_proj"),
+    (r"(mlp|block_sparse_moe|feed_forward)\.experts\.gate_up_proj", "expert_gate_up_proj"),
+    (r"(mlp|block_sparse_moe|feed_forward)\.experts\.down_proj", "expert_down_proj"),
+    (r"(mlp|feed_forward)\.shared_experts?\.gate_proj", "shared_expert_gate_proj"),
+    (r"(mlp|feed_forward)\.shared_experts?\.up_proj", "shared_expert_up_proj"),
+    (r"(mlp|feed_forward)\.shared_experts?\.down_proj", "shared_expert_down_proj"),
+    (r"(mlp|feed_forward)\.shared_expert_gate", "shared_expert_router"),
+    (r"(mlp|block_sparse_moe|feed_forward)\.(gate|router)", "router"),
+    (r"(mlp|feed_forward)\.(gate_proj|w1)", "gate_proj"),
+    (r"(mlp|feed_forward)\.(up_proj|w3|c_fc|fc1|dense_h_to_4h)", "up_proj"),
+    (r"(mlp|feed_forward)\.(down_proj|w2|c_proj|fc2|dense_4h_to_h)", "down_proj"),
+    (r"(mlp|feed_forward)\.gate_up_proj", "gate_up_proj"),
+    (r"(input_layernorm|ln_1|attention_norm)", "input_layernorm"),
+    (r"(post_attention_layernorm|ln_2|ffn_norm)", "post_attention_layernorm"),
+    (r"pre_feedforward_layernorm", "pre_feedforward_layernorm"),
+    (r"post_feedforward_layernorm", "post_feedforward_layernorm"),
+)
+_GLOBAL_PREFIX = r"(model\.language_model\.|language_model\.model\.|model\.decoder\.|model\.|transformer\.|gpt_neox\.|)"
+GLOBAL_RULES: tuple[tuple[str, str], ...] = (
+    (_GLOBAL_PREFIX + r"(embed_tokens|wte|embed_in|word_embeddings|tok_embeddings)", "embed_tokens"),
+    (_GLOBAL_PREFIX + r"(wpe|embed_positions)", "embed_positions"),
+    (_GLOBAL_PREFIX + r"(norm|ln_f|final_layernorm|final_layer_norm)", "norm"),
+    (r"(language_model\.)?(lm_head|embed_out|output)", "lm_head"),
+)
+_COMPILED_LAYER = tuple((re.compile(p + r"$"), m) for p, m in LAYER_RULES)
+_COMPILED_GLOBAL = tuple((re.compile(p + r"$"), m) for p, m in GLOBAL_RULES)
+
+NORM_MODULES = frozenset({"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                          "post_feedforward_layernorm", "q_norm", "k_norm", "norm"})
+MLP_MODULES = frozenset({"gate_proj", "up_proj", "down_proj", "gate_up_proj", "router", "expert_gate_proj",
+                         "expert_up_proj", "expert_down_proj", "expert_gate_up_proj", "shared_expert_gate_proj",
+                         "shared_expert_up_proj", "shared_expert_down_proj", "shared_expert_router"})
+GROUPS: dict[str, frozenset[str]] = {
+    "attn": frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj"}),
+    "qkv": frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj"}),
+    "mlp": MLP_MODULES,
+    "norm": NORM_MODULES,
+    "emb": frozenset({"embed_tokens", "embed_positions"}),
+    "head": frozenset({"lm_head"}),
+}
+MODULES = tuple(sorted({m for _, m in LAYER_RULES} | {m for _, m in GLOBAL_RULES})) + ("vision", "other")
+# Selecting one of these names part of a fused tensor when the model stores the fused one.
+FUSED_PARTS = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a tensor sits in the model: decoder layer (or None), canonical module, parameter."""
+
+    layer: int | None
+    module: str
+    param: str
+    expert: int | None = None
+
+    @property
+    def group(self) -> str:
+        for group in ("head", "emb", "norm", "attn", "mlp"):
+            if self.module in GROUPS[group]:
+                return group
+        return self.module  # "vision" or "other"
+
+
+def classify(name: str) -> Location:
+    """Map a tensor name to its Location; unknown names are module 'other'."""
+    if _VISION.match(name):
+        return Location(None, "vision", name.rsplit(".", 1)[-1])
+    stem, _, param = name.rpartition(".")
+    if not stem:
+        return Location(None, "other", name)
+    m = _LAYER.match(name)
+    if m:
+        layer = int(m.group("layer"))
+        rest_stem, _, rest_param = m.group("rest").rpartition(".")
+        for pattern, module in _COMPILED_LAYER:
+            hit = pattern.match(rest_stem)
+            if hit:
+                expert = hit.groupdict().get("expert")
+                return Location(layer, module, rest_param, int(expert) if expert is not None else None)
+        return Location(layer, "other", rest_param)
+    for pattern, module in _COMPILED_GLOBAL:
+        if pattern.match(stem):
+            return Location(None, module, param)
+    return Location(None, "other", param)
+
+
+# ---------------------------------------------------------------------------------------
+# Selectors
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModuleSelector:
+    """A parsed --take/--module value: canonical modules, and regexes on full names."""
+
+    spec: str
+    modules: frozenset[str]
+    explicit: frozenset[str]  # modules named directly (not through a group): fused checks apply
+    patterns: tuple[re.Pattern, ...]
+
+    def matches(self, name: str, loc: Location) -> bool:
+        return loc.module in self.modules or any(p.search(name) for p in self.patterns)
+
+
+def parse_modules(spec: str) -> ModuleSelector:
+    """Parse 'o_proj', 'attn,norm', 'q_proj,k_proj', 're:mlp\\.experts\\.0\\.' ..."""
+    if spec is None or not str(spec).strip():
+        raise SurgeonError("empty module selector: name modules (o_proj, q_proj, ...) or groups (attn, qkv, mlp, norm, emb, head)")
+    modules: set[str] = set()
+    explicit: set[str] = set()
+    patterns: list[re.Pattern] = []
+    for token in _split_selector(spec):
+        if token.startswith("re:"):
+            try:
+                patterns.append(re.compile(token[3:]))
+            except re.error as e:
+                raise SurgeonError(f"bad regex in module selector {token!r}: {e}") from e
+        elif token in GROUPS:
+            modules |= GROUPS[token]
+        elif token == "final_norm":
+            modules.add("norm")
+            explicit.add("norm")
+        elif token in MODULES:
+            modules.add(token)
+            explicit.add(token)
+        else:
+            known = ", ".join(sorted(GROUPS)) + "; modules: " + ", ".join(m for m in MODULES if m not in ("vision", "other"))
+            raise SurgeonError(f"unknown module {token!r} (groups: {known}; or re:REGEX)")
+    return ModuleSelector(spec=spec, modules=frozenset(modules), explicit=frozenset(explicit), patterns=tuple(patterns))
+
+
+def _split_selector(spec: str) -> list[str]:
+    """Split on commas, except inside a trailing ``re:`` token (regexes may contain commas)."""
+    tokens: list[str] = []
+    rest = spec.strip()
+    while rest:
+        if rest.startswith("re:"):
+            tokens.append(rest)
+            break
+        head, _, rest = rest.partition(",")
+        if head.strip():
+            tokens.append(head.strip())
+        rest = rest.strip()
+    return tokens
+
+
+def parse_layers(spec: str | None, num_layers: int) -> frozenset[int] | None:
+    """'5-30' (inclusive), '0,2,5-9', 'all' or None (= every layer) -> layer indices."""
+    if spec is None or str(spec).strip().lower() == "all":
+        return None
+    layers: set[int] = set()
+    for part in str(spec).split(","):
+        part = part.strip()
+        if not part:
+            raise SurgeonError(f"bad layer list {spec!r}: empty item")
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not m:
+            raise SurgeonError(f"bad layer list {spec!r}: {part!r} is not N or N-M")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise SurgeonError(f"bad layer range {part!r}: the end is before the start")
+        if hi >= num_layers:
+            raise SurgeonError(f"layer {hi} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
+        layers.update(range(lo, hi + 1))
+    return frozenset(layers)
+
+
+def select_names(names: Iterable[str], modules: str | ModuleSelector, layers: str | None | frozenset[int],
+                 num_layers: int, flag: str = "--take") -> list[str]:
+    """Names (in the given order) that the selectors pick; errors when nothing or part of a fused tensor is picked.
+
+    With a layer selection, only per-layer tensors are picked (embeddings and head have no layer).
+    """
+    names = list(names)
+    selector = parse_modules(modules) if isinstance(modules, str) else modules
+    layer_set = parse_layers(layers, num_layers) if (layers is None or isinstance(layers, str)) else layers
+    locations = {n: classify(n) for n in names}
+    present = {loc.module for loc in locations.values()}
+    for part in sorted(selector.explicit):
+        fused = FUSED_PARTS.get(part)
+        if fused and part not in present and fused in present:
+            example = next(n for n, loc in locations.items() if loc.module == fused)
+            raise SurgeonError(f"{flag} {part}: this model stores {part} fused into {fused} (e.g. {example}); select {fused} instead")
+    picked = [n for n in names if selector.matches(n, locations[n])
+              and (layer_set is None or locations[n].layer in layer_set)]
+    if not picked:
+        where = "" if layer_set is None else f" in layers {layers if isinstance(layers, str) else sorted(layer_set)}"
+        have = ", ".join(sorted(m for m in present if m not in ("other",)))
+        raise SurgeonError(f"{flag} {selector.spec!r} matched no tensor{where} (modules present: {have})")
+    return picked
+
+
+# ---------------------------------------------------------------------------------------
+# A whole model's layout
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """Per-name locations of one checkpoint, and facts derived from them."""
+
+    locations: dict[str, Location]
+    num_layers: int
+    tied_embeddings: bool
+    other: tuple[str, ...]
+
+    def modules_present(self) -> list[str]:
+        return sorted({loc.module for loc in self.locations.values()})
+
+
+def layout_of(names: Iterable[str], config: dict | None) -> ModelLayout:
+    """Classify every tensor; read num_layers and tying from the config, else from the tensors."""
+    locations = {n: classify(n) for n in names}
+    max_layer = max((loc.layer for loc in locations.values() if loc.layer is not None), default=-1)
+    cfg = config or {}
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    num_layers = text.get("num_hidden_layers", cfg.get("num_hidden_layers", cfg.get("n_layer")))
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 0:
+        num_layers = max_layer + 1
+    has_head = any(loc.module == "lm_head" for loc in locations.values())
+    has_emb = any(loc.module == "embed_tokens" for loc in locations.values())
+    tie = text.get("tie_word_embeddings", cfg.get("tie_word_embeddings"))
+    tied = (not has_head and has_emb) if tie is None else bool(tie) and not has_head
+    other = tuple(n for n, loc in locations.items() if loc.module == "other")
+    return ModelLayout(locations=locations, num_layers=num_layers, tied_embeddings=tied, other=other)

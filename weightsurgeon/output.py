@@ -1,0 +1,27 @@
+"""How commands talk to the user: JSON to stdout, warnings to stderr, rich tables on stdout."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Iterable
+
+import click
+
+
+def emit_json(obj: Any) -> None:
+    """Machine output for --json: one JSON document on stdout."""
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def print_warnings(warnings: Iterable[str]) -> None:
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+
+
+def stdout_console():
+    """A rich console on stdout; plain text (no colours, wide) when stdout is not a terminal."""
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console()
+    return Console(no_color=True, width=160, soft_wrap=False)

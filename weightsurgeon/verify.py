@@ -1,0 +1,129 @@
+"""Structural and deep checks of a checkpoint.
+
+Opening a checkpoint already enforces every header and index rule (checkpoint.py);
+`verify_checkpoint` adds what needs the whole model in view: config against tensors,
+complete layers, tying, per-layer config lists, and with ``deep`` a NaN/Inf scan of every
+tensor in bounded memory. Problems that make a model wrong or unloadable raise
+`SurgeonError`; the rest are returned as warnings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from weightsurgeon.checkpoint import Checkpoint, DEFAULT_CHUNK_BYTES
+from weightsurgeon.errors import SurgeonError
+from weightsurgeon.format import FLOAT_DTYPES
+from weightsurgeon.layout import ModelLayout, layout_of
+
+# Config keys that hold one entry per decoder layer.
+PER_LAYER_KEYS = ("layer_types", "no_rope_layers")
+
+
+@dataclass
+class VerifyResult:
+    layout: ModelLayout
+    warnings: list[str] = field(default_factory=list)
+    scanned_bytes: int = 0
+
+
+def verify_checkpoint(ckpt: Checkpoint, deep: bool = False, progress: object | None = None) -> VerifyResult:
+    layout = layout_of(ckpt.tensors, ckpt.config)
+    result = VerifyResult(layout=layout, warnings=list(ckpt.warnings))
+    where = ckpt.root or ckpt.source
+    if layout.other:
+        result.warnings.append(f"{len(layout.other)} tensor name(s) not recognised as a known module, reported as 'other' (e.g. {layout.other[0]!r})")
+    if ckpt.config is None:
+        result.warnings.append(f"{where}: no config.json; config consistency not checked")
+    else:
+        _check_config(ckpt, layout, result)
+    if deep:
+        _scan_nonfinite(ckpt, result, progress)
+    return result
+
+
+def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -> None:
+    cfg = ckpt.text_config
+    cfg_path = f"{ckpt.root}/config.json" if ckpt.root else "config.json"
+    layers_present = sorted({loc.layer for loc in layout.locations.values() if loc.layer is not None})
+    declared = cfg.get("num_hidden_layers")
+    if isinstance(declared, int) and not isinstance(declared, bool):
+        beyond = [l for l in layers_present if l >= declared]
+        if beyond:
+            raise SurgeonError(f"{cfg_path}: num_hidden_layers is {declared} but tensors exist for layer {beyond[0]}")
+        if not ckpt.is_partial:
+            missing = sorted(set(range(declared)) - set(layers_present))
+            if missing:
+                raise SurgeonError(f"{cfg_path}: num_hidden_layers is {declared} but layer {missing[0]} has no tensors")
+        for key in PER_LAYER_KEYS:
+            value = cfg.get(key)
+            if value is not None and (not isinstance(value, list) or len(value) != declared):
+                n = len(value) if isinstance(value, list) else type(value).__name__
+                raise SurgeonError(f"{cfg_path}: {key} has {n} entries but num_hidden_layers is {declared}")
+    if not ckpt.is_partial:
+        _check_layers_alike(layout, result)
+    hidden = cfg.get("hidden_size")
+    emb = next((ckpt[n] for n, loc in layout.locations.items() if loc.module == "embed_tokens" and loc.param == "weight"), None)
+    if emb is not None and isinstance(hidden, int) and len(emb.shape) == 2 and emb.shape[1] != hidden:
+        raise SurgeonError(f"{cfg_path}: hidden_size is {hidden} but {emb.name} has shape {list(emb.shape)}")
+    vocab = cfg.get("vocab_size")
+    if emb is not None and isinstance(vocab, int) and len(emb.shape) == 2 and emb.shape[0] != vocab:
+        raise SurgeonError(f"{cfg_path}: vocab_size is {vocab} but {emb.name} has {emb.shape[0]} rows")
+    tie = cfg.get("tie_word_embeddings", (ckpt.config or {}).get("tie_word_embeddings"))
+    has_head = any(loc.module == "lm_head" for loc in layout.locations.values())
+    if tie is False and not has_head and emb is not None and not ckpt.is_partial:
+        raise SurgeonError(f"{cfg_path}: tie_word_embeddings is false but there is no lm_head.weight (the head would be random)")
+    if tie is True and has_head:
+        result.warnings.append("tie_word_embeddings is true but lm_head.weight is stored too; loaders tie them and may ignore it")
+
+
+def _check_layers_alike(layout: ModelLayout, result: VerifyResult) -> None:
+    per_layer: dict[int, set[tuple[str, str]]] = {}
+    for loc in layout.locations.values():
+        if loc.layer is not None:
+            per_layer.setdefault(loc.layer, set()).add((loc.module, loc.param))
+    if len(per_layer) < 2:
+        return
+    reference = per_layer[min(per_layer)]
+    for layer, keys in sorted(per_layer.items()):
+        if keys != reference:
+            diff = sorted(keys ^ reference)
+            result.warnings.append(f"layer {layer} holds different modules than layer {min(per_layer)} (e.g. {'.'.join(diff[0])})")
+            return
+
+
+def _scan_nonfinite(ckpt: Checkpoint, result: VerifyResult, progress: object | None) -> None:
+    count = _nonfinite_counter()
+    buffer = bytearray(DEFAULT_CHUNK_BYTES)
+    for info in ckpt:
+        bad = 0
+        if info.dtype in FLOAT_DTYPES and info.nbytes:
+            for chunk in ckpt.iter_chunks(info, buffer=buffer):
+                bad += count(chunk, info.dtype)
+                if progress is not None:
+                    progress.advance(len(chunk) * info.itemsize)
+        elif progress is not None:
+            progress.advance(info.nbytes)
+        result.scanned_bytes += info.nbytes
+        if bad:
+            raise SurgeonError(f"{info.file}: tensor {info.name!r} has {bad} NaN/Inf value(s) of {info.numel}")
+
+
+def _nonfinite_counter():
+    """The numba kernel when available (fast), else an exact numpy fallback."""
+    try:
+        from weightsurgeon.kernels import count_nonfinite
+        return count_nonfinite
+    except ImportError:
+        return _count_nonfinite_numpy
+
+
+def _count_nonfinite_numpy(chunk: np.ndarray, dtype: str) -> int:
+    if dtype == "BF16":
+        return int(np.count_nonzero((chunk & 0x7F80) == 0x7F80))
+    if dtype == "F8_E5M2":
+        return int(np.count_nonzero((chunk & 0x7C) == 0x7C))
+    if dtype == "F8_E4M3":
+        return int(np.count_nonzero((chunk & 0x7F) == 0x7F))
+    return int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
