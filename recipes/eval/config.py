@@ -1,0 +1,127 @@
+"""The settings of one evaluation run, from a YAML recipe and/or CLI options.
+
+A recipe (see ``recipes/configs/eval_*.yaml``) holds the same keys as `EvalConfig`;
+CLI options given explicitly override it. Unknown keys are an error so a typo never
+silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from weightsurgeon.errors import SurgeonError
+from weightsurgeon.recipes.eval.budget import FORMATS, ThinkingFormat
+from weightsurgeon.recipes.tasks import get_task, parse_task_list
+
+
+@dataclass
+class EvalConfig:
+    model: str = ""
+    tasks: list[str] = field(default_factory=lambda: ["aime24", "math500", "gpqa_diamond"])
+    harness: str = "surgeon"  # "surgeon" (our loop) or "lm-eval" (lm_eval.simple_evaluate)
+    backend: str = "hf"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    prompt: str = "chat"  # "chat": the model's chat template; "plain": the bare problem text
+    budget_forcing: int | None = None  # None: plain generation; N: s1 budget forcing with N "Wait"s
+    thinking: str = "think-tags"  # a preset of budget.FORMATS
+    think_start: str | None = None
+    think_end: str | None = None
+    answer_marker: str | None = None
+    wait: str | None = None
+    max_tokens: int = 32768  # cap of plain generation
+    max_thinking_tokens: int = 32000
+    max_answer_tokens: int = 2048
+    limit: int | None = None
+    samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    data: dict[str, str] = field(default_factory=dict)  # task -> local file or Hub id
+    output: str | None = None
+
+    def thinking_format(self) -> ThinkingFormat:
+        if self.thinking not in FORMATS:
+            raise SurgeonError(f"unknown thinking preset {self.thinking!r}; one of {', '.join(FORMATS)}")
+        base = FORMATS[self.thinking]
+        overrides = {k: getattr(self, k) for k in ("think_start", "think_end", "answer_marker", "wait")
+                     if getattr(self, k) is not None}
+        return dataclasses.replace(base, **overrides)
+
+    def validate(self) -> "EvalConfig":
+        if not self.model:
+            raise SurgeonError("no model given (argument MODEL or `model:` in the recipe)")
+        if isinstance(self.tasks, str):
+            self.tasks = parse_task_list(self.tasks)
+        else:
+            self.tasks = parse_task_list(",".join(self.tasks))
+        for name, value in (("samples", self.samples), ("max_tokens", self.max_tokens),
+                            ("max_thinking_tokens", self.max_thinking_tokens),
+                            ("max_answer_tokens", self.max_answer_tokens)):
+            if int(value) < 1:
+                raise SurgeonError(f"{name} must be at least 1, not {value}")
+        if self.limit is not None and int(self.limit) < 1:
+            raise SurgeonError(f"limit must be at least 1, not {self.limit}")
+        if self.budget_forcing is not None and int(self.budget_forcing) < 0:
+            raise SurgeonError(f"budget_forcing must be 0 or more, not {self.budget_forcing}")
+        if self.prompt not in ("chat", "plain"):
+            raise SurgeonError(f"prompt must be chat or plain, not {self.prompt!r}")
+        if self.harness not in ("surgeon", "lm-eval"):
+            raise SurgeonError(f"harness must be surgeon or lm-eval, not {self.harness!r}")
+        if self.harness == "lm-eval" and self.budget_forcing is not None:
+            raise SurgeonError("--budget-forcing runs in our harness only; drop it or use --harness surgeon")
+        for task in self.data:
+            get_task(task)  # a typo in a data key must not silently leave the Hub default in place
+        self.thinking_format()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(EvalConfig)]
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read an eval recipe; returns the raw mapping (validated keys, not yet merged)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise SurgeonError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise SurgeonError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SurgeonError(f"{path}: a recipe is a mapping of settings")
+    unknown = sorted(set(raw) - set(config_keys()))
+    if unknown:
+        raise SurgeonError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(config_keys())}")
+    data = raw.get("data") or {}
+    if not isinstance(data, dict):
+        raise SurgeonError(f"{path}: `data:` maps task names to files or Hub ids")
+    # local files in a recipe are relative to the recipe, so shipped recipes find shipped data
+    raw["data"] = {task: str((path.parent / src).resolve()) if _is_relative_file(src) else src for task, src in data.items()}
+    return raw
+
+
+def _is_relative_file(source: str) -> bool:
+    return Path(source).suffix.lower() in (".jsonl", ".json", ".parquet") and not Path(source).is_absolute()
+
+
+def build_config(recipe: dict[str, Any] | None, overrides: dict[str, Any]) -> EvalConfig:
+    """Recipe values, then the options the user actually gave on the command line."""
+    values: dict[str, Any] = dict(recipe or {})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("backend_options", "data") and isinstance(value, dict):
+            merged = dict(values.get(key) or {})
+            merged.update(value)
+            values[key] = merged
+        else:
+            values[key] = value
+    return EvalConfig(**values).validate()

@@ -1,0 +1,124 @@
+"""`surgeon eval` (run, compare) and `surgeon probe`: thin click layers over weightsurgeon.recipes.eval.
+
+``surgeon eval MODEL ...`` runs an evaluation (the group's default command, also spelled
+``surgeon eval run``); ``surgeon eval compare A/ B/`` tabulates finished runs. Everything
+heavy is imported inside the commands so ``surgeon --help`` stays instant.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from weightsurgeon.errors import SurgeonError
+
+
+class DefaultGroup(click.Group):
+    """A group whose first argument, when it names no subcommand, goes to ``default_command``."""
+
+    def __init__(self, *args: Any, default_command: str = "run", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.default_command = default_command
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(
+    "eval",
+    cls=DefaultGroup,
+    help=(
+        "Score a checkpoint on AIME 2024, MATH500, GPQA Diamond.\n\n"
+        "  surgeon eval MODEL --tasks aime24,math500 -o results/\n\n"
+        "  surgeon eval compare results_a/ results_b/\n\n"
+        "MODEL may also be an eval recipe (.yaml); see `surgeon eval run --help`."
+    ),
+)
+def eval_group() -> None:
+    pass
+
+
+def _parse_data(values: tuple[str, ...]) -> dict[str, str]:
+    data: dict[str, str] = {}
+    for value in values:
+        task, sep, source = value.partition("=")
+        if not sep or not task or not source:
+            raise click.BadParameter(f"{value!r}: expected TASK=FILE_OR_HUB_ID", param_hint="--data")
+        data[task.strip()] = source.strip()
+    return data
+
+
+@eval_group.command("run")
+@click.argument("model", required=False)
+@click.option("--config", "recipe", type=click.Path(dir_okay=False), help="Eval recipe YAML; options given here override it.")
+@click.option("--tasks", help="Comma-separated: aime24, math500, gpqa_diamond.")
+@click.option("-o", "--output", help="Output folder (results.json, samples_<task>.jsonl).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--harness", type=click.Choice(["surgeon", "lm-eval"]), help="Our loop (default) or lm_eval.simple_evaluate.")
+@click.option("--backend", type=click.Choice(["hf", "vllm"]), help="transformers generate (default) or vLLM.")
+@click.option("--budget-forcing", type=click.IntRange(min=0), help="s1 budget forcing: append 'Wait' N times (0: just force the answer).")
+@click.option("--prompt", type=click.Choice(["chat", "plain"]), help="Chat template (default) or plain text (merged models).")
+@click.option("--limit", type=click.IntRange(min=1), help="First N problems of each task.")
+@click.option("--samples", type=click.IntRange(min=1), help="Generations per problem (accuracy averages them).")
+@click.option("--temperature", type=click.FloatRange(min=0), help="0 = greedy (default).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True))
+@click.option("--seed", type=int, help="Sampling seed and GPQA choice-shuffle seed.")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Token cap of plain generation.")
+@click.option("--max-thinking-tokens", type=click.IntRange(min=1), help="Thinking cap under budget forcing.")
+@click.option("--max-answer-tokens", type=click.IntRange(min=1), help="Answer cap under budget forcing.")
+@click.option("--thinking", help="Thinking-marker preset: think-tags (<think>...</think>) or s1.")
+@click.option("--think-start", help="Override the thinking start marker.")
+@click.option("--think-end", help="Override the thinking end marker.")
+@click.option("--answer-marker", help="Text appended before the forced answer.")
+@click.option("--data", "data", multiple=True, help="TASK=FILE.jsonl or TASK=owner/dataset[:config] (repeatable).")
+@click.option("--device", help="hf backend: cpu, cuda, cuda:1 or auto.")
+@click.option("--dtype", help="auto, bf16, f16, f32.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="hf backend batch size.")
+@click.option("--tensor-parallel-size", type=click.IntRange(min=1), help="vllm: GPUs per model replica.")
+@click.option("--data-parallel-size", type=click.IntRange(min=1), help="vllm: model replicas.")
+@click.option("--max-model-len", type=click.IntRange(min=1), help="vllm: context length.")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1, min_open=True), help="vllm: GPU memory fraction.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
+def eval_run(model: str | None, recipe: str | None, output: str | None, force: bool, quiet: bool,
+             data: tuple[str, ...], **options: Any) -> None:
+    """Evaluate MODEL (a checkpoint folder, a Hub id in the local cache, or an eval recipe .yaml)."""
+    from weightsurgeon.recipes.eval.config import build_config, load_recipe
+    from weightsurgeon.recipes.eval.runner import run_eval
+    from weightsurgeon.recipes.eval.tables import SUMMARY_HEADER, print_table, summary_rows
+
+    if model and not recipe and model.endswith((".yaml", ".yml")) and Path(model).is_file():
+        recipe, model = model, None
+    raw = load_recipe(recipe) if recipe else {}
+    backend_keys = ("device", "dtype", "batch_size", "tensor_parallel_size", "data_parallel_size",
+                    "max_model_len", "gpu_memory_utilization")
+    backend_options = {k: options.pop(k) for k in backend_keys if options.get(k) is not None}
+    for k in backend_keys:
+        options.pop(k, None)
+    overrides: dict[str, Any] = dict(options, model=model, output=output,
+                                     backend_options=backend_options or None, data=_parse_data(data) or None)
+    cfg = build_config(raw, overrides)
+    if not cfg.output:
+        raise SurgeonError("no output folder given (-o/--output or `output:` in the recipe)")
+    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    results = run_eval(cfg, cfg.output, force=force, log=log)
+    print_table(f"{cfg.model} ({results['harness']})", SUMMARY_HEADER, summary_rows(results))
+    click.echo(f"wrote {Path(cfg.output) / 'results.json'}")
+
+
+@eval_group.command("compare")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the table as CSV.")
+def eval_compare(runs: tuple[str, ...], csv_path: str | None) -> None:
+    """Side-by-side accuracy and average generated tokens of finished runs (folders with results.json)."""
+    from weightsurgeon.recipes.eval.runner import load_results
+    from weightsurgeon.recipes.eval.tables import compare_rows, print_table, to_csv
+
+    loaded = [(Path(r).resolve().name, load_results(r)) for r in runs]
+    header, rows = compare_rows(loaded)
+    print_table("accuracy % [95% CI] and average generated tokens", header, rows)
+    if csv_path:
+        Path(csv_path).write_text(to_csv(header, rows), encoding="utf-8")
+        click.echo(f"wrote {csv_path}")
