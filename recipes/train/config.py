@@ -37,7 +37,11 @@ class FreezeConfig:
 
 @dataclass(frozen=True)
 class DecontamConfig:
-    """Drop training rows sharing an n-gram with an evaluation set (the seed uses 8-grams)."""
+    """Drop training rows sharing an n-gram with an evaluation set (the seed uses 8-grams).
+
+    ``tasks``: names from weightsurgeon.recipes.tasks, optionally ``NAME=FILE_OR_HUB_ID``;
+    ``files``: JSONL (question/problem/prompt/text key) or plain text, one item a line.
+    """
 
     tasks: tuple[str, ...] = ()
     files: tuple[str, ...] = ()

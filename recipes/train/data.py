@@ -248,21 +248,23 @@ def read_eval_file(path: str | Path) -> list[str]:
     return [t for t in out if t]
 
 
-def eval_texts_for_tasks(names: Iterable[str]) -> list[str]:
-    """Questions of named evaluation tasks, from the loaders the eval recipes use."""
-    names = list(names)
-    if not names:
-        return []
-    try:
-        from weightsurgeon.recipes import tasks
-    except ImportError:
-        raise SurgeonError(
-            "decontamination against named tasks needs weightsurgeon.recipes.tasks; "
-            "list question files in data.decontaminate.files instead"
-        ) from None
+def eval_texts_for_tasks(names: Iterable[str], base_dir: Path | None = None) -> list[str]:
+    """Problem texts of evaluation tasks, read by the same loaders ``surgeon eval`` uses.
+
+    Each item is ``TASK`` (its Hub data set) or ``TASK=SOURCE`` (a local file or Hub id).
+    """
+    from weightsurgeon.recipes import tasks
+
     texts: list[str] = []
-    for name in names:
-        texts.extend(tasks.question_texts(name))
+    for item in names:
+        name, _, source = str(item).partition("=")
+        source = source.strip() or None
+        if source and base_dir is not None and not Path(source).is_absolute() and (base_dir / source).exists():
+            source = str(base_dir / source)
+        try:
+            texts.extend(tasks.iter_texts(name.strip(), source))
+        except SurgeonError as exc:
+            raise SurgeonError(f"decontamination against {name}: {exc}") from None
     return texts
 
 

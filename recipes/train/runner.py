@@ -247,9 +247,12 @@ def _prepare_data(cfg: RecipeConfig, tokenizer: Any, base_dir: Path | None) -> t
     rows = data.load_rows(cfg.data, base_dir)
     pairs = data.to_prompt_completion(rows, tokenizer, cfg.data)
     dc = cfg.data.decontaminate
-    eval_texts = data.eval_texts_for_tasks(dc.tasks)
+    eval_texts = data.eval_texts_for_tasks(dc.tasks, base_dir)
     for path in dc.files:
-        eval_texts.extend(data.read_eval_file(path))
+        local = Path(path)
+        if base_dir is not None and not local.is_absolute() and not local.exists():
+            local = base_dir / local
+        eval_texts.extend(data.read_eval_file(local))
     pairs, decon = data.decontaminate(pairs, eval_texts, dc.ngram)
     if not pairs:
         raise SurgeonError("decontamination dropped every training row")
@@ -468,6 +471,18 @@ def _param_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def summary_line(s: dict[str, Any]) -> str:
+    """One line for the terminal; the full numbers are in train/metrics.json."""
+    mem = max(s.get("peak_memory_bytes_per_process") or [0]) / 2**30
+    tps = s.get("tokens_per_second")
+    return (
+        f"trained {s['trainable_params']:,} of {s['total_params']:,} parameters ({100 * s['trainable_share']:.2f}%) "
+        f"for {s['steps']} steps on {s['world_size']} process(es): {s['steps_per_second']} steps/s"
+        + (f", {tps:,.0f} tokens/s" if tps else "")
+        + f", peak memory {mem:.2f} GiB/process; {s.get('moved_tensors', '?')} tensors moved -> {s['output']}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point for launchers: ``python -m weightsurgeon.recipes.train.runner CONFIG [k=v ...]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -477,7 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = Path(argv[0])
         cfg = load_config(path, argv[1:])
-        run(cfg, base_dir=path.resolve().parent)
+        summary = run(cfg, base_dir=path.resolve().parent)
+        if summary.get("output"):
+            print(summary_line(summary))
     except SurgeonError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
