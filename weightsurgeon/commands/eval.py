@@ -41,6 +41,28 @@ def eval_group() -> None:
     pass
 
 
+class BudgetForcing(click.ParamType):
+    """A count of "Wait"s (0 or more), or ``off`` for plain generation (overrides a recipe)."""
+
+    name = "N|off"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) or value is OFF:
+            return value
+        if str(value).lower() in ("off", "none", "no"):
+            return OFF
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor 'off'", param, ctx)
+        if n < 0:
+            self.fail(f"{n} is negative", param, ctx)
+        return n
+
+
+OFF = object()
+
+
 def _parse_data(values: tuple[str, ...]) -> dict[str, str]:
     data: dict[str, str] = {}
     for value in values:
@@ -59,7 +81,7 @@ def _parse_data(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--harness", type=click.Choice(["surgeon", "lm-eval"]), help="Our loop (default) or lm_eval.simple_evaluate.")
 @click.option("--backend", type=click.Choice(["hf", "vllm"]), help="transformers generate (default) or vLLM.")
-@click.option("--budget-forcing", type=click.IntRange(min=0), help="s1 budget forcing: append 'Wait' N times (0: just force the answer).")
+@click.option("--budget-forcing", type=BudgetForcing(), help="s1 budget forcing: append 'Wait' N times (0: just force the answer); off: plain generation.")
 @click.option("--prompt", type=click.Choice(["chat", "plain"]), help="Chat template (default) or plain text (merged models).")
 @click.option("--limit", type=click.IntRange(min=1), help="First N problems of each task.")
 @click.option("--samples", type=click.IntRange(min=1), help="Generations per problem (accuracy averages them).")
@@ -92,6 +114,9 @@ def eval_run(model: str | None, recipe: str | None, output: str | None, force: b
     if model and not recipe and model.endswith((".yaml", ".yml")) and Path(model).is_file():
         recipe, model = model, None
     raw = load_recipe(recipe) if recipe else {}
+    if options.get("budget_forcing") is OFF:
+        options["budget_forcing"] = None
+        raw["budget_forcing"] = None
     backend_keys = ("device", "dtype", "batch_size", "tensor_parallel_size", "data_parallel_size",
                     "max_model_len", "gpu_memory_utilization")
     backend_options = {k: options.pop(k) for k in backend_keys if options.get(k) is not None}
@@ -122,3 +147,46 @@ def eval_compare(runs: tuple[str, ...], csv_path: str | None) -> None:
     if csv_path:
         Path(csv_path).write_text(to_csv(header, rows), encoding="utf-8")
         click.echo(f"wrote {csv_path}")
+
+
+@click.command("probe")
+@click.argument("model")
+@click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True)
+@click.option("--prompt", "prompt_mode", type=click.Choice(["chat", "plain"]), default="chat", show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--device", help="hf backend: cpu, cuda or auto.")
+@click.option("--dtype", help="auto, bf16, f16, f32.")
+@click.option("-o", "--output", help="Folder for probe.json (every output and its evidence).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print probe.json to stdout instead of the table.")
+def probe_cmd(model: str, backend: str, prompt_mode: str, max_new_tokens: int, device: str | None,
+              dtype: str | None, output: str | None, force: bool, as_json: bool) -> None:
+    """Sort MODEL's answers to built-in chat and math prompts into levels I-IV (paper's Table 3).
+
+    I nonsense, II fluent but off-topic, III on-topic but wrong, IV correct; each verdict
+    prints the evidence (repetition, entropy, topic words, answer found) that decided it.
+    """
+    import json
+
+    from weightsurgeon.atomic import check_output_path
+    from weightsurgeon.recipes.eval.levels import LEVEL_NAMES
+    from weightsurgeon.recipes.eval.probe import probe_model, write_probe
+    from weightsurgeon.recipes.eval.tables import print_table
+
+    if output:
+        check_output_path(Path(output), [], force)
+    options = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    result = probe_model(model, backend, options, prompt_mode=prompt_mode, max_new_tokens=max_new_tokens)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        rows = []
+        for r in result["rows"]:
+            text = " ".join(r["output"].split())
+            rows.append([r["id"], r["level"], r["reason"], (text[:48] + "...") if len(text) > 51 else text])
+        print_table(f"{model}: output levels", ["prompt", "level", "evidence", "output"], rows)
+        summary = ", ".join(f"{lvl} ({LEVEL_NAMES[lvl]}): {n}" for lvl, n in result["levels"].items())
+        click.echo(f"levels: {summary}")
+    if output:
+        path = write_probe(result, output, force)
+        click.echo(f"wrote {path}", err=as_json)
