@@ -8,6 +8,8 @@ duplicate names are refused, the data section must end exactly at the end of the
 from __future__ import annotations
 
 import json
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +40,15 @@ DTYPES: dict[str, tuple[int, np.dtype]] = {
     "F64": (8, np.dtype("<f8")),
     "I64": (8, np.dtype("<i8")),
     "U64": (8, np.dtype("<u8")),
+    "C64": (8, np.dtype("<c8")),
+    "F8_E4M3FNUZ": (1, np.dtype(np.uint8)),
+    "F8_E5M2FNUZ": (1, np.dtype(np.uint8)),
 }
-FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"})
+# Packed sub-byte dtypes safetensors knows (MXFP4/MXFP6 payloads): named clearly when refused.
+SUBBYTE_DTYPES = frozenset({"F4", "F6_E2M3", "F6_E3M2"})
+# safetensors stores shapes and offsets as usize: anything from 2**64 up is not a valid value.
+MAX_USIZE = 2**64 - 1
 
 # numpy / torch-style names users may type (--cast) -> safetensors names.
 DTYPE_ALIASES = {
@@ -104,6 +113,7 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
     for key, value in pairs:
         if key in seen:
             raise _Duplicate(key)
+        _check_utf8(key)
         seen[key] = value
     return seen
 
@@ -112,14 +122,34 @@ class _Duplicate(Exception):
     pass
 
 
+def _check_utf8(text: str) -> None:
+    """Python's json accepts lone surrogate escapes ("\\ud800"); UTF-8 (and safetensors) does not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"string with a lone surrogate escape: {text[:40]!r}") from None
+
+
 def _reject_constant(token: str) -> float:
     raise ValueError(f"non-standard JSON constant {token}")
+
+
+def _parse_int(token: str) -> int:
+    """Every integer of a header is a usize: no sign (not even ``-0``), below 2**64."""
+    if token.startswith("-"):
+        raise ValueError(f"negative integer {token[:40]}")
+    value = int(token)
+    if value > MAX_USIZE:
+        raise ValueError(f"integer {token[:40]} does not fit in 64 bits")
+    return value
 
 
 def parse_header(path: Path) -> ShardHeader:
     """Read and validate one .safetensors file's header without reading tensor data."""
     where = str(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+            raise SurgeonError(f"{where}: not a regular file")
         with open(path, "rb") as f:
             file_size = _file_size(f)
             if file_size < 8:
@@ -138,8 +168,6 @@ def parse_header(path: Path) -> ShardHeader:
 
 
 def _file_size(f) -> int:
-    import os
-
     return os.fstat(f.fileno()).st_size
 
 
@@ -150,7 +178,8 @@ def _validate_header(path: Path, raw: bytes, file_size: int) -> ShardHeader:
     except UnicodeDecodeError as e:
         raise SurgeonError(f"{where}: header is not valid UTF-8 (byte {e.start})") from e
     try:
-        obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant,
+                         parse_int=_parse_int)
     except _Duplicate as e:
         raise SurgeonError(f"{where}: header names {str(e.args[0])[:80]!r} twice") from e
     except (ValueError, RecursionError) as e:
@@ -163,6 +192,11 @@ def _validate_header(path: Path, raw: bytes, file_size: int) -> ShardHeader:
         metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise SurgeonError(f"{where}: __metadata__ must map strings to strings")
+    for value in metadata.values():
+        try:
+            _check_utf8(value)
+        except ValueError as e:
+            raise SurgeonError(f"{where}: __metadata__: {e}") from None
 
     data_start = 8 + len(raw)
     data_size = file_size - data_start
@@ -190,18 +224,16 @@ def _is_int(x: object) -> bool:
 
 
 def _validate_entry(where: str, name: str, spec: object, data_start: int, data_size: int) -> TensorEntry:
+    # An empty name and unknown extra fields in an entry are accepted, as safetensors does.
     shown = name if len(name) <= 120 else name[:117] + "..."
-    if not name:
-        raise SurgeonError(f"{where}: a tensor has an empty name")
     if not isinstance(spec, dict):
         raise SurgeonError(f"{where}: tensor {shown!r}: entry must be an object with dtype, shape, data_offsets")
-    extra = set(spec) - {"dtype", "shape", "data_offsets"}
     missing = {"dtype", "shape", "data_offsets"} - set(spec)
     if missing:
         raise SurgeonError(f"{where}: tensor {shown!r}: missing {', '.join(sorted(missing))}")
-    if extra:
-        raise SurgeonError(f"{where}: tensor {shown!r}: unknown field(s) {', '.join(sorted(map(str, extra)))}")
     dtype = spec["dtype"]
+    if isinstance(dtype, str) and dtype in SUBBYTE_DTYPES:
+        raise SurgeonError(f"{where}: tensor {shown!r}: packed sub-byte dtype {dtype} is not supported")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise SurgeonError(f"{where}: tensor {shown!r}: unknown dtype {str(dtype)[:40]!r}")
     shape = spec["shape"]

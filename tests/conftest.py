@@ -1,0 +1,111 @@
+"""Shared fixtures: tiny synthetic models, raw safetensors files, and the `surgeon` CLI.
+
+Kept small and generic so every test module can use them:
+
+- ``tiny_model(**kw)``: a synthetic checkpoint in a fresh temp folder (kwargs of
+  `weightsurgeon.synth.make_checkpoint`; ``name=`` picks the folder name).
+- ``run_cli(*args)``: the real console entry point in a subprocess
+  (``python -m weightsurgeon ...``, offline); returns a CompletedProcess with text output.
+- ``surgeon(*args)``: the same entry point in-process (fast); returns ``CliResult``.
+- ``write_raw(path, header, data)``: a .safetensors file from a header (dict, str or
+  bytes) and data bytes, for malformed-file tests. Importable: ``from conftest import write_raw``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+os.environ.update(OFFLINE_ENV)
+
+
+def write_raw(path: Path | str, header: dict | str | bytes, data: bytes = b"", length: int | None = None) -> Path:
+    """Write ``<u64 length><header><data>``; ``length`` overrides the declared header length."""
+    if isinstance(header, dict):
+        blob = json.dumps(header).encode()
+    elif isinstance(header, str):
+        blob = header.encode("utf-8", "surrogatepass")
+    else:
+        blob = header
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob) if length is None else length))
+        f.write(blob)
+        f.write(data)
+    return path
+
+
+def tensor_entry(dtype: str, shape: list, begin: int, end: int) -> dict:
+    return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OFFLINE_ENV)
+    env.pop("SURGEON_DEBUG", None)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+            cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``surgeon ARGS`` as a user would (a fresh interpreter), offline."""
+    return subprocess.run([sys.executable, "-m", "weightsurgeon", *map(str, args)], capture_output=True, text=True,
+                          env=env or cli_env(), timeout=timeout, cwd=cwd)
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def surgeon(capsys: pytest.CaptureFixture) -> Callable[..., CliResult]:
+    """Call the `surgeon` entry point in-process (fast) and capture its exit code and output."""
+    from weightsurgeon.cli import main
+
+    def invoke(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return invoke
+
+
+@pytest.fixture(name="run_cli")
+def run_cli_fixture() -> Callable[..., subprocess.CompletedProcess]:
+    return run_cli
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``tiny_model(arch="llama", tied=True, dtype="bf16", shard_bytes=4096, name="m")``."""
+    from weightsurgeon.synth import make_checkpoint
+
+    counter = iter(range(10_000))
+
+    def make(name: str | None = None, **kw) -> Path:
+        return make_checkpoint(tmp_path / (name or f"model{next(counter)}"), **kw)
+
+    return make
