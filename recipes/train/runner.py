@@ -16,6 +16,7 @@ loss curve and the closing diff.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -73,6 +74,13 @@ def sft_args(cfg: RecipeConfig, work_dir: Path, world_size: int) -> Any:
     from .deepspeed_config import deepspeed_config
 
     t = cfg.train
+    # transformers 5 renamed gradient_checkpointing to activation_checkpointing (old name warns).
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    checkpointing = {
+        prefix: t.gradient_checkpointing,
+        f"{prefix}_kwargs": {"use_reentrant": False} if t.gradient_checkpointing else None,
+    }
     if t.precision != "fp32" and not _on_gpu():
         raise SurgeonError(f"train.precision={t.precision} needs a GPU; on CPU set train.precision=fp32")
     return SFTConfig(
@@ -90,8 +98,7 @@ def sft_args(cfg: RecipeConfig, work_dir: Path, world_size: int) -> Any:
         max_grad_norm=t.max_grad_norm,
         bf16=t.precision == "bf16",
         fp16=t.precision == "fp16",
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        **checkpointing,
         max_length=t.max_length,
         completion_only_loss=t.loss == "completion_only",
         assistant_only_loss=t.loss == "assistant_only",
