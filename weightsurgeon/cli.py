@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "weightsurgeon.commands.inspect:inspect_cmd",
     "verify": "weightsurgeon.commands.inspect:verify_cmd",
     "demo": "weightsurgeon.commands.demo:demo_cmd",
+    "diff": "weightsurgeon.commands.diff:diff_cmd",
 }
 
 

@@ -1,0 +1,118 @@
+"""`surgeon diff`: the Delta stethoscope on the command line."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+
+REPORT_JSON = "report.json"
+REPORT_CSV = "report.csv"
+
+
+def write_report_folder(report: Any, folder: Path, plots: bool = True, every: int | None = None) -> tuple[list[str], list[str]]:
+    """Write report.json, report.csv and (if the figures module is importable) the figures and report.html.
+
+    Returns (file names written, warnings). Figures are optional: a missing matplotlib or
+    figures module is a warning, never a failed diff.
+    """
+    report.write_json(folder / REPORT_JSON)
+    report.write_csv(folder / REPORT_CSV)
+    written = [REPORT_JSON, REPORT_CSV]
+    warnings: list[str] = []
+    if not plots:
+        return written, warnings
+    data = report.to_dict()
+    every = every or int(report.options.get("every") or 5)
+    try:
+        from weightsurgeon.report.figures import draw_all
+    except ImportError as e:
+        warnings.append(f"figures not drawn ({e}); report.json and report.csv are complete")
+        return written, warnings
+    figures = draw_all(data, folder, every=every)
+    written += [Path(f).name for f in figures]
+    try:
+        from weightsurgeon.report.html import write_html
+    except ImportError as e:
+        warnings.append(f"report.html not written ({e})")
+        return written, warnings
+    written.append(Path(write_html(data, folder, figures=figures)).name)
+    return written, warnings
+
+
+def _input_paths(checkpoints: Sequence[Any]) -> list[Path]:
+    return [c.root if c.root is not None else c.files[0] for c in checkpoints]
+
+
+@click.command("diff")
+@click.argument("base")
+@click.argument("tuned", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Report folder (report.json, report.csv, figures, report.html); created only when the diff completes.")
+@click.option("--module", "modules", default=None, metavar="SPEC",
+              help="Compare only these modules: o_proj, attn, mlp, norm, 'q_proj,k_proj', re:REGEX ...")
+@click.option("--layers", default=None, metavar="SPEC", help="Compare only these layers: 5-30 (inclusive), 0,2,5-9, all.")
+@click.option("--bins", type=int, default=200, show_default=True, help="Bins of the relative-change histogram.")
+@click.option("--clip", type=float, default=1.0, show_default=True,
+              help="Histogram range is [-clip, clip]; relative changes beyond it land in the edge bins.")
+@click.option("--every", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Draw the relative-change histograms of every N-th layer.")
+@click.option("--label", "labels", multiple=True, metavar="NAME",
+              help="Name of a tuned model in the report (repeat once per tuned model; default: its folder name).")
+@click.option("--allow-missing", is_flag=True,
+              help="Tensors on one side only or with other shapes are listed in the report instead of failing.")
+@click.option("--no-plots", is_flag=True, help="Write report.json and report.csv only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON to stdout (no table).")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Rows of the 'top (layer, module)' table.")
+@click.option("--chunk-mb", type=click.IntRange(min=1, max=1024), default=16, show_default=True,
+              help="Read chunk per tensor side, in MiB (memory is a few chunks).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: str | None, layers: str | None,
+             bins: int, clip: float, every: int, labels: tuple[str, ...], allow_missing: bool, no_plots: bool,
+             as_json: bool, top: int, chunk_mb: int, force: bool, quiet: bool) -> None:
+    """Compare BASE with one or more fine-tunes TUNED..., tensor by tensor, streaming.
+
+    Reports, per tensor and per (layer, module), the L2 norm of the weight delta, the L2 of
+    both sides, relative L2, cosine, max and mean delta and a histogram of the elementwise
+    relative change (B - A) / A. Several fine-tunes are compared in one pass that reads
+    BASE once. Memory stays at a few read chunks whatever the model size.
+
+    \b
+    surgeon diff Qwen/Qwen2.5-Math-1.5B deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B -o report/
+    surgeon diff base/ ft1/ ft2/ --module attn --layers 5-20 --json
+    """
+    from contextlib import ExitStack, nullcontext
+
+    from weightsurgeon.atomic import atomic_output_dir, check_output_path
+    from weightsurgeon.checkpoint import open_checkpoint
+    from weightsurgeon.diff import plan_diff, run_diff
+    from weightsurgeon.output import emit_json, print_warnings
+    from weightsurgeon.progress import ByteProgress
+    from weightsurgeon.report.summary import print_summary
+
+    if labels and len(labels) != len(tuned):
+        raise click.UsageError(f"{len(labels)} --label value(s) for {len(tuned)} tuned model(s): give one per tuned model")
+    with ExitStack() as stack:
+        base_ckpt = stack.enter_context(open_checkpoint(base))
+        others = [stack.enter_context(open_checkpoint(t)) for t in tuned]
+        inputs = _input_paths([base_ckpt, *others])
+        if output is not None:
+            check_output_path(output, inputs, force)  # fail before reading gigabytes
+        plan = plan_diff(base_ckpt, others, modules=modules, layers=layers, bins=bins, clip=clip,
+                         allow_missing=allow_missing, labels=list(labels) or None, every=every)
+        print_warnings(plan.warnings)
+        written: list[str] = []
+        extra_warnings: list[str] = []
+        target = atomic_output_dir(output, inputs, force) if output is not None else nullcontext(None)
+        with target as folder:
+            with ByteProgress(plan.total_bytes, "diff", quiet=quiet) as progress:
+                report = run_diff(plan, chunk_bytes=chunk_mb * 1024 * 1024, progress=progress)
+            if folder is not None:
+                written, extra_warnings = write_report_folder(report, Path(folder), plots=not no_plots, every=every)
+    print_warnings(extra_warnings)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    print_summary(report, top=top, files=[str(output / name) for name in written] if output is not None else ())

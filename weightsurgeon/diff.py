@@ -1,0 +1,462 @@
+"""The Delta stethoscope: stream tensor pairs of a base and its fine-tunes through the kernel.
+
+Two steps. `plan_pairs` decides, from headers alone, which base tensor is compared with
+which tuned tensor: by name, plus the cases real checkpoints throw at us (tied embeddings
+on one side only -> compare the effective output head; a fine-tune that added tokens ->
+compare the shared rows and report the added ones; dtypes that differ -> compare values;
+tensors on one side only or with another shape -> an error, or reported with
+``allow_missing``). `diff_checkpoints` then walks the base in its on-disk order, reads
+each base chunk once for every tuned model, and folds each chunk pair into additive
+`DeltaStats` while one reader thread fetches the next chunks into the other half of a
+pair of buffers that are allocated once. The kernel releases the GIL, so reading and
+computing overlap; peak memory is a few chunks whatever the model size.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from weightsurgeon.checkpoint import Checkpoint, TensorInfo, open_checkpoint
+from weightsurgeon.errors import SurgeonError
+from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
+from weightsurgeon.report.model import (DiffReport, ModelIdentity, TensorDiff, aggregate_modules, sort_key)
+
+DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+MAX_BUFFER_BYTES = 192 * 1024 * 1024  # all read buffers together, whatever the number of tuned models
+MIN_CHUNK_BYTES = 1024 * 1024
+_SLOTS = 2  # double buffering: one slot is computed while the reader fills the other
+_SHOWN_MISSING = 4  # mismatches named in the error message
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One comparison: the first `numel` elements of a base tensor against those of a tuned tensor."""
+
+    tuned: int  # index into the tuned list
+    name: str  # the name reported
+    base: TensorInfo
+    other: TensorInfo
+    numel: int
+    added_rows: int = 0
+
+
+@dataclass
+class PairPlan:
+    """What one tuned model is compared on, and what could not be paired."""
+
+    pairs: list[Pair]
+    missing: list[dict]
+    notes: list[str]
+
+
+# ---------------------------------------------------------------------------------------
+# Pairing (headers only)
+# ---------------------------------------------------------------------------------------
+
+def _weight_of(layout: ModelLayout, module: str) -> str | None:
+    for name, loc in layout.locations.items():
+        if loc.module == module and loc.param == "weight" and loc.layer is None:
+            return name
+    return None
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def _match(t: int, label: str, name: str, base: TensorInfo, other: TensorInfo, module: str,
+           pairs: list[Pair], missing: list[dict], notes: list[str]) -> None:
+    """Pair two tensors of the same role, or record why they cannot be compared."""
+    if base.shape == other.shape:
+        pairs.append(Pair(t, name, base, other, base.numel))
+        return
+    grew = (module in ("embed_tokens", "lm_head") and len(base.shape) == 2 and len(other.shape) == 2
+            and base.shape[1] == other.shape[1] and other.shape[0] > base.shape[0])
+    if grew:
+        added = other.shape[0] - base.shape[0]
+        pairs.append(Pair(t, name, base, other, base.numel, added_rows=added))
+        notes.append(f"{label}: {name} has {added} added row(s) (vocabulary {base.shape[0]} -> {other.shape[0]}): "
+                     f"compared the {base.shape[0]} shared rows; the added rows are not in the statistics")
+        return
+    missing.append({"tuned": label, "name": name, "where": "shape",
+                    "detail": f"base {_shape_text(base.shape)} vs tuned {_shape_text(other.shape)}"})
+
+
+def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
+               base_layout: ModelLayout | None = None) -> PairPlan:
+    """Pair every base tensor with its counterpart in `other`, from the headers alone."""
+    base_layout = base_layout or layout_of(base.tensors, base.config)
+    other_layout = layout_of(other.tensors, other.config)
+    pairs: list[Pair] = []
+    missing: list[dict] = []
+    notes: list[str] = []
+    consumed: set[str] = set()  # tuned names used by an effective-head pair
+
+    base_emb, base_head = _weight_of(base_layout, "embed_tokens"), _weight_of(base_layout, "lm_head")
+    other_emb, other_head = _weight_of(other_layout, "embed_tokens"), _weight_of(other_layout, "lm_head")
+    head: tuple[str, TensorInfo, TensorInfo] | None = None  # (reported name, base side, tuned side)
+    if base_head is None and other_head is not None and base_emb is not None and base_layout.tied_embeddings:
+        head = (other_head, base.tensors[base_emb], other.tensors[other_head])
+        consumed.add(other_head)
+        notes.append(f"{label}: tied embeddings on the base only: compared base {base_emb} (its effective output head) "
+                     f"against tuned {other_head}")
+    elif base_head is not None and other_head is None and other_emb is not None and other_layout.tied_embeddings:
+        head = (base_head, base.tensors[base_head], other.tensors[other_emb])
+        notes.append(f"{label}: tied embeddings on the tuned model only: compared base {base_head} against tuned "
+                     f"{other_emb} (its effective output head)")
+
+    for info in base:
+        if head is not None and info.name == head[0]:
+            continue  # the base's own head, paired below with the tuned model's embedding
+        twin = other.tensors.get(info.name)
+        if twin is None:
+            missing.append({"tuned": label, "name": info.name, "where": "base_only", "detail": "not in the tuned model"})
+            continue
+        _match(t, label, info.name, info, twin, base_layout.locations[info.name].module, pairs, missing, notes)
+    if head is not None:  # streamed in the base tensor's on-disk place (see _order_pairs)
+        _match(t, label, head[0], head[1], head[2], "lm_head", pairs, missing, notes)
+    for name in other.tensors:
+        if name not in base.tensors and name not in consumed:
+            missing.append({"tuned": label, "name": name, "where": "tuned_only", "detail": "not in the base model"})
+
+    mixed = Counter((p.base.dtype, p.other.dtype) for p in pairs if p.base.dtype != p.other.dtype)
+    for (da, db), n in sorted(mixed.items()):
+        notes.append(f"{label}: {n} tensor(s) stored as {da} in the base and {db} in the tuned model: values compared "
+                     f"after exact decoding")
+    arch_a = ((base.config or {}).get("architectures") or [None])[0]
+    arch_b = ((other.config or {}).get("architectures") or [None])[0]
+    if arch_a and arch_b and arch_a != arch_b:
+        notes.append(f"{label}: architectures differ (base {arch_a}, tuned {arch_b}); compared tensors by name")
+    return PairPlan(pairs, missing, notes)
+
+
+def _order_pairs(pairs: list[Pair], base: Checkpoint) -> list[tuple[TensorInfo, list[Pair]]]:
+    """Group pairs by base tensor, in the base's on-disk order (sequential reads)."""
+    by_base: dict[str, list[Pair]] = {}
+    for p in pairs:
+        by_base.setdefault(p.base.name, []).append(p)
+    return [(info, by_base[info.name]) for info in base if info.name in by_base]
+
+
+def _missing_error(missing: list[dict]) -> SurgeonError:
+    shown = []
+    for m in missing[:_SHOWN_MISSING]:
+        what = {"base_only": "only in the base", "tuned_only": "only in the tuned model"}.get(m["where"], m["detail"])
+        shown.append(f"{m['name']} ({what})")
+    more = f" and {len(missing) - _SHOWN_MISSING} more" if len(missing) > _SHOWN_MISSING else ""
+    labels = sorted({m["tuned"] for m in missing})
+    return SurgeonError(f"{', '.join(labels)}: {len(missing)} tensor(s) do not pair with the base: {'; '.join(shown)}{more}; "
+                        f"pass --allow-missing to compare the rest and list these in the report")
+
+
+# ---------------------------------------------------------------------------------------
+# Identities
+# ---------------------------------------------------------------------------------------
+
+def checkpoint_digest(ckpt: Checkpoint) -> str:
+    """sha256 over the shards' header digests: names the exact tensors without hashing gigabytes."""
+    h = hashlib.sha256()
+    for shard in ckpt.shards:
+        h.update(ckpt.header_digest(shard).encode())
+    return h.hexdigest()
+
+
+def identify(ckpt: Checkpoint, label: str | None = None) -> ModelIdentity:
+    by_dtype: Counter = Counter()
+    for info in ckpt:
+        by_dtype[info.dtype] += info.nbytes
+    layout = layout_of(ckpt.tensors, ckpt.config)
+    arch = ((ckpt.config or {}).get("architectures") or [None])[0]
+    path = str(Path(ckpt.root if ckpt.root is not None else ckpt.files[0]).resolve())
+    return ModelIdentity(source=ckpt.source, path=path, digest=checkpoint_digest(ckpt), architecture=arch,
+                         num_layers=layout.num_layers, dtype=by_dtype.most_common(1)[0][0] if by_dtype else None,
+                         label=label)
+
+
+def default_label(ckpt: Checkpoint) -> str:
+    if ckpt.root is not None:
+        return ckpt.root.name or str(ckpt.root)
+    return Path(ckpt.files[0]).stem
+
+
+def unique_labels(wanted: Sequence[str]) -> list[str]:
+    """Make labels unique by suffixing -2, -3 ... (two fine-tunes in folders of the same name)."""
+    seen: Counter = Counter()
+    out = []
+    for label in wanted:
+        seen[label] += 1
+        candidate = label if seen[label] == 1 else f"{label}-{seen[label]}"
+        while candidate in out:
+            seen[label] += 1
+            candidate = f"{label}-{seen[label]}"
+        out.append(candidate)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Streaming
+# ---------------------------------------------------------------------------------------
+
+class _Stop(Exception):
+    pass
+
+
+class _Reader(threading.Thread):
+    """Fills buffer slots with the next chunk of a base tensor and of every tuned tensor paired with it.
+
+    Slots cycle through two queues: `free` (the compute side is done with it) and `ready`
+    (bytes are in). Buffers are allocated once, before the first read, and reused.
+    """
+
+    def __init__(self, work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others: list[Checkpoint],
+                 chunk_elems: int, base_bytes: int, other_bytes: int, consumers: int) -> None:
+        super().__init__(name="surgeon-diff-reader", daemon=True)
+        self.work = work
+        self.base = base
+        self.others = others
+        self.chunk_elems = chunk_elems
+        self.base_bufs = [np.empty(base_bytes, dtype=np.uint8) for _ in range(_SLOTS)]
+        self.other_bufs = [[np.empty(other_bytes, dtype=np.uint8) for _ in range(consumers)] for _ in range(_SLOTS)]
+        self.free: queue.Queue = queue.Queue()
+        self.ready: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        for slot in range(_SLOTS):
+            self.free.put(slot)
+
+    def _take_slot(self) -> int:
+        slot = self.free.get()
+        if self.stop.is_set():
+            raise _Stop
+        return slot
+
+    def run(self) -> None:
+        try:
+            for info, pairs in self.work:
+                numel = info.numel
+                for start in range(0, numel, self.chunk_elems):
+                    stop = min(numel, start + self.chunk_elems)
+                    slot = self._take_slot()
+                    n = (stop - start) * info.itemsize
+                    base_view = self.base_bufs[slot][:n]
+                    self.base.read_into(info, start * info.itemsize, base_view)
+                    views = []
+                    for k, p in enumerate(pairs):
+                        size = p.other.itemsize
+                        view = self.other_bufs[slot][k][:(stop - start) * size]
+                        self.others[p.tuned].read_into(p.other, start * size, view)
+                        views.append(view)
+                    self.ready.put((pairs, slot, base_view, views))
+            self.ready.put(None)
+        except _Stop:
+            return
+        except BaseException as e:  # handed to the compute side, which raises it
+            self.ready.put(e)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        for slot in range(_SLOTS):
+            self.free.put(slot)
+        self.join(timeout=10)
+
+
+def _next_ready(reader: _Reader) -> Any:
+    while True:  # a timeout keeps Ctrl-C and SIGTERM responsive in the main thread
+        try:
+            return reader.ready.get(timeout=0.25)
+        except queue.Empty:
+            if not reader.is_alive() and reader.ready.empty():
+                raise SurgeonError("internal: the diff reader stopped without a result")
+
+
+def _chunk_plan(work: list[tuple[TensorInfo, list[Pair]]], chunk_bytes: int) -> tuple[int, int, int, int]:
+    """(chunk elements, base buffer bytes, tuned buffer bytes, tuned buffers per slot), bounded in total."""
+    consumers = max(len(pairs) for _, pairs in work)
+    base_isz = max(info.itemsize for info, _ in work)
+    other_isz = max(p.other.itemsize for _, pairs in work for p in pairs)
+    largest = max(info.numel for info, _ in work)
+    # Keep every buffer of both slots together under MAX_BUFFER_BYTES (many tuned models).
+    per_elem = _SLOTS * (base_isz + consumers * other_isz)
+    elems = max(1, min(chunk_bytes // max(base_isz, other_isz), MAX_BUFFER_BYTES // per_elem, max(largest, 1)))
+    return elems, elems * base_isz, elems * other_isz, consumers
+
+
+def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others: list[Checkpoint],
+            stats: dict[tuple[int, str], Any], chunk_bytes: int, progress: Any) -> int:
+    """Run every pair through the kernel; returns bytes read."""
+    from weightsurgeon.kernels import accumulate_delta
+
+    if not work:
+        return 0
+    elems, base_bytes, other_bytes, consumers = _chunk_plan(work, chunk_bytes)
+    reader = _Reader(work, base, others, elems, base_bytes, other_bytes, consumers)
+    done = 0
+    reader.start()
+    try:
+        while True:
+            item = _next_ready(reader)
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            pairs, slot, base_view, views = item
+            for p, view in zip(pairs, views):
+                accumulate_delta(stats[(p.tuned, p.name)], base_view, view, p.base.dtype, p.other.dtype)
+            nbytes = len(base_view) + sum(len(v) for v in views)
+            done += nbytes
+            reader.free.put(slot)
+            if progress is not None:
+                progress.advance(nbytes)
+    finally:
+        reader.shutdown()
+    return done
+
+
+# ---------------------------------------------------------------------------------------
+# The API
+# ---------------------------------------------------------------------------------------
+
+def _as_checkpoint(source: Any, opened: list[Checkpoint]) -> Checkpoint:
+    if isinstance(source, Checkpoint):
+        return source
+    ckpt = open_checkpoint(source)
+    opened.append(ckpt)
+    return ckpt
+
+
+def _check_histogram(bins: int, clip: float) -> tuple[int, float]:
+    from weightsurgeon.kernels.stats import check_histogram
+
+    try:
+        return check_histogram(bins, clip)
+    except ValueError as e:
+        raise SurgeonError(str(e)) from e
+
+
+@dataclass
+class DiffPlan:
+    """Everything decided before a byte of tensor data is read: pairs, mismatches, notes, options."""
+
+    base: Checkpoint
+    others: list[Checkpoint]
+    labels: list[str]
+    pairs: list[Pair]
+    missing: list[dict]
+    notes: list[str]
+    warnings: list[str]
+    options: dict
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes the diff reads: each paired base tensor once, plus every tuned side."""
+        base = {p.base.name: p.base.nbytes for p in self.pairs}
+        return sum(base.values()) + sum(p.numel * p.other.itemsize for p in self.pairs)
+
+
+def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | None = None, layers: str | None = None,
+              bins: int = 200, clip: float = 1.0, allow_missing: bool = False, labels: Sequence[str] | None = None,
+              every: int = 5) -> DiffPlan:
+    """Pair, select and check, from headers only; raises SurgeonError on mismatches unless allow_missing."""
+    bins, clip = _check_histogram(bins, clip)
+    others = list(others)
+    if not others:
+        raise SurgeonError("nothing to compare: give at least one tuned model")
+    if labels is not None and len(labels) != len(others):
+        raise SurgeonError(f"{len(labels)} label(s) for {len(others)} tuned model(s): give one label per tuned model")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise SurgeonError(f"--every must be a positive integer, got {every!r}")
+    names = unique_labels(list(labels) if labels is not None else [default_label(c) for c in others])
+    base_layout = layout_of(base.tensors, base.config)
+    selector = parse_modules(modules) if modules is not None else None
+    layer_set = parse_layers(layers, base_layout.num_layers) if layers is not None else None
+
+    pairs: list[Pair] = []
+    missing: list[dict] = []
+    notes: list[str] = []
+    for t, (ckpt, label) in enumerate(zip(others, names)):
+        plan = plan_pairs(base, ckpt, t, label, base_layout)
+        pairs += plan.pairs
+        missing += plan.missing
+        notes += plan.notes
+    if selector is not None or layer_set is not None:
+        candidates = list(dict.fromkeys([p.name for p in pairs] + [m["name"] for m in missing]))
+        chosen = set(select_names(candidates, selector or parse_modules("re:."), layer_set, base_layout.num_layers,
+                                  flag="--module" if selector is not None else "--layers"))
+        pairs = [p for p in pairs if p.name in chosen]
+        missing = [m for m in missing if m["name"] in chosen]
+    if missing and not allow_missing:
+        raise _missing_error(missing)
+    if not pairs:
+        raise SurgeonError("no tensor pairs to compare: the models share no tensor of the same shape")
+    warnings = list(base.warnings) + [w for c in others for w in c.warnings]
+    if base_layout.other:
+        warnings.append(f"{len(base_layout.other)} base tensor name(s) not recognised as a known module, "
+                        f"reported as module 'other' (e.g. {base_layout.other[0]!r})")
+    options = {"bins": bins, "clip": clip, "modules": modules, "layers": layers, "every": every,
+               "allow_missing": allow_missing}
+    return DiffPlan(base, others, names, pairs, missing, notes, warnings, options)
+
+
+def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Any = None) -> DiffReport:
+    """Stream every pair of the plan through the kernel and build the report."""
+    from weightsurgeon.kernels import DeltaStats
+
+    bins, clip = plan.options["bins"], plan.options["clip"]
+    stats = {(p.tuned, p.name): DeltaStats.empty(bins, clip) for p in plan.pairs}
+    work = _order_pairs(plan.pairs, plan.base)
+    started = time.perf_counter()
+    bytes_read = _stream(work, plan.base, plan.others, stats, max(MIN_CHUNK_BYTES, int(chunk_bytes)), progress)
+    seconds = time.perf_counter() - started
+
+    rows = []
+    for p in plan.pairs:
+        loc = classify(p.name)
+        rows.append(TensorDiff(tuned=plan.labels[p.tuned], name=p.name, layer=loc.layer, module=loc.module,
+                               param=loc.param, dtype=p.base.dtype, dtype_tuned=p.other.dtype, shape=p.base.shape,
+                               numel=p.numel, stats=stats[(p.tuned, p.name)], added_rows=p.added_rows))
+    index = {label: i for i, label in enumerate(plan.labels)}
+    rows.sort(key=lambda r: sort_key(index[r.tuned], r.layer, r.module, r.name))
+    return DiffReport(
+        base=identify(plan.base),
+        tuned=[identify(c, label) for c, label in zip(plan.others, plan.labels)],
+        options=dict(plan.options),
+        tensors=rows,
+        modules=aggregate_modules(rows, plan.labels, bins, clip),
+        notes=list(plan.notes),
+        missing=list(plan.missing),
+        warnings=list(plan.warnings),
+        timing={"seconds": round(seconds, 6), "bytes_read": bytes_read,
+                "gb_per_s": round(bytes_read / seconds / 1e9, 4) if seconds > 0 else None},
+    )
+
+
+def diff_checkpoints(base: Any, tuned: Any, modules: str | None = None, layers: str | None = None, bins: int = 200,
+                     clip: float = 1.0, allow_missing: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                     progress: Any = None, labels: Sequence[str] | None = None, every: int = 5) -> DiffReport:
+    """Compare a base checkpoint with one or more fine-tunes, streaming; returns the DiffReport.
+
+    `base` and each of `tuned` are paths, Hub ids in the local cache, or open Checkpoints
+    (a single path or Checkpoint is accepted for `tuned`). `modules`/`layers` select what
+    is compared (the CLI's --module/--layers syntax); `bins`/`clip` shape the
+    relative-change histogram; `progress` gets ``advance(nbytes)`` calls.
+    """
+    if isinstance(tuned, (str, os.PathLike, Checkpoint)):
+        tuned = [tuned]
+    opened: list[Checkpoint] = []
+    try:
+        base_ckpt = _as_checkpoint(base, opened)
+        others = [_as_checkpoint(t, opened) for t in tuned]
+        plan = plan_diff(base_ckpt, others, modules=modules, layers=layers, bins=bins, clip=clip,
+                         allow_missing=allow_missing, labels=labels, every=every)
+        return run_diff(plan, chunk_bytes=chunk_bytes, progress=progress)
+    finally:
+        for c in opened:
+            c.close()

@@ -1,0 +1,357 @@
+"""DiffReport: what `surgeon diff` measured, as plain data that round-trips through report.json.
+
+Statistics are kept as additive `DeltaStats` (sums, counts, histogram), so a module's row
+is the exact merge of its tensors' rows and every derived number (L2, relative L2,
+cosine) is recomputed from sums, never averaged. report.json carries the raw sums beside
+the derived numbers, so `from_json` rebuilds the same report bit for bit.
+
+Schema ``weightsurgeon.diff/1`` (keys are only ever added, never renamed):
+base/tuned identities, options, bin_edges, notes, missing, tensors, modules, timing.
+JSON has no NaN: non-finite floats are written as null.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from weightsurgeon._version import __version__
+from weightsurgeon.errors import SurgeonError
+
+SCHEMA = "weightsurgeon.diff/1"
+
+# The CSV's first columns: scripts read these names.
+CSV_COLUMNS = ("tuned", "name", "layer", "module", "param", "dtype", "numel", "l2_delta", "l2_base", "l2_tuned",
+               "rel_l2", "cosine", "max_abs_delta", "mean_delta", "n_base_zero", "n_nonfinite")
+CSV_EXTRA = ("dtype_tuned", "shape", "added_rows", "n")
+
+# Reading order of modules inside a layer, and of the layerless ones around the layers.
+MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "q_norm", "k_norm", "gate_proj", "up_proj",
+                "gate_up_proj", "down_proj", "router", "expert_gate_proj", "expert_up_proj", "expert_gate_up_proj",
+                "expert_down_proj", "shared_expert_gate_proj", "shared_expert_up_proj", "shared_expert_down_proj",
+                "shared_expert_router", "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                "post_feedforward_layernorm")
+_BEFORE_LAYERS = ("embed_tokens", "embed_positions")
+
+
+def _stats_cls():
+    from weightsurgeon.kernels import DeltaStats
+
+    return DeltaStats
+
+
+def _json_float(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _float(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def sort_key(tuned_index: int, layer: int | None, module: str, name: str = "") -> tuple:
+    """Embeddings, then layers in numeric order (modules in reading order), then the rest (norm, head)."""
+    if layer is not None:
+        band, pos = 1, layer
+    elif module in _BEFORE_LAYERS:
+        band, pos = 0, 0
+    else:
+        band, pos = 2, 0
+    order = MODULE_ORDER.index(module) if module in MODULE_ORDER else len(MODULE_ORDER)
+    return (tuned_index, band, pos, order, module, name)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which checkpoint a side of the diff is: enough to tell whether two reports compared the same inputs."""
+
+    source: str
+    path: str
+    digest: str
+    architecture: str | None
+    num_layers: int
+    dtype: str | None
+    label: str | None = None  # tuned models only
+
+    def to_dict(self) -> dict:
+        out = {"source": self.source, "path": self.path, "digest": self.digest, "architecture": self.architecture,
+               "num_layers": self.num_layers, "dtype": self.dtype}
+        return out if self.label is None else {"label": self.label, **out}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelIdentity":
+        return cls(source=d.get("source", ""), path=d.get("path", ""), digest=d.get("digest", ""),
+                   architecture=d.get("architecture"), num_layers=int(d.get("num_layers") or 0),
+                   dtype=d.get("dtype"), label=d.get("label"))
+
+
+def stats_fields(stats: Any) -> dict:
+    """The derived and raw numbers of one DeltaStats, under report.json's names."""
+    return {
+        "l2_delta": _json_float(stats.l2_delta),
+        "l2_base": _json_float(stats.l2_a),
+        "l2_tuned": _json_float(stats.l2_b),
+        "rel_l2": _json_float(stats.rel_l2),
+        "cosine": _json_float(stats.cosine),
+        "max_abs_delta": _json_float(stats.max_abs_delta),
+        "mean_delta": _json_float(stats.mean_delta),
+        "n_base_zero": int(stats.n_base_zero),
+        "n_nonfinite": int(stats.n_nonfinite),
+        # Raw additive sums: enough to merge rows again or rebuild the report exactly.
+        "n": int(stats.n),
+        "sum_sq_delta": _json_float(stats.sum_sq_delta),
+        "sum_sq_base": _json_float(stats.sum_sq_a),
+        "sum_sq_tuned": _json_float(stats.sum_sq_b),
+        "dot_base_tuned": _json_float(stats.dot_ab),
+        "sum_delta": _json_float(stats.sum_delta),
+    }
+
+
+def stats_from_fields(d: dict, bins: int, clip: float) -> Any:
+    """Inverse of `stats_fields` (+ the row's hist)."""
+    return _stats_cls()(bins=bins, clip=clip, n=int(d["n"]), n_nonfinite=int(d["n_nonfinite"]),
+                        n_base_zero=int(d["n_base_zero"]), sum_sq_delta=_float(d["sum_sq_delta"]),
+                        sum_sq_a=_float(d["sum_sq_base"]), sum_sq_b=_float(d["sum_sq_tuned"]),
+                        dot_ab=_float(d["dot_base_tuned"]), sum_delta=_float(d["sum_delta"]),
+                        max_abs_delta=_float(d["max_abs_delta"]), hist=np.asarray(d["hist"], dtype=np.int64))
+
+
+@dataclass
+class TensorDiff:
+    """One tensor of one tuned model against the base."""
+
+    tuned: str
+    name: str
+    layer: int | None
+    module: str
+    param: str
+    dtype: str
+    dtype_tuned: str
+    shape: tuple[int, ...]
+    numel: int  # elements compared (the base tensor's; the shared rows when tokens were added)
+    stats: Any  # DeltaStats
+    added_rows: int = 0
+
+    def to_dict(self) -> dict:
+        return {"tuned": self.tuned, "name": self.name, "layer": self.layer, "module": self.module,
+                "param": self.param, "dtype": self.dtype, "dtype_tuned": self.dtype_tuned, "shape": list(self.shape),
+                "numel": int(self.numel), **stats_fields(self.stats), "added_rows": int(self.added_rows),
+                "hist": [int(c) for c in self.stats.hist]}
+
+    @classmethod
+    def from_dict(cls, d: dict, bins: int, clip: float) -> "TensorDiff":
+        return cls(tuned=d["tuned"], name=d["name"], layer=d["layer"], module=d["module"], param=d["param"],
+                   dtype=d["dtype"], dtype_tuned=d.get("dtype_tuned", d["dtype"]), shape=tuple(d["shape"]),
+                   numel=int(d["numel"]), stats=stats_from_fields(d, bins, clip), added_rows=int(d.get("added_rows", 0)))
+
+
+@dataclass
+class ModuleDiff:
+    """One (layer, module) of one tuned model: the exact merge of its tensors (weight + bias ...)."""
+
+    tuned: str
+    layer: int | None
+    module: str
+    numel: int
+    num_tensors: int
+    stats: Any  # DeltaStats
+
+    def to_dict(self) -> dict:
+        return {"tuned": self.tuned, "layer": self.layer, "module": self.module, "numel": int(self.numel),
+                "num_tensors": self.num_tensors, **stats_fields(self.stats), "hist": [int(c) for c in self.stats.hist]}
+
+    @classmethod
+    def from_dict(cls, d: dict, bins: int, clip: float) -> "ModuleDiff":
+        return cls(tuned=d["tuned"], layer=d["layer"], module=d["module"], numel=int(d["numel"]),
+                   num_tensors=int(d.get("num_tensors", 0)), stats=stats_from_fields(d, bins, clip))
+
+
+def aggregate_modules(tensors: Iterable[TensorDiff], tuned_order: list[str], bins: int, clip: float) -> list[ModuleDiff]:
+    """Merge tensor rows into (tuned, layer, module) rows, exactly (sums and counts add)."""
+    groups: dict[tuple, ModuleDiff] = {}
+    for t in tensors:
+        key = (t.tuned, t.layer, t.module)
+        row = groups.get(key)
+        if row is None:
+            row = groups[key] = ModuleDiff(t.tuned, t.layer, t.module, 0, 0, _stats_cls().empty(bins, clip))
+        row.stats.merge(t.stats)
+        row.numel += t.numel
+        row.num_tensors += 1
+    index = {label: i for i, label in enumerate(tuned_order)}
+    return sorted(groups.values(), key=lambda m: sort_key(index.get(m.tuned, len(index)), m.layer, m.module))
+
+
+@dataclass
+class DiffReport:
+    """Everything one `surgeon diff` run measured; `to_dict` is report.json."""
+
+    base: ModelIdentity
+    tuned: list[ModelIdentity]
+    options: dict
+    tensors: list[TensorDiff]
+    modules: list[ModuleDiff]
+    notes: list[str] = field(default_factory=list)
+    missing: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    timing: dict = field(default_factory=lambda: {"seconds": 0.0, "bytes_read": 0, "gb_per_s": None})
+    version: str = __version__
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    # -- derived views --------------------------------------------------------------------
+    @property
+    def bins(self) -> int:
+        return int(self.options["bins"])
+
+    @property
+    def clip(self) -> float:
+        return float(self.options["clip"])
+
+    @property
+    def bin_edges(self) -> list[float]:
+        return [float(x) for x in np.histogram_bin_edges(np.empty(0), bins=self.bins, range=(-self.clip, self.clip))]
+
+    @property
+    def labels(self) -> list[str]:
+        return [t.label or "" for t in self.tuned]
+
+    def tensor(self, name: str, tuned: str | None = None) -> TensorDiff:
+        """The row of one tensor (of the first tuned model unless `tuned` names one)."""
+        tuned = self.labels[0] if tuned is None else tuned
+        for t in self.tensors:
+            if t.name == name and t.tuned == tuned:
+                return t
+        raise KeyError(f"{name!r} (tuned {tuned!r}) is not in the report")
+
+    def module_kinds(self, tuned: str | None = None) -> list[dict]:
+        """Per module kind across layers: median/max of rel_l2 and l2_delta, pooled rel_l2, share of the squared delta.
+
+        The median across layers is the paper-style summary (robust to one odd layer); the
+        pooled relative L2 is sqrt(sum ||B-A||^2 / sum ||A||^2) over every layer.
+        """
+        tuned = self.labels[0] if tuned is None else tuned
+        rows = [m for m in self.modules if m.tuned == tuned]
+        total_sq = sum(m.stats.sum_sq_delta for m in rows if math.isfinite(m.stats.sum_sq_delta))
+        kinds: dict[str, list[ModuleDiff]] = {}
+        for m in rows:
+            kinds.setdefault(m.module, []).append(m)
+        out = []
+        for module, ms in kinds.items():
+            rel = [m.stats.rel_l2 for m in ms if math.isfinite(m.stats.rel_l2)]
+            l2 = [m.stats.l2_delta for m in ms if math.isfinite(m.stats.l2_delta)]
+            sq_d = sum(m.stats.sum_sq_delta for m in ms)
+            sq_a = sum(m.stats.sum_sq_a for m in ms)
+            peak = max(ms, key=lambda m: m.stats.rel_l2 if math.isfinite(m.stats.rel_l2) else -1.0)
+            out.append({
+                "module": module,
+                "layers": len(ms),
+                "numel": sum(m.numel for m in ms),
+                "median_rel_l2": statistics.median(rel) if rel else math.nan,
+                "median_l2_delta": statistics.median(l2) if l2 else math.nan,
+                "max_rel_l2": peak.stats.rel_l2,
+                "max_rel_l2_layer": peak.layer,
+                "pooled_rel_l2": math.sqrt(sq_d / sq_a) if sq_a > 0 else math.nan,
+                "l2_delta": math.sqrt(sq_d) if math.isfinite(sq_d) else math.nan,
+                "share": (sq_d / total_sq) if total_sq > 0 and math.isfinite(sq_d) else 0.0,
+                "unchanged": all(m.stats.sum_sq_delta == 0.0 and m.stats.max_abs_delta == 0.0 for m in ms),
+            })
+        out.sort(key=lambda r: sort_key(0, None, r["module"]))
+        return out
+
+    # -- JSON ----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """report.json as a dict (NaN/inf already null)."""
+        return {
+            "schema": SCHEMA,
+            "version": self.version,
+            "created": self.created,
+            "base": self.base.to_dict(),
+            "tuned": [t.to_dict() for t in self.tuned],
+            "options": dict(self.options),
+            "bin_edges": self.bin_edges,
+            "notes": list(self.notes),
+            "missing": [dict(m) for m in self.missing],
+            "warnings": list(self.warnings),
+            "tensors": [t.to_dict() for t in self.tensors],
+            "modules": [m.to_dict() for m in self.modules],
+            "timing": dict(self.timing),
+        }
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def write_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiffReport":
+        """Rebuild a report from report.json's dict; SurgeonError on another schema or a damaged file."""
+        if not isinstance(d, dict) or not str(d.get("schema", "")).startswith("weightsurgeon.diff/"):
+            raise SurgeonError(f"not a surgeon diff report (schema {d.get('schema') if isinstance(d, dict) else None!r}, expected {SCHEMA!r})")
+        if d["schema"] != SCHEMA:
+            raise SurgeonError(f"report schema {d['schema']!r} is not supported by this version (expected {SCHEMA!r})")
+        try:
+            options = dict(d["options"])
+            bins, clip = int(options["bins"]), float(options["clip"])
+            return cls(
+                base=ModelIdentity.from_dict(d["base"]),
+                tuned=[ModelIdentity.from_dict(t) for t in d["tuned"]],
+                options=options,
+                tensors=[TensorDiff.from_dict(t, bins, clip) for t in d["tensors"]],
+                modules=[ModuleDiff.from_dict(m, bins, clip) for m in d["modules"]],
+                notes=list(d.get("notes", [])),
+                missing=list(d.get("missing", [])),
+                warnings=list(d.get("warnings", [])),
+                timing=dict(d.get("timing", {})),
+                version=d.get("version", ""),
+                created=d.get("created", ""),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise SurgeonError(f"damaged diff report: {type(e).__name__}: {str(e)[:120]}") from e
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> "DiffReport":
+        """Load report.json (a path, or JSON text starting with '{')."""
+        text = str(source)
+        if not text.lstrip().startswith("{"):
+            path = Path(source)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as e:
+                raise SurgeonError(f"{path}: cannot read: {e.strerror or e}") from e
+            except UnicodeDecodeError as e:
+                raise SurgeonError(f"{path}: not a JSON report (not UTF-8)") from e
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise SurgeonError(f"not a JSON report ({str(e)[:100]})") from e
+        return cls.from_dict(d)
+
+    # -- CSV -----------------------------------------------------------------------------
+    def write_csv(self, path: str | Path) -> Path:
+        """report.csv: one row per tensor and tuned model; empty cells for null/NaN."""
+        path = Path(path)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(CSV_COLUMNS + CSV_EXTRA)
+            for t in self.tensors:
+                row = t.to_dict()
+                row["shape"] = "x".join(str(s) for s in t.shape)
+                writer.writerow([_csv_cell(row[c]) for c in CSV_COLUMNS + CSV_EXTRA])
+        return path
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ""
+    return str(value)
