@@ -192,8 +192,14 @@ def _pread_into(fd: int, view: memoryview, pos: int) -> int:
 def open_checkpoint(source: str | os.PathLike) -> Checkpoint:
     """Open a model directory, a single .safetensors file, or a Hub id already in the local cache."""
     text = str(source)
+    if not text.strip() or "\x00" in text:
+        raise SurgeonError(f"{text!r}: not a path or Hub id")
     path = Path(text).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name too long, a permission problem on a parent
+        raise SurgeonError(f"{text}: cannot access: {e.strerror or e}") from e
+    if exists:
         if path.is_dir():
             return _open_directory(text, path)
         return _open_single_file(text, path)
@@ -212,7 +218,8 @@ def _resolve_hub_id(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id=repo_id, local_files_only=True))
     except LocalEntryNotFoundError as e:
-        raise SurgeonError(f"{repo_id}: not in the local Hugging Face cache; download it first with `hf download {repo_id}`") from e
+        raise SurgeonError(f"{repo_id}: no such directory, and not in the local Hugging Face cache; "
+                           f"download it first with `hf download {repo_id}`") from e
     except Exception as e:  # invalid ids and cache oddities: report, never crash
         raise SurgeonError(f"{repo_id}: cannot resolve from the local Hugging Face cache ({type(e).__name__}: {str(e)[:120]})") from e
 
@@ -224,10 +231,8 @@ def _open_single_file(text: str, path: Path) -> Checkpoint:
         return _open_directory(str(path.parent), path.parent)
     header = parse_header(path)
     _refuse_quantised(header)
-    root = path.parent
-    config = _read_json_if_present(root / "config.json") if (root / "config.json").exists() else None
-    ckpt = Checkpoint(source=text, root=None, shards=(header,), tensors=_tensor_infos([header]), config=config, index=None)
-    return ckpt
+    config = _read_config(path.parent)
+    return Checkpoint(source=text, root=None, shards=(header,), tensors=_tensor_infos([header]), config=config, index=None)
 
 
 def _open_directory(text: str, root: Path) -> Checkpoint:
@@ -261,12 +266,7 @@ def _open_directory(text: str, root: Path) -> Checkpoint:
         _cross_check_index(index_path, index, headers, warnings)
     for h in headers:
         _refuse_quantised(h)
-    config = _read_json_if_present(root / "config.json")
-    if config is not None and not isinstance(config, dict):
-        raise SurgeonError(f"{root / 'config.json'}: must be a JSON object")
-    if isinstance(config, dict) and isinstance(config.get("quantization_config"), dict):
-        method = config["quantization_config"].get("quant_method", "unknown")
-        raise SurgeonError(f"{root}: quantized checkpoint (quantization_config: {method}); the engine works on plain float weights: dequantize it first")
+    config = _read_config(root)
     surgeon = _read_json_if_present(root / "surgeon.json")
     if surgeon is not None and not isinstance(surgeon, dict):
         surgeon = None
@@ -284,9 +284,23 @@ def _tensor_infos(headers: list[ShardHeader]) -> dict[str, TensorInfo]:
     return tensors
 
 
-def _read_json_if_present(path: Path) -> dict | None:
+def _read_config(root: Path) -> dict | None:
+    """config.json beside the weights: must be an object; a quantization_config is refused."""
+    path = root / "config.json"
+    config = _read_json_if_present(path)
+    if config is not None and not isinstance(config, dict):
+        raise SurgeonError(f"{path}: must be a JSON object")
+    if isinstance(config, dict) and isinstance(config.get("quantization_config"), dict):
+        method = str(config["quantization_config"].get("quant_method", "unknown"))[:40]
+        raise SurgeonError(f"{root}: quantized checkpoint (quantization_config: {method}); the engine works on plain float weights: dequantize it first")
+    return config
+
+
+def _read_json_if_present(path: Path) -> object | None:
     if not path.exists():
         return None
+    if not path.is_file():  # a directory, a FIFO (would block), a device
+        raise SurgeonError(f"{path}: not a regular file")
     try:
         with open(path, "rb") as f:
             raw = f.read(64 * 1024 * 1024 + 1)
@@ -327,7 +341,7 @@ def _cross_check_index(index_path: Path, index: dict, headers: list[ShardHeader]
     for tensor, file in index["weight_map"].items():
         actual = where.get(tensor)
         if actual is None:
-            raise SurgeonError(f"{index_path}: lists tensor {tensor[:80]!r} in {file}, but no shard contains it")
+            raise SurgeonError(f"{index_path}: lists tensor {tensor[:80]!r} in {file}, but no shard listed in the index contains it")
         if actual != file:
             raise SurgeonError(f"{index_path}: lists tensor {tensor[:80]!r} in {file}, but it is stored in {actual}")
     unlisted = [n for n in where if n not in index["weight_map"]]
