@@ -22,6 +22,11 @@ COMMANDS: dict[str, str] = {
     "inspect": "weightsurgeon.commands.inspect:inspect_cmd",
     "verify": "weightsurgeon.commands.inspect:verify_cmd",
     "demo": "weightsurgeon.commands.demo:demo_cmd",
+    "splice": "weightsurgeon.commands.surgery:splice_cmd",
+    "zero": "weightsurgeon.commands.surgery:zero_cmd",
+    "reinit": "weightsurgeon.commands.surgery:reinit_cmd",
+    "remove": "weightsurgeon.commands.surgery:remove_cmd",
+    "extract": "weightsurgeon.commands.surgery:extract_cmd",
     "diff": "weightsurgeon.commands.diff:diff_cmd",
 }
 

@@ -1,0 +1,208 @@
+"""`surgeon splice | zero | reinit | remove | extract`: the Merge and Destruction stethoscopes.
+
+Each command opens its inputs, builds a plan (weightsurgeon.surgery), prints it with
+--dry-run, or hands it to the one executor (weightsurgeon.writer) and prints a summary.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from weightsurgeon.output import emit_json, print_warnings, stdout_console
+
+
+def _output_options(f: Callable) -> Callable:
+    options = [
+        click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder (created atomically)."),
+        click.option("--force", is_flag=True, help="Replace an existing output folder."),
+        click.option("--dry-run", is_flag=True, help="Print the plan (what changes, where, how many bytes); write nothing."),
+        click.option("--verify", is_flag=True, help="After writing, re-read every tensor and compare its bytes with its source."),
+        click.option("--max-shard-size", default="5GB", show_default=True, help="Largest shard (5GB, 500MB, 2GiB, bytes)."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+        click.option("--json", "as_json", is_flag=True, help="Print the plan (--dry-run) or the result as JSON on stdout."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _human(n: float) -> str:
+    for prefix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000 or prefix == "T":
+            return f"{n:.1f} {prefix}B" if prefix else f"{int(n)} B"
+        n /= 1000
+    return f"{n} B"
+
+
+def _arguments(ctx: click.Context) -> dict:
+    """The command's parameters as given, for surgeon.json (paths as strings)."""
+    skip = {"quiet", "as_json", "dry_run"}
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in ctx.params.items() if k not in skip}
+
+
+def _run(ctx: click.Context, build: Callable, sources: list[str]) -> None:
+    """Open the inputs, build the plan, then print it (--dry-run) or write it."""
+    from weightsurgeon.atomic import check_output_path
+    from weightsurgeon.checkpoint import open_checkpoint
+    from weightsurgeon.surgery import input_paths, parse_size
+    from weightsurgeon.writer import WriteOptions, write_plan
+
+    p = ctx.params
+    output: Path | None = p["output"]
+    if output is None and not p["dry_run"]:
+        raise click.UsageError("missing option -o/--output (or pass --dry-run)")
+    max_shard = parse_size(p["max_shard_size"])
+    with contextlib.ExitStack() as stack:
+        ckpts = [stack.enter_context(open_checkpoint(s)) for s in sources]
+        for c in ckpts:
+            print_warnings(c.warnings)
+        plan = build(*ckpts)
+        print_warnings(plan.warnings)
+        if output is not None:
+            check_output_path(output, input_paths(plan), p["force"])
+        if p["dry_run"]:
+            _show_plan(plan, output, max_shard, p["as_json"])
+            return
+        result = write_plan(plan, output, WriteOptions(max_shard_bytes=max_shard, force=p["force"],
+                                                       verify=p["verify"], quiet=p["quiet"]))
+    print_warnings(result.warnings)
+    if p["as_json"]:
+        emit_json({"result": result.to_dict(), "plan": plan.summary()})
+        return
+    s = plan.summary()
+    kept = s["tensors"] - s["changed_tensors"]
+    what = f"{s['changed_tensors']} tensor(s) changed ({_human(s['changed_bytes'])}), {kept} copied unchanged"
+    if plan.operation == "remove":
+        what = f"{s['dropped_tensors']} tensor(s) of layers {plan.provenance['removed_layers']} dropped, {s['tensors']} kept"
+    elif plan.operation == "extract":
+        what = f"{s['tensors']} tensor(s) extracted (partial checkpoint)"
+    click.echo(f"wrote {result.output}: {what}; {_human(result.total_bytes)} in {len(result.shards)} shard(s) "
+               f"in {result.seconds:.1f} s{', verified byte for byte' if result.verified else ''}")
+    for key, (old, new) in plan.config_edits.items():
+        click.echo(f"  config.json {key}: {_short(old)} -> {_short(new)}")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _show_plan(plan, output: Path | None, max_shard: int, as_json: bool) -> None:
+    from rich.table import Table
+
+    from weightsurgeon.writer import assign_shards
+
+    shards = len(assign_shards(plan.tensors, max_shard))
+    if as_json:
+        doc = plan.to_dict()
+        doc["output"] = str(output) if output else None
+        doc["shards"] = shards
+        emit_json(doc)
+        return
+    s = plan.summary()
+    console = stdout_console()
+    table = Table(title=f"{plan.operation} plan (dry run: nothing written)")
+    for col, justify in (("source", "left"), ("module", "left"), ("layers", "left"), ("tensors", "right"), ("bytes", "right")):
+        table.add_column(col, justify=justify)
+    for g in s["changes"]:
+        table.add_row(g["source"], g["module"], g["layers"], str(g["tensors"]), _human(g["bytes"]))
+    unchanged = [t for t in plan.tensors if not t.changed]
+    if unchanged:
+        table.add_row("unchanged (raw copy)", "", "", str(len(unchanged)), _human(sum(t.nbytes for t in unchanged)))
+    if s["dropped_tensors"]:
+        table.add_row("dropped", "", ",".join(map(str, plan.provenance.get("removed_layers", []))), str(s["dropped_tensors"]), "")
+    console.print(table)
+    for key, (old, new) in plan.config_edits.items():
+        console.print(f"config.json {key}: {_short(old)} -> {_short(new)}")
+    console.print(f"output: {output or '(none given)'}: {s['tensors']} tensors, {_human(s['bytes'])} in {shards} shard(s)")
+
+
+@click.command("splice")
+@click.argument("base")
+@click.argument("donor")
+@click.option("--take", help="Modules to take from DONOR: o_proj, attn, qkv, mlp, norm, emb, head, re:REGEX ...")
+@click.option("--exclude", help="Take everything from DONOR except these modules (they stay BASE's).")
+@click.option("--layers", help="Only these layers: 5-30 (inclusive), 0,2,5-9, all.")
+@click.option("--alpha", type=float, default=1.0, show_default=True,
+              help="(1-alpha)*BASE + alpha*DONOR for the taken modules; 1 copies DONOR's bytes exactly.")
+@click.option("--cast", is_flag=True, help="Round DONOR tensors of another dtype to BASE's dtype (nearest even).")
+@click.option("--head-from-embeddings", is_flag=True,
+              help="DONOR ties its head to its embeddings: write its embed_tokens as the output's lm_head.")
+@click.option("--tokenizer-from", type=click.Choice(["base", "donor"]), default="base", show_default=True,
+              help="Whose tokenizer, chat template and generation config to copy.")
+@_output_options
+@click.pass_context
+def splice_cmd(ctx: click.Context, base: str, donor: str, take: str | None, exclude: str | None, layers: str | None,
+               alpha: float, cast: bool, head_from_embeddings: bool, tokenizer_from: str, **_: object) -> None:
+    """Transplant modules: DONOR's --take modules (weights and biases), BASE's everything else.
+
+    \b
+    surgeon splice BASE DONOR --take o_proj -o merged/
+    surgeon splice BASE DONOR --take o_proj --layers 5-30 --alpha 0.5 -o half/
+    surgeon splice BASE plugin/ --take o_proj -o merged/     (plugin/ from surgeon extract)
+    """
+    from weightsurgeon.surgery import plan_splice
+
+    if (take is None) == (exclude is None):
+        raise click.UsageError("give exactly one of --take MODULES or --exclude MODULES")
+    _run(ctx, lambda b, d: plan_splice(b, d, take=take, exclude=exclude, layers=layers, alpha=alpha, cast=cast,
+                                       head_from_embeddings=head_from_embeddings, tokenizer_from=tokenizer_from,
+                                       arguments=_arguments(ctx)), [base, donor])
+
+
+@click.command("zero")
+@click.argument("model")
+@click.option("--module", "modules", required=True, help="Modules to zero: o_proj, attn, mlp, norm, ...")
+@click.option("--layers", help="Only these layers: 5-30 (inclusive), 0,2,5-9, all.")
+@_output_options
+@click.pass_context
+def zero_cmd(ctx: click.Context, model: str, modules: str, layers: str | None, **_: object) -> None:
+    """Set every parameter of the selected modules (weights and biases) to 0."""
+    from weightsurgeon.surgery import plan_zero
+
+    _run(ctx, lambda m: plan_zero(m, modules, layers, arguments=_arguments(ctx)), [model])
+
+
+@click.command("reinit")
+@click.argument("model")
+@click.option("--module", "modules", required=True, help="Modules to re-initialise: o_proj, attn, mlp, ...")
+@click.option("--layers", help="Only these layers: 5-30 (inclusive), 0,2,5-9, all.")
+@click.option("--std", type=float, default=0.02, show_default=True, help="Standard deviation of the Gaussian.")
+@click.option("--mean", type=float, default=0.0, show_default=True, help="Mean of the Gaussian.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Values depend only on (seed, tensor name).")
+@_output_options
+@click.pass_context
+def reinit_cmd(ctx: click.Context, model: str, modules: str, layers: str | None, std: float, mean: float, seed: int,
+               **_: object) -> None:
+    """Re-initialise the selected modules with a seeded Gaussian, reproducibly."""
+    from weightsurgeon.surgery import plan_reinit
+
+    _run(ctx, lambda m: plan_reinit(m, modules, layers, std=std, mean=mean, seed=seed, arguments=_arguments(ctx)), [model])
+
+
+@click.command("remove")
+@click.argument("model")
+@click.option("--layers", required=True, help="Decoder layers to drop: 5-30 (inclusive), 0,2,5-9.")
+@_output_options
+@click.pass_context
+def remove_cmd(ctx: click.Context, model: str, layers: str, **_: object) -> None:
+    """Drop whole decoder layers, renumber the rest, and edit config.json to match."""
+    from weightsurgeon.surgery import plan_remove
+
+    _run(ctx, lambda m: plan_remove(m, layers, arguments=_arguments(ctx)), [model])
+
+
+@click.command("extract")
+@click.argument("model")
+@click.option("--take", required=True, help="Modules to extract: o_proj, attn, mlp, norm, emb, head, re:REGEX ...")
+@click.option("--layers", help="Only these layers: 5-30 (inclusive), 0,2,5-9, all.")
+@_output_options
+@click.pass_context
+def extract_cmd(ctx: click.Context, model: str, take: str, layers: str | None, **_: object) -> None:
+    """Write only the selected tensors: a partial checkpoint ("plugin") for `splice BASE plugin/ --take ...`."""
+    from weightsurgeon.surgery import plan_extract
+
+    _run(ctx, lambda m: plan_extract(m, take, layers, arguments=_arguments(ctx)), [model])

@@ -1,0 +1,580 @@
+"""The Merge and Destruction stethoscopes as plans.
+
+Every operation (splice, zero, reinit, remove, extract) first builds a complete `Plan`:
+for every output tensor its name, dtype, shape and `Source` (base or donor bytes, zeros,
+a seeded Gaussian, an interpolation, a cast), plus the config.json keys it must change.
+The plan is validated here, before a byte is written (every mismatch listed at once), can
+be printed with ``--dry-run``, and is carried out by one executor, `writer.write_plan`.
+
+Reinit's Gaussian is defined here too (`gaussian_values`), because it *is* the plan's
+meaning: values depend only on (seed, tensor name, element index), never on chunk size.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from weightsurgeon.checkpoint import Checkpoint
+from weightsurgeon.errors import SurgeonError
+from weightsurgeon.format import FLOAT_DTYPES, itemsize
+from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
+
+# Elements per Gaussian block: the generator is re-seeded per block, keyed by block index.
+GAUSS_BLOCK = 1 << 20
+MAX_LISTED_PROBLEMS = 8
+
+# Config keys holding one entry per decoder layer (kept layers keep their entries).
+PER_LAYER_LISTS = ("layer_types", "mlp_layer_types", "no_rope_layers")
+# Config keys holding decoder-layer *indices* (renumbered; removed layers dropped).
+LAYER_INDEX_LISTS = ("mlp_only_layers", "moe_layers")
+# model_type -> how Qwen-style configs derive a layer's attention type from max_window_layers
+# (transformers 5: configuration_qwen2.py / qwen3 / qwen2_moe __post_init__).
+_WINDOW_RULES = {"qwen2": "above", "qwen3": "above", "qwen3_moe": "above", "qwen2_vl": "above",
+                 "qwen2_5_vl": "above", "qwen2_moe": "odd_below"}
+
+
+# ---------------------------------------------------------------------------------------
+# Plan records
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Source:
+    """Where an output tensor's bytes come from.
+
+    kind: ``copy`` (raw bytes of ``role``'s tensor ``name``), ``cast`` (``role``'s tensor
+    rounded to the output dtype), ``interpolate`` ((1-alpha)*base[name] + alpha*donor[donor_name],
+    float32, rounded to the output dtype), ``zeros``, ``gaussian`` (seed, key = tensor name, mean, std).
+    """
+
+    kind: str
+    role: str | None = None
+    name: str | None = None
+    donor_name: str | None = None
+    alpha: float | None = None
+    seed: int | None = None
+    mean: float | None = None
+    std: float | None = None
+
+    def describe(self) -> str:
+        if self.kind == "copy":
+            return self.role or "?"
+        if self.kind == "cast":
+            return f"{self.role} (cast)"
+        if self.kind == "interpolate":
+            return f"interpolate alpha={self.alpha:g}"
+        if self.kind == "gaussian":
+            return f"gaussian(mean={self.mean:g}, std={self.std:g}, seed={self.seed})"
+        return self.kind
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One output tensor: what it is and where its bytes come from. ``changed``: differs from BASE's."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    source: Source
+    changed: bool
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * itemsize(self.dtype)
+
+
+@dataclass
+class Plan:
+    """Everything an operation will write, known before the first byte."""
+
+    operation: str
+    arguments: dict
+    inputs: dict[str, Checkpoint]  # role ("base", "donor") -> open checkpoint
+    tensors: list[PlannedTensor]
+    config: dict | None  # the output config.json (already edited); None: write none
+    config_edits: dict[str, tuple[object, object]] = field(default_factory=dict)  # "key" -> (old, new)
+    files_from: str | None = "base"  # whose tokenizer / generation files are copied
+    partial: bool = False
+    provenance: dict = field(default_factory=dict)  # extra keys for surgeon.json
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def changed(self) -> list[PlannedTensor]:
+        return [t for t in self.tensors if t.changed]
+
+    def summary(self) -> dict:
+        """Counts and bytes per source, changed tensors grouped by module: for --dry-run and surgeon.json."""
+        by_source: dict[str, dict[str, int]] = {}
+        for t in self.tensors:
+            key = t.source.describe()
+            entry = by_source.setdefault(key, {"tensors": 0, "bytes": 0})
+            entry["tensors"] += 1
+            entry["bytes"] += t.nbytes
+        base = self.inputs.get("base")
+        dropped = 0
+        if base is not None and self.operation == "remove":
+            dropped = len(base.tensors) - len(self.tensors)
+        return {
+            "operation": self.operation,
+            "tensors": len(self.tensors),
+            "bytes": self.total_bytes,
+            "changed_tensors": len(self.changed),
+            "changed_bytes": sum(t.nbytes for t in self.changed),
+            "dropped_tensors": dropped,
+            "by_source": by_source,
+            "changes": change_groups(self),
+            "config_edits": {k: {"old": o, "new": n} for k, (o, n) in self.config_edits.items()},
+            "partial": self.partial,
+        }
+
+    def to_dict(self) -> dict:
+        """The full plan (every tensor), for ``--dry-run --json``."""
+        return {
+            "summary": self.summary(),
+            "tensors": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "bytes": t.nbytes,
+                         "changed": t.changed, "source": t.source.to_dict()} for t in self.tensors],
+            "warnings": list(self.warnings),
+        }
+
+
+def change_groups(plan: Plan) -> list[dict]:
+    """Changed tensors grouped by (source, module) with their layers: the dry-run table's rows."""
+    groups: dict[tuple[str, str], dict] = {}
+    for t in plan.changed:
+        loc = classify(t.name)
+        key = (t.source.describe(), loc.module)
+        g = groups.setdefault(key, {"source": key[0], "module": loc.module, "layers": set(), "tensors": 0, "bytes": 0})
+        if loc.layer is not None:
+            g["layers"].add(loc.layer)
+        g["tensors"] += 1
+        g["bytes"] += t.nbytes
+    out = []
+    for g in groups.values():
+        g["layers"] = format_layers(sorted(g["layers"])) if g["layers"] else "-"
+        out.append(g)
+    return out
+
+
+def format_layers(layers: list[int]) -> str:
+    """[0,1,2,5,7,8] -> '0-2,5,7-8' (the syntax --layers accepts)."""
+    parts: list[str] = []
+    start = prev = None
+    for l in layers:
+        if start is None:
+            start = prev = l
+        elif l == prev + 1:
+            prev = l
+        else:
+            parts.append(f"{start}-{prev}" if prev != start else str(start))
+            start = prev = l
+    if start is not None:
+        parts.append(f"{start}-{prev}" if prev != start else str(start))
+    return ",".join(parts)
+
+
+def _problems(kind: str, items: list[str]) -> SurgeonError:
+    shown = "; ".join(items[:MAX_LISTED_PROBLEMS])
+    more = f"; and {len(items) - MAX_LISTED_PROBLEMS} more" if len(items) > MAX_LISTED_PROBLEMS else ""
+    return SurgeonError(f"{len(items)} {kind}: {shown}{more}")
+
+
+def _refuse_partial(ckpt: Checkpoint, role: str) -> None:
+    if ckpt.is_partial:
+        raise SurgeonError(f"{ckpt.source}: is a partial checkpoint (written by surgeon extract); "
+                           f"it cannot be the {role}: use it as the DONOR of splice")
+
+
+def _copy(ckpt: Checkpoint, role: str, names: list[str], changed: set[str] | None = None) -> list[PlannedTensor]:
+    changed = changed or set()
+    return [PlannedTensor(n, ckpt[n].dtype, ckpt[n].shape, Source("copy", role=role, name=n), n in changed) for n in names]
+
+
+def _config_key_owner(config: dict, key: str) -> tuple[dict, str]:
+    """The dict holding a text-model key (``text_config`` of multimodal configs, else the top level)."""
+    inner = config.get("text_config")
+    if isinstance(inner, dict) and (key in inner or key not in config):
+        return inner, f"text_config.{key}"
+    return config, key
+
+
+def _edit(config: dict, edits: dict[str, tuple[object, object]], key: str, value: object,
+          owner: dict | None = None, path: str | None = None) -> None:
+    if owner is None:
+        owner, path = _config_key_owner(config, key)
+    old = owner.get(key)
+    if old != value or key not in owner:
+        edits[path or key] = (copy.deepcopy(old), copy.deepcopy(value))
+        owner[key] = value
+
+
+def _tied_head_error(model: str) -> SurgeonError:
+    return SurgeonError(f"{model} ties lm_head to embed_tokens (no lm_head.weight): the head IS the embedding "
+                        "matrix; select emb to change both")
+
+
+def _wants_head_only(spec: str, layout: ModelLayout) -> bool:
+    sel = parse_modules(spec)
+    present = {loc.module for loc in layout.locations.values()}
+    if "lm_head" not in sel.modules or "lm_head" in present:
+        return False
+    return not (sel.modules & (present - {"lm_head"})) and not sel.patterns
+
+
+# ---------------------------------------------------------------------------------------
+# splice
+# ---------------------------------------------------------------------------------------
+
+def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, exclude: str | None = None,
+                layers: str | None = None, alpha: float = 1.0, cast: bool = False,
+                head_from_embeddings: bool = False, tokenizer_from: str = "base",
+                arguments: dict | None = None) -> Plan:
+    """Take the selected modules from DONOR and everything else from BASE (or interpolate them with alpha)."""
+    _refuse_partial(base, "BASE")
+    if (take is None) == (exclude is None):
+        raise SurgeonError("splice needs exactly one of --take MODULES or --exclude MODULES")
+    if not (0.0 <= alpha <= 1.0) or alpha != alpha:
+        raise SurgeonError(f"--alpha must be between 0 and 1, got {alpha}")
+    lay_b = layout_of(base.tensors, base.config)
+    lay_d = layout_of(donor.tensors, donor.config if not donor.is_partial else (donor.config or base.config))
+    donor_heads = [n for n, loc in lay_d.locations.items() if loc.module == "lm_head"]
+    base_heads = [n for n, loc in lay_b.locations.items() if loc.module == "lm_head"]
+    untie_names = [n for n in donor_heads if n not in base.tensors] if (lay_b.tied_embeddings and not base_heads) else []
+    candidates = list(base.tensors) + untie_names
+    warnings: list[str] = []
+
+    if take is not None:
+        if not untie_names and _wants_head_only(take, lay_b):
+            raise SurgeonError("BASE and DONOR both tie lm_head to embed_tokens (neither stores lm_head.weight): "
+                               "the head IS the embedding matrix; take emb to transplant both")
+        taken = select_names(candidates, take, layers, lay_b.num_layers, flag="--take")
+    else:
+        layer_set = parse_layers(layers, lay_b.num_layers)
+        pool = [n for n in candidates if layer_set is None or classify(n).layer in layer_set]
+        excluded = set(select_names(pool, exclude, layer_set, lay_b.num_layers, flag="--exclude"))
+        taken = [n for n in pool if n not in excluded]
+        if not taken:
+            raise SurgeonError(f"--exclude {exclude!r} leaves nothing to take from the DONOR")
+    taken_set = set(taken)
+
+    # Validate every taken tensor against the DONOR before anything else; list every problem.
+    missing: list[str] = []
+    mismatched: list[str] = []
+    dtype_mismatch: list[str] = []
+    donor_name: dict[str, str] = {}
+    donor_tied = lay_d.tied_embeddings and not donor_heads
+    for n in taken:
+        src = n
+        if n not in donor.tensors:
+            if n in base_heads and donor_tied and not donor.is_partial:
+                if not head_from_embeddings:
+                    raise SurgeonError(
+                        f"DONOR {donor.source} ties lm_head to embed_tokens (no {n}) while BASE stores its own head: "
+                        "pass --head-from-embeddings to write the DONOR's embed_tokens as the output's lm_head "
+                        "(the DONOR's effective head; the output stays untied), or take emb instead")
+                src = next((e for e, loc in lay_d.locations.items() if loc.module == "embed_tokens" and loc.param == "weight"), None)
+                if src is None:
+                    missing.append(n)
+                    continue
+            else:
+                missing.append(n)
+                continue
+        donor_name[n] = src
+        expected = base[n] if n in base.tensors else donor[src]
+        got = donor[src]
+        if tuple(got.shape) != tuple(expected.shape):
+            mismatched.append(f"{n}: BASE {list(expected.shape)} vs DONOR {list(got.shape)}")
+        elif got.dtype != expected.dtype and not cast:
+            dtype_mismatch.append(f"{n}: BASE {expected.dtype} vs DONOR {got.dtype}")
+    if missing:
+        what = "partial DONOR (plugin) lacks" if donor.is_partial else "DONOR lacks"
+        raise _problems(f"taken tensor(s) missing: the {what} them", missing)
+    if mismatched:
+        raise _problems("shape mismatch(es) between BASE and DONOR", mismatched)
+    if dtype_mismatch:
+        raise _problems("dtype mismatch(es) between BASE and DONOR (pass --cast to round the DONOR's values to BASE's dtype)",
+                        dtype_mismatch)
+
+    tensors: list[PlannedTensor] = []
+    base_emb = next((e for e, loc in lay_b.locations.items() if loc.module == "embed_tokens" and loc.param == "weight"), None)
+    for n in candidates:
+        if n not in taken_set:
+            if n in base.tensors:  # an untaken DONOR head of a tied BASE is simply not written
+                tensors.extend(_copy(base, "base", [n]))
+            continue
+        src = donor_name[n]
+        out_dtype = base[n].dtype if n in base.tensors else donor[src].dtype
+        base_name = n if n in base.tensors else base_emb  # a tied BASE's head is its embedding
+        d = donor[src]
+        if alpha == 0.0 and base_name is not None:
+            kind_src = Source("copy", role="base", name=base_name)
+            changed = n not in base.tensors
+        elif alpha == 1.0:
+            kind_src = Source("copy", role="donor", name=src) if d.dtype == out_dtype else Source("cast", role="donor", name=src)
+            changed = True
+        else:
+            for dt, who in ((out_dtype, "BASE"), (d.dtype, "DONOR")):
+                if dt not in FLOAT_DTYPES or dt.startswith("F8"):
+                    raise SurgeonError(f"--alpha {alpha:g}: cannot interpolate {n} ({who} dtype {dt}); use --alpha 1")
+            if base_name is None:
+                raise SurgeonError(f"--alpha {alpha:g}: BASE has no {n} nor an embedding to interpolate it with")
+            kind_src = Source("interpolate", role="base", name=base_name, donor_name=src, alpha=float(alpha))
+            changed = True
+        tensors.append(PlannedTensor(n, out_dtype, tuple(base[n].shape if n in base.tensors else d.shape), kind_src, changed))
+
+    config = copy.deepcopy(base.config) if base.config is not None else None
+    edits: dict[str, tuple[object, object]] = {}
+    if untie_names and any(n in taken_set for n in untie_names):
+        if config is not None:
+            _edit(config, edits, "tie_word_embeddings", False)
+            inner = config.get("text_config")
+            if isinstance(inner, dict) and "tie_word_embeddings" in config and "tie_word_embeddings" in inner:
+                _edit(config, edits, "tie_word_embeddings", False, owner=config, path="tie_word_embeddings")
+        warnings.append("BASE ties lm_head to embed_tokens and the DONOR does not: the output is untied "
+                        "(lm_head.weight written, tie_word_embeddings: false)")
+    elif lay_b.tied_embeddings and base_emb in taken_set:
+        warnings.append("BASE ties lm_head to embed_tokens: the output's head is the DONOR's embed_tokens too")
+    if tokenizer_from not in ("base", "donor"):
+        raise SurgeonError(f"--tokenizer-from must be base or donor, not {tokenizer_from!r}")
+    if tokenizer_from == "donor" and donor.root is None:
+        raise SurgeonError("--tokenizer-from donor: the DONOR is a single file with no folder of tokenizer files")
+    return Plan(operation="splice", arguments=arguments or {}, inputs={"base": base, "donor": donor}, tensors=tensors,
+                config=config, config_edits=edits, files_from=tokenizer_from, warnings=warnings)
+
+
+# ---------------------------------------------------------------------------------------
+# zero / reinit
+# ---------------------------------------------------------------------------------------
+
+def _destruction_targets(model: Checkpoint, modules: str, layers: str | None) -> tuple[list[str], list[str]]:
+    _refuse_partial(model, "MODEL")
+    lay = layout_of(model.tensors, model.config)
+    if lay.tied_embeddings and _wants_head_only(modules, lay):
+        raise _tied_head_error(f"MODEL {model.source}")
+    names = select_names(list(model.tensors), modules, layers, lay.num_layers, flag="--module")
+    warnings: list[str] = []
+    if lay.tied_embeddings and any(lay.locations[n].module == "embed_tokens" for n in names):
+        warnings.append("the model ties lm_head to embed_tokens: the head changes with the embeddings")
+    return names, warnings
+
+
+def plan_zero(model: Checkpoint, modules: str, layers: str | None = None, arguments: dict | None = None) -> Plan:
+    """Set every parameter (weights and biases) of the selected modules to 0."""
+    names, warnings = _destruction_targets(model, modules, layers)
+    chosen = set(names)
+    tensors = [PlannedTensor(t.name, t.dtype, t.shape, Source("zeros") if t.name in chosen else Source("copy", role="base", name=t.name),
+                             t.name in chosen) for t in model]
+    return Plan(operation="zero", arguments=arguments or {}, inputs={"base": model}, tensors=tensors,
+                config=copy.deepcopy(model.config), warnings=warnings)
+
+
+def plan_reinit(model: Checkpoint, modules: str, layers: str | None = None, std: float = 0.02, mean: float = 0.0,
+                seed: int = 0, arguments: dict | None = None) -> Plan:
+    """Re-initialise the selected modules with a seeded Gaussian N(mean, std^2)."""
+    if not (std >= 0.0) or not np.isfinite(std) or not np.isfinite(mean):
+        raise SurgeonError(f"--std must be a finite number >= 0 and --mean finite (got std={std}, mean={mean})")
+    names, warnings = _destruction_targets(model, modules, layers)
+    chosen = set(names)
+    bad = [f"{n} ({model[n].dtype})" for n in names if model[n].dtype not in FLOAT_DTYPES or model[n].dtype == "F8_E8M0"]
+    if bad:
+        raise _problems("selected tensor(s) are not floating point and cannot be re-initialised", bad)
+    src = Source("gaussian", seed=int(seed), mean=float(mean), std=float(std))
+    tensors = [PlannedTensor(t.name, t.dtype, t.shape, src if t.name in chosen else Source("copy", role="base", name=t.name),
+                             t.name in chosen) for t in model]
+    return Plan(operation="reinit", arguments=arguments or {}, inputs={"base": model}, tensors=tensors,
+                config=copy.deepcopy(model.config), warnings=warnings)
+
+
+def _gauss_key(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"weightsurgeon-reinit:{seed}:{name}".encode()).digest()[:8], "little")
+
+
+def gaussian_values(seed: int, name: str, mean: float, std: float, start: int, count: int) -> np.ndarray:
+    """float32 values of elements [start, start+count) of tensor `name`'s re-initialisation.
+
+    Element i is mean + std * z_i, computed in float64 and rounded once to float32, where z
+    comes from PCG64([sha256(seed, name), i // GAUSS_BLOCK]) (standard normal, float32):
+    a pure function of (seed, name, i), whatever the chunking. The writer then rounds it to
+    the tensor's dtype (nearest even).
+    """
+    key = _gauss_key(seed, name)
+    out = np.empty(count, dtype=np.float32)
+    pos = start
+    end = start + count
+    while pos < end:
+        block = pos // GAUSS_BLOCK
+        lo = block * GAUSS_BLOCK
+        z = np.random.Generator(np.random.PCG64([key, block])).standard_normal(min(GAUSS_BLOCK, end - lo), dtype=np.float32)
+        take = z[pos - lo:]
+        out[pos - start:pos - start + len(take)] = (np.float64(mean) + np.float64(std) * take.astype(np.float64)).astype(np.float32)
+        pos += len(take)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# remove
+# ---------------------------------------------------------------------------------------
+
+_LAYER_IN_NAME = re.compile(r"^(?P<head>(?:.*?\.)?(?:layers|h|blocks)\.)(?P<layer>\d+)(?P<tail>\..+)$")
+
+
+def _renumber(name: str, old: int, new: int) -> str:
+    m = _LAYER_IN_NAME.match(name)
+    if not m or int(m.group("layer")) != old:
+        raise SurgeonError(f"internal: cannot find layer {old} in tensor name {name!r}")
+    return f"{m.group('head')}{new}{m.group('tail')}"
+
+
+def layer_types_of(cfg: dict, num_layers: int) -> list[str] | None:
+    """Each layer's attention type as transformers derives it, or None when the config needs no list.
+
+    Qwen2/Qwen3 (transformers 5, Qwen2Config.__post_init__): layer i is "sliding_attention" when
+    use_sliding_window and sliding_window is not null and i >= max_window_layers; Qwen2-MoE:
+    when use_sliding_window and i is even and i < max_window_layers.
+    """
+    if isinstance(cfg.get("layer_types"), list):
+        return list(cfg["layer_types"])
+    if "max_window_layers" not in cfg:
+        return None
+    mwl = cfg.get("max_window_layers")
+    use = bool(cfg.get("use_sliding_window", False))
+    window = cfg.get("sliding_window", 4096)
+    if not use or (window is None and cfg.get("model_type") != "qwen2_moe"):
+        return ["full_attention"] * num_layers
+    rule = _WINDOW_RULES.get(cfg.get("model_type", ""))
+    if rule is None or not isinstance(mwl, int):
+        raise SurgeonError(f"config has use_sliding_window with max_window_layers for model_type "
+                           f"{cfg.get('model_type')!r}, whose per-layer rule is unknown: add an explicit layer_types list first")
+    if rule == "above":
+        return ["sliding_attention" if i >= mwl else "full_attention" for i in range(num_layers)]
+    return ["sliding_attention" if (i + 1) % 2 and i < mwl else "full_attention" for i in range(num_layers)]
+
+
+def remove_config(config: dict, kept: list[int], num_layers: int) -> tuple[dict, dict[str, tuple[object, object]], list[str]]:
+    """The config after keeping only `kept` layers (old indices, ascending): edited copy, edits, warnings."""
+    out = copy.deepcopy(config)
+    edits: dict[str, tuple[object, object]] = {}
+    warnings: list[str] = []
+    owner, prefix = (out["text_config"], "text_config.") if isinstance(out.get("text_config"), dict) else (out, "")
+
+    def put(key: str, value: object) -> None:
+        _edit(out, edits, key, value, owner=owner, path=prefix + key)
+
+    types = layer_types_of(owner, num_layers)
+    if types is not None and len(types) != num_layers:
+        raise SurgeonError(f"config.json: layer_types has {len(types)} entries but num_hidden_layers is {num_layers}")
+    put("num_hidden_layers", len(kept))
+    for key in PER_LAYER_LISTS:
+        value = owner.get(key)
+        if key == "layer_types" and types is not None and "max_window_layers" in owner:
+            continue  # handled below, with the scalar
+        if isinstance(value, list):
+            if len(value) != num_layers:
+                raise SurgeonError(f"config.json: {key} has {len(value)} entries but num_hidden_layers is {num_layers}")
+            put(key, [value[i] for i in kept])
+    for key in LAYER_INDEX_LISTS:
+        value = owner.get(key)
+        if isinstance(value, list) and all(isinstance(v, int) for v in value):
+            new_index = {old: new for new, old in enumerate(kept)}
+            put(key, [new_index[v] for v in value if v in new_index])
+    if "max_window_layers" in owner and types is not None:
+        old = owner["max_window_layers"]
+        put("layer_types", [types[i] for i in kept])
+        if isinstance(old, int):
+            put("max_window_layers", sum(1 for i in kept if i < old))
+    if isinstance(owner.get("decoder_sparse_step"), int) and owner["decoder_sparse_step"] > 1:
+        warnings.append("decoder_sparse_step > 1: which layers are MoE depends on the layer index; check the output's layers")
+    for key, value in owner.items():
+        known = set(PER_LAYER_LISTS) | set(LAYER_INDEX_LISTS) | {"layer_types"}
+        if key not in known and isinstance(value, list) and len(value) == num_layers and num_layers > 2:
+            warnings.append(f"config.json: {key} has one entry per layer ({num_layers}) but is not a known per-layer list; left unchanged")
+    return out, edits, warnings
+
+
+def plan_remove(model: Checkpoint, layers: str, arguments: dict | None = None) -> Plan:
+    """Drop whole decoder layers and renumber the rest contiguously."""
+    _refuse_partial(model, "MODEL")
+    lay = layout_of(model.tensors, model.config)
+    n = lay.num_layers
+    if n <= 0:
+        raise SurgeonError(f"{model.source}: has no decoder layers to remove")
+    removed = parse_layers(layers, n)
+    if removed is None or len(removed) >= n:
+        raise SurgeonError(f"--layers {layers}: would remove all {n} layers; keep at least one")
+    kept = [i for i in range(n) if i not in removed]
+    new_index = {old: new for new, old in enumerate(kept)}
+    tensors: list[PlannedTensor] = []
+    for t in model:
+        loc = lay.locations[t.name]
+        if loc.layer is None:
+            tensors.append(PlannedTensor(t.name, t.dtype, t.shape, Source("copy", role="base", name=t.name), False))
+            continue
+        if loc.layer >= n:
+            raise SurgeonError(f"{t.name}: layer {loc.layer} is beyond num_hidden_layers ({n}); cannot renumber it")
+        if loc.layer in removed:
+            continue
+        new_name = _renumber(t.name, loc.layer, new_index[loc.layer])
+        tensors.append(PlannedTensor(new_name, t.dtype, t.shape, Source("copy", role="base", name=t.name), False))
+    warnings: list[str] = []
+    if model.config is not None:
+        config, edits, warnings = remove_config(model.config, kept, n)
+    else:
+        config, edits = None, {}
+        warnings.append("no config.json: num_hidden_layers not edited")
+    return Plan(operation="remove", arguments=arguments or {}, inputs={"base": model}, tensors=tensors, config=config,
+                config_edits=edits, warnings=warnings,
+                provenance={"removed_layers": sorted(removed), "kept_layers": kept})
+
+
+# ---------------------------------------------------------------------------------------
+# extract
+# ---------------------------------------------------------------------------------------
+
+def plan_extract(model: Checkpoint, take: str, layers: str | None = None, arguments: dict | None = None) -> Plan:
+    """Only the selected tensors: a partial checkpoint (a transplantable plugin for splice)."""
+    lay = layout_of(model.tensors, model.config)
+    names = select_names(list(model.tensors), take, layers, lay.num_layers, flag="--take")
+    source_model = model.surgeon.get("source_model") if model.is_partial and model.surgeon else None
+    return Plan(operation="extract", arguments=arguments or {}, inputs={"base": model}, tensors=_copy(model, "base", names),
+                config=copy.deepcopy(model.config), files_from=None, partial=True,
+                provenance={"source_model": source_model or str(model.root or model.source), "modules": take,
+                            "layers": layers or "all"})
+
+
+def parse_size(text: str) -> int:
+    """'5GB' (10^9), '500MB', '2GiB' (2^30), '1000' (bytes) -> bytes, as Hugging Face's max_shard_size."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(text), flags=re.IGNORECASE)
+    if not m:
+        raise SurgeonError(f"bad size {text!r}: use e.g. 5GB, 500MB, 2GiB or a number of bytes")
+    unit = (m.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+    value = int(float(m.group(1)) * scale)
+    if value <= 0:
+        raise SurgeonError(f"bad size {text!r}: must be positive")
+    return value
+
+
+def input_paths(plan: Plan) -> list[Path]:
+    """The folders (or files) of a plan's inputs: the output may not be inside any of them."""
+    paths = []
+    for ckpt in plan.inputs.values():
+        paths.append(ckpt.root if ckpt.root is not None else ckpt.files[0])
+    return paths

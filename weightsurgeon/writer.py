@@ -1,0 +1,428 @@
+"""Carry out a surgery `Plan`: stream it into a new checkpoint folder, atomically.
+
+The plan knows every output tensor's dtype and shape, so each shard's header is written
+first and the data follows in plan order. Unchanged tensors are copied as raw bytes, never
+decoded: runs of tensors that sit back to back in the same input file become one
+``os.copy_file_range`` (in-kernel copy, no user-space buffer), else one bounded buffer
+allocated once and reused. Generated, cast and interpolated tensors are computed chunk by
+chunk. Everything happens inside `atomic_output_dir`: the temporary folder is re-opened
+and checked against the plan before it is renamed into place, and removed on any error,
+full disk, SIGINT or SIGTERM.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from weightsurgeon._version import __version__
+from weightsurgeon.atomic import atomic_output_dir, check_output_path
+from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint
+from weightsurgeon.errors import SurgeonError
+from weightsurgeon.format import build_header, itemsize, storage_dtype
+from weightsurgeon.progress import ByteProgress
+from weightsurgeon.surgery import GAUSS_BLOCK, Plan, PlannedTensor, gaussian_values, input_paths
+
+DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
+CHUNK_ELEMS = GAUSS_BLOCK  # elements per computed chunk (one Gaussian block: generation stays aligned)
+COPY_SLICE = 64 * 1024 * 1024  # bytes per copy_file_range call: progress and signals between calls
+COPY_BUFFER = 16 * 1024 * 1024  # the fallback copy's one buffer
+# copy_file_range unsupported here (old kernel, cross-device, odd file system): use the buffer.
+_FALLBACK_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM,
+                    getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+# Loader-relevant files copied beside the weights (from BASE, or DONOR with --tokenizer-from donor).
+AUX_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model",
+             "chat_template.jinja", "chat_template.json", "preprocessor_config.json", "processor_config.json")
+AUX_SUFFIXES = (".tiktoken",)
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    force: bool = False
+    verify: bool = False
+    quiet: bool = False
+    chunk_elems: int = CHUNK_ELEMS
+    use_copy_file_range: bool = True
+    fsync: bool = True
+
+
+@dataclass
+class WriteResult:
+    output: Path
+    shards: list[str]
+    total_bytes: int
+    copied_bytes: int = 0
+    computed_bytes: int = 0
+    verified: bool = False
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"output": str(self.output), "shards": self.shards, "bytes": self.total_bytes,
+                "copied_bytes": self.copied_bytes, "computed_bytes": self.computed_bytes,
+                "verified": self.verified, "seconds": round(self.seconds, 3), "warnings": self.warnings}
+
+
+def shard_names(count: int) -> list[str]:
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def assign_shards(tensors: list[PlannedTensor], max_bytes: int) -> list[list[PlannedTensor]]:
+    """Greedy, in plan order; a tensor larger than the limit gets a shard of its own (as Hugging Face does)."""
+    shards: list[list[PlannedTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+# ---------------------------------------------------------------------------------------
+# Sources -> bytes
+# ---------------------------------------------------------------------------------------
+
+class SourceReader:
+    """Produces a planned tensor's bytes chunk by chunk, with buffers allocated once and reused."""
+
+    def __init__(self, inputs: dict[str, Checkpoint], chunk_elems: int = CHUNK_ELEMS) -> None:
+        if chunk_elems <= 0:
+            raise SurgeonError("internal: chunk_elems must be positive")
+        self.inputs = inputs
+        self.chunk_elems = chunk_elems
+        self._buffers: dict[str, bytearray] = {}
+
+    def buffer(self, slot: str, nbytes: int) -> memoryview:
+        buf = self._buffers.get(slot)
+        if buf is None or len(buf) < nbytes:
+            buf = bytearray(max(nbytes, self.chunk_elems * 8))
+            self._buffers[slot] = buf
+        return memoryview(buf)[:nbytes]
+
+    def _read(self, slot: str, role: str, name: str, start: int, count: int) -> np.ndarray:
+        ckpt = self.inputs[role]
+        info = ckpt[name]
+        view = self.buffer(slot, count * info.itemsize)
+        ckpt.read_into(info, start * info.itemsize, view)
+        return np.frombuffer(view, dtype=storage_dtype(info.dtype))
+
+    def values(self, t: PlannedTensor, start: int, count: int) -> np.ndarray | memoryview:
+        """Stored-representation bytes of elements [start, start+count) of `t`."""
+        from weightsurgeon.kernels import decode_to_float32, encode_from_float32
+
+        src = t.source
+        if src.kind == "copy":
+            return self._read("a", src.role, src.name, start, count)
+        if src.kind == "zeros":
+            view = self.buffer("zeros", count * itemsize(t.dtype))
+            return view  # never written to: bytearray starts as zeros
+        if src.kind == "gaussian":
+            return encode_from_float32(gaussian_values(src.seed, t.name, src.mean, src.std, start, count), t.dtype)
+        if src.kind == "cast":
+            info = self.inputs[src.role][src.name]
+            return encode_from_float32(decode_to_float32(self._read("a", src.role, src.name, start, count), info.dtype), t.dtype)
+        if src.kind == "interpolate":
+            a_info = self.inputs["base"][src.name]
+            b_info = self.inputs["donor"][src.donor_name]
+            a = decode_to_float32(self._read("a", "base", src.name, start, count), a_info.dtype)
+            b = decode_to_float32(self._read("b", "donor", src.donor_name, start, count), b_info.dtype)
+            a *= np.float32(1.0 - src.alpha)
+            b *= np.float32(src.alpha)
+            a += b
+            return encode_from_float32(a, t.dtype)
+        raise SurgeonError(f"internal: unknown source kind {src.kind!r} for {t.name}")
+
+    def chunks(self, t: PlannedTensor) -> Iterator[tuple[int, np.ndarray | memoryview]]:
+        """(element offset, bytes) over the whole tensor; each chunk is valid until the next one."""
+        for start in range(0, t.numel, self.chunk_elems):
+            yield start, self.values(t, start, min(self.chunk_elems, t.numel - start))
+
+
+class RawCopier:
+    """Copies byte ranges between files: copy_file_range where it works, else one reused buffer."""
+
+    def __init__(self, use_copy_file_range: bool = True) -> None:
+        self.use_cfr = use_copy_file_range and hasattr(os, "copy_file_range")
+        self._buffer: bytearray | None = None
+        self._fds: dict[Path, int] = {}
+
+    def source_fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise SurgeonError(f"{path}: cannot open: {e.strerror}") from e
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            self._fds[path] = fd
+        return fd
+
+    def copy(self, src: Path, src_off: int, dst_fd: int, dst_off: int, length: int, progress: ByteProgress) -> None:
+        src_fd = self.source_fd(src)
+        done = 0
+        while done < length:
+            want = min(COPY_SLICE, length - done)
+            if self.use_cfr:
+                try:
+                    n = os.copy_file_range(src_fd, dst_fd, want, src_off + done, dst_off + done)
+                except OSError as e:
+                    if e.errno in _FALLBACK_ERRNOS:
+                        self.use_cfr = False
+                        continue
+                    raise
+            else:
+                n = self._copy_buffered(src_fd, src_off + done, dst_fd, dst_off + done, want)
+            if n == 0:
+                raise SurgeonError(f"{src}: file is shorter than its header says (read past the end while copying)")
+            done += n
+            progress.advance(n)
+
+    def _copy_buffered(self, src_fd: int, src_off: int, dst_fd: int, dst_off: int, want: int) -> int:
+        if self._buffer is None:
+            self._buffer = bytearray(COPY_BUFFER)
+        view = memoryview(self._buffer)[:min(want, len(self._buffer))]
+        got = os.preadv(src_fd, [view], src_off) if hasattr(os, "preadv") else _pread_fallback(src_fd, view, src_off)
+        if got:
+            pwrite_all(dst_fd, view[:got], dst_off)
+        return got
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _pread_fallback(fd: int, view: memoryview, pos: int) -> int:
+    data = os.pread(fd, len(view), pos)
+    view[:len(data)] = data
+    return len(data)
+
+
+def pwrite_all(fd: int, data: object, pos: int) -> int:
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], pos + done)
+    return done
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------
+
+def _check_plan(plan: Plan) -> None:
+    seen: set[str] = set()
+    for t in plan.tensors:
+        if t.name in seen:
+            raise SurgeonError(f"internal: the plan writes {t.name!r} twice")
+        seen.add(t.name)
+        src = t.source
+        if src.kind in ("copy", "cast"):
+            info = plan.inputs[src.role][src.name]
+            if tuple(info.shape) != tuple(t.shape) or (src.kind == "copy" and info.dtype != t.dtype):
+                raise SurgeonError(f"internal: plan for {t.name} does not match its source {src.name}")
+    if not plan.tensors:
+        raise SurgeonError("the plan writes no tensor")
+
+
+def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: SourceReader, copier: RawCopier,
+                 progress: ByteProgress, result: WriteResult) -> None:
+    prefix, sizes = build_header([(t.name, t.dtype, t.shape) for t in tensors], {"format": "pt"})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        pos = pwrite_all(fd, prefix, 0)
+        i = 0
+        while i < len(tensors):
+            t = tensors[i]
+            if t.source.kind == "copy":
+                info = plan.inputs[t.source.role][t.source.name]
+                length = info.nbytes
+                j = i + 1
+                while j < len(tensors) and tensors[j].source.kind == "copy" and tensors[j].source.role == t.source.role:
+                    nxt = plan.inputs[t.source.role][tensors[j].source.name]
+                    if nxt.file != info.file or nxt.begin != info.begin + length:
+                        break
+                    length += nxt.nbytes
+                    j += 1
+                try:
+                    copier.copy(info.file, info.begin, fd, pos, length, progress)
+                except OSError as e:
+                    raise SurgeonError(f"{path}: writing failed while copying {t.name}: {e.strerror or e}") from e
+                pos += length
+                result.copied_bytes += length
+                i = j
+                continue
+            try:
+                for _start, data in reader.chunks(t):
+                    n = pwrite_all(fd, data, pos)
+                    pos += n
+                    result.computed_bytes += n
+                    progress.advance(n)
+            except OSError as e:
+                raise SurgeonError(f"{path}: writing failed in {t.name}: {e.strerror or e}") from e
+            i += 1
+        if pos != len(prefix) + sum(sizes):
+            raise SurgeonError(f"internal: {path.name} has {pos} bytes, the plan says {len(prefix) + sum(sizes)}")
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _root_of(ckpt: Checkpoint) -> Path:
+    return ckpt.root if ckpt.root is not None else ckpt.files[0].parent
+
+
+def _write_side_files(plan: Plan, tmp: Path, mapping: dict[str, str]) -> None:
+    total = plan.total_bytes
+    if plan.partial or len(mapping) > 0:
+        _write_json(tmp / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": mapping})
+    base = plan.inputs["base"]
+    config_src = _root_of(base) / "config.json"
+    if plan.config is not None:
+        if not plan.config_edits and config_src.is_file():
+            shutil.copyfile(config_src, tmp / "config.json")  # byte for byte: nothing to change
+        else:
+            _write_json(tmp / "config.json", plan.config)
+    if plan.files_from is not None:
+        root = _root_of(plan.inputs[plan.files_from])
+        for entry in sorted(root.iterdir()) if root.is_dir() else []:
+            if (entry.name in AUX_FILES or entry.name.endswith(AUX_SUFFIXES)) and entry.is_file():
+                shutil.copyfile(entry, tmp / entry.name)
+    _write_json(tmp / "surgeon.json", provenance(plan))
+
+
+def provenance(plan: Plan) -> dict:
+    """surgeon.json: what was done, to what (header digests identify inputs without hashing GBs), by which version."""
+    inputs = []
+    for role, ckpt in plan.inputs.items():
+        inputs.append({
+            "role": role,
+            "source": ckpt.source,
+            "path": str((ckpt.root if ckpt.root is not None else ckpt.files[0]).resolve()),
+            "partial": ckpt.is_partial,
+            "shards": [{"file": s.path.name, "header_sha256": ckpt.header_digest(s)} for s in ckpt.shards],
+        })
+    doc = {
+        "schema_version": 1,
+        "tool": "weightsurgeon",
+        "version": __version__,
+        "operation": plan.operation,
+        "arguments": plan.arguments,
+        "partial": plan.partial,
+        "created_utc": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "inputs": inputs,
+        "plan": plan.summary(),
+    }
+    doc.update(plan.provenance)
+    return doc
+
+
+def check_free_space(plan: Plan, output: Path, shards: int) -> None:
+    """Refuse early when the output's file system cannot hold the plan (plus headers and side files)."""
+    parent = Path(output).expanduser().resolve().parent
+    need = plan.total_bytes + shards * (64 * 1024 + 16 * len(plan.tensors)) + 4 * 1024 * 1024
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise SurgeonError(f"{parent}: not enough free space: the output needs {need / 1e9:.2f} GB, "
+                           f"the file system has {free / 1e9:.2f} GB free")
+
+
+def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = WriteOptions()) -> WriteResult:
+    """Write the plan's checkpoint to `output` (atomically); with options.verify re-read and compare every byte."""
+    started = time.perf_counter()
+    output = Path(output).expanduser()
+    inputs = input_paths(plan)
+    check_output_path(output, inputs, options.force)
+    _check_plan(plan)
+    shards = assign_shards(plan.tensors, options.max_shard_bytes)
+    names = shard_names(len(shards))
+    check_free_space(plan, output, len(shards))
+    mapping = {t.name: fname for fname, shard in zip(names, shards) for t in shard}
+    result = WriteResult(output=output, shards=names, total_bytes=plan.total_bytes)
+    reader = SourceReader(plan.inputs, options.chunk_elems)
+    copier = RawCopier(options.use_copy_file_range)
+    try:
+        with atomic_output_dir(output, inputs, force=options.force, fsync=options.fsync) as tmp:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary folder
+            with ByteProgress(plan.total_bytes, f"{plan.operation}: writing", quiet=options.quiet) as progress:
+                for fname, shard in zip(names, shards):
+                    progress.describe(f"{plan.operation}: {fname}")
+                    _write_shard(tmp / fname, shard, plan, reader, copier, progress, result)
+            _write_side_files(plan, tmp, mapping)
+            result.warnings.extend(check_written(plan, tmp, mapping))
+            if options.verify:
+                with ByteProgress(plan.total_bytes, f"{plan.operation}: verifying", quiet=options.quiet) as progress:
+                    compare_written(plan, tmp, reader, progress)
+                result.verified = True
+    finally:
+        copier.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Checking what was written
+# ---------------------------------------------------------------------------------------
+
+def check_written(plan: Plan, folder: Path, mapping: dict[str, str]) -> list[str]:
+    """Re-open the output and compare it with the plan: every header, dtype, shape, shard and the index."""
+    from weightsurgeon.verify import verify_checkpoint
+
+    with open_checkpoint(folder) as out:
+        if set(out.tensors) != set(mapping):
+            extra = sorted(set(out.tensors) - set(mapping))[:3]
+            lost = sorted(set(mapping) - set(out.tensors))[:3]
+            raise SurgeonError(f"{folder}: written tensors differ from the plan (unexpected {extra}, missing {lost})")
+        for t in plan.tensors:
+            info = out[t.name]
+            if info.dtype != t.dtype or tuple(info.shape) != tuple(t.shape) or info.file.name != mapping[t.name]:
+                raise SurgeonError(f"{info.file}: {t.name} is {info.dtype}{list(info.shape)} in {info.file.name}, "
+                                   f"the plan says {t.dtype}{list(t.shape)} in {mapping[t.name]}")
+        for shard in out.shards:
+            if shard.metadata.get("format") != "pt":
+                raise SurgeonError(f"{shard.path}: __metadata__ lacks format: pt")
+        if out.index is None or out.index.get("metadata", {}).get("total_size") != plan.total_bytes:
+            raise SurgeonError(f"{folder / INDEX_NAME}: metadata.total_size does not match the plan")
+        if out.warnings:
+            raise SurgeonError(f"{folder}: output inconsistent: {out.warnings[0]}")
+        return verify_checkpoint(out).warnings
+
+
+def compare_written(plan: Plan, folder: Path, reader: SourceReader, progress: ByteProgress | None = None) -> None:
+    """Re-read every output tensor and compare its bytes with what its source says they must be."""
+    with open_checkpoint(folder) as out:
+        for t in plan.tensors:
+            info = out[t.name]
+            for start, expected in reader.chunks(t):
+                exp = np.frombuffer(memoryview(expected).cast("B"), dtype=np.uint8)
+                view = reader.buffer("verify", len(exp))
+                out.read_into(info, start * info.itemsize, view)
+                got = np.frombuffer(view, dtype=np.uint8)
+                if not np.array_equal(exp, got):
+                    where = int(np.flatnonzero(exp != got)[0]) + start * info.itemsize
+                    raise SurgeonError(f"--verify: {info.file}: tensor {t.name!r} differs from its source "
+                                       f"({t.source.describe()}) at byte {where} of the tensor")
+                if progress is not None:
+                    progress.advance(len(exp))
