@@ -58,6 +58,9 @@ GLOBAL_RULES: tuple[tuple[str, str], ...] = (
     (_GLOBAL_PREFIX + r"(norm|ln_f|final_layernorm|final_layer_norm)", "norm"),
     (r"(language_model\.)?(lm_head|embed_out|output)", "lm_head"),
 )
+# Experts stored as one 3-D parameter per layer, with no ".weight" (GPT-OSS, transformers 5 MoE):
+# "mlp.experts.gate_up_proj", "mlp.experts.gate_up_proj_bias".
+_STACKED_EXPERTS = re.compile(r"^(mlp|block_sparse_moe|feed_forward)\.experts\.(?P<module>gate_up_proj|down_proj)(?P<bias>_bias)?$")
 _COMPILED_LAYER = tuple((re.compile(p + r"$"), m) for p, m in LAYER_RULES)
 _COMPILED_GLOBAL = tuple((re.compile(p + r"$"), m) for p, m in GLOBAL_RULES)
 
@@ -107,6 +110,9 @@ def classify(name: str) -> Location:
     m = _LAYER.match(name)
     if m:
         layer = int(m.group("layer"))
+        stacked = _STACKED_EXPERTS.match(m.group("rest"))
+        if stacked:
+            return Location(layer, "expert_" + stacked.group("module"), "bias" if stacked.group("bias") else "weight")
         rest_stem, _, rest_param = m.group("rest").rpartition(".")
         for pattern, module in _COMPILED_LAYER:
             hit = pattern.match(rest_stem)
