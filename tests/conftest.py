@@ -48,6 +48,50 @@ def tensor_entry(dtype: str, shape: list, begin: int, end: int) -> dict:
     return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
 
 
+def rewrite_checkpoint(src: Path, dst: Path | None = None, drop: Callable[[str], bool] = lambda name: False,
+                       patch: dict[str, Callable[[bytearray], None]] | None = None) -> Path:
+    """Rewrite a checkpoint as one model.safetensors (in place unless ``dst``), dropping tensors
+    and editing raw bytes (``patch[name](bytearray)``); JSON files beside are kept."""
+    import shutil
+
+    from weightsurgeon.checkpoint import open_checkpoint
+    from weightsurgeon.format import build_header
+
+    src = Path(src)
+    patch = patch or {}
+    with open_checkpoint(src) as ckpt:
+        kept = [t for t in ckpt if not drop(t.name)]
+        blobs = []
+        for t in kept:
+            raw = bytearray(ckpt.read_tensor(t.name).tobytes())
+            if t.name in patch:
+                patch[t.name](raw)
+            blobs.append(bytes(raw))
+        meta = ckpt.shards[0].metadata
+    dst = Path(dst) if dst is not None else src
+    dst.mkdir(parents=True, exist_ok=True)
+    if dst != src:
+        for f in src.iterdir():
+            if f.suffix == ".json" and f.name != "model.safetensors.index.json":
+                shutil.copy(f, dst / f.name)
+    for f in list(dst.glob("*.safetensors")) + list(dst.glob("model.safetensors.index.json")):
+        f.unlink()
+    prefix, _ = build_header([(t.name, t.dtype, t.shape) for t in kept], meta)
+    (dst / "model.safetensors").write_bytes(prefix + b"".join(blobs))
+    return dst
+
+
+def edit_json(path: Path, **changes: object) -> None:
+    """Set (or, with value ``...``, delete) top-level keys of a JSON file."""
+    data = json.loads(Path(path).read_text())
+    for key, value in changes.items():
+        if value is ...:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    Path(path).write_text(json.dumps(data))
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(OFFLINE_ENV)

@@ -36,6 +36,8 @@ def verify_checkpoint(ckpt: Checkpoint, deep: bool = False, progress: object | N
         result.warnings.append(f"{len(layout.other)} tensor name(s) not recognised as a known module, reported as 'other' (e.g. {layout.other[0]!r})")
     if ckpt.config is None:
         result.warnings.append(f"{where}: no config.json; config consistency not checked")
+        if not ckpt.is_partial:
+            _warn_layer_gaps(layout, result, "no config.json")
     else:
         _check_config(ckpt, layout, result)
     if deep:
@@ -47,20 +49,22 @@ def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -
     cfg = ckpt.text_config
     cfg_path = f"{ckpt.root}/config.json" if ckpt.root else "config.json"
     layers_present = sorted({loc.layer for loc in layout.locations.values() if loc.layer is not None})
-    declared = cfg.get("num_hidden_layers")
+    declared = cfg.get("num_hidden_layers", cfg.get("n_layer"))  # n_layer: GPT-2 style configs
     if isinstance(declared, int) and not isinstance(declared, bool):
         beyond = [l for l in layers_present if l >= declared]
         if beyond:
             raise SurgeonError(f"{cfg_path}: num_hidden_layers is {declared} but tensors exist for layer {beyond[0]}")
         if not ckpt.is_partial:
-            missing = sorted(set(range(declared)) - set(layers_present))
-            if missing:
-                raise SurgeonError(f"{cfg_path}: num_hidden_layers is {declared} but layer {missing[0]} has no tensors")
+            missing = _first_missing(layers_present, declared)
+            if missing is not None:
+                raise SurgeonError(f"{cfg_path}: num_hidden_layers is {declared} but layer {missing} has no tensors")
         for key in PER_LAYER_KEYS:
             value = cfg.get(key)
             if value is not None and (not isinstance(value, list) or len(value) != declared):
                 n = len(value) if isinstance(value, list) else type(value).__name__
                 raise SurgeonError(f"{cfg_path}: {key} has {n} entries but num_hidden_layers is {declared}")
+    elif not ckpt.is_partial:
+        _warn_layer_gaps(layout, result, f"{cfg_path}: no num_hidden_layers")
     if not ckpt.is_partial:
         _check_layers_alike(layout, result)
     hidden = cfg.get("hidden_size")
@@ -76,6 +80,27 @@ def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -
         raise SurgeonError(f"{cfg_path}: tie_word_embeddings is false but there is no lm_head.weight (the head would be random)")
     if tie is True and has_head:
         result.warnings.append("tie_word_embeddings is true but lm_head.weight is stored too; loaders tie them and may ignore it")
+
+
+def _warn_layer_gaps(layout: ModelLayout, result: VerifyResult, why: str) -> None:
+    """Without a declared layer count, a hole in the layer numbers is suspicious but not provably wrong."""
+    present = sorted({loc.layer for loc in layout.locations.values() if loc.layer is not None})
+    missing = _first_missing(present, present[-1] + 1) if present else None
+    if missing is not None:
+        result.warnings.append(f"{why}, and layer {missing} has no tensors (layers up to {present[-1]} exist)")
+
+
+def _first_missing(present: list[int], count: int) -> int | None:
+    """The first index in range(count) absent from sorted ``present``; never builds range(count)
+    (a config may claim 10**12 layers)."""
+    expected = 0
+    for layer in present:
+        if layer >= count:
+            break
+        if layer != expected:
+            return expected
+        expected += 1
+    return expected if expected < count else None
 
 
 def _check_layers_alike(layout: ModelLayout, result: VerifyResult) -> None:
@@ -110,13 +135,23 @@ def _scan_nonfinite(ckpt: Checkpoint, result: VerifyResult, progress: object | N
             raise SurgeonError(f"{info.file}: tensor {info.name!r} has {bad} NaN/Inf value(s) of {info.numel}")
 
 
+# The numba kernel covers these; the rest (rare) take the exact numpy path.
+_KERNEL_DTYPES = frozenset({"BF16", "F16", "F32", "F64", "F8_E4M3", "F8_E5M2", "F8_E8M0"})
+
+
 def _nonfinite_counter():
     """The numba kernel when available (fast), else an exact numpy fallback."""
     try:
         from weightsurgeon.kernels import count_nonfinite
-        return count_nonfinite
     except ImportError:
         return _count_nonfinite_numpy
+
+    def count(chunk: np.ndarray, dtype: str) -> int:
+        if dtype in _KERNEL_DTYPES:
+            return count_nonfinite(chunk, dtype)
+        return _count_nonfinite_numpy(chunk, dtype)
+
+    return count
 
 
 def _count_nonfinite_numpy(chunk: np.ndarray, dtype: str) -> int:
@@ -126,4 +161,8 @@ def _count_nonfinite_numpy(chunk: np.ndarray, dtype: str) -> int:
         return int(np.count_nonzero((chunk & 0x7C) == 0x7C))
     if dtype == "F8_E4M3":
         return int(np.count_nonzero((chunk & 0x7F) == 0x7F))
+    if dtype == "F8_E8M0":
+        return int(np.count_nonzero(chunk == 0xFF))
+    if dtype in ("F8_E4M3FNUZ", "F8_E5M2FNUZ"):  # no inf; the one NaN is the "negative zero" pattern
+        return int(np.count_nonzero(chunk == 0x80))
     return int(chunk.size - np.count_nonzero(np.isfinite(chunk)))

@@ -1,0 +1,154 @@
+"""`surgeon verify`: config against tensors, complete layers, tying, --deep NaN/Inf, partial checkpoints."""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import edit_json, rewrite_checkpoint, tensor_entry, write_raw
+from weightsurgeon.checkpoint import open_checkpoint
+from weightsurgeon.errors import SurgeonError
+from weightsurgeon.verify import _count_nonfinite_numpy, verify_checkpoint
+
+
+def verify(path: Path, deep: bool = False):
+    with open_checkpoint(path) as ckpt:
+        return verify_checkpoint(ckpt, deep=deep)
+
+
+@pytest.mark.parametrize("kw", [dict(arch="qwen2"), dict(arch="llama", tied=True, dtype="bf16"),
+                                dict(arch="qwen3", dtype="f16", layer_types=True, shard_bytes=50_000),
+                                dict(arch="llama", num_layers=1, dtype="bf16", shard_bytes=1)])
+def test_valid_synthetic_models(tiny_model, surgeon, kw: dict) -> None:
+    path = tiny_model(**kw)
+    result = verify(path, deep=True)
+    assert result.warnings == [] and result.scanned_bytes > 0
+    out = surgeon("verify", "--deep", path)
+    assert out.code == 0 and out.stderr == "" and out.stdout.startswith("ok: ") and "every value finite" in out.stdout
+    data = json.loads(surgeon("verify", "--json", path).stdout)
+    assert data["valid"] is True and data["partial"] is False and data["tensors"] == len(open_checkpoint(path))
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(num_hidden_layers=1), "num_hidden_layers is 1 but tensors exist for layer 1"),
+    (dict(num_hidden_layers=3), "num_hidden_layers is 3 but layer 2 has no tensors"),
+    (dict(num_hidden_layers=10**12), "num_hidden_layers is 1000000000000 but layer 2 has no tensors"),
+    (dict(hidden_size=65), "hidden_size is 65"),
+    (dict(vocab_size=511), "vocab_size is 511"),
+    (dict(layer_types=["full_attention"] * 3), "layer_types has 3 entries but num_hidden_layers is 2"),
+    (dict(layer_types="full_attention"), "layer_types has str entries"),
+    (dict(tie_word_embeddings=False), "tie_word_embeddings is false but there is no lm_head.weight"),
+])
+def test_config_inconsistencies(tiny_model, surgeon, changes: dict, match: str) -> None:
+    path = tiny_model(tied=True)
+    edit_json(path / "config.json", **changes)
+    with pytest.raises(SurgeonError, match=match):
+        verify(path)
+    for command in ("verify", "inspect"):
+        result = surgeon(command, path)
+        assert result.code == 1 and len(result.err_lines) == 1 and result.stderr.startswith("error: ")
+        assert "config.json" in result.stderr
+
+
+def test_missing_layer(tiny_model) -> None:
+    path = tiny_model(num_layers=3)
+    rewrite_checkpoint(path, drop=lambda n: ".layers.1." in n)
+    with pytest.raises(SurgeonError, match="layer 1 has no tensors"):
+        verify(path)
+    # Without a config, a gap in the layers is a warning only.
+    (path / "config.json").unlink()
+    warnings = verify(path).warnings
+    assert any("layer 1 has no tensors" in w for w in warnings) and any("no config.json" in w for w in warnings)
+
+
+def test_layer_missing_a_module_is_a_warning(tiny_model) -> None:
+    path = tiny_model(num_layers=3)
+    rewrite_checkpoint(path, drop=lambda n: n == "model.layers.2.mlp.up_proj.weight")
+    assert any("layer 2 holds different modules" in w for w in verify(path).warnings)
+
+
+def test_tied_true_with_head_is_a_warning(tiny_model) -> None:
+    path = tiny_model(tied=False)
+    edit_json(path / "config.json", tie_word_embeddings=True)
+    assert any("tie_word_embeddings is true" in w for w in verify(path).warnings)
+
+
+def test_other_names_are_warnings(tiny_model, surgeon) -> None:
+    path = tiny_model()
+    # No index and no model.safetensors: every *.safetensors of the folder is a shard.
+    (path / "model.safetensors").rename(path / "a.safetensors")
+    write_raw(path / "b.safetensors", {"mystery.scale": tensor_entry("F32", [1], 0, 4)}, b"\0" * 4)
+    assert any("'mystery.scale'" in w for w in verify(path).warnings)
+    result = surgeon("verify", path)
+    assert result.code == 0 and "mystery.scale" in result.stderr and "other" in result.stderr
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_deep_finds_nonfinite_and_names_the_tensor(tiny_model, surgeon, dtype: str, bad: str) -> None:
+    path = tiny_model(dtype=dtype, shard_bytes=40_000)
+    victim = "model.layers.1.mlp.down_proj.weight"
+    value = float(bad)
+    encoded = {"bf16": struct.pack("<f", value)[2:], "f16": np.float16(value).tobytes(),
+               "f32": np.float32(value).tobytes()}[dtype]
+
+    def poison(raw: bytearray) -> None:
+        pos = (len(raw) // 2) // len(encoded) * len(encoded)
+        raw[pos:pos + len(encoded)] = encoded
+
+    rewrite_checkpoint(path, patch={victim: poison})
+    assert verify(path).warnings == []  # structural checks do not read values
+    with pytest.raises(SurgeonError, match=f"{victim}.*1 NaN/Inf value"):
+        verify(path, deep=True)
+    result = surgeon("verify", "--deep", path)
+    assert result.code == 1 and len(result.err_lines) == 1 and victim in result.stderr
+
+
+def test_numpy_nonfinite_fallback_agrees_with_kernel() -> None:
+    from weightsurgeon.kernels import count_nonfinite
+
+    rng = np.random.default_rng(0)
+    bits16 = rng.integers(0, 2**16, 5000, dtype=np.uint16)
+    bits8 = np.arange(256, dtype=np.uint8)
+    for dtype, chunk in (("BF16", bits16), ("F16", bits16.view(np.float16)), ("F8_E4M3", bits8), ("F8_E5M2", bits8),
+                         ("F32", rng.integers(0, 2**32, 5000, dtype=np.uint32).view(np.float32))):
+        assert _count_nonfinite_numpy(chunk, dtype) == count_nonfinite(chunk, dtype), dtype
+    assert _count_nonfinite_numpy(bits8, "F8_E4M3FNUZ") == 1
+    assert _count_nonfinite_numpy(np.array([1, np.nan + 1j, np.inf], dtype=np.complex64), "C64") == 2
+
+
+def test_partial_checkpoint(tiny_model, tmp_path: Path, surgeon) -> None:
+    path = tiny_model(num_layers=3)
+    part = rewrite_checkpoint(path, tmp_path / "part", drop=lambda n: ".layers.1." not in n)
+    with pytest.raises(SurgeonError, match="layer 0 has no tensors"):
+        verify(part)
+    (part / "surgeon.json").write_text(json.dumps({"operation": "extract", "partial": True}))
+    assert verify(part, deep=True).warnings == []
+    result = surgeon("verify", part)
+    assert result.code == 0 and "partial checkpoint" in result.stdout
+    assert json.loads(surgeon("inspect", "--json", part).stdout)["partial"] is True
+    # a layer beyond num_hidden_layers is still an error in a partial checkpoint
+    edit_json(part / "config.json", num_hidden_layers=1)
+    assert surgeon("verify", part).code == 1
+
+
+def test_surgeon_json_not_an_object_is_ignored(tiny_model) -> None:
+    path = tiny_model()
+    (path / "surgeon.json").write_text("[1]")
+    with open_checkpoint(path) as ckpt:
+        assert ckpt.surgeon is None and not ckpt.is_partial
+
+
+def test_no_tensors_at_all(tmp_path: Path, surgeon) -> None:
+    """Decision: an empty safetensors file (header {}) is a valid *file*; as a model it is valid only if
+    nothing contradicts it (no config claiming layers), with a warning."""
+    model = tmp_path / "empty"
+    model.mkdir()
+    write_raw(model / "model.safetensors", b"{}      ")
+    result = surgeon("verify", model)
+    assert result.code == 0 and "no config.json" in result.stderr
+    (model / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
+    assert surgeon("verify", model).code == 1
