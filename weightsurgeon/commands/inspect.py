@@ -11,7 +11,19 @@ from weightsurgeon.layout import layout_of
 from weightsurgeon.output import emit_json, print_warnings, stdout_console
 
 
-def describe(ckpt: Checkpoint, per_layer: bool = False) -> dict:
+def _architecture(config: dict | None) -> str | None:
+    """``architectures[0]`` of a config, tolerating whatever a hand-written config holds there."""
+    value = (config or {}).get("architectures")
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        return value[0]
+    return value if isinstance(value, str) else None
+
+
+def _string_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def describe(ckpt: Checkpoint, per_layer: bool = False, warnings: list[str] | None = None) -> dict:
     """The machine-readable inspection of a checkpoint (what `inspect --json` prints)."""
     layout = layout_of(ckpt.tensors, ckpt.config)
     cfg = ckpt.text_config
@@ -30,8 +42,8 @@ def describe(ckpt: Checkpoint, per_layer: bool = False) -> dict:
     out = {
         "source": ckpt.source,
         "path": str(ckpt.root) if ckpt.root else str(ckpt.files[0]),
-        "architecture": ((ckpt.config or {}).get("architectures") or [None])[0],
-        "model_type": (ckpt.config or {}).get("model_type"),
+        "architecture": _architecture(ckpt.config),
+        "model_type": _string_or_none((ckpt.config or {}).get("model_type")),
         "num_layers": layout.num_layers,
         "hidden_size": cfg.get("hidden_size"),
         "vocab_size": cfg.get("vocab_size"),
@@ -45,7 +57,7 @@ def describe(ckpt: Checkpoint, per_layer: bool = False) -> dict:
         "modules": layout.modules_present(),
         "shards": shards,
         "other": list(layout.other),
-        "warnings": list(ckpt.warnings),
+        "warnings": list(ckpt.warnings if warnings is None else warnings),
     }
     if per_layer:
         out["parameters_by_layer"] = {str(l): dict(sorted(c.items())) for l, c in sorted(layers.items())}
@@ -70,20 +82,27 @@ def _count(n: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")
 def inspect_cmd(model: str, verbose: bool, as_json: bool) -> None:
     """Show a checkpoint's architecture, layers, dtypes, parameters per module group and shards."""
+    from weightsurgeon.verify import verify_checkpoint
+
     with open_checkpoint(model) as ckpt:
-        info = describe(ckpt, per_layer=verbose)
-    print_warnings(info["warnings"] + ([f"{len(info['other'])} tensor name(s) reported as 'other' (e.g. {info['other'][0]!r})"] if info["other"] else []))
+        # The structural checks (not --deep) run first: inspecting a broken checkpoint is an error.
+        checked = verify_checkpoint(ckpt, deep=False)
+        info = describe(ckpt, per_layer=verbose, warnings=checked.warnings)
+    print_warnings(info["warnings"])
     if as_json:
         emit_json(info)
         return
+    from rich.markup import escape
     from rich.table import Table
 
     console = stdout_console()
-    title = f"{info['path']}  ({info['architecture'] or info['model_type'] or 'unknown architecture'})"
+    # Paths, names and config values come from files: escape them so "[...]" is not read as rich markup.
+    kind = info["architecture"] or info["model_type"] or "unknown architecture"
+    title = escape(f"{info['path']}  ({kind})")
     summary = Table(title=title, show_header=False, box=None)
     summary.add_row("layers", str(info["num_layers"]))
-    summary.add_row("hidden size", str(info["hidden_size"]))
-    summary.add_row("vocab size", str(info["vocab_size"]))
+    summary.add_row("hidden size", escape(str(info["hidden_size"])))
+    summary.add_row("vocab size", escape(str(info["vocab_size"])))
     summary.add_row("parameters", f"{_count(info['num_parameters'])} ({info['num_parameters']:,})")
     summary.add_row("size", _human(info["total_bytes"]))
     summary.add_row("dtypes", ", ".join(f"{d} ({v['tensors']} tensors)" for d, v in info["dtypes"].items()))
@@ -104,7 +123,7 @@ def inspect_cmd(model: str, verbose: bool, as_json: bool) -> None:
     shards.add_column("tensors", justify="right")
     shards.add_column("size", justify="right")
     for s in info["shards"]:
-        shards.add_row(s["file"], str(s["tensors"]), _human(s["bytes"]))
+        shards.add_row(escape(s["file"]), str(s["tensors"]), _human(s["bytes"]))
     console.print(shards)
     if verbose and info.get("parameters_by_layer"):
         modules = sorted({m for c in info["parameters_by_layer"].values() for m in c})
@@ -116,7 +135,7 @@ def inspect_cmd(model: str, verbose: bool, as_json: bool) -> None:
             per_layer.add_row(layer, *[f"{counts.get(m, 0):,}" for m in modules])
         console.print(per_layer)
     if info["other"]:
-        console.print(f"other: {', '.join(info['other'][:10])}{' ...' if len(info['other']) > 10 else ''}")
+        console.print(escape(f"other: {', '.join(info['other'][:10])}{' ...' if len(info['other']) > 10 else ''}"))
 
 
 @click.command("verify")
