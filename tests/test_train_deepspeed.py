@@ -71,6 +71,7 @@ def _check_result(tmp: Path, modules: str, world: int) -> dict:
     assert metrics["steps"] == 8 and metrics["steps_per_second"] > 0 and metrics["tokens_per_second"] > 0
     assert len(metrics["peak_memory_bytes_per_process"]) == world
     assert metrics["frozen_moved"] == []
+    assert (report / "diff" / "report.json").is_file()  # the `surgeon diff` report of result vs start
     diff = json.loads((report / "diff.json").read_text())
     assert set(diff["moved"]) == trainable
     loss = (report / "loss.csv").read_text().splitlines()

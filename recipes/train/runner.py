@@ -23,6 +23,7 @@ import shutil
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ def prepare_environment() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # DeepSpeed calls torch.distributed collectives under their deprecated names once per step.
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.distributed\..*deprecated")
 
 
 def _on_gpu() -> bool:
@@ -276,14 +279,15 @@ def _prepare_data(cfg: RecipeConfig, tokenizer: Any, base_dir: Path | None) -> t
 def _closing_diff(base: Path, tuned: Path, trainable: set[str], report_dir: Path) -> dict[str, Any]:
     """Which tensors moved. Frozen ones must be bitwise equal to the starting model."""
     try:
-        from weightsurgeon import diff as engine_diff  # issue 3; optional until it lands
+        from weightsurgeon.diff import diff_checkpoints  # the Delta stethoscope (`surgeon diff`)
 
-        report = engine_diff.diff_checkpoints(base, [tuned])
-        if hasattr(report, "write"):
-            report.write(report_dir / "diff")
+        report = diff_checkpoints(base, [tuned], labels=["tuned"])
+        (report_dir / "diff").mkdir(exist_ok=True)
+        report.write_json(report_dir / "diff" / "report.json")
+        report.write_csv(report_dir / "diff" / "report.csv")
     except ImportError:
         pass
-    except Exception as exc:  # noqa: BLE001 - the report is a bonus; the check below is not
+    except Exception as exc:  # noqa: BLE001 - the report is a bonus; the bitwise check below is not
         print(f"warning: surgeon diff of the result failed: {exc}", file=sys.stderr)
     return compare_tensors(base, tuned, trainable)
 
