@@ -1,0 +1,114 @@
+"""Nothing lost: a splice interrupted by SIGINT/SIGTERM at random moments, or failing under a
+file-size limit (ulimit -f), leaves either no output folder or a complete, verified one —
+never a temporary folder — and the inputs bitwise unchanged; a failure is one `error:` line.
+
+These run the real command line in subprocesses and send real signals.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from weightsurgeon.atomic import TEMP_PREFIX
+from weightsurgeon.synth import make_checkpoint
+
+SPLICE = ["splice", "--take", "mlp,attn", "--alpha", "0.5", "--max-shard-size", "40MB", "--verify", "-q"]
+
+
+def digest_files(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    out = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name not in skip:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+            out[p.name] = h.hexdigest()
+    return out
+
+
+def no_temp_left(parent: Path) -> bool:
+    return not [p.name for p in parent.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A ~130 MB f32 pair: a splice with interpolation and --verify takes a second or two."""
+    root = tmp_path_factory.mktemp("interrupt")
+    base = make_checkpoint(root / "base", arch="llama", num_layers=8, hidden_size=640, intermediate_size=1792,
+                           num_heads=10, num_kv_heads=5, vocab_size=8192, dtype="f32", shard_bytes=60_000_000)
+    donor = make_checkpoint(root / "donor", arch="llama", num_layers=8, hidden_size=640, intermediate_size=1792,
+                            num_heads=10, num_kv_heads=5, vocab_size=8192, dtype="f32", shard_bytes=45_000_000, seed=4)
+    reference = root / "reference"
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "weightsurgeon", SPLICE[0], str(base), str(donor), *SPLICE[1:], "-o", str(reference)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    duration = time.monotonic() - t0
+    inputs = {"base": digest_files(base), "donor": digest_files(donor)}
+    return root, base, donor, digest_files(reference, skip=("surgeon.json",)), inputs, duration
+
+
+def check_outcome(proc_rc: int, stderr: str, out: Path, reference: dict[str, str]) -> str:
+    assert no_temp_left(out.parent), f"temporary folder left behind: {list(out.parent.iterdir())}"
+    if out.exists():
+        # Complete: identical to the uninterrupted run, and `surgeon verify` accepts it.
+        assert digest_files(out, skip=("surgeon.json",)) == reference
+        check = subprocess.run([sys.executable, "-m", "weightsurgeon", "verify", str(out)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        return "complete"
+    if proc_rc == 1:
+        lines = [l for l in stderr.splitlines() if l.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+        assert "Traceback" not in stderr
+        return "clean error"
+    # Killed by the default signal action before the interpreter reached our code: nothing was created.
+    assert proc_rc in (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 130), (proc_rc, stderr)
+    return "killed before start"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_random_interrupts_leave_nothing_or_a_complete_output(models, sig, tmp_path):
+    root, base, donor, reference, inputs, duration = models
+    rng = random.Random(1234 + int(sig))
+    outcomes = []
+    for attempt in range(3):
+        out = tmp_path / f"out{attempt}"
+        proc = subprocess.Popen([sys.executable, "-m", "weightsurgeon", SPLICE[0], str(base), str(donor), *SPLICE[1:], "-o", str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The first signal lands mid-run; the others anywhere from start-up to (now and then) after completion.
+        time.sleep(duration * 0.6 if attempt == 0 else rng.uniform(0.2, max(0.5, duration * 1.1)))
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+        outcomes.append(check_outcome(proc.returncode, stderr, out, reference))
+        if outcomes[-1] == "clean error":
+            assert "interrupted" in stderr
+    assert "clean error" in outcomes, f"no run was interrupted mid-write: {outcomes} (splice took {duration:.2f} s)"
+    assert digest_files(base) == inputs["base"] and digest_files(donor) == inputs["donor"]
+
+
+def _limit_file_size() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (30_000_000, 30_000_000))
+
+
+def test_write_failure_under_file_size_limit(models, tmp_path):
+    root, base, donor, reference, inputs, _ = models
+    out = tmp_path / "out"
+    for extra in ([], ["--take", "o_proj", "--alpha", "1"]):  # computed path, then the raw copy_file_range path
+        args = SPLICE[1:] if not extra else ["--take", "o_proj", "--max-shard-size", "5GB", "-q"]
+        proc = subprocess.run([sys.executable, "-m", "weightsurgeon", "splice", str(base), str(donor), *args, "-o", str(out)],
+                              capture_output=True, text=True, preexec_fn=_limit_file_size)
+        assert proc.returncode == 1, proc.stderr
+        lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "File too large" in lines[0], proc.stderr
+        assert not out.exists() and no_temp_left(tmp_path)
+    assert digest_files(base) == inputs["base"] and digest_files(donor) == inputs["donor"]
