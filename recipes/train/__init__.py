@@ -1,0 +1,1 @@
+"""Freeze-SFT recipe: config, data, trainable-parameter selection, DeepSpeed config, runner, launchers."""

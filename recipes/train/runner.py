@@ -185,16 +185,23 @@ def _broadcast(value: Any) -> Any:
 
 
 def resolve_checkpoint_dir(path: str) -> Path:
-    """A local directory for a model given as a path or as a Hub id already in the cache."""
+    """A local directory for a model given as a path or a Hub id (cached, or fetched when online)."""
     local = Path(path).expanduser()
     if local.is_dir():
         return local
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(path, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any failure means "not available offline"
-        raise SurgeonError(f"model {path!r}: not a directory and not in the local Hugging Face cache") from None
+    patterns = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]  # never pickles
+    try:
+        return Path(snapshot_download(path, local_files_only=True, allow_patterns=patterns))
+    except Exception:  # noqa: BLE001 - not cached: try the Hub unless offline
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise SurgeonError(f"model {path!r}: not a directory and not in the local Hugging Face cache (HF_HUB_OFFLINE is set)")
+    try:
+        return Path(snapshot_download(path, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001 - one line for the user
+        raise SurgeonError(f"model {path!r}: not a local directory, and fetching it from the Hub failed: {exc}") from None
 
 
 def check_saved(out_dir: Path, expected: dict[str, tuple[int, ...]]) -> None:
