@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "remove": "weightsurgeon.commands.surgery:remove_cmd",
     "extract": "weightsurgeon.commands.surgery:extract_cmd",
     "diff": "weightsurgeon.commands.diff:diff_cmd",
+    "plot": "weightsurgeon.commands.plot:plot_cmd",
 }
 
 

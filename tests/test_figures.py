@@ -1,0 +1,359 @@
+"""Figures, report.html and `surgeon plot`, drawn from report.json alone.
+
+Reports here are built by hand (`make_report`): several tuned models, a few layers, every
+linear module and the norms, histograms with the contract's bin edges, and the
+layerless tensors (embed_tokens unchanged, lm_head, norm). One test goes through the real
+`surgeon diff` on a synthetic pair and redraws its report.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from weightsurgeon.errors import SurgeonError
+from weightsurgeon.report.figures import FIGURE_NAMES, draw_all, hist_layers, parse_formats, read_view
+from weightsurgeon.report.html import module_summaries, render_html, write_html
+
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Planted relative scale per module: o_proj largest, post_attention_layernorm exactly unchanged.
+SCALE = {"q_proj": 0.02, "k_proj": 0.01, "v_proj": 0.05, "o_proj": 0.2, "gate_proj": 0.03, "up_proj": 0.03,
+         "down_proj": 0.04, "input_layernorm": 0.002, "post_attention_layernorm": 0.0}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _gauss_hist(edges: np.ndarray, sd: float, n: int) -> list[int]:
+    """Counts of n Gaussian relative changes with std sd, tails clipped into the edge bins."""
+    if sd <= 0:
+        counts = np.zeros(len(edges) - 1, dtype=np.int64)
+        counts[np.searchsorted(edges, 0.0, side="right") - 1] = n
+        return counts.tolist()
+    cdf = np.array([0.5 * (1 + math.erf(e / (sd * math.sqrt(2)))) for e in edges])
+    cdf[0], cdf[-1] = 0.0, 1.0
+    counts = np.floor(np.diff(cdf) * n).astype(np.int64)
+    counts[len(counts) // 2] += n - counts.sum()
+    return counts.tolist()
+
+
+def make_report(tuned=("distill", "math"), num_layers=6, bins=40, clip=1.0, hidden=64, inter=128, every=2) -> dict:
+    """A plausible report.json dict (the diff helper's contract) with a planted, known pattern."""
+    edges = np.linspace(-clip, clip, bins + 1)
+    numel = {"q_proj": hidden * hidden, "k_proj": hidden * hidden // 2, "v_proj": hidden * hidden // 2,
+             "o_proj": hidden * hidden, "gate_proj": hidden * inter, "up_proj": hidden * inter,
+             "down_proj": hidden * inter, "input_layernorm": hidden, "post_attention_layernorm": hidden}
+    modules = []
+    for t_i, label in enumerate(tuned):
+        profile = 0.5 + np.sin(np.linspace(0, 3, num_layers)) ** 2 * (1 + t_i)
+        for layer in range(num_layers):
+            for module, n in numel.items():
+                rel = SCALE[module] * float(profile[layer])
+                base = 0.02 * math.sqrt(n)
+                modules.append({"tuned": label, "layer": layer, "module": module, "numel": n,
+                                "l2_delta": rel * base, "l2_base": base, "l2_tuned": base * (1 + rel), "rel_l2": rel,
+                                "cosine": 1 - rel ** 2 / 2, "max_abs_delta": 0.08 * rel, "mean_delta": 0.0,
+                                "n_base_zero": 0, "n_nonfinite": 0, "hist": _gauss_hist(edges, rel, n)})
+        for module, n, rel in (("embed_tokens", 512 * hidden, 0.0), ("norm", hidden, 0.01), ("lm_head", 512 * hidden, 0.05)):
+            base = 0.02 * math.sqrt(n)
+            modules.append({"tuned": label, "layer": None, "module": module, "numel": n, "l2_delta": rel * base,
+                            "l2_base": base, "l2_tuned": base, "rel_l2": rel, "cosine": 1.0, "max_abs_delta": rel,
+                            "mean_delta": 0.0, "n_base_zero": 0, "n_nonfinite": 0, "hist": _gauss_hist(edges, rel, n)})
+
+    def ident(src: str) -> dict:
+        return {"source": src, "path": f"/models/{src}", "digest": "sha256:" + "ab" * 32,
+                "architecture": "Qwen2ForCausalLM", "num_layers": num_layers, "dtype": "BF16"}
+
+    return {"schema": "weightsurgeon.diff/1", "version": "0.1.0", "created": "2026-11-22T03:00:00+00:00",
+            "base": ident("Qwen/Qwen2.5-1.5B"), "tuned": [{"label": t, **ident(f"org/{t}")} for t in tuned],
+            "options": {"bins": bins, "clip": clip, "modules": None, "layers": None, "every": every},
+            "bin_edges": edges.tolist(), "notes": ["lm_head compared against the base's tied embed_tokens"],
+            "missing": [{"tuned": tuned[0], "name": "model.extra.weight", "where": "tuned only", "detail": "not in base"}],
+            "tensors": [], "modules": modules, "timing": {"seconds": 1.5, "bytes_read": 3_000_000_000, "gb_per_s": 2.0}}
+
+
+def assert_png(path: Path) -> None:
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        width, height = im.size
+    assert 300 < width < 4000 and 200 < height < 3000, (path, im.size)
+
+
+def assert_svg(path: Path) -> None:
+    root = ET.parse(path).getroot()
+    assert root.tag.endswith("svg"), path
+    assert len(list(root.iter())) > 50, f"{path}: suspiciously empty"
+
+
+def assert_self_contained(page: str) -> None:
+    """No external asset of any kind: every URL-valued attribute is a data: URI or a fragment."""
+    from html.parser import HTMLParser
+
+    class Audit(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[str] = []
+            self.urls: list[str] = []
+            self.styles: list[str] = []
+            self._in_style = False
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self._in_style = tag == "style"
+            for name, value in attrs:
+                if name in ("src", "href", "action", "poster", "srcset", "data", "xlink:href"):
+                    self.urls.append(value or "")
+                if name == "style":
+                    self.styles.append(value or "")
+
+        def handle_endtag(self, tag):
+            self._in_style = False
+
+        def handle_data(self, data):
+            if self._in_style:
+                self.styles.append(data)
+
+    audit = Audit()
+    audit.feed(page)
+    assert audit.tags[:2] == ["html", "head"] and "body" in audit.tags
+    assert not {"script", "link", "iframe", "object", "embed", "base"} & set(audit.tags), set(audit.tags)
+    for url in audit.urls:
+        assert url.startswith(("data:", "#")), url[:80]
+    for css in audit.styles:
+        assert "url(" not in css and "@import" not in css
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, list[Path]]:
+    """Two tuned models, 6 layers, both formats: drawn once, looked at by several tests."""
+    report = make_report()
+    out = tmp_path_factory.mktemp("figs")
+    return report, out, draw_all(report, out)
+
+
+# ---------------------------------------------------------------------------------------- figures
+
+def test_draw_all_writes_every_figure_as_valid_png_and_svg(drawn):
+    _report, out, files = drawn
+    assert [p.name for p in files] == [f"{n}.{f}" for n in FIGURE_NAMES for f in ("png", "svg")]
+    for path in files:
+        assert path.parent == out and path.stat().st_size > 1000
+        (assert_png if path.suffix == ".png" else assert_svg)(path)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_svg_is_reproducible(drawn, tmp_path):
+    report, out, _files = drawn
+    again = draw_all(report, tmp_path, formats="svg")
+    for path in again:
+        assert path.read_bytes() == (out / path.name).read_bytes(), path.name
+
+
+def test_single_tuned_model_png_only_and_a_dataclass_like_report(tmp_path):
+    class Report:  # what the diff engine's DiffReport offers
+        def to_dict(self):
+            return make_report(tuned=("only",), num_layers=4)
+
+    files = draw_all(Report(), tmp_path, every=3, formats="png")
+    assert sorted(p.name for p in files) == sorted(f"{n}.png" for n in FIGURE_NAMES)
+    for p in files:
+        assert_png(p)
+
+
+def test_histogram_layers_follow_every():
+    assert hist_layers(list(range(28)), 5) == [0, 5, 10, 15, 20, 25]
+    assert hist_layers(list(range(5, 31)), 5) == [5, 10, 15, 20, 25, 30]  # --layers 5-30
+    assert hist_layers([3, 7, 11], 5) == [3]  # no multiple of 5 selected: every 5th present layer
+    assert hist_layers([0, 1, 2], 1) == [0, 1, 2]
+
+
+def test_identical_models_and_partial_selections_draw_without_errors(tmp_path):
+    # Nothing changed at all: no log scale, no share figure (0 of 0 is no share), nothing crashes.
+    same = make_report(tuned=("same",), num_layers=3)
+    for m in same["modules"]:
+        m.update(l2_delta=0.0, rel_l2=0.0, max_abs_delta=0.0)
+        m["hist"] = _gauss_hist(np.asarray(same["bin_edges"]), 0.0, m["numel"])
+    files = draw_all(same, tmp_path / "same", formats="png")
+    assert {p.stem for p in files} == {"l2_by_layer", "rel_change_hist", "rel_l2_heatmap"}
+    assert "No weight changed" in render_html(same, files)
+
+    # --module embed_tokens,lm_head: no per-layer module, only the share figure.
+    head = make_report(tuned=("a", "b"), num_layers=3)
+    head["modules"] = [m for m in head["modules"] if m["layer"] is None]
+    assert [p.name for p in draw_all(head, tmp_path / "head", formats="png")] == ["delta_share.png"]
+
+    # --module norm with NaN-derived nulls and rows without histograms: still drawn.
+    norms = make_report(tuned=("a",), num_layers=4)
+    norms["modules"] = [m for m in norms["modules"] if m["module"].endswith("layernorm")]
+    norms["modules"][0].update(rel_l2=None, l2_delta=None, hist=None)
+    files = draw_all(norms, tmp_path / "norms", formats="png")
+    assert {p.stem for p in files} == {"l2_by_layer", "rel_change_hist", "rel_l2_heatmap", "delta_share"}
+
+
+def test_formats_are_checked():
+    assert parse_formats("PNG, svg,png") == ("png", "svg")
+    with pytest.raises(SurgeonError, match="unknown figure format 'jpg'"):
+        parse_formats("png,jpg")
+    with pytest.raises(SurgeonError, match="no figure format"):
+        parse_formats(",")
+
+
+# ---------------------------------------------------------------------------------------- html
+
+def test_html_is_self_contained_with_summary_and_every_figure(drawn):
+    report, out, files = drawn
+    page = write_html(report, out, figures=files)
+    assert page == out / "report.html"
+    text = page.read_text(encoding="utf-8")
+    assert_self_contained(text)
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(images) == len(FIGURE_NAMES)  # PNG preferred when both formats exist
+    import base64
+
+    assert all(base64.b64decode(b)[:8] == PNG_MAGIC for b in images)
+    for label in ("distill", "math", "Qwen/Qwen2.5-1.5B", "model.extra.weight", "tied embed_tokens"):
+        assert label in text
+    # The summary ranks o_proj (planted largest) first for every tuned model.
+    assert text.count("Most changed: <b>o_proj</b>") == 2
+
+
+def test_module_summaries_rank_and_median():
+    view = read_view(make_report(tuned=("t",), num_layers=5))
+    rows = module_summaries(view, "t")
+    assert rows[0].module == "o_proj"
+    assert [r.total_l2_delta for r in rows] == sorted((r.total_l2_delta for r in rows), reverse=True)
+    assert math.isclose(sum(r.share for r in rows), 100.0)
+    o = rows[0]
+    per_layer = sorted(m["rel_l2"] for m in view.raw["modules"] if m["module"] == "o_proj")
+    assert o.layers == 5 and math.isclose(o.median_rel_l2, per_layer[2])
+    assert math.isclose(o.total_l2_delta, math.sqrt(sum(
+        m["l2_delta"] ** 2 for m in view.raw["modules"] if m["module"] == "o_proj")))
+    unchanged = next(r for r in rows if r.module == "post_attention_layernorm")
+    assert unchanged.total_l2_delta == 0 and unchanged.max_rel_layer is None
+
+
+def test_html_without_figure_files_draws_in_memory_and_escapes_labels(tmp_path):
+    hostile = '<script>alert("x")</script>'
+    report = make_report(tuned=(hostile, "ok"), num_layers=3)
+    report["notes"].append('<img src="http://example.com/x.png">')
+    page = write_html(report, tmp_path).read_text(encoding="utf-8")
+    assert_self_contained(page)
+    assert "&lt;script&gt;" in page and "&lt;img src=" in page
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == len(FIGURE_NAMES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]  # no figure files written
+
+
+def test_html_embeds_svg_when_only_svg_was_drawn(drawn, tmp_path):
+    report, out, files = drawn
+    svgs = [p for p in files if p.suffix == ".svg"]
+    text = write_html(report, tmp_path, figures=svgs).read_text(encoding="utf-8")
+    assert_self_contained(text)
+    assert len(re.findall(r'<img src="data:image/svg\+xml;base64,', text)) == len(FIGURE_NAMES)
+
+
+# ---------------------------------------------------------------------------------------- surgeon plot
+
+def test_plot_round_trips_a_saved_report(tmp_path, run_cli):
+    folder = tmp_path / "report"
+    folder.mkdir()
+    report = make_report(tuned=("a", "b", "c"), num_layers=5)
+    report["modules"][1]["rel_l2"] = float("nan")  # written as NaN by a careless tool: treated as missing
+    (folder / "report.json").write_text(json.dumps(report))
+    done = run_cli("plot", folder / "report.json", "--format", "png", "--every", "2")
+    assert done.returncode == 0, done.stderr
+    written = [Path(line) for line in done.stdout.splitlines()]
+    assert [p.name for p in written] == [f"{n}.png" for n in FIGURE_NAMES] + ["report.html"]
+    assert all(p.parent == folder and p.exists() for p in written)
+    assert_self_contained((folder / "report.html").read_text(encoding="utf-8"))
+
+    # A folder works as the argument too; -o elsewhere leaves the report's folder alone.
+    other = tmp_path / "redrawn"
+    done = run_cli("plot", folder, "-o", other, "--format", "svg", "--no-html", "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert sorted(p.name for p in other.iterdir()) == sorted(f"{n}.svg" for n in FIGURE_NAMES)
+
+
+def _bad_reports() -> dict[str, tuple[object, str]]:
+    good = make_report(tuned=("a",), num_layers=2, bins=10)
+    wrong_tuned = json.loads(json.dumps(good))
+    wrong_tuned["modules"][3]["tuned"] = "nobody"
+    short_hist = json.loads(json.dumps(good))
+    short_hist["modules"][0]["hist"] = [1, 2, 3]
+    no_modules = {k: v for k, v in good.items() if k != "modules"}
+    bad_layer = json.loads(json.dumps(good))
+    bad_layer["modules"][2]["layer"] = "two"
+    bad_edges = json.loads(json.dumps(good))
+    bad_edges["bin_edges"] = [1.0, 0.0] + bad_edges["bin_edges"][2:]
+    return {
+        "not json": ("{", "not valid JSON (line 1, column 2"),
+        "a list": ("[1, 2]", "not a diff report (the JSON is a list"),
+        "wrong schema": ({"schema": "mergekit/1"}, "not a weightsurgeon diff report"),
+        "future schema": ({**good, "schema": "weightsurgeon.diff/2"}, "'weightsurgeon.diff/2' is not supported"),
+        "no modules": (no_modules, "'modules' is missing or not a list"),
+        "unknown tuned": (wrong_tuned, "modules[3]: 'tuned' is 'nobody'"),
+        "short hist": (short_hist, "modules[0]: 'hist' has 3 bins but 'bin_edges' describes 10"),
+        "bad layer": (bad_layer, "modules[2]: 'layer' must be an integer or null"),
+        "bad edges": (bad_edges, "'bin_edges' must be finite and increasing"),
+        "binary": (b"\xff\xfe\x00garbage", "not a JSON report (the file is not UTF-8 text)"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_reports()))
+def test_plot_rejects_bad_reports_with_one_error_line(case, tmp_path, surgeon):
+    content, message = _bad_reports()[case]
+    path = tmp_path / "report.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    result = surgeon("plot", path)
+    assert result.code == 1
+    assert result.err_lines == [result.err_lines[0]] and result.err_lines[0].startswith("error: "), result.stderr
+    assert message in result.err_lines[0]
+    assert str(path) in result.err_lines[0] or "schema" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # nothing drawn
+
+
+def test_plot_missing_inputs_and_bad_options_fail_cleanly(tmp_path, run_cli):
+    done = run_cli("plot", tmp_path / "nope.json")
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.json'}: no such file"]
+    done = run_cli("plot", tmp_path)
+    assert done.returncode == 1 and done.stderr.strip() == f"error: {tmp_path}: folder has no report.json"
+    (tmp_path / "report.json").write_text(json.dumps(make_report(tuned=("a",), num_layers=2)))
+    done = run_cli("plot", tmp_path, "--format", "png,gif")
+    assert done.returncode == 1 and done.stderr.strip() == "error: unknown figure format 'gif'; choose from png, svg"
+    (tmp_path / "file").write_text("x")
+    done = run_cli("plot", tmp_path, "-o", tmp_path / "file" / "sub")
+    assert done.returncode == 1 and done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------------------- with the real diff
+
+def test_plot_redraws_what_surgeon_diff_wrote(tmp_path, run_cli):
+    from weightsurgeon.synth import make_checkpoint, make_tuned
+
+    base = make_checkpoint(tmp_path / "base", num_layers=3, hidden_size=32, intermediate_size=64, vocab_size=300,
+                           dtype="bf16")
+    make_tuned(base, tmp_path / "ft1", seed=1)
+    make_tuned(base, tmp_path / "ft2", seed=2)
+    done = run_cli("diff", base, tmp_path / "ft1", tmp_path / "ft2", "-o", tmp_path / "rep", "--every", "1", "-q")
+    assert done.returncode == 0, done.stderr
+    rep = tmp_path / "rep"
+    assert (rep / "report.html").exists() and (rep / "rel_l2_heatmap.png").exists()
+    done = run_cli("plot", rep / "report.json", "-o", tmp_path / "again", "--format", "png")
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "again" / "report.html").read_text(encoding="utf-8")
+    assert_self_contained(page)
+    assert "ft1" in page and "ft2" in page
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == len(FIGURE_NAMES)
+    for name in FIGURE_NAMES:
+        assert_png(tmp_path / "again" / f"{name}.png")

@@ -1,0 +1,618 @@
+"""The Delta stethoscope's pictures, drawn from report.json alone.
+
+Figures are a second reading of the machine-readable report: everything here takes the
+report dict (or an object that turns into it), so `surgeon plot report.json` redraws
+exactly what `surgeon diff` drew. matplotlib is imported inside the functions that draw
+(Agg, no pyplot: no global figure state, nothing to close), so importing this module
+stays cheap for the CLI.
+
+The four figures:
+
+- ``l2_by_layer``: L2 norm of the delta per layer, one line per module (paper Fig. 2),
+  one panel per tuned model;
+- ``rel_change_hist``: distributions of the elementwise relative change every N layers,
+  one panel per linear module and tuned model (paper Fig. 3);
+- ``rel_l2_heatmap``: layers x modules heatmap of the relative L2, tuned models side by
+  side on one colour scale;
+- ``delta_share``: each module kind's share of the total squared delta, in percent and
+  absolute, tuned models as grouped bars.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from weightsurgeon.errors import SurgeonError
+
+SCHEMA = "weightsurgeon.diff/1"
+FORMATS = ("png", "svg")
+FIGURE_NAMES = ("l2_by_layer", "rel_change_hist", "rel_l2_heatmap", "delta_share")
+
+# Display order of module kinds: attention, MLP, norms, then the non-layer tensors.
+MODULE_ORDER = (
+    "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj",
+    "gate_proj", "up_proj", "gate_up_proj", "down_proj",
+    "router", "expert_gate_proj", "expert_up_proj", "expert_gate_up_proj", "expert_down_proj",
+    "shared_expert_gate_proj", "shared_expert_up_proj", "shared_expert_down_proj", "shared_expert_router",
+    "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
+    "q_norm", "k_norm",
+    "embed_tokens", "embed_positions", "lm_head", "norm", "vision", "other",
+)
+_ATTN = {"q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj"}
+_NORMS = {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+          "post_feedforward_layernorm", "q_norm", "k_norm", "norm"}
+# Modules the relative-change histograms show, when present (the paper's Fig. 3 panels).
+HIST_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj",
+                "down_proj", "expert_gate_proj", "expert_up_proj", "expert_gate_up_proj", "expert_down_proj")
+# Positive values spanning more than this ratio get a log scale.
+LOG_SPAN = 30.0
+DPI = 120
+
+
+def module_sort_key(module: str) -> tuple[int, str]:
+    try:
+        return (MODULE_ORDER.index(module), module)
+    except ValueError:
+        return (len(MODULE_ORDER), module)
+
+
+@dataclass
+class ModuleRow:
+    """One (tuned, layer, module) aggregate of the report, with None for NaN/inf/absent numbers."""
+
+    tuned: str
+    layer: int | None
+    module: str
+    numel: int | None
+    l2_delta: float | None
+    l2_base: float | None
+    rel_l2: float | None
+    cosine: float | None
+    max_abs_delta: float | None
+    hist: list[int] | None
+
+
+@dataclass
+class ReportView:
+    """The parts of a diff report the figures and the HTML page read, validated once."""
+
+    raw: dict
+    tuned: list[str]
+    rows: list[ModuleRow]
+    bin_edges: list[float] | None
+    base_label: str
+    every: int | None
+    by_key: dict[tuple[str, int | None, str], ModuleRow] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_key = {(r.tuned, r.layer, r.module): r for r in self.rows}
+
+    def modules(self, per_layer: bool | None = None) -> list[str]:
+        """Module kinds present, in display order (only per-layer ones, only global ones, or all)."""
+        found = {r.module for r in self.rows if per_layer is None or (r.layer is not None) == per_layer}
+        return sorted(found, key=module_sort_key)
+
+    def layers(self) -> list[int]:
+        return sorted({r.layer for r in self.rows if r.layer is not None})
+
+    def rows_of(self, tuned: str, module: str) -> list[ModuleRow]:
+        """A module kind's rows for one tuned model, per-layer ones in layer order."""
+        rows = [r for r in self.rows if r.tuned == tuned and r.module == module]
+        return sorted(rows, key=lambda r: -1 if r.layer is None else r.layer)
+
+    def squared_delta(self, tuned: str) -> dict[str, float]:
+        """Sum of squared L2 of the delta per module kind (the additive measure of 'how much changed')."""
+        out: dict[str, float] = {}
+        for r in self.rows:
+            if r.tuned == tuned and r.l2_delta is not None:
+                out[r.module] = out.get(r.module, 0.0) + r.l2_delta ** 2
+        return out
+
+
+def report_dict(report: Any) -> dict:
+    """The report as its JSON dict: a dict as is, or an object's ``to_dict()`` / ``to_json()``."""
+    if isinstance(report, dict):
+        return report
+    for attr in ("to_dict", "to_json"):
+        fn = getattr(report, attr, None)
+        if callable(fn):
+            out = fn()
+            if isinstance(out, (str, bytes)):
+                import json
+
+                out = json.loads(out)
+            if isinstance(out, dict):
+                return out
+    raise SurgeonError(f"cannot draw a {type(report).__name__}: expected a diff report (dict, or an object with to_dict())")
+
+
+def _number(value: Any, where: str, key: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SurgeonError(f"{where}: {key!r} must be a number or null, not {value!r:.40}")
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _count(value: Any, where: str, key: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SurgeonError(f"{where}: {key!r} must be an integer or null, not {value!r:.40}")
+    return value
+
+
+def read_view(report: Any, source: str = "report") -> ReportView:
+    """Check a report's schema and the fields the figures read; one clear error naming the first problem."""
+    data = report_dict(report)
+    schema = data.get("schema")
+    if schema != SCHEMA:
+        if isinstance(schema, str) and schema.startswith("weightsurgeon.diff/"):
+            raise SurgeonError(f"{source}: report schema {schema!r} is not supported by this version (expected {SCHEMA!r})")
+        raise SurgeonError(f"{source}: not a weightsurgeon diff report (schema {schema!r:.60}, expected {SCHEMA!r})")
+    for key in ("tuned", "modules"):
+        if not isinstance(data.get(key), list):
+            raise SurgeonError(f"{source}: {key!r} is missing or not a list")
+    labels: list[str] = []
+    for i, t in enumerate(data["tuned"]):
+        if not isinstance(t, dict) or not isinstance(t.get("label"), str):
+            raise SurgeonError(f"{source}: tuned[{i}] has no 'label'")
+        labels.append(t["label"])
+    if not labels:
+        raise SurgeonError(f"{source}: the report lists no tuned model")
+    edges = data.get("bin_edges")
+    if edges is not None:
+        if (not isinstance(edges, list) or len(edges) < 2
+                or any(isinstance(e, bool) or not isinstance(e, (int, float)) for e in edges)):
+            raise SurgeonError(f"{source}: 'bin_edges' must be a list of at least two numbers")
+        edges = [float(e) for e in edges]
+        if any(not math.isfinite(e) for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise SurgeonError(f"{source}: 'bin_edges' must be finite and increasing")
+    rows: list[ModuleRow] = []
+    for i, m in enumerate(data["modules"]):
+        where = f"{source}: modules[{i}]"
+        if not isinstance(m, dict):
+            raise SurgeonError(f"{where} is not an object")
+        tuned, module, layer = m.get("tuned"), m.get("module"), m.get("layer")
+        if tuned not in labels:
+            raise SurgeonError(f"{where}: 'tuned' is {tuned!r:.60}, not one of the report's tuned models {labels}")
+        if not isinstance(module, str) or not module:
+            raise SurgeonError(f"{where}: 'module' is missing")
+        layer = _count(layer, where, "layer")
+        hist = m.get("hist")
+        if hist is not None:
+            if not isinstance(hist, list) or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in hist):
+                raise SurgeonError(f"{where}: 'hist' must be a list of counts")
+            if edges is None:
+                raise SurgeonError(f"{source}: histograms without 'bin_edges'")
+            if len(hist) != len(edges) - 1:
+                raise SurgeonError(f"{where}: 'hist' has {len(hist)} bins but 'bin_edges' describes {len(edges) - 1}")
+        rows.append(ModuleRow(
+            tuned=tuned, layer=layer, module=module,
+            numel=_count(m.get("numel"), where, "numel"),
+            l2_delta=_number(m.get("l2_delta"), where, "l2_delta"),
+            l2_base=_number(m.get("l2_base"), where, "l2_base"),
+            rel_l2=_number(m.get("rel_l2"), where, "rel_l2"),
+            cosine=_number(m.get("cosine"), where, "cosine"),
+            max_abs_delta=_number(m.get("max_abs_delta"), where, "max_abs_delta"),
+            hist=hist,
+        ))
+    base = data.get("base") if isinstance(data.get("base"), dict) else {}
+    base_label = str(base.get("source") or base.get("path") or "base")
+    options = data.get("options") if isinstance(data.get("options"), dict) else {}
+    every = options.get("every")
+    every = every if isinstance(every, int) and not isinstance(every, bool) and every >= 1 else None
+    return ReportView(raw=data, tuned=labels, rows=rows, bin_edges=edges, base_label=base_label, every=every)
+
+
+# ---------------------------------------------------------------- styling helpers
+
+def _module_colors(modules: Sequence[str]) -> dict[str, Any]:
+    """One fixed colour per module kind, the same in every figure of a report."""
+    from matplotlib import colormaps
+
+    palette = list(colormaps["tab10"].colors) + list(colormaps["Dark2"].colors) + list(colormaps["tab20b"].colors)
+    return {m: palette[i % len(palette)] for i, m in enumerate(modules)}
+
+
+def _tuned_colors(labels: Sequence[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    palette = colormaps["Set2"].colors if len(labels) <= 8 else colormaps["tab20"].colors
+    return {t: palette[i % len(palette)] for i, t in enumerate(labels)}
+
+
+def _linestyle(module: str) -> str:
+    if module in _ATTN:
+        return "-"
+    if module in _NORMS:
+        return ":"
+    return "--"
+
+
+def _spans_decades(values: Iterable[float | None]) -> bool:
+    pos = [v for v in values if v is not None and v > 0]
+    return len(pos) >= 2 and max(pos) / min(pos) > LOG_SPAN
+
+
+def _short(label: str, width: int = 48) -> str:
+    return label if len(label) <= width else "…" + label[-(width - 1):]
+
+
+def _grid(n: int, max_cols: int) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+# ---------------------------------------------------------------- the figures
+
+def figure_l2_by_layer(view: ReportView):
+    """Paper Fig. 2: ||B - A|| per layer, one line per module kind, one panel per tuned model."""
+    modules = view.modules(per_layer=True)
+    layers = view.layers()
+    if not modules or not layers:
+        return None
+    colors = _module_colors(view.modules())
+    values = [r.l2_delta for r in view.rows if r.layer is not None]
+    log = _spans_decades(values)
+    nrows, ncols = _grid(len(view.tuned), 3)
+    fig = _new_figure(min(5.2 * ncols, 17) + 2.2, 3.6 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    handles: dict[str, Any] = {}
+    for ax, tuned in zip(axes, view.tuned):
+        for module in modules:
+            rows = [r for r in view.rows_of(tuned, module) if r.layer is not None]
+            xs = [r.layer for r in rows]
+            ys = [math.nan if r.l2_delta is None or (log and r.l2_delta <= 0) else r.l2_delta for r in rows]
+            if not xs:
+                continue
+            unchanged = all(r.l2_delta == 0 for r in rows)
+            label = f"{module} (unchanged)" if unchanged else module
+            (line,) = ax.plot(xs, ys, _linestyle(module), color=colors[module], marker="o",
+                              markersize=2.5 if len(layers) > 20 else 3.5, linewidth=1.5, label=label)
+            handles.setdefault(label, line)
+        ax.set_title(_short(tuned), fontsize=11)
+        ax.set_xlabel("layer")
+        ax.grid(True, which="major", alpha=0.3)
+        if log:
+            ax.set_yscale("log")
+        _integer_xaxis(ax, layers)
+    for ax in axes[len(view.tuned):]:
+        ax.set_visible(False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("L2 norm of delta  ‖B − A‖")
+    fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper", fontsize=9,
+               title="module", title_fontsize=9, frameon=False)
+    fig.suptitle(f"Weight change per layer and module (base: {_short(view.base_label, 60)})", fontsize=12)
+    return fig
+
+
+def _integer_xaxis(ax, layers: Sequence[int]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+    if layers:
+        pad = max(0.5, 0.02 * (layers[-1] - layers[0]))
+        ax.set_xlim(layers[0] - pad, layers[-1] + pad)
+
+
+def hist_layers(layers: Sequence[int], every: int) -> list[int]:
+    """Layers the histogram figure shows: multiples of ``every`` (the paper's every-5), else every Nth present."""
+    every = max(1, int(every))
+    chosen = [l for l in layers if l % every == 0]
+    return chosen if chosen else list(layers[::every])
+
+
+def figure_rel_change_hist(view: ReportView, every: int):
+    """Paper Fig. 3: relative-change distributions every N layers; rows are tuned models, columns modules."""
+    if view.bin_edges is None:
+        return None
+    with_hist = {r.module for r in view.rows if r.layer is not None and r.hist is not None and sum(r.hist) > 0}
+    modules = [m for m in view.modules(per_layer=True) if m in with_hist and m in HIST_MODULES]
+    if not modules:
+        modules = [m for m in view.modules(per_layer=True) if m in with_hist]
+    layers = hist_layers([l for l in view.layers()], every)
+    if not modules or not layers:
+        return None
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm, Normalize
+    from matplotlib.ticker import MaxNLocator
+
+    edges = np.asarray(view.bin_edges, dtype=float)
+    cmap = colormaps["viridis"]
+    if len(layers) == 1:
+        norm = Normalize(layers[0] - 1, layers[0] + 1)
+    else:
+        norm = Normalize(layers[0], layers[-1])
+    nrows, ncols = len(view.tuned), len(modules)
+    fig = _new_figure(min(2.9 * ncols, 22) + 1.2, 2.5 * nrows + 0.9)
+    axes = fig.subplots(nrows, ncols, sharex="col", sharey=True, squeeze=False)
+    centre = 0.5 * (edges[0] + edges[-1])
+    for j, module in enumerate(modules):
+        reach = 0.0  # each column zooms to the bins that hold anything (edge bins hold the clipped tails)
+        for i, tuned in enumerate(view.tuned):
+            ax = axes[i, j]
+            for layer in layers:
+                row = view.by_key.get((tuned, layer, module))
+                if row is None or row.hist is None:
+                    continue
+                counts = np.asarray(row.hist, dtype=float)
+                total = counts.sum()
+                if total <= 0:
+                    continue
+                frac = counts / total
+                nz = np.nonzero(counts)[0]
+                reach = max(reach, abs(edges[nz[0]] - centre), abs(edges[nz[-1] + 1] - centre))
+                ax.stairs(np.where(frac > 0, frac, np.nan), edges, color=cmap(norm(layer)), linewidth=1.1)
+            ax.set_yscale("log")
+            _sparse_log_ticks(ax.yaxis)
+            ax.grid(True, alpha=0.25)
+            ax.tick_params(labelsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4, symmetric=True))
+            if i == 0:
+                ax.set_title(module, fontsize=10)
+            if i == nrows - 1:
+                ax.set_xlabel("(B − A) / A", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{_short(tuned, 28)}\nfraction of elements", fontsize=9)
+        if reach > 0:
+            half = min(0.5 * (edges[-1] - edges[0]), reach * 1.04)
+            axes[0, j].set_xlim(centre - half, centre + half)
+    if len(layers) <= 12:
+        # One colour band per drawn layer, equal widths, labelled with the layer number.
+        listed = _discrete(cmap, norm, layers)
+        index_norm = BoundaryNorm([k - 0.5 for k in range(len(layers) + 1)], len(layers))
+        cbar = fig.colorbar(ScalarMappable(norm=index_norm, cmap=listed), ax=axes, shrink=0.9, pad=0.01,
+                            ticks=range(len(layers)))
+        cbar.ax.set_yticklabels([str(l) for l in layers])
+        cbar.ax.minorticks_off()
+    else:
+        cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.9, pad=0.01)
+    cbar.set_label("layer")
+    clip = 0.5 * (edges[-1] - edges[0])
+    fig.suptitle(f"Relative change of weights, every {every} layers (|values| > {clip:g} counted in the edge bins)",
+                 fontsize=12)
+    return fig
+
+
+def _sparse_log_ticks(axis) -> None:
+    """A few decades, no minor ticks: minor log ticks on many panels dominate the drawing time."""
+    from matplotlib.ticker import LogLocator, NullLocator
+
+    axis.set_major_locator(LogLocator(base=10, numticks=6))
+    axis.set_minor_locator(NullLocator())
+
+
+def _discrete(cmap, norm, layers: Sequence[int]):
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap([cmap(norm(l)) for l in layers])
+
+
+def figure_rel_l2_heatmap(view: ReportView):
+    """Layers x modules of ||B - A|| / ||A||, tuned models side by side on one colour scale."""
+    modules = view.modules(per_layer=True)
+    layers = view.layers()
+    if not modules or not layers:
+        return None
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm, Normalize
+
+    mats = []
+    for tuned in view.tuned:
+        mat = np.full((len(layers), len(modules)), np.nan)
+        for i, layer in enumerate(layers):
+            for j, module in enumerate(modules):
+                row = view.by_key.get((tuned, layer, module))
+                if row is not None and row.rel_l2 is not None:
+                    mat[i, j] = row.rel_l2
+        mats.append(mat)
+    finite = np.concatenate([m[np.isfinite(m)] for m in mats]) if mats else np.array([])
+    positive = finite[finite > 0]
+    log = positive.size >= 2 and positive.max() / positive.min() > LOG_SPAN
+    if log:
+        norm = LogNorm(vmin=positive.min(), vmax=positive.max())
+        mats = [np.where(m > 0, m, np.nan) for m in mats]  # zeros (unchanged) show as the 'bad' colour
+    else:
+        vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        norm = Normalize(vmin=0.0, vmax=vmax)
+    cmap = colormaps["magma_r"].with_extremes(bad="#dddddd")
+    nrows, ncols = _grid(len(view.tuned), 4)
+    height = min(max(3.0, 0.22 * len(layers) + 1.6), 14)
+    width_each = max(2.8, 0.45 * len(modules) + 1.0)
+    fig = _new_figure(min(width_each * ncols, 22) + 1.4, height * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    image = None
+    for ax, tuned, mat in zip(axes, view.tuned, mats):
+        image = ax.imshow(mat, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm, origin="upper")
+        ax.set_xticks(range(len(modules)), modules, rotation=55, ha="right", fontsize=8)
+        step = max(1, math.ceil(len(layers) / 24))
+        ticks = list(range(0, len(layers), step))
+        ax.set_yticks(ticks, [str(layers[t]) for t in ticks], fontsize=8)
+        ax.set_title(_short(tuned, 36), fontsize=10)
+        ax.tick_params(length=2)
+    for ax in axes[len(view.tuned):]:
+        ax.set_visible(False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("layer")
+    cbar = fig.colorbar(image, ax=list(axes[:len(view.tuned)]), shrink=0.9, pad=0.02)
+    cbar.set_label("relative L2  ‖B − A‖ / ‖A‖" + ("  (log scale)" if log else ""))
+    note = "; grey: unchanged or not measured" if np.isnan(np.concatenate([m.ravel() for m in mats])).any() else ""
+    fig.suptitle(f"Relative change per layer and module{note}", fontsize=12)
+    return fig
+
+
+def figure_delta_share(view: ReportView):
+    """Each module kind's share of the total squared delta (percent, and absolute), tuned models grouped."""
+    modules = view.modules()
+    if not modules:
+        return None
+    sums = {t: view.squared_delta(t) for t in view.tuned}
+    if not any(v > 0 for s in sums.values() for v in s.values()):
+        return None
+    import numpy as np
+
+    colors = _tuned_colors(view.tuned)
+    n = len(view.tuned)
+    x = np.arange(len(modules))
+    width = 0.8 / n
+    fig = _new_figure(min(max(6.5, 0.55 * len(modules) * max(1, n / 2) + 2.5), 22), 7.2)
+    ax_pct, ax_abs = fig.subplots(2, 1, sharex=True)
+    absolute_all = []
+    for k, tuned in enumerate(view.tuned):
+        s = sums[tuned]
+        total = sum(s.values())
+        absolute = np.array([s.get(m, 0.0) for m in modules])
+        pct = 100.0 * absolute / total if total > 0 else np.zeros_like(absolute)
+        absolute_all.extend(absolute.tolist())
+        offs = x - 0.4 + width * (k + 0.5)
+        bars = ax_pct.bar(offs, pct, width, color=colors[tuned], label=_short(tuned, 40), edgecolor="white", linewidth=0.4)
+        if n <= 2 and len(modules) <= 18:
+            ax_pct.bar_label(bars, labels=[f"{p:.1f}" if p >= 0.05 else "" for p in pct], fontsize=7, padding=1)
+        ax_abs.bar(offs, np.where(absolute > 0, absolute, np.nan), width, color=colors[tuned],
+                   edgecolor="white", linewidth=0.4)
+    ax_pct.set_ylabel("share of total ‖B − A‖²  (%)")
+    ax_pct.grid(True, axis="y", alpha=0.3)
+    ax_pct.margins(y=0.12)
+    ax_abs.set_ylabel("Σ ‖B − A‖²  (absolute)")
+    ax_abs.grid(True, axis="y", alpha=0.3)
+    if _spans_decades(absolute_all):
+        ax_abs.set_yscale("log")
+    ax_abs.set_xticks(x, modules, rotation=45, ha="right", fontsize=9)
+    if n > 1:
+        ax_pct.legend(title="tuned model", fontsize=8, title_fontsize=8, frameon=False)
+    fig.suptitle("Share of the squared weight change by module kind, all layers summed", fontsize=12)
+    return fig
+
+
+def caption(name: str, every: int = 5) -> str:
+    """The sentence under a figure in report.html."""
+    return {
+        "l2_by_layer": "L2 norm of the weight delta across layers, one line per module (cf. the paper's Fig. 2). "
+                       "Modules that did not change at all are listed in the legend as unchanged.",
+        "rel_change_hist": f"Distribution of the elementwise relative change (B − A) / A every {every} layers, "
+                           "one panel per linear module (cf. Fig. 3); elements with A = 0 are left out, values beyond "
+                           "the clip range are counted in the edge bins.",
+        "rel_l2_heatmap": "Relative L2 change ‖B − A‖ / ‖A‖ per layer and module, one colour scale for all tuned models.",
+        "delta_share": "Each module kind's share of the total squared delta Σ‖B − A‖², in percent and absolute, "
+                       "all layers summed.",
+    }.get(name, name)
+
+
+def build_figures(report: Any, every: int | None = None) -> list[tuple[str, Any]]:
+    """(name, matplotlib Figure) for every figure the report has data for, in FIGURE_NAMES order."""
+    view = report if isinstance(report, ReportView) else read_view(report)
+    every = every or view.every or 5
+    drawn = [
+        ("l2_by_layer", figure_l2_by_layer(view)),
+        ("rel_change_hist", figure_rel_change_hist(view, every)),
+        ("rel_l2_heatmap", figure_rel_l2_heatmap(view)),
+        ("delta_share", figure_delta_share(view)),
+    ]
+    return [(name, fig) for name, fig in drawn if fig is not None]
+
+
+def _configure_matplotlib() -> None:
+    """Headless, reproducible output: Agg, and SVGs without a date or random ids."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    matplotlib.rcParams["svg.hashsalt"] = "weightsurgeon"
+    matplotlib.rcParams["svg.fonttype"] = "path"
+
+
+def save_figure(fig: Any, path: Path, fmt: str) -> Path:
+    """Write one figure atomically (temp file + rename): a reader never sees half a PNG."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=fmt, dpi=DPI, metadata=_metadata(fmt))
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the figures from other users
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def freeze_layout(fig: Any) -> None:
+    """Run the constrained layout once and keep it: every further savefig would solve it again."""
+    fig.draw_without_rendering()
+    fig.set_layout_engine("none")
+
+
+def _metadata(fmt: str) -> dict:
+    # Dates in the files make identical reports produce different bytes.
+    return {"Date": None} if fmt == "svg" else {"Software": "weightsurgeon"}
+
+
+def _suppress():
+    import contextlib
+
+    return contextlib.suppress(OSError)
+
+
+def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
+    """'png,svg' or an iterable -> a checked tuple of image formats."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    out: list[str] = []
+    for item in items:
+        fmt = item.strip().lower().lstrip(".")
+        if not fmt:
+            continue
+        if fmt not in FORMATS:
+            raise SurgeonError(f"unknown figure format {item.strip()!r}; choose from {', '.join(FORMATS)}")
+        if fmt not in out:
+            out.append(fmt)
+    if not out:
+        raise SurgeonError(f"no figure format given; choose from {', '.join(FORMATS)}")
+    return tuple(out)
+
+
+def draw_all(report: Any, out_dir: Path, every: int | None = None, formats: str | Iterable[str] = FORMATS) -> list[Path]:
+    """Draw every figure the report has data for into out_dir (created if needed); return the files written.
+
+    ``every`` picks the histogram layers (default: the report's ``options.every``, else 5).
+    Files are named ``<figure>.<format>`` (see FIGURE_NAMES); figures without data (no
+    per-layer modules, no histograms) are skipped rather than drawn empty.
+    """
+    fmts = parse_formats(formats)
+    view = report if isinstance(report, ReportView) else read_view(report)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _configure_matplotlib()
+    written: list[Path] = []
+    for name, fig in build_figures(view, every):
+        freeze_layout(fig)
+        for fmt in fmts:
+            written.append(save_figure(fig, out_dir / f"{name}.{fmt}", fmt))
+    return written
+
+
+def render_png(report: Any, every: int | None = None) -> list[tuple[str, bytes]]:
+    """Every figure as PNG bytes, nothing written to disk (for a page built without figure files)."""
+    import io
+
+    view = report if isinstance(report, ReportView) else read_view(report)
+    _configure_matplotlib()
+    out = []
+    for name, fig in build_figures(view, every):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI, metadata=_metadata("png"))
+        out.append((name, buf.getvalue()))
+    return out

@@ -1,0 +1,259 @@
+"""report.html: one self-contained page (summary tables and every figure) to open or send.
+
+Everything the page needs is inside it: images are embedded as ``data:`` URIs, the
+style sheet is inline, there is no script and no link to anything outside, so the
+file opens the same from a mail attachment, an air-gapped machine or a CI artifact.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from weightsurgeon.report.figures import FIGURE_NAMES, ReportView, caption, read_view, render_png
+
+PAGE_NAME = "report.html"
+MAX_MISSING_ROWS = 200
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1400px; padding: 0 1.5em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; }
+h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+h3 { font-size: 1.05em; margin-top: 1.4em; }
+.meta { color: #666; font-size: 0.9em; }
+table { border-collapse: collapse; font-size: 0.88em; margin: 0.6em 0; }
+th, td { border-bottom: 1px solid #e4e4e4; padding: 0.25em 0.7em; text-align: left; vertical-align: top; }
+th { background: #f5f5f5; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.barfill { display: inline-block; height: 0.8em; background: #e07b39; vertical-align: middle; }
+code { font-size: 0.95em; }
+figure { margin: 1.2em 0 2em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; margin-top: 0.3em; }
+.headline { background: #fbf6ef; border-left: 4px solid #e07b39; padding: 0.4em 0.8em; }
+"""
+
+
+@dataclass(frozen=True)
+class ModuleSummary:
+    """One module kind of one tuned model, all its layers taken together."""
+
+    module: str
+    layers: int
+    total_l2_delta: float | None  # sqrt of the summed squared L2 of the delta
+    share: float | None  # of the tuned model's total squared delta, in percent
+    median_rel_l2: float | None  # across layers
+    max_rel_l2: float | None
+    max_rel_layer: int | None
+
+
+def module_summaries(view: ReportView, tuned: str) -> list[ModuleSummary]:
+    """Module kinds of one tuned model, largest total L2 of the delta first."""
+    squared = view.squared_delta(tuned)
+    total = sum(squared.values())
+    out = []
+    for module in view.modules():
+        rows = view.rows_of(tuned, module)
+        if not rows:
+            continue
+        rel = [(r.rel_l2, r.layer) for r in rows if r.rel_l2 is not None]
+        top = max(rel, key=lambda x: x[0]) if rel else (None, None)
+        if top[0] == 0:
+            top = (0.0, None)  # nothing changed anywhere: no layer to point at
+        measured = any(r.l2_delta is not None for r in rows)
+        out.append(ModuleSummary(
+            module=module,
+            layers=sum(1 for r in rows if r.layer is not None),
+            total_l2_delta=math.sqrt(squared.get(module, 0.0)) if measured else None,
+            share=100.0 * squared.get(module, 0.0) / total if measured and total > 0 else None,
+            median_rel_l2=statistics.median(v for v, _ in rel) if rel else None,
+            max_rel_l2=top[0],
+            max_rel_layer=top[1],
+        ))
+    out.sort(key=lambda s: (s.total_l2_delta is None, -(s.total_l2_delta or 0.0)))
+    return out
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "–"
+    if x == 0:
+        return "0"
+    if abs(x) < 1e-3 or abs(x) >= 1e5:
+        return f"{x:.3e}"
+    return f"{x:.4g}"
+
+
+def _percent(x: float | None) -> str:
+    if x is None:
+        return "–"
+    if 0 < x < 0.01:
+        return "&lt;0.01%"
+    return f"{x:.2f}%"
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()) -> str:
+    """A table from already-escaped cells; columns listed in ``numeric`` align right."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _inputs_section(data: dict) -> str:
+    base = data.get("base") if isinstance(data.get("base"), dict) else {}
+    rows = []
+    for role, ident in [("base", base)] + [("tuned", t) for t in data.get("tuned", []) if isinstance(t, dict)]:
+        digest = str(ident.get("digest") or "")
+        rows.append([
+            role, _e(ident.get("label", "")), f"<code>{_e(ident.get('source'))}</code>", f"<code>{_e(ident.get('path'))}</code>",
+            _e(ident.get("architecture")), _e(ident.get("num_layers")), _e(ident.get("dtype")),
+            f'<code title="{_e(digest)}">{_e(digest[:19] + ("…" if len(digest) > 19 else ""))}</code>',
+        ])
+    out = ["<h2>Inputs</h2>", _table(["role", "label", "source", "path", "architecture", "layers", "dtype", "digest"], rows)]
+    options = data.get("options") if isinstance(data.get("options"), dict) else {}
+    if options:
+        out.append('<p class="meta">options: ' + ", ".join(
+            f"{_e(k)} = <code>{_e(v if v is not None else 'all')}</code>" for k, v in options.items()) + "</p>")
+    timing = data.get("timing") if isinstance(data.get("timing"), dict) else {}
+    parts = []
+    if isinstance(timing.get("seconds"), (int, float)):
+        parts.append(f"{timing['seconds']:.2f} s")
+    if isinstance(timing.get("bytes_read"), (int, float)):
+        parts.append(f"{timing['bytes_read'] / 1e9:.2f} GB read")
+    if isinstance(timing.get("gb_per_s"), (int, float)):
+        parts.append(f"{timing['gb_per_s']:.2f} GB/s")
+    if parts:
+        out.append(f'<p class="meta">timing: {", ".join(parts)}</p>')
+    return "\n".join(out)
+
+
+def _summary_section(view: ReportView) -> str:
+    out = ["<h2>Summary</h2>",
+           '<p class="meta">Per tuned model, module kinds ordered by the total L2 norm of their delta '
+           "(√ of Σ‖B − A‖² over layers); the share is of the model's total squared delta; the relative L2 "
+           "‖B − A‖ / ‖A‖ is summarised across layers.</p>"]
+    for tuned in view.tuned:
+        summaries = module_summaries(view, tuned)
+        out.append(f"<h3>{_e(tuned)}</h3>")
+        if not summaries:
+            out.append("<p>No module was measured for this model.</p>")
+            continue
+        top = summaries[0]
+        if top.share is not None and top.total_l2_delta:
+            out.append(f'<p class="headline">Most changed: <b>{_e(top.module)}</b>, {top.share:.1f}% of the squared '
+                       f"delta; median relative L2 across layers {_num(top.median_rel_l2)}.</p>")
+        elif all(s.total_l2_delta == 0 for s in summaries):
+            out.append('<p class="headline">No weight changed: every measured module is identical to the base.</p>')
+        rows = []
+        for rank, s in enumerate(summaries, 1):
+            width = 0 if s.share is None else max(0.0, min(100.0, s.share))
+            bar = f'<span class="barfill" style="width:{width * 0.8:.1f}px"></span>' if width else ""
+            rows.append([
+                str(rank), f"<code>{_e(s.module)}</code>", str(s.layers) if s.layers else "–",
+                _num(s.total_l2_delta), _percent(s.share), bar,
+                _num(s.median_rel_l2), _num(s.max_rel_l2), "–" if s.max_rel_layer is None else str(s.max_rel_layer),
+            ])
+        out.append(_table(["#", "module", "layers", "total L2 of delta", "share of ‖Δ‖²", "", "median rel. L2",
+                           "max rel. L2", "at layer"], rows, numeric=(0, 2, 3, 4, 6, 7, 8)))
+    return "\n".join(out)
+
+
+def _notes_section(data: dict) -> str:
+    out = []
+    notes = [n for n in data.get("notes") or [] if isinstance(n, str)]
+    if notes:
+        out.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+    missing = [m for m in data.get("missing") or [] if isinstance(m, dict)]
+    if missing:
+        rows = [[_e(m.get("tuned")), f"<code>{_e(m.get('name'))}</code>", _e(m.get("where")), _e(m.get("detail"))]
+                for m in missing[:MAX_MISSING_ROWS]]
+        out.append(f"<h2>Not compared ({len(missing)})</h2>")
+        out.append(_table(["tuned", "tensor", "where", "detail"], rows))
+        if len(missing) > MAX_MISSING_ROWS:
+            out.append(f"<p>… and {len(missing) - MAX_MISSING_ROWS} more (see report.json).</p>")
+    return "\n".join(out)
+
+
+def _embedded_images(figures: Sequence[Path] | None, view: ReportView, every: int) -> list[tuple[str, str]]:
+    """(figure name, data: URI) per figure: PNG preferred over SVG; drawn in memory when no files are given."""
+    if figures is None:
+        return [(name, "data:image/png;base64," + base64.b64encode(png).decode("ascii"))
+                for name, png in render_png(view, every)]
+    chosen: dict[str, Path] = {}
+    for path in map(Path, figures):
+        kind = path.suffix.lower().lstrip(".")
+        if kind not in ("png", "svg"):
+            continue
+        if path.stem not in chosen or (kind == "png" and chosen[path.stem].suffix.lower() != ".png"):
+            chosen[path.stem] = path
+    order = {name: i for i, name in enumerate(FIGURE_NAMES)}
+    out = []
+    for stem, path in sorted(chosen.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
+        mime = "image/png" if path.suffix.lower() == ".png" else "image/svg+xml"
+        out.append((stem, f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")))
+    return out
+
+
+def render_html(report: Any, figures: Sequence[Path] | None = None, every: int | None = None) -> str:
+    """The page as a string (see write_html)."""
+    view = report if isinstance(report, ReportView) else read_view(report)
+    data = view.raw
+    every = every or view.every or 5
+    base = data.get("base") if isinstance(data.get("base"), dict) else {}
+    title = f"weightsurgeon diff: {base.get('source') or base.get('path') or 'base'} vs " + ", ".join(view.tuned)
+    meta = ", ".join(f"{k} {_e(data.get(k))}" for k in ("created", "version") if data.get(k))
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="meta">Delta stethoscope report, schema <code>{_e(data.get("schema"))}</code>'
+        + (f"; {meta}" if meta else "") + "</p>",
+        _inputs_section(data),
+        _summary_section(view),
+    ]
+    images = _embedded_images(figures, view, every)
+    if images:
+        parts.append("<h2>Figures</h2>")
+        for name, uri in images:
+            parts.append(f'<figure id="{_e(name)}"><img src="{uri}" alt="{_e(name)}">'
+                         f"<figcaption>{_e(caption(name, every))}</figcaption></figure>")
+    parts.append(_notes_section(data))
+    parts.append("</body></html>\n")
+    return "\n".join(p for p in parts if p)
+
+
+def write_html(report: Any, out_dir: Path, figures: Sequence[Path] | None = None, every: int | None = None) -> Path:
+    """Write out_dir/report.html (atomically); figures are the files draw_all wrote, or None to draw in memory."""
+    page = render_html(report, figures, every)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / PAGE_NAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{PAGE_NAME}.", dir=out_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return final
