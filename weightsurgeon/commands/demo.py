@@ -81,7 +81,7 @@ def demo_cmd(workdir: Path, no_plots: bool, quiet: bool) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     base_dir, tuned_dir, report_dir = workdir / "base", workdir / "tuned", workdir / "report"
     click.echo(f"generating a synthetic {DEMO_MODEL['arch']} base ({DEMO_MODEL['num_layers']} layers, "
-               f"{DEMO_MODEL['dtype']}) and a fine-tune with a planted per-module change in {workdir}/ ...", err=True)
+               f"{DEMO_MODEL['dtype']}) and a fine-tune with a planted per-module change in {workdir}/ ...")
     _fresh_model(base_dir, lambda p: make_checkpoint(p, **DEMO_MODEL))
     _fresh_model(tuned_dir, lambda p: make_tuned(base_dir, p))
     planted = json.loads((tuned_dir / "planted.json").read_text())

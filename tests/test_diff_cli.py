@@ -1,0 +1,111 @@
+"""`surgeon diff` as a user runs it: the real entry point in a fresh interpreter.
+
+Exit codes and the one-line error contract, the report folder appearing only on success,
+--json on stdout, the CSV columns, and figures (when the figures module is present).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from weightsurgeon.synth import make_checkpoint, make_tuned
+
+TINY = dict(num_layers=3, hidden_size=64, intermediate_size=96, num_heads=4, num_kv_heads=2, vocab_size=300)
+REQUIRED_COLUMNS = ["tuned", "name", "layer", "module", "param", "dtype", "numel", "l2_delta", "l2_base", "l2_tuned",
+                    "rel_l2", "cosine", "max_abs_delta", "mean_delta", "n_base_zero", "n_nonfinite"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("pair")
+    base = make_checkpoint(root / "base", arch="qwen2", dtype="bf16", shard_bytes=30_000, **TINY)
+    return base, make_tuned(base, root / "tuned")
+
+
+def leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".surgeon-tmp-")]
+
+
+def test_diff_writes_the_report_folder(pair: tuple[Path, Path], tmp_path: Path, run_cli) -> None:
+    base, tuned = pair
+    out = tmp_path / "report"
+    res = run_cli("diff", base, tuned, "-o", out, "--every", "2")
+    assert res.returncode == 0, res.stderr
+    assert (out / "report.json").is_file() and (out / "report.csv").is_file()
+    data = json.loads((out / "report.json").read_text())
+    assert data["schema"] == "weightsurgeon.diff/1" and data["options"]["every"] == 2
+    assert data["tuned"][0]["label"] == "tuned" and data["base"]["num_layers"] == 3
+    with open(out / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[: len(REQUIRED_COLUMNS)] == REQUIRED_COLUMNS
+    assert len(rows) == len(data["tensors"]) > 0
+    # The terminal summary names the most changed module (o_proj is planted largest) and the files.
+    assert "o_proj" in res.stdout and f"wrote {out / 'report.json'}" in res.stdout
+    try:
+        import weightsurgeon.report.figures  # noqa: F401  (drawn by another module; present once it lands)
+    except ImportError:
+        return
+    pngs = sorted(out.glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_json_to_stdout_and_nothing_written(pair: tuple[Path, Path], tmp_path: Path, run_cli) -> None:
+    base, tuned = pair
+    res = run_cli("diff", base, tuned, tuned, "--json", "--module", "o_proj", "--label", "a", "--label", "b",
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert [t["label"] for t in data["tuned"]] == ["a", "b"]
+    assert {t["module"] for t in data["tensors"]} == {"o_proj"} and len(data["tensors"]) == 2 * 3
+    a = {t["name"]: t["l2_delta"] for t in data["tensors"] if t["tuned"] == "a"}
+    b = {t["name"]: t["l2_delta"] for t in data["tensors"] if t["tuned"] == "b"}
+    assert a == b and all(v > 0 for v in a.values())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mismatched_pair_is_one_error_line_and_no_folder(tmp_path: Path, run_cli) -> None:
+    base = make_checkpoint(tmp_path / "base", dtype="bf16", **TINY)
+    other = make_checkpoint(tmp_path / "other", dtype="bf16", **{**TINY, "num_layers": 2, "intermediate_size": 64})
+    out = tmp_path / "report"
+    res = run_cli("diff", base, other, "-o", out)
+    assert res.returncode == 1
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: other: ")
+    assert "do not pair with the base" in lines[0] and "model.layers.0.mlp.down_proj.weight (base [64, 96] vs tuned [64, 64])" in lines[0]
+    assert "Traceback" not in res.stderr and not out.exists() and leftovers(tmp_path) == []
+    # --allow-missing compares what pairs and lists the rest.
+    res = run_cli("diff", base, other, "-o", out, "--allow-missing", "--no-plots")
+    assert res.returncode == 0, res.stderr
+    data = json.loads((out / "report.json").read_text())
+    assert {m["where"] for m in data["missing"]} == {"shape", "base_only"}
+    assert not data["tensors"] or all(t["name"] not in {m["name"] for m in data["missing"]} for t in data["tensors"])
+
+
+def test_refusals(pair: tuple[Path, Path], tmp_path: Path, surgeon) -> None:
+    base, tuned = pair
+    out = tmp_path / "report"
+    out.mkdir()
+    res = surgeon("diff", base, tuned, "-o", out)
+    assert res.code == 1 and res.err_lines == [f"error: {out}: already exists; pass --force to replace it"]
+    res = surgeon("diff", base, tuned, "-o", base / "report")
+    assert res.code == 1 and "inside the input" in res.stderr and len(res.err_lines) == 1
+    assert not (base / "report").exists()
+    res = surgeon("diff", base, tmp_path / "nope")
+    assert res.code == 1 and len(res.err_lines) == 1 and "no such file" in res.stderr
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"\x80\x02")
+    res = surgeon("diff", base, tmp_path / "pickled")
+    assert res.code == 1 and "pickle" in res.stderr and len(res.err_lines) == 1
+    res = surgeon("diff", base, tuned, "--bins", "0")
+    assert res.code == 1 and res.err_lines[0].startswith("error: bins must be")
+    res = surgeon("diff", base, tuned, "--module", "o_prj")
+    assert res.code == 1 and "unknown module 'o_prj'" in res.stderr
+    res = surgeon("diff", base, tuned, "--label", "x", "--label", "y")
+    assert res.code == 2  # usage error: one label per tuned model
+    res = surgeon("diff", base, tuned, "-o", out, "--force", "--no-plots", "--layers", "0", "-q")
+    assert res.code == 0, res.stderr
+    data = json.loads((out / "report.json").read_text())
+    assert {t["layer"] for t in data["tensors"]} == {0}
