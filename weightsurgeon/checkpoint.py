@@ -27,7 +27,7 @@ DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorInfo:
     """Metadata of one stored tensor; no data. ``begin``/``end`` are absolute file offsets."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import struct
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ def storage_dtype(dtype: str) -> np.dtype:
     return DTYPES[dtype][1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorEntry:
     """One tensor of one file, as its header declares it. Offsets are absolute in the file."""
 
@@ -109,17 +110,22 @@ class ShardHeader:
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    seen: dict = {}
-    for key, value in pairs:
-        if key in seen:
-            raise _Duplicate(key)
-        _check_utf8(key)
-        seen[key] = value
+    seen = dict(pairs)  # C speed: headers of real models hold up to ~100k objects
+    if len(seen) != len(pairs):
+        keys: set[str] = set()
+        for key, _ in pairs:
+            if key in keys:
+                raise _Duplicate(key)
+            keys.add(key)
     return seen
 
 
 class _Duplicate(Exception):
     pass
+
+
+# A \uD800-\uDFFF escape: the only way a decoded header can hold a (lone) surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _check_utf8(text: str) -> None:
@@ -184,6 +190,11 @@ def _validate_header(path: Path, raw: bytes, file_size: int) -> ShardHeader:
         raise SurgeonError(f"{where}: header names {str(e.args[0])[:80]!r} twice") from e
     except (ValueError, RecursionError) as e:
         raise SurgeonError(f"{where}: header is not valid JSON ({str(e)[:120]})") from e
+    if _SURROGATE_ESCAPE.search(text):  # rare: pay for a full check only when an escape is there
+        try:
+            _check_utf8(json.dumps(obj, ensure_ascii=False))
+        except ValueError as e:
+            raise SurgeonError(f"{where}: header is not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise SurgeonError(f"{where}: header must be a JSON object, got {type(obj).__name__}")
 
