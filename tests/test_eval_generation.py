@@ -133,6 +133,25 @@ def test_make_backend_rejects_unknown_options(answer_model):
         make_backend("tgi", str(answer_model), {})
 
 
+def test_data_parallel_replicas_give_the_same_outputs(answer_model, answer_backend):
+    from weightsurgeon.recipes.eval.parallel import DataParallelBackend, gpu_groups
+
+    assert gpu_groups(2, 2, "4,5,6,7") == ["4,5", "6,7"]
+    assert gpu_groups(3, 1, None) == ["0", "1", "2"]
+    assert gpu_groups(2, 0, None) == [None, None]
+    backend = make_backend("hf", str(answer_model), {"device": "cpu", "data_parallel_size": 2})
+    try:
+        assert isinstance(backend, DataParallelBackend)
+        prompts = ["Q:", "Hello", "x", "Q:", "Hello"]
+        caps = [40, 40, 2, 5, 40]
+        got = backend.generate(prompts, caps, ["</think>"], Sampling())
+        assert got == answer_backend.generate(prompts, caps, ["</think>"], Sampling())
+        forced = budget_forced_generate(backend, ["Q:"], ThinkingFormat(), 1, 50, 20, Sampling())[0]
+        assert forced.thinking == "hmWaithm</think>"
+    finally:
+        backend.close()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the vLLM backend needs CUDA; no GPU here")
 def test_vllm_backend_matches_hf_greedy(answer_model, answer_backend):
     pytest.importorskip("vllm", reason="vLLM is not installed")

@@ -60,6 +60,15 @@ def _per_prompt(value: int | Sequence[int], n: int) -> list[int]:
     return values
 
 
+def apply_chat(tokenizer: Any, user_message: str) -> str:
+    """One user turn through the model's chat template, ending where the assistant starts."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise SurgeonError("this model's tokenizer has no chat template; use --prompt plain")
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
+    )
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
     """Text before the earliest stop string, and which one it was."""
     best, which = len(text), None
@@ -116,11 +125,7 @@ class HFBackend:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def chat_prompt(self, user_message: str) -> str:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise SurgeonError("this model's tokenizer has no chat template; use --prompt plain")
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
-        )
+        return apply_chat(self.tokenizer, user_message)
 
     def _encode(self, prompts: Sequence[str]):
         bos = self.tokenizer.bos_token
@@ -196,7 +201,6 @@ class VLLMBackend:
         self,
         model: str,
         tensor_parallel_size: int = 1,
-        data_parallel_size: int = 1,
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.9,
         dtype: str = "auto",
@@ -215,8 +219,6 @@ class VLLMBackend:
         )
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
-        if data_parallel_size > 1:
-            kwargs["data_parallel_size"] = data_parallel_size
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -224,11 +226,7 @@ class VLLMBackend:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def chat_prompt(self, user_message: str) -> str:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise SurgeonError("this model's tokenizer has no chat template; use --prompt plain")
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
-        )
+        return apply_chat(self.tokenizer, user_message)
 
     def generate(
         self, prompts: Sequence[str], max_new_tokens: int | Sequence[int], stop: Sequence[str], sampling: Sampling
@@ -262,10 +260,13 @@ class VLLMBackend:
 
 
 def make_backend(name: str, model: str, options: dict[str, Any] | None = None) -> Backend:
-    """Build the backend a run asked for; unknown option names are an error, not ignored."""
+    """Build the backend a run asked for; unknown option names are an error, not ignored.
+
+    ``data_parallel_size`` > 1 runs that many replicas in worker processes (see parallel.py).
+    """
     options = dict(options or {})
     if name == "hf":
-        allowed = {"device", "dtype", "batch_size"}
+        allowed = {"device", "dtype", "batch_size", "data_parallel_size"}
         cls: Any = HFBackend
     elif name == "vllm":
         allowed = {"tensor_parallel_size", "data_parallel_size", "max_model_len", "gpu_memory_utilization", "dtype", "seed"}
@@ -275,4 +276,18 @@ def make_backend(name: str, model: str, options: dict[str, Any] | None = None) -
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise SurgeonError(f"backend {name} does not take option(s) {', '.join(unknown)}; it takes {', '.join(sorted(allowed))}")
+    replicas = int(options.pop("data_parallel_size", 1))
+    if replicas > 1:
+        from weightsurgeon.recipes.eval.parallel import DataParallelBackend
+
+        gpus = None
+        if name == "hf":
+            gpus = 0 if options.get("device", "auto") == "cpu" or not _cuda_available() else 1
+        return DataParallelBackend(name, model, options, replicas, gpus)
     return cls(model, **options)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

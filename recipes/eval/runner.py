@@ -115,6 +115,7 @@ def run_eval(
     if cfg.samples > 1 and cfg.temperature == 0:
         log("warning: --samples > 1 with temperature 0 repeats the same greedy generation")
     started = time.time()
+    owned = backend is None
     if backend is None:
         options = dict(cfg.backend_options)
         if cfg.backend == "vllm":
@@ -122,11 +123,15 @@ def run_eval(
         backend = make_backend(cfg.backend, cfg.model, options)
     per_task: dict[str, list[dict[str, Any]]] = {}
     timings: dict[str, float] = {}
-    for task in cfg.tasks:
-        log(f"{task}: generating")
-        t0 = time.time()
-        per_task[task] = evaluate_task(backend, task, cfg)
-        timings[task] = time.time() - t0
+    try:
+        for task in cfg.tasks:
+            log(f"{task}: generating")
+            t0 = time.time()
+            per_task[task] = evaluate_task(backend, task, cfg)
+            timings[task] = time.time() - t0
+    finally:
+        if owned and hasattr(backend, "close"):
+            backend.close()  # data-parallel workers
     results = {
         "schema": SCHEMA,
         "harness": "surgeon",

@@ -100,7 +100,7 @@ def _parse_data(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--dtype", help="auto, bf16, f16, f32.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="hf backend batch size.")
 @click.option("--tensor-parallel-size", type=click.IntRange(min=1), help="vllm: GPUs per model replica.")
-@click.option("--data-parallel-size", type=click.IntRange(min=1), help="vllm: model replicas.")
+@click.option("--data-parallel-size", type=click.IntRange(min=1), help="Model replicas, one process each (vllm: on disjoint GPU groups).")
 @click.option("--max-model-len", type=click.IntRange(min=1), help="vllm: context length.")
 @click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1, min_open=True), help="vllm: GPU memory fraction.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
