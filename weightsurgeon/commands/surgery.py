@@ -20,6 +20,8 @@ def _output_options(f: Callable) -> Callable:
         click.option("--force", is_flag=True, help="Replace an existing output folder."),
         click.option("--dry-run", is_flag=True, help="Print the plan (what changes, where, how many bytes); write nothing."),
         click.option("--verify", is_flag=True, help="After writing, re-read every tensor and compare its bytes with its source."),
+        click.option("--no-fsync", is_flag=True,
+                     help="Skip flushing the output to disk before the rename (faster; not safe against a power loss)."),
         click.option("--max-shard-size", default="5GB", show_default=True, help="Largest shard (5GB, 500MB, 2GiB, bytes)."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
         click.option("--json", "as_json", is_flag=True, help="Print the plan (--dry-run) or the result as JSON on stdout."),
@@ -67,7 +69,8 @@ def _run(ctx: click.Context, build: Callable, sources: list[str]) -> None:
             _show_plan(plan, output, max_shard, p["as_json"])
             return
         result = write_plan(plan, output, WriteOptions(max_shard_bytes=max_shard, force=p["force"],
-                                                       verify=p["verify"], quiet=p["quiet"]))
+                                                       verify=p["verify"], quiet=p["quiet"],
+                                                       fsync=not p["no_fsync"]))
     print_warnings(result.warnings)
     if p["as_json"]:
         emit_json({"result": result.to_dict(), "plan": plan.summary()})
