@@ -63,6 +63,11 @@ def test_normalize_letter(text, letter):
         ("x(x+2)", "x^2+2x", True),
         (r"2\sqrt{2}", r"\sqrt{8}", True),
         ("10", "11", False),
+        (r"\text{Evelyn}", "Evelyn", True),
+        (r"5\text{ cm}", "5", True),
+        (r"\left[ -\frac{1}{2}, 1 \right)", r"[-\frac12,1)", True),
+        (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}", True),
+        (r"90^\circ", "90", True),
     ],
 )
 def test_math_equal_uses_math_verify(gold, predicted, same):
@@ -81,3 +86,13 @@ def test_grade_per_kind():
     g = grade("math", "the result is $\\frac{1}{2}$", "\\frac{1}{2}")
     assert g.correct and g.method == "math-verify-fallback"
     assert not grade("integer", "I do not know", "7").correct
+    assert grade("integer", "\\boxed{\\frac{66}{2}}", "33").correct  # math-verify decides expressions
+    assert not grade("integer", "\\boxed{3.5}", "3").correct
+
+
+def test_choice_given_as_text_or_letter():
+    choices = ("proton", "electron", "neutron", "photon")
+    assert grade("choice", "\\boxed{\\text{Electron}}", "B", choices=choices).normalized == "B"
+    assert grade("choice", "Answer: B, because it is negative", "B", choices=choices).correct
+    assert not grade("choice", "\\boxed{E}", "B", choices=choices).correct
+    assert not grade("choice", "\\boxed{quark}", "B", choices=choices).correct

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 _ANSWER_RE = re.compile(r"answer\s*:", re.IGNORECASE)
 _TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
@@ -142,16 +143,31 @@ def math_equal(gold: str, predicted: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed))
 
 
-def grade(kind: str, region: str, gold: str, num_choices: int = 4) -> Grade:
+def choice_by_text(answer: str | None, choices: Sequence[str]) -> str | None:
+    """A multiple-choice answer given as the text of a choice instead of its letter."""
+    if answer is None:
+        return None
+    text = " ".join(_strip_wrappers(answer).lower().split())
+    for i, choice in enumerate(choices):
+        if text and text == " ".join(_strip_wrappers(choice).lower().split()):
+            return chr(ord("A") + i)
+    return None
+
+
+def grade(kind: str, region: str, gold: str, num_choices: int = 4, choices: Sequence[str] = ()) -> Grade:
     """Extract the answer from ``region`` and compare it with ``gold`` for a task ``kind``."""
     extracted, method = extract_answer(region)
     if kind == "integer":
         value = normalize_integer(extracted)
         gold_value = normalize_integer(gold)
+        if value is None and extracted:
+            # an expression such as \frac{66}{2}: let math-verify decide
+            return Grade(extracted, extracted, math_equal(gold, extracted), method)
         ok = value is not None and value == gold_value
         return Grade(extracted, None if value is None else str(value), ok, method)
     if kind == "choice":
-        letter = normalize_letter(extracted, num_choices)
+        num_choices = len(choices) or num_choices
+        letter = normalize_letter(extracted, num_choices) or choice_by_text(extracted, choices)
         return Grade(extracted, letter, letter is not None and letter == gold.strip().upper(), method)
     if kind == "math":
         if extracted is None:

@@ -79,7 +79,7 @@ def answer_region(generation: str, think_end: str = FORMATS["think-tags"].think_
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     problem = _problem(doc)
-    g = grade(get_task(problem.task).kind, answer_region(results[0]), problem.answer, max(len(problem.choices), 1))
+    g = grade(get_task(problem.task).kind, answer_region(results[0]), problem.answer, choices=problem.choices)
     return {"accuracy": 1.0 if g.correct else 0.0}
 
 
@@ -192,7 +192,7 @@ def run_lm_eval(cfg: EvalConfig, out_dir: Path, force: bool, log: Callable[[str]
                 at = text.find(think_end)
                 thinking, answer = (text[: at + len(think_end)], text[at + len(think_end) :]) if at != -1 else ("", text)
                 g = grade(get_task(task).kind, answer if answer.strip() else text, problem.answer,
-                          max(len(problem.choices), 1))
+                          choices=problem.choices)
                 n_think = len(tokenizer(thinking, add_special_tokens=False)["input_ids"]) if thinking else 0
                 n_answer = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
                 records.append({

@@ -52,7 +52,7 @@ def generate(backend: Backend, prompts: list[str], cfg: EvalConfig) -> list[Forc
 def grade_output(problem: Problem, kind: str, out: ForcedOutput, sample: int) -> dict[str, Any]:
     """One JSONL record. Grading reads the answer part, or everything when there is none."""
     region = out.answer if out.answer.strip() else out.generation
-    g = grade(kind, region, problem.answer, num_choices=max(len(problem.choices), 1))
+    g = grade(kind, region, problem.answer, choices=problem.choices)
     return {
         "task": problem.task,
         "problem_id": problem.id,
