@@ -189,3 +189,20 @@ def test_reinit_rounds_like_torch(tmp_path):
         stored = ckpt.read_tensor(info.name).reshape(-1)
     values = torch.from_numpy(gaussian_values(3, info.name, 0.1, 0.5, 0, info.numel))
     assert torch.equal(torch.from_numpy(stored.view("int16")), values.to(torch.bfloat16).view(torch.int16))
+
+
+@pytest.mark.parametrize("model_type,extra", [("gemma3_text", {"sliding_window": 16}), ("gemma2", {}),
+                                              ("smollm3", {"use_sliding_window": True, "sliding_window": 16})])
+def test_remove_writes_lists_transformers_derives_from_the_layer_index(model_type, extra):
+    """Gemma 2/3 and SmolLM3 derive layer_types / no_rope_layers from the index: removal spells them out."""
+    from weightsurgeon.surgery import PER_LAYER_LISTS, remove_config
+
+    cfg = {"model_type": model_type, "num_hidden_layers": 8, "hidden_size": 64, "vocab_size": 300, **extra}
+    kept = [0, 1, 2, 4, 6, 7]
+    before = transformers.AutoConfig.for_model(model_type, **{k: v for k, v in cfg.items() if k != "model_type"})
+    new, edits, _ = remove_config(cfg, kept, 8)
+    after = transformers.AutoConfig.for_model(model_type, **{k: v for k, v in new.items() if k != "model_type"})
+    assert after.num_hidden_layers == 6 and ("layer_types" in edits or "no_rope_layers" in edits)
+    for key in PER_LAYER_LISTS:
+        if getattr(before, key, None) is not None:
+            assert list(getattr(after, key)) == [getattr(before, key)[i] for i in kept], key

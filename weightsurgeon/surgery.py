@@ -467,6 +467,41 @@ def layer_types_of(cfg: dict, num_layers: int) -> list[str] | None:
     return ["sliding_attention" if (i + 1) % 2 and i < mwl else "full_attention" for i in range(num_layers)]
 
 
+# model_types whose per-layer behaviour never derives from the layer index beyond the Qwen
+# max_window_layers rule above: no need to ask transformers how it expands their config.
+_NO_DERIVED_LISTS = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "phi3",
+                               "granite", "olmo2", "deepseek_v3", "qwen2_vl", "qwen2_5_vl"})
+
+
+def derived_per_layer_lists(config: dict, num_layers: int) -> dict[str, list] | None:
+    """Per-layer lists transformers derives from a config that does not spell them out.
+
+    Gemma 2/3, Cohere 2, SmolLM3 and others expand ``layer_types`` / ``no_rope_layers`` from
+    the layer index (a pattern every N layers) when the lists are absent: removing layers
+    would shift that pattern, so the kept layers' entries must be written explicitly. The
+    installed transformers is the authority on each model_type's rule; None when it is not
+    installed (or does not know the model type).
+    """
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type in _NO_DERIVED_LISTS:
+        return {}
+    try:
+        from transformers import AutoConfig
+    except ImportError:
+        return None
+    try:
+        cfg = AutoConfig.for_model(model_type, **{k: v for k, v in config.items() if k != "model_type"})
+        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    except Exception:  # unknown model type, or a config this transformers rejects
+        return None
+    out = {}
+    for key in PER_LAYER_LISTS:
+        value = getattr(text, key, None)
+        if isinstance(value, (list, tuple)) and len(value) == num_layers and len(set(map(str, value))) > 1:
+            out[key] = list(value)
+    return out
+
+
 def remove_config(config: dict, kept: list[int], num_layers: int) -> tuple[dict, dict[str, tuple[object, object]], list[str]]:
     """The config after keeping only `kept` layers (old indices, ascending): edited copy, edits, warnings."""
     out = copy.deepcopy(config)
@@ -499,6 +534,16 @@ def remove_config(config: dict, kept: list[int], num_layers: int) -> tuple[dict,
         put("layer_types", [types[i] for i in kept])
         if isinstance(old, int):
             put("max_window_layers", sum(1 for i in kept if i < old))
+    if not any(isinstance(owner.get(k), list) for k in PER_LAYER_LISTS) and "max_window_layers" not in owner:
+        original = config.get("text_config") if owner is not out else config  # before the edits above
+        if owner is not out and "model_type" not in original:
+            original = {**original, "model_type": config.get("model_type")}
+        derived = derived_per_layer_lists(original, num_layers)
+        if derived is None:
+            warnings.append(f"model_type {out.get('model_type')!r}: could not ask transformers whether it derives per-layer "
+                            "lists (layer_types ...) from the layer index; if it does, add them to config.json before removing layers")
+        for key, value in (derived or {}).items():
+            put(key, [value[i] for i in kept])
     if isinstance(owner.get("decoder_sparse_step"), int) and owner["decoder_sparse_step"] > 1:
         warnings.append("decoder_sparse_step > 1: which layers are MoE depends on the layer index; check the output's layers")
     for key, value in owner.items():
