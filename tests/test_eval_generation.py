@@ -177,7 +177,7 @@ def test_surgeon_eval_end_to_end_and_compare(answer_model, tmp_path):
     assert {"generation", "answer", "normalized", "thinking_tokens", "answer_tokens", "total_tokens",
             "finish_reason"} <= set(records[0])
 
-    plain = surgeon("eval", "run", str(answer_model), "--config", str(recipe), "--tasks", "aime24",
+    plain = surgeon("eval", "run", str(answer_model), "--config", "eval_tiny", "--tasks", "aime24",
                     "--budget-forcing", "off", "--prompt", "plain", "--limit", "2", "--samples", "2",
                     "-o", str(tmp_path / "plain"))
     assert plain.returncode == 0, plain.stderr

@@ -6,7 +6,7 @@ import pytest
 
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.recipes import tasks
-from weightsurgeon.recipes.eval.config import EvalConfig, build_config, load_recipe
+from weightsurgeon.recipes.eval.config import EvalConfig, build_config, find_recipe, load_recipe
 from weightsurgeon.recipes.eval.metrics import summarize, wilson
 
 CONFIGS = Path(tasks.__file__).parent / "configs"
@@ -109,7 +109,11 @@ def test_shipped_recipes_load_and_validate(tmp_path):
     assert cfg.limit == 2 and cfg.budget_forcing == 1
     for task in cfg.tasks:  # relative data paths resolve next to the recipe
         assert len(tasks.load_problems(task, cfg.data[task])) == 3
-    paper = build_config(load_recipe(CONFIGS / "eval_paper.yaml"), {"model": "m"})
+    copied = tmp_path / "mine.yaml"  # a copied shipped recipe still finds the shipped data
+    copied.write_text((CONFIGS / "eval_tiny.yaml").read_text())
+    assert load_recipe(copied)["data"] == tiny["data"]
+    assert find_recipe("eval_tiny") == CONFIGS / "eval_tiny.yaml"
+    paper = build_config(load_recipe(find_recipe("eval_paper.yaml")), {"model": "m"})
     assert paper.backend == "vllm" and paper.budget_forcing == 2 and paper.data == {}
     bad = tmp_path / "bad.yaml"
     bad.write_text("modle: x\n")

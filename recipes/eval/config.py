@@ -104,8 +104,36 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SurgeonError(f"{path}: `data:` maps task names to files or Hub ids")
     # local files in a recipe are relative to the recipe, so shipped recipes find shipped data
-    raw["data"] = {task: str((path.parent / src).resolve()) if _is_relative_file(src) else src for task, src in data.items()}
+    raw["data"] = {task: _resolve_data(path, src) for task, src in data.items()}
     return raw
+
+
+def packaged_configs() -> Path:
+    from weightsurgeon.recipes import configs
+
+    return Path(configs.__file__).parent
+
+
+def find_recipe(name: str) -> Path:
+    """A recipe file, or the name of a shipped one (``eval_tiny`` or ``eval_tiny.yaml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (packaged_configs() / name, packaged_configs() / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise SurgeonError(f"{name}: no such recipe file, and no shipped recipe of that name")
+
+
+def _resolve_data(recipe: Path, source: str) -> str:
+    """Relative data files are looked up next to the recipe, then next to the shipped recipes
+    (so a copied shipped recipe still finds the shipped data)."""
+    if not _is_relative_file(source):
+        return source
+    for base in (recipe.parent, packaged_configs()):
+        if (base / source).is_file():
+            return str((base / source).resolve())
+    return str((recipe.parent / source).resolve())  # reported as missing when loaded
 
 
 def _is_relative_file(source: str) -> bool:

@@ -75,7 +75,7 @@ def _parse_data(values: tuple[str, ...]) -> dict[str, str]:
 
 @eval_group.command("run")
 @click.argument("model", required=False)
-@click.option("--config", "recipe", type=click.Path(dir_okay=False), help="Eval recipe YAML; options given here override it.")
+@click.option("--config", "recipe", help="Eval recipe YAML, or a shipped one by name (eval_tiny, eval_paper); options given here override it.")
 @click.option("--tasks", help="Comma-separated: aime24, math500, gpqa_diamond.")
 @click.option("-o", "--output", help="Output folder (results.json, samples_<task>.jsonl).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
@@ -107,13 +107,13 @@ def _parse_data(values: tuple[str, ...]) -> dict[str, str]:
 def eval_run(model: str | None, recipe: str | None, output: str | None, force: bool, quiet: bool,
              data: tuple[str, ...], **options: Any) -> None:
     """Evaluate MODEL (a checkpoint folder, a Hub id in the local cache, or an eval recipe .yaml)."""
-    from weightsurgeon.recipes.eval.config import build_config, load_recipe
+    from weightsurgeon.recipes.eval.config import build_config, find_recipe, load_recipe
     from weightsurgeon.recipes.eval.runner import run_eval
     from weightsurgeon.recipes.eval.tables import SUMMARY_HEADER, print_table, summary_rows
 
     if model and not recipe and model.endswith((".yaml", ".yml")) and Path(model).is_file():
         recipe, model = model, None
-    raw = load_recipe(recipe) if recipe else {}
+    raw = load_recipe(find_recipe(recipe)) if recipe else {}
     if options.get("budget_forcing") is OFF:
         options["budget_forcing"] = None
         raw["budget_forcing"] = None
