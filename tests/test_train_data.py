@@ -82,6 +82,8 @@ def test_length_report_counts_truncation(tokenizer) -> None:
     rep = data.length_report(pairs, tokenizer, max_length=8)
     assert rep["rows"] == 2 and rep["max"] == 12 and rep["truncated_rows"] == 1
     assert rep["completion_tokens_lost"] == 4 and rep["completion_tokens_total"] == 12
+    assert rep["prompt_min"] == 2 and rep["rows_without_completion"] == 0
+    assert data.length_report(pairs, tokenizer, max_length=2)["rows_without_completion"] == 2
 
 
 def test_synthetic_and_parquet_sources(tmp_path: Path) -> None:

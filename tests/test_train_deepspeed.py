@@ -106,6 +106,11 @@ def test_single_process_zero3_f2(tmp_path: Path) -> None:
            f"model.path={tmp_path / 'base'}", f"output.dir={tmp_path / 'tuned'}"]
     again = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 1 and "output exists" in again.stderr
+    # a failed run leaves neither an output nor its temporary directory behind
+    failed = subprocess.run(cmd[:-1] + [f"output.dir={tmp_path / 'failed'}", "train.max_length=8"], cwd=tmp_path,
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1 and "leaves no completion token" in failed.stderr
+    assert not (tmp_path / "failed").exists() and not (tmp_path / ".failed.partial").exists()
 
 
 def test_two_processes_torchrun_zero3_mlp(tmp_path: Path) -> None:

@@ -280,12 +280,16 @@ def length_report(pairs: list[dict[str, str]], tokenizer: Any, max_length: int) 
     lengths = []
     lost = 0
     completion_total = 0
+    no_completion = 0
+    prompt_min = None
     for pair in pairs:
         n_prompt = len(tokenizer(pair["prompt"], add_special_tokens=False)["input_ids"])
         n_all = len(tokenizer(pair["prompt"] + pair["completion"], add_special_tokens=False)["input_ids"])
         lengths.append(n_all)
+        prompt_min = n_prompt if prompt_min is None else min(prompt_min, n_prompt)
         completion_total += max(n_all - n_prompt, 0)
         lost += max(n_all - max(max_length, n_prompt), 0)
+        no_completion += n_prompt >= max_length  # nothing left to learn from: the trainer drops it
     lengths.sort()
 
     def pct(q: float) -> int:
@@ -301,7 +305,9 @@ def length_report(pairs: list[dict[str, str]], tokenizer: Any, max_length: int) 
         "p90": pct(0.9),
         "p99": pct(0.99),
         "max": lengths[-1] if lengths else 0,
+        "prompt_min": prompt_min or 0,
         "truncated_rows": over,
+        "rows_without_completion": no_completion,
         "completion_tokens_lost": lost,
         "completion_tokens_total": completion_total,
     }

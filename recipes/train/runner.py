@@ -274,6 +274,11 @@ def _prepare_data(cfg: RecipeConfig, tokenizer: Any, base_dir: Path | None) -> t
     if not pairs:
         raise SurgeonError("decontamination dropped every training row")
     lengths = data.length_report(pairs, tokenizer, cfg.train.max_length)
+    if lengths["rows_without_completion"] == lengths["rows"]:
+        raise SurgeonError(
+            f"train.max_length={cfg.train.max_length} leaves no completion token in any row "
+            f"(the shortest prompt has {lengths['prompt_min']} tokens); raise train.max_length"
+        )
     if cfg.train.loss == "assistant_only":
         examples = [data.to_messages(row, cfg.data, i) for i, row in enumerate(rows)]
         kept = {d["row"] for d in decon.dropped}
@@ -415,6 +420,9 @@ def _train(cfg: RecipeConfig, state: Any, work: Path, base_dir: Path | None, wor
             print(f"warning: {lengths['truncated_rows']} of {lengths['rows']} rows exceed train.max_length="
                   f"{lengths['max_length']} and are truncated ({lengths['completion_tokens_lost']} completion "
                   "tokens cut)", file=sys.stderr)
+        if lengths["rows_without_completion"]:
+            print(f"warning: {lengths['rows_without_completion']} rows keep no completion token within "
+                  "train.max_length and are dropped from training", file=sys.stderr)
 
     args = sft_args(cfg, work, world)  # before the model: arms zero.Init
     model = AutoModelForCausalLM.from_pretrained(
