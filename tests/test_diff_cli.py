@@ -50,6 +50,8 @@ def test_diff_writes_the_report_folder(pair: tuple[Path, Path], tmp_path: Path, 
         return
     pngs = sorted(out.glob("*.png"))
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    html = (out / "report.html").read_text()
+    assert "o_proj" in html and "http://" not in html and "https://" not in html
 
 
 def test_json_to_stdout_and_nothing_written(pair: tuple[Path, Path], tmp_path: Path, run_cli) -> None:

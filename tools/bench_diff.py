@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""Benchmark `surgeon diff` side by side with its bounds and with the by-hand approach.
+
+On a synthetic bf16 base/fine-tune pair it generates (default about 1.3 GB per model),
+it measures in one run, on a cold and on a warm page cache:
+
+- ``surgeon diff BASE TUNED -o DIR --no-plots`` (a subprocess, as a user runs it);
+- ``cat`` of the same shard files to /dev/null: the read bound;
+- the kernel alone on in-memory data (this process), scaled to the same bytes;
+- the by-hand approach: load both models with transformers' AutoModelForCausalLM and take
+  ``torch.norm(b - a)`` per parameter (a subprocess; needs torch and transformers).
+
+Wall time and peak RSS (the child's own high-water mark, from wait4) of each, and the
+ratios the issue sets goals for: diff / cat on a cold cache (<= 1.2), by-hand / diff
+time (>= 5) and peak memory (>= 10). A cold cache is made by fsync + posix_fadvise
+DONTNEED on every file of both models before each cold run.
+
+    python tools/bench_diff.py                   # ~1.3 GB per model in /tmp/bench-diff
+    python tools/bench_diff.py --size 4 --repeat 3 --skip-transformers --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, VOCAB = 1024, 2816, 16, 4, 32000
+
+BY_HAND = r"""
+import sys, torch
+from transformers import AutoModelForCausalLM
+a = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype="auto")
+b = AutoModelForCausalLM.from_pretrained(sys.argv[2], dtype="auto")
+pb = dict(b.named_parameters())
+norms = {n: torch.norm(pb[n] - p).item() for n, p in a.named_parameters()}
+print(len(norms))
+"""
+
+
+def model_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def layers_for(size_gb: float) -> int:
+    """Decoder layers that make a bf16 model of about size_gb (untied embeddings included)."""
+    kv = KV_HEADS * (HIDDEN // HEADS)
+    per_layer = 2 * HIDDEN * HIDDEN + 2 * kv * HIDDEN + 3 * HIDDEN * INTERMEDIATE + 2 * HIDDEN + 2 * kv + HIDDEN
+    fixed = 2 * VOCAB * HIDDEN + HIDDEN
+    return max(1, round((size_gb * 1e9 / 2 - fixed) / per_layer))
+
+
+def ensure_pair(workdir: Path, size_gb: float) -> tuple[Path, Path]:
+    """Generate (or reuse) the synthetic pair; the tuned model carries the planted change."""
+    from weightsurgeon.synth import make_checkpoint, make_tuned
+
+    layers = layers_for(size_gb)
+    stamp = {"layers": layers, "hidden": HIDDEN, "intermediate": INTERMEDIATE, "vocab": VOCAB, "dtype": "bf16"}
+    base, tuned, marker = workdir / "base", workdir / "tuned", workdir / "pair.json"
+    if marker.exists() and json.loads(marker.read_text()) == stamp and model_files(base) and model_files(tuned):
+        return base, tuned
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    started = time.perf_counter()
+    print(f"generating a {layers}-layer bf16 pair (~{size_gb:.1f} GB per model) in {workdir} ...", file=sys.stderr)
+    make_checkpoint(base, arch="qwen2", num_layers=layers, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+                    num_heads=HEADS, num_kv_heads=KV_HEADS, vocab_size=VOCAB, dtype="bf16", shard_bytes=500_000_000)
+    make_tuned(base, tuned)
+    marker.write_text(json.dumps(stamp))
+    print(f"generated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return base, tuned
+
+
+def drop_cache(files: list[Path]) -> None:
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def warm_cache(files: list[Path]) -> None:
+    buf = bytearray(16 << 20)
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+
+
+def run_child(cmd: list[str], stdout: int | None = subprocess.DEVNULL) -> dict:
+    """Run a command; wall time and the child's own peak RSS (wait4), no other child mixed in."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}): {err.strip()[-500:]}")
+    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def kernel_alone(nbytes_pair: int) -> dict:
+    """The kernel on data already in memory (reused buffers), scaled to the benchmark's bytes."""
+    import numpy as np
+
+    from weightsurgeon.kernels import DeltaStats, accumulate_delta, warmup
+    from weightsurgeon.synth import float32_to_bf16_bits
+
+    warmup()
+    n = 64 << 20  # 64 Mi elements per side: 256 MiB of bf16 for A and B together
+    rng = np.random.default_rng(0)
+    a32 = rng.standard_normal(n, dtype=np.float32) * np.float32(0.02)
+    a = float32_to_bf16_bits(a32)
+    b = float32_to_bf16_bits(a32 * (np.float32(1) + np.float32(0.05) * rng.standard_normal(n, dtype=np.float32)))
+    del a32
+    chunk = 8 << 20  # elements per call, as the streaming diff's 16 MiB chunks
+    times = []
+    for _ in range(3):
+        stats = DeltaStats.empty()
+        started = time.perf_counter()
+        for i in range(0, n, chunk):
+            accumulate_delta(stats, a[i:i + chunk], b[i:i + chunk], "BF16", "BF16")
+        times.append(time.perf_counter() - started)
+    gbps = 4 * n / min(times) / 1e9
+    return {"seconds": nbytes_pair / 1e9 / gbps, "gb_per_s": gbps, "peak_rss_mib": None}
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=float, default=1.3, help="GB per model (default 1.3)")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bench-diff")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per tool and cache state (median reported)")
+    ap.add_argument("--skip-transformers", action="store_true", help="skip the by-hand transformers approach")
+    ap.add_argument("--chunk-mb", type=int, default=16, help="surgeon diff --chunk-mb")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    base, tuned = ensure_pair(args.workdir, args.size)
+    files = model_files(base) + model_files(tuned)
+    total = sum(f.stat().st_size for f in files)
+    report_dir = args.workdir / "report"
+    surgeon = [sys.executable, "-m", "weightsurgeon", "diff", str(base), str(tuned), "-o", str(report_dir),
+               "--no-plots", "--force", "-q", "--chunk-mb", str(args.chunk_mb)]
+    tools = {
+        "surgeon diff": surgeon,
+        "cat > /dev/null": ["cat", *map(str, files)],
+    }
+    if not args.skip_transformers:
+        tools["transformers by hand"] = [sys.executable, "-c", BY_HAND, str(base), str(tuned)]
+    subprocess.run(surgeon, check=True, stdout=subprocess.DEVNULL)  # numba's cache filled, report folder exists
+
+    load_before = load_average()
+    results: dict[str, dict] = {}
+    for cache in ("cold", "warm"):
+        for name, cmd in tools.items():
+            runs = []
+            for _ in range(args.repeat):
+                if cache == "cold":
+                    drop_cache(files)
+                else:
+                    warm_cache(files)
+                runs.append(run_child(cmd))
+            results[f"{name} ({cache})"] = {
+                "seconds": statistics.median(r["seconds"] for r in runs),
+                "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+                "runs": [round(r["seconds"], 3) for r in runs],
+            }
+    results["kernel alone (in memory)"] = kernel_alone(total)
+    load_after = load_average()
+
+    print(f"\npair: {base} + {tuned}: {total / 1e9:.2f} GB read in all ({len(files)} files); "
+          f"load average before {load_before}, after {load_after}; {os.cpu_count()} CPUs")
+    print(f"{'tool':34s} {'seconds':>9s} {'GB/s':>7s} {'peak RSS MiB':>13s}")
+    for name, r in results.items():
+        gbps = total / r["seconds"] / 1e9
+        rss = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
+        print(f"{name:34s} {r['seconds']:9.2f} {gbps:7.2f} {rss:>13s}")
+    ratios = {}
+    for cache in ("cold", "warm"):
+        d, c = results[f"surgeon diff ({cache})"], results[f"cat > /dev/null ({cache})"]
+        ratios[f"diff / cat time ({cache})"] = d["seconds"] / c["seconds"]
+        hand = results.get(f"transformers by hand ({cache})")
+        if hand:
+            ratios[f"by-hand / diff time ({cache})"] = hand["seconds"] / d["seconds"]
+            ratios[f"by-hand / diff peak RSS ({cache})"] = hand["peak_rss_mib"] / d["peak_rss_mib"]
+    print("\nratios (goals: diff/cat cold <= 1.2; by-hand/diff time >= 5; by-hand/diff peak RSS >= 10)")
+    for name, value in ratios.items():
+        print(f"  {name:34s} {value:6.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"total_bytes": total, "load_before": load_before, "load_after": load_after,
+                                         "results": results, "ratios": ratios}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
