@@ -220,6 +220,10 @@ def test_surgeon_eval_lm_eval_harness(answer_model, tmp_path, monkeypatch):
     for task, m in results["tasks"].items():
         assert m["accuracy"] == m["lm_eval_accuracy"]  # lm-eval's hooks and our grading agree
     assert results["tasks"]["aime24"]["correct"] == 1
+    first = json.loads((out / "samples_aime24.jsonl").read_text().splitlines()[0])
+    assert "What is 3 + 4?" in first["prompt"] and first["generation"] == ANSWER_SCRIPT
+    assert first["thinking_tokens"] == 3 and first["extracted"] == "7"
+    assert "SURGEON_EVAL_SEED" not in os.environ
 
 
 def test_surgeon_probe_levels(answer_model, tmp_path):

@@ -152,33 +152,64 @@ def run_lm_eval(cfg: EvalConfig, out_dir: Path, force: bool, log: Callable[[str]
         import lm_eval
     except ImportError as exc:
         raise SurgeonError("--harness lm-eval needs lm-eval (pip install weightsurgeon[eval])") from exc
-    from transformers import AutoTokenizer
-
-    from weightsurgeon.atomic import atomic_output_dir
-    from weightsurgeon.recipes.eval.runner import SCHEMA
 
     started = time.time()
+    previous_seed = os.environ.get(SEED_ENV)
     os.environ[SEED_ENV] = str(cfg.seed)
     model_type, model_args = _model_args(cfg)
     with tempfile.TemporaryDirectory(prefix="surgeon-lm-eval-") as folder:
         names = write_task_yamls(cfg, Path(folder))
         log(f"lm-eval: {model_type} model, tasks {', '.join(names)}")
-        out = lm_eval.simple_evaluate(
-            model=model_type,
-            model_args=model_args,
-            tasks=names,
-            task_manager=task_manager(Path(folder)),
-            limit=cfg.limit,
-            batch_size=cfg.backend_options.get("batch_size", 1),
-            apply_chat_template=cfg.prompt == "chat",
-            log_samples=True,
-            random_seed=cfg.seed,
-            numpy_random_seed=cfg.seed,
-            torch_random_seed=cfg.seed,
-            bootstrap_iters=0,
-        )
+        try:
+            out = _simple_evaluate(lm_eval, cfg, model_type, model_args, names, Path(folder))
+        finally:
+            if previous_seed is None:
+                os.environ.pop(SEED_ENV, None)
+            else:
+                os.environ[SEED_ENV] = previous_seed
     if out is None:  # non-zero ranks of a distributed run
         return {}
+    return _write_results(cfg, out, out_dir, force, started)
+
+
+def _simple_evaluate(lm_eval: Any, cfg: EvalConfig, model_type: str, model_args: dict[str, Any],
+                     names: list[str], folder: Path) -> Any:
+    return lm_eval.simple_evaluate(
+        model=model_type,
+        model_args=model_args,
+        tasks=names,
+        task_manager=task_manager(folder),
+        limit=cfg.limit,
+        batch_size=cfg.backend_options.get("batch_size", 1),
+        apply_chat_template=cfg.prompt == "chat",
+        log_samples=True,
+        random_seed=cfg.seed,
+        numpy_random_seed=cfg.seed,
+        torch_random_seed=cfg.seed,
+        bootstrap_iters=0,
+    )
+
+
+def _prompt_of(sample: dict[str, Any]) -> str:
+    """The context lm-eval sent (its sample layout differs across 0.4.x releases)."""
+    args = sample.get("arguments")
+    if isinstance(args, dict):
+        args = list(args.values())
+        first = args[0] if args else {}
+        return str(next(iter(first.values()), "")) if isinstance(first, dict) else ""
+    if args and isinstance(args[0], (list, tuple)) and args[0]:
+        return str(args[0][0])
+    return ""
+
+
+def _write_results(cfg: EvalConfig, out: dict[str, Any], out_dir: Path, force: bool, started: float) -> dict[str, Any]:
+    """lm-eval's samples as our records (graded again: both must agree), then results.json."""
+    import lm_eval
+    from transformers import AutoTokenizer
+
+    from weightsurgeon.atomic import atomic_output_dir
+    from weightsurgeon.recipes.eval.runner import SCHEMA
+
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     think_end = cfg.thinking_format().think_end
     per_task: dict[str, list[dict[str, Any]]] = {}
@@ -196,8 +227,7 @@ def run_lm_eval(cfg: EvalConfig, out_dir: Path, force: bool, log: Callable[[str]
                 n_think = len(tokenizer(thinking, add_special_tokens=False)["input_ids"]) if thinking else 0
                 n_answer = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
                 records.append({
-                    "task": task, "problem_id": problem.id, "sample": k, "prompt": sample.get("arguments", [[""]])[0][0]
-                    if sample.get("arguments") else "", "generation": text, "thinking": thinking, "answer": answer,
+                    "task": task, "problem_id": problem.id, "sample": k, "prompt": _prompt_of(sample), "generation": text, "thinking": thinking, "answer": answer,
                     "extracted": g.extracted, "normalized": g.normalized, "gold": problem.answer,
                     "choices": list(problem.choices), "correct": g.correct, "grading": g.method,
                     "thinking_tokens": n_think, "answer_tokens": n_answer, "total_tokens": n_think + n_answer,
