@@ -307,3 +307,66 @@ def test_valid_corpus_exits_zero(tmp_path: Path, tiny_model, surgeon, case: str)
         assert "error" not in result.stderr and "Traceback" not in result.stderr
     assert _snapshot(tmp_path) == before
     assert not (tmp_path / "UNPICKLED").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Fuzzing the whole command: valid headers with odd names, shapes and configs never crash
+# verify or inspect (an "internal error" is a bug), and refusals stay one clean line.
+# ---------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_NAME_PARTS = st.sampled_from([
+    "model.embed_tokens.weight", "lm_head.weight", "model.norm.weight", "transformer.wte.weight",
+    "model.layers.{l}.self_attn.q_proj.weight", "model.layers.{l}.self_attn.qkv_proj.weight",
+    "model.layers.{l}.mlp.experts.{l}.w1.weight", "model.layers.{l}.mlp.experts.gate_up_proj",
+    "model.language_model.layers.{l}.input_layernorm.weight", "h.{l}.attn.c_attn.bias",
+    "vision_tower.blocks.{l}.x.weight", "odd[/red]", "", "model.layers.{l}", "weight",
+])
+_JSON_ANY = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-3, 10**20), st.floats(allow_nan=False),
+                                   st.text(max_size=4)),
+                         lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+                         max_leaves=6)
+_CONFIG_VALUE = st.one_of(st.integers(-2, 6), _JSON_ANY)
+_CONFIG_KEYS = ["num_hidden_layers", "hidden_size", "vocab_size", "tie_word_embeddings", "layer_types", "architectures",
+                "model_type", "text_config", "n_layer", "no_rope_layers", "quantization_config"]
+
+
+@st.composite
+def _models(draw):
+    tensors = []
+    for _ in range(draw(st.integers(0, 6))):
+        name = draw(_NAME_PARTS).format(l=draw(st.sampled_from([0, 1, 2, 7, 10**12])))
+        dtype = draw(st.sampled_from(["F32", "BF16", "F16", "I64", "BOOL", "F8_E4M3", "C64", "F64"]))
+        shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
+        tensors.append((name, dtype, shape))
+    config = draw(st.one_of(st.none(), st.dictionaries(st.sampled_from(_CONFIG_KEYS), _CONFIG_VALUE, max_size=5)))
+    surgeon_json = draw(st.one_of(st.none(), st.just({"partial": True}), _JSON_ANY))
+    return tensors, config, surgeon_json
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(model=_models())
+def test_fuzz_commands_never_crash(tmp_path_factory: pytest.TempPathFactory, surgeon, model) -> None:
+    from weightsurgeon.format import build_header
+
+    tensors, config, surgeon_json = model
+    tensors = list({t[0]: t for t in tensors}.values())  # one entry per name
+    folder = tmp_path_factory.mktemp("fz")
+    prefix, sizes = build_header(tensors, {"format": "pt"})
+    rng = np.random.default_rng(0)
+    (folder / "model.safetensors").write_bytes(prefix + rng.integers(0, 256, sum(sizes), dtype=np.uint8).tobytes())
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    if surgeon_json is not None:
+        (folder / "surgeon.json").write_text(json.dumps(surgeon_json))
+    for args in (("verify", "--deep", folder), ("inspect", "-v", folder), ("inspect", "--json", folder)):
+        result = surgeon(*args)
+        assert result.code in (0, 1), result
+        assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+        if result.code == 1:
+            lines = result.err_lines
+            assert lines and lines[-1].startswith("error: ") and len(lines) <= 3, lines
+        elif args[1] == "--json":
+            json.loads(result.stdout)
