@@ -101,3 +101,20 @@ def test_multi_gpu_prints_launcher_and_sbatch(tmp_path: Path) -> None:
     assert out.exit_code == 0 and "#SBATCH --nodes=4" in job.read_text()
     out = runner.invoke(train_cmd, ["missing.yaml"])
     assert out.exit_code != 0 and isinstance(out.exception, SurgeonError)
+
+
+def test_train_plot_overlays_runs(tmp_path: Path) -> None:
+    from weightsurgeon.commands.train import train_plot_cmd
+
+    for name, modules, share, losses in [("f2", "o_proj,norm,emb,head", 0.099, [3.0, 2.5, 2.2]),
+                                         ("f4", "all", 1.0, [3.0, 2.4, 2.0])]:
+        report = tmp_path / name / "train"
+        report.mkdir(parents=True)
+        (report / "loss.csv").write_text("step,epoch,loss\n" + "".join(f"{i + 1},0,{v}\n" for i, v in enumerate(losses)))
+        (report / "freeze.json").write_text(f'{{"modules": "{modules}", "trainable_share": {share}}}')
+    out = CliRunner().invoke(train_plot_cmd, [str(tmp_path / "f2"), str(tmp_path / "f4"), "-o", str(tmp_path / "fig.png")])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "empty").mkdir()
+    out = CliRunner().invoke(train_plot_cmd, [str(tmp_path / "empty"), "-o", str(tmp_path / "x.png")])
+    assert isinstance(out.exception, SurgeonError) and "loss.csv" in str(out.exception)

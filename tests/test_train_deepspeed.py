@@ -114,7 +114,9 @@ def test_single_process_zero3_f2(tmp_path: Path) -> None:
 
 
 def test_two_processes_torchrun_zero3_mlp(tmp_path: Path) -> None:
-    proc = _train(tmp_path, "freeze.modules=mlp,norm", "distributed.nproc_per_node=2", "--launch")
+    # also the assistant-only loss path: chat messages, masks from the template's {% generation %} tags
+    proc = _train(tmp_path, "freeze.modules=mlp,norm", "distributed.nproc_per_node=2", "train.loss=assistant_only",
+                  "--launch")
     assert "torch.distributed.run --nproc_per_node=2" in proc.stderr
     _check_result(tmp_path, "mlp,norm", world=2)
     _reload(tmp_path / "tuned")

@@ -115,3 +115,16 @@ def recipe_cp(name: str, dest: str, force: bool) -> None:
 
     out = copy_recipe(name, dest, force=force)
     click.echo(f"copied {name} -> {out}")
+
+
+@click.command("train-plot", help="Overlay the training-loss curves of `surgeon train` outputs (as the paper's Fig. 6).")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+              help="Image file to write (.png, .pdf or .svg).")
+@click.option("--smooth", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Moving-average window in logged steps.")
+def train_plot_cmd(runs: tuple[str, ...], output: str, smooth: int) -> None:
+    from weightsurgeon.recipes.train.plots import plot_losses
+
+    out = plot_losses([Path(r) for r in runs], Path(output), smooth=smooth)
+    click.echo(f"wrote {out}")
