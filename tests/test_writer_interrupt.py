@@ -112,3 +112,19 @@ def test_write_failure_under_file_size_limit(models, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and "File too large" in lines[0], proc.stderr
         assert not out.exists() and no_temp_left(tmp_path)
     assert digest_files(base) == inputs["base"] and digest_files(donor) == inputs["donor"]
+
+
+def test_repeated_ctrl_c_still_cleans_up(models, tmp_path):
+    """Users press Ctrl-C more than once: the second signal must not cut the cleanup short."""
+    root, base, donor, reference, inputs, duration = models
+    for attempt, when in enumerate((0.4, 0.7)):
+        out = tmp_path / f"out{attempt}"
+        proc = subprocess.Popen([sys.executable, "-m", "weightsurgeon", SPLICE[0], str(base), str(donor), *SPLICE[1:], "-o", str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(duration * when)
+        for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+            if proc.poll() is None:
+                proc.send_signal(sig)
+            time.sleep(0.005)
+        _, stderr = proc.communicate(timeout=120)
+        assert check_outcome(proc.returncode, stderr, out, reference) in ("clean error", "complete")

@@ -15,6 +15,8 @@ import errno
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,7 +28,7 @@ import numpy as np
 from weightsurgeon._version import __version__
 from weightsurgeon.atomic import atomic_output_dir, check_output_path
 from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint
-from weightsurgeon.errors import SurgeonError
+from weightsurgeon.errors import Interrupted, SurgeonError
 from weightsurgeon.format import build_header, itemsize, storage_dtype
 from weightsurgeon.progress import ByteProgress
 from weightsurgeon.surgery import GAUSS_BLOCK, Plan, PlannedTensor, gaussian_values, input_paths
@@ -324,8 +326,7 @@ def _root_of(ckpt: Checkpoint) -> Path:
 
 def _write_side_files(plan: Plan, tmp: Path, mapping: dict[str, str]) -> None:
     total = plan.total_bytes
-    if plan.partial or len(mapping) > 0:
-        _write_json(tmp / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": mapping})
+    _write_json(tmp / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": mapping})
     base = plan.inputs["base"]
     config_src = _root_of(base) / "config.json"
     if plan.config is not None:
@@ -377,6 +378,24 @@ def check_free_space(plan: Plan, output: Path, shards: int) -> None:
                            f"the file system has {free / 1e9:.2f} GB free")
 
 
+def _interrupt_once() -> None:
+    """First SIGINT/SIGTERM raises `Interrupted`; later ones are ignored, so the cleanup they would cut short finishes.
+
+    Installed inside `atomic_output_dir` (which restores the previous handlers on exit): a
+    user pressing Ctrl-C three times must not leave a half-removed temporary folder.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name}; nothing was written")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = WriteOptions()) -> WriteResult:
     """Write the plan's checkpoint to `output` (atomically); with options.verify re-read and compare every byte."""
     started = time.perf_counter()
@@ -393,6 +412,7 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
     copier = RawCopier(options.use_copy_file_range)
     try:
         with atomic_output_dir(output, inputs, force=options.force, fsync=options.fsync) as tmp:
+            _interrupt_once()
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary folder
             with ByteProgress(plan.total_bytes, f"{plan.operation}: writing", quiet=options.quiet) as progress:
                 for fname, shard in zip(names, shards):
