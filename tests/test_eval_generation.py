@@ -86,6 +86,10 @@ def test_hf_backend_stop_strings_eos_and_caps(answer_backend):
     assert no_stop.num_tokens == answer_backend.count_tokens(ANSWER_SCRIPT) + 1  # the eos counts
     assert full.num_tokens == 3  # "h", "m", "</think>"
     assert answer_backend.generate(["Q:"], 0, [], s)[0].num_tokens == 0
+    # a row stopped early is padded while the batch goes on: padding is not counted
+    early, late = answer_backend.generate(["Q:", "\\"], 40, ["</think>", "7"], s)
+    assert (early.text, early.num_tokens) == ("hm", 3)
+    assert (late.text, late.num_tokens, late.stop_reason) == ("boxed{", 7, "7")
 
 
 def test_plain_generation_splits_thinking_and_answer(answer_backend):

@@ -186,10 +186,23 @@ class HFBackend:
         cut, which = cut_at_stop(text, stop)
         num_tokens = end + (1 if hit_eos else 0)
         if which is not None:
-            return Generation(cut, num_tokens, "stop", which)
+            return Generation(cut, self._tokens_through(ids[:end], len(cut) + len(which)), "stop", which)
         if hit_eos:
             return Generation(text, num_tokens, "stop", "eos")
         return Generation(text, num_tokens, "length" if num_tokens >= cap else "stop", None)
+
+
+    def _tokens_through(self, ids: list[int], chars: int) -> int:
+        """Fewest leading tokens whose text covers ``chars`` characters (the stop string's end):
+        what the model generated before the stop, whatever padding followed in the batch."""
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(self.tokenizer.decode(ids[:mid], skip_special_tokens=False)) >= chars:
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi
 
 
 class VLLMBackend:
