@@ -315,6 +315,17 @@ class _Reader(threading.Thread):
         self.join(timeout=10)
 
 
+def _signal_cause(error: BaseException) -> BaseException | None:
+    """The Interrupted/KeyboardInterrupt a signal handler raised, wrapped by numba in SystemErrors."""
+    seen = 0
+    cause = error.__cause__ or error.__context__
+    while cause is not None and seen < 8:
+        if isinstance(cause, (SurgeonError, KeyboardInterrupt)):
+            return cause
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return None
+
+
 def _next_ready(reader: _Reader) -> Any:
     while True:  # a timeout keeps Ctrl-C and SIGTERM responsive in the main thread
         try:
@@ -360,7 +371,13 @@ def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others:
                 raise item
             pairs, slot, base_view, views = item
             for p, view in zip(pairs, views):
-                accumulate_delta(stats[(p.tuned, p.name)], base_view, view, p.base.dtype, p.other.dtype)
+                try:
+                    accumulate_delta(stats[(p.tuned, p.name)], base_view, view, p.base.dtype, p.other.dtype)
+                except SystemError as e:  # Ctrl-C/SIGTERM arrived inside compiled code: surface it as itself
+                    cause = _signal_cause(e)
+                    if cause is None:
+                        raise
+                    raise cause from None
             nbytes = len(base_view) + sum(len(v) for v in views)
             done += nbytes
             reader.free.put(slot)
