@@ -369,3 +369,14 @@ def test_csv_has_the_documented_columns(tmp_path: Path) -> None:
     o = next(r for r in rows if r["name"] == "model.layers.2.self_attn.o_proj.weight")
     assert float(o["l2_delta"]) == report.tensor(o["name"]).stats.l2_delta and o["layer"] == "2"
     assert next(r for r in rows if r["module"] == "embed_tokens")["layer"] == ""
+
+
+def test_default_labels(tmp_path: Path) -> None:
+    from weightsurgeon.diff import default_label, unique_labels
+
+    base = make_checkpoint(tmp_path / "Qwen-base", **TINY)
+    with open_checkpoint(base) as ckpt:
+        assert default_label(ckpt) == "Qwen-base"
+        ckpt.source = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"  # as resolved from the Hub cache
+        assert default_label(ckpt) == "DeepSeek-R1-Distill-Qwen-1.5B"
+    assert unique_labels(["a", "a", "a-2", "b"]) == ["a", "a-2", "a-2-2", "b"]

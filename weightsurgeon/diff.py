@@ -184,6 +184,9 @@ def identify(ckpt: Checkpoint, label: str | None = None) -> ModelIdentity:
 
 
 def default_label(ckpt: Checkpoint) -> str:
+    """The folder name; for a Hub id (a snapshot folder named by a commit hash) the repo name."""
+    if not Path(ckpt.source).expanduser().exists() and "/" in ckpt.source:
+        return ckpt.source.rstrip("/").rsplit("/", 1)[-1]
     if ckpt.root is not None:
         return ckpt.root.name or str(ckpt.root)
     return Path(ckpt.files[0]).stem
