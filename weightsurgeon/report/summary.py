@@ -30,7 +30,7 @@ def _layer(layer: int | None) -> str:
 
 def top_cells(report: DiffReport, tuned: str, n: int = 10) -> list[Any]:
     """The n (layer, module) rows of one tuned model with the largest L2 of the delta."""
-    rows = [m for m in report.modules if m.tuned == tuned and math.isfinite(m.stats.l2_delta)]
+    rows = [m for m in report.modules if m.tuned == tuned and math.isfinite(m.stats.l2_delta) and m.stats.l2_delta > 0]
     rows.sort(key=lambda m: -m.stats.l2_delta)
     return rows[:n]
 
@@ -65,7 +65,10 @@ def print_summary(report: DiffReport, console: Any = None, top: int = 10, files:
             s = m.stats
             cells.add_row(str(i), _layer(m.layer), m.module, fmt(s.l2_delta), fmt(s.rel_l2), fmt(s.cosine, 6),
                           fmt(s.max_abs_delta))
-        console.print(cells)
+        if cells.row_count:
+            console.print(cells)
+        else:
+            say(f"{label}: no change: every compared tensor equals the base exactly (delta 0)")
 
         kinds = Table(title=escape(f"{label}: per module across layers (sorted by median relative L2)"), title_justify="left")
         for col, justify in (("module", "left"), ("layers", "right"), ("median rel L2", "right"),
