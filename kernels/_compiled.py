@@ -1,0 +1,427 @@
+"""The numba kernels. Imported on first use only: numba costs time to import, compile or load.
+
+A chunk pair is split in fixed-size parts run in parallel (fixed, so that results do not
+depend on the thread count), each part in L1-sized blocks, each block in five tight loops:
+
+1. decode A and B to the work precision (bf16/f16 bits decoded in-register);
+2. zero the elements where A or B is not finite, d = B - A, max |d| (8 float32 lanes);
+3. bin r = d / A clipped to the histogram range by arithmetic, 8 lanes, marking the few
+   positions so close to an edge that rounding could put them on the wrong side (with
+   bf16 inputs these are common: ratios such as 0.95 of two 8-bit mantissas);
+4. the float64 sums, as two independent accumulator chains (one chain is latency-bound);
+5. count the bins into four interleaved sub-histograms (a run of equal bins would
+   otherwise serialise on one counter), settling the marked ones against numpy's own
+   bin edges, so that the counts equal np.histogram's exactly.
+
+Exactness and fast math: the loops may reassociate (so the float64 sums vectorise) and
+contract (a product of two float32 values is exact in float64, so a fused multiply-add
+rounds exactly as multiply-then-add does). The values that must be exact, d and r, come
+from the exact_* intrinsics below, whose instructions carry their own flags:
+reassociation cannot reach into them ('reassoc' on `s += y - x` may rewrite it as
+`(s + y) - x`) and the division is never a reciprocal estimate. (Plain fastmath=True
+breaks exactness in exactly these ways.) Bin positions are only estimates; numpy's edges
+decide every close call.
+
+Performance traps avoided on purpose: numba's default error model checks every division
+for zero (no SIMD); an index computed as `start + i` gets a negative-index check (no
+SIMD: slice first); a select written back into the array it read becomes a masked store
+(microcoded, very slow on AMD); a table lookup per element (gather) keeps LLVM from
+vectorising a loop at all; numba widens integer arithmetic to 64 bits (the bit
+manipulations wrap every step in np.uint32 to keep 8 lanes); and one function holding
+all loops spills registers, so each loop is its own function.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+SUMS_FASTMATH = {"reassoc", "nsz", "contract"}
+
+# How the kernel decodes a source array (it always receives unsigned-integer bit patterns).
+CODE_BF16 = 0
+CODE_F16 = 1
+CODE_F32 = 2
+CODE_F64 = 3
+
+BLOCK = 1024  # elements per block: its six scratch arrays stay in L1
+PART = 1 << 16  # elements per parallel task: fixed, so the float sums are reproducible
+
+# Columns of the per-part float results and integer counts.
+SUM_SQ_DELTA, SUM_SQ_A, SUM_SQ_B, DOT_AB, SUM_DELTA, MAX_ABS_DELTA = range(6)
+N_FINITE, N_BASE_ZERO = range(2)
+# Entries of the constants array (work dtype) that accumulate_delta passes in: the
+# histogram range, bins / (hi - lo), the largest finite value, 0, 1/2, 1, and how close
+# (in bins) an arithmetic bin position may come to an edge before numpy's edge decides,
+# and numpy's bin of 0.0.
+C_LO, C_HI, C_SCALE, C_BIG, C_ZERO, C_HALF, C_ONE, C_NEAR, C_ZERO_BIN = range(9)
+
+U32 = np.uint32
+
+
+def _to_width(builder, value, width: int):
+    """Truncate or zero-extend an LLVM integer to `width` bits."""
+    have = value.type.width
+    if have > width:
+        return builder.trunc(value, ir.IntType(width))
+    if have < width:
+        return builder.zext(value, ir.IntType(width))
+    return value
+
+
+@intrinsic
+def as_f32(typingctx, bits):
+    """Reinterpret the low 32 bits of an integer as a float32 (numba has no scalar view)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(_to_width(builder, args[0], 32), ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def as_f64(typingctx, bits):
+    """Reinterpret an integer (zero-extended to 64 bits) as a float64."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(_to_width(builder, args[0], 64), ir.DoubleType())
+
+    return types.float64(bits), codegen
+
+
+@intrinsic
+def f32_bits(typingctx, value):
+    """The bit pattern of a float32 as a uint32."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(value), codegen
+
+
+@intrinsic
+def magnitude_bits(typingctx, value):
+    """|value| as an unsigned integer of the same width: ordered like |value| (NaN-free input).
+
+    Integer max reductions vectorise; a float max written as a select does not without 'nnan'.
+    """
+    if value not in (types.float32, types.float64):
+        return None
+    width = value.bitwidth
+    out = types.uint32 if width == 32 else types.uint64
+
+    def codegen(context, builder, signature, args):
+        bits = builder.bitcast(args[0], ir.IntType(width))
+        return builder.and_(bits, ir.Constant(ir.IntType(width), (1 << (width - 1)) - 1))
+
+    return out(value), codegen
+
+
+@intrinsic
+def to_int32(typingctx, value):
+    """Truncate a float to int32 in one instruction (numba's np.int32() detours via float64)."""
+    if value not in (types.float32, types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fptosi(args[0], ir.IntType(32))
+
+    return types.int32(value), codegen
+
+
+def as_type_of(value, like):
+    """`value` converted to the float type of `like` (resolved at compile time: numba
+    would otherwise promote int32 and float32 arithmetic to float64)."""
+
+
+@overload(as_type_of)
+def _as_type_of(value, like):
+    if like == types.float32:
+        return lambda value, like: np.float32(value)
+    return lambda value, like: np.float64(value)
+
+
+def from_magnitude_bits(bits, like):
+    """Inverse of magnitude_bits, as a float64."""
+
+
+@overload(from_magnitude_bits)
+def _from_magnitude_bits(bits, like):
+    if like == types.float32:
+        return lambda bits, like: np.float64(as_f32(bits))
+    return lambda bits, like: as_f64(bits)
+
+
+@njit(inline="always")
+def f16_to_f32(h):
+    """IEEE half bits -> float32, exact for normals, subnormals, signed zeros, inf and NaN.
+
+    Exponent and mantissa moved into float32 position make a float32 2**112 times too
+    small, for subnormal halves too; one exact multiplication fixes the scale. Inf/NaN
+    (exponent 31) keep their bits instead.
+    """
+    h32 = U32(h)
+    shifted = U32(U32(h32 & U32(0x7FFF)) << U32(13))
+    scaled = f32_bits(as_f32(shifted) * np.float32(5.192296858534828e33))  # 2**112
+    special = U32(h32 & U32(0x7C00)) == U32(0x7C00)
+    magnitude = U32(shifted | U32(0x7F800000)) if special else scaled
+    return as_f32(U32(magnitude | U32(U32(h32 & U32(0x8000)) << U32(16))))
+
+
+@njit(inline="always")
+def _decode_block(src, code, out):
+    """Decode bit patterns src[:] into out[:src.size]; the dtype branch is taken once per block."""
+    if code == CODE_BF16:
+        for i in range(src.size):
+            out[i] = as_f32(U32(U32(src[i]) << U32(16)))
+    elif code == CODE_F16:
+        for i in range(src.size):
+            out[i] = f16_to_f32(src[i])
+    elif code == CODE_F32:
+        for i in range(src.size):
+            out[i] = as_f32(src[i])
+    else:
+        for i in range(src.size):
+            out[i] = as_f64(src[i])
+
+
+# --- exact arithmetic -------------------------------------------------------------------
+# numba's fast-math pass adds the function's flags to every float instruction that has
+# none, callees included. These intrinsics emit their instructions with 'nsz' only (the
+# sign of a zero never changes a statistic or a bin), so that pass leaves them alone:
+# no reassociation, no contraction into fused multiply-add, no reciprocal division.
+
+_EXACT = ("nsz",)
+
+
+def _same_float(*args) -> bool:
+    return args[0] in (types.float32, types.float64) and all(arg == args[0] for arg in args)
+
+
+@intrinsic
+def exact_sub(typingctx, y, x):
+    """y - x, correctly rounded, whatever fast-math the caller uses."""
+    if not _same_float(y, x):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fsub(args[0], args[1], flags=_EXACT)
+
+    return y(y, x), codegen
+
+
+@intrinsic
+def exact_div(typingctx, d, x):
+    """d / x, correctly rounded (a true division, not a reciprocal estimate)."""
+    if not _same_float(d, x):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fdiv(args[0], args[1], flags=_EXACT)
+
+    return d(d, x), codegen
+
+
+# --- the four loops of a block, and the part kernel that runs them --------------------
+# Separate functions: each loop gets the registers to itself (one big body spilled).
+
+
+@njit(fastmath=SUMS_FASTMATH, error_model="numpy", cache=True)
+def _mask_block(raw_a, raw_b, count, consts, xs, ys, ds):
+    """Zero the elements where A or B is not finite, take d = B - A; (finite count, max |d| bits)."""
+    big, zero = consts[C_BIG], consts[C_ZERO]
+    n_ok = np.int32(0)
+    max_bits = magnitude_bits(zero)
+    for i in range(count):
+        x = raw_a[i]
+        y = raw_b[i]
+        ok = (abs(x) <= big) & (abs(y) <= big)
+        x = x if ok else zero
+        y = y if ok else zero
+        d = exact_sub(y, x)
+        xs[i] = x
+        ys[i] = y
+        ds[i] = d
+        n_ok = np.int32(n_ok + np.int32(ok))
+        bits = magnitude_bits(d)
+        max_bits = bits if bits > max_bits else max_bits
+    return n_ok, max_bits
+
+
+@njit(fastmath=SUMS_FASTMATH, error_model="numpy", cache=True)
+def _bin_block(xs, ds, count, consts, nbins, clipped, codes):
+    """Bin codes of r = d / A: the bin, ~edge when numpy's edge must decide, nbins if excluded.
+
+    Excluded elements have A zeroed, so A != 0 says "counted".
+    """
+    lo, hi, scale, zero = consts[C_LO], consts[C_HI], consts[C_SCALE], consts[C_ZERO]
+    half, one, near = consts[C_HALF], consts[C_ONE], consts[C_NEAR]
+    zero_bin = to_int32(consts[C_ZERO_BIN])
+    last = np.int32(nbins - 1)
+    excluded = np.int32(nbins)
+    for i in range(count):
+        x = xs[i]
+        d = ds[i]
+        counted = x != zero
+        r = exact_div(d, x if counted else one)
+        c = lo if r < lo else r
+        c = hi if c > hi else c
+        # The bin by arithmetic is off by far less than `near` bins: when the position lies
+        # closer than that to an edge, the edge itself must decide; mark it with ~edge.
+        u = (c - lo) * scale
+        t = to_int32(u)
+        frac = u - as_type_of(t, u)
+        edge = np.int32(t + np.int32(frac > half))
+        unsure = (frac < near) | (frac > one - near)
+        t = last if t > last else t
+        # Exact points are sure: the clipped ends and r == 0 (unchanged weights).
+        unsure = unsure & (c != lo) & (c != hi) & (c != zero)
+        t = zero_bin if c == zero else t
+        code = ~edge if unsure else t
+        clipped[i] = c
+        codes[i] = code if counted else excluded
+
+
+@njit(fastmath=SUMS_FASTMATH, error_model="numpy", cache=True)
+def _sum_block(xs, ys, ds, count, acc):
+    """Add the float64 sums of a block to acc[0:5] and acc[5:10]: two halves of the block
+    give two independent accumulator chains per sum (one chain is latency-bound)."""
+    s_dd, s_aa, s_bb, s_ab, s_d = acc[0], acc[1], acc[2], acc[3], acc[4]
+    t_dd, t_aa, t_bb, t_ab, t_d = acc[5], acc[6], acc[7], acc[8], acc[9]
+    mid = count // 2
+    for i in range(mid):
+        xd = np.float64(xs[i])
+        yd = np.float64(ys[i])
+        dd = np.float64(ds[i])
+        s_dd += dd * dd
+        s_aa += xd * xd
+        s_bb += yd * yd
+        s_ab += xd * yd
+        s_d += dd
+        xd = np.float64(xs[i + mid])
+        yd = np.float64(ys[i + mid])
+        dd = np.float64(ds[i + mid])
+        t_dd += dd * dd
+        t_aa += xd * xd
+        t_bb += yd * yd
+        t_ab += xd * yd
+        t_d += dd
+    if count % 2:
+        xd = np.float64(xs[count - 1])
+        yd = np.float64(ys[count - 1])
+        dd = np.float64(ds[count - 1])
+        s_dd += dd * dd
+        s_aa += xd * xd
+        s_bb += yd * yd
+        s_ab += xd * yd
+        s_d += dd
+    acc[0], acc[1], acc[2], acc[3], acc[4] = s_dd, s_aa, s_bb, s_ab, s_d
+    acc[5], acc[6], acc[7], acc[8], acc[9] = t_dd, t_aa, t_bb, t_ab, t_d
+
+
+@njit(inline="always")
+def _tie_bin(k, c, edges, last):
+    """The bin of clipped c whose position lies near edge k: numpy's own edge k decides
+    between bins k - 1 and k (the last bin is closed on the right)."""
+    t = np.int32(k - np.int32(c < edges[k]))
+    return last if t > last else t
+
+
+@njit(error_model="numpy", cache=True)
+def _count_block(codes, clipped, count, edges, sub):
+    """Count bin codes into four sub-histograms interleaved as sub[code * 4 + lane].
+
+    Four lanes, so that a run of equal bins does not serialise on one counter; one base
+    pointer for all four. Marked codes (~edge) are settled against numpy's edges first.
+    """
+    last = np.int32(edges.size - 2)
+    quads = count // 4
+    for j in range(quads):
+        i = 4 * j
+        c0 = codes[i]
+        c1 = codes[i + 1]
+        c2 = codes[i + 2]
+        c3 = codes[i + 3]
+        if (c0 | c1 | c2 | c3) < 0:
+            c0 = _tie_bin(~c0, clipped[i], edges, last) if c0 < 0 else c0
+            c1 = _tie_bin(~c1, clipped[i + 1], edges, last) if c1 < 0 else c1
+            c2 = _tie_bin(~c2, clipped[i + 2], edges, last) if c2 < 0 else c2
+            c3 = _tie_bin(~c3, clipped[i + 3], edges, last) if c3 < 0 else c3
+        sub[U32(U32(c0) << U32(2))] += 1
+        sub[U32(U32(c1) << U32(2)) + U32(1)] += 1
+        sub[U32(U32(c2) << U32(2)) + U32(2)] += 1
+        sub[U32(U32(c3) << U32(2)) + U32(3)] += 1
+    for i in range(4 * quads, count):
+        c0 = codes[i]
+        c0 = _tie_bin(~c0, clipped[i], edges, last) if c0 < 0 else c0
+        sub[U32(U32(c0) << U32(2))] += 1
+
+
+@njit(nogil=True, error_model="numpy", cache=True)
+def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist):
+    """Statistics of one part (a and b are its slices) into this part's rows sums/counts/hist."""
+    nbins = edges.size - 1
+    dtype = consts.dtype
+    raw_a = np.empty(BLOCK, dtype=dtype)  # decoded A and B
+    raw_b = np.empty(BLOCK, dtype=dtype)
+    xs = np.empty(BLOCK, dtype=dtype)  # A and B with excluded elements zeroed, and d
+    ys = np.empty(BLOCK, dtype=dtype)
+    ds = np.empty(BLOCK, dtype=dtype)
+    clipped = np.empty(BLOCK, dtype=dtype)  # r clipped to the histogram range
+    codes = np.empty(BLOCK, dtype=np.int32)
+    sub = np.zeros(4 * (nbins + 1), dtype=np.int32)  # slot nbins: excluded elements
+    acc = np.zeros(10)
+    max_bits = magnitude_bits(consts[C_ZERO])
+    n_ok = 0
+    for block in range(0, a.size, BLOCK):
+        block_a = a[block : block + BLOCK]
+        block_b = b[block : block + BLOCK]
+        count = block_a.size
+        _decode_block(block_a, code_a, raw_a)
+        _decode_block(block_b, code_b, raw_b)
+        n_ok_block, max_bits_block = _mask_block(raw_a, raw_b, count, consts, xs, ys, ds)
+        n_ok += n_ok_block
+        max_bits = max(max_bits, max_bits_block)
+        _bin_block(xs, ds, count, consts, nbins, clipped, codes)
+        _sum_block(xs, ys, ds, count, acc)
+        _count_block(codes, clipped, count, edges, sub)
+    for k in range(nbins):
+        hist[k] = sub[4 * k] + sub[4 * k + 1] + sub[4 * k + 2] + sub[4 * k + 3]
+    excluded = sub[4 * nbins] + sub[4 * nbins + 1] + sub[4 * nbins + 2] + sub[4 * nbins + 3]
+    for k in range(5):
+        sums[k] = acc[k] + acc[5 + k]  # SUM_SQ_DELTA, SUM_SQ_A, SUM_SQ_B, DOT_AB, SUM_DELTA
+    sums[MAX_ABS_DELTA] = from_magnitude_bits(max_bits, consts[C_ZERO])
+    counts[N_FINITE] = n_ok
+    counts[N_BASE_ZERO] = excluded - (a.size - n_ok)
+
+
+@njit(nogil=True, parallel=True, error_model="numpy", cache=True)
+def delta_chunk(a, code_a, b, code_b, consts, edges):
+    """Per-part statistics of a chunk pair: (sums[nparts, 6], counts[nparts, 2], hist[nparts, bins])."""
+    n = a.size
+    nparts = (n + PART - 1) // PART
+    nbins = edges.size - 1
+    sums = np.zeros((nparts, 6), dtype=np.float64)
+    counts = np.zeros((nparts, 2), dtype=np.int64)
+    hists = np.zeros((nparts, nbins), dtype=np.int64)
+    for p in prange(nparts):
+        start = p * PART
+        stop = min(n, start + PART)
+        _delta_part(a[start:stop], code_a, b[start:stop], code_b, consts, edges, sums[p], counts[p], hists[p])
+    return sums, counts, hists
+
+
+@njit(nogil=True, parallel=True, cache=True)
+def count_masked(x, mask):
+    """Number of elements whose bits under `mask` are all set (NaN/inf patterns of float formats)."""
+    total = 0
+    for i in prange(x.size):
+        total += np.int64((x[i] & mask) == mask)
+    return total

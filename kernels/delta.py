@@ -1,0 +1,141 @@
+"""Python entry points of the kernels: pick the representation, call the compiled code, fold results.
+
+The compiled module (and numba with it) is imported on the first call, never at import
+time, so `surgeon --help` and light commands stay instant.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+
+import numpy as np
+
+from weightsurgeon.kernels.decode import decode_to_float32, decode_to_float64
+from weightsurgeon.kernels.dtypes import ITEMSIZE, SUPPORTED_FAST_DTYPES, as_bits, check_dtype
+from weightsurgeon.kernels.reference import work_dtype
+from weightsurgeon.kernels.stats import DeltaStats
+
+# numba's portable "workqueue" threading layer aborts the process when two threads launch
+# parallel kernels at once; callers overlap IO with compute, so launches are serialised.
+_LAUNCH = threading.Lock()
+
+# Bits that are all set exactly in the NaN/inf patterns of each float format.
+_NONFINITE_MASK = {
+    "BF16": 0x7F80,
+    "F16": 0x7C00,
+    "F32": 0x7F800000,
+    "F64": 0x7FF0000000000000,
+    "F8_E4M3": 0x7F,  # no inf; NaN is S.1111.111
+    "F8_E5M2": 0x7C,
+    "F8_E8M0": 0xFF,  # NaN only
+}
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _compiled():
+    from weightsurgeon.kernels import _compiled as compiled
+
+    return compiled
+
+
+@functools.lru_cache(maxsize=64)
+def _histogram_constants(bins: int, clip: float, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """What the kernel needs to reproduce np.histogram(..., range=(-clip, clip)) on `dtype` data.
+
+    numpy's own edges (the final word on every bin), and constants in the work dtype. The
+    kernel's arithmetic bin position and numpy's edges are both off the ideal grid by
+    rounding only, together by less than 2.5 * bins * eps bins; positions closer than
+    8 * bins * eps to an edge are settled against the edge itself.
+    """
+    edges = np.histogram_bin_edges(np.empty(0, dtype=dtype), bins=bins, range=(-clip, clip))
+    lo, hi = edges[0], edges[-1]
+    near = min(0.25, 8 * bins * float(np.finfo(dtype).eps))
+    zero_bin = min(int(np.searchsorted(edges, 0.0, side="right")) - 1, bins - 1)  # edges[k] <= 0 < edges[k+1]
+    consts = np.array(
+        [lo, hi, bins / (float(hi) - float(lo)), np.finfo(dtype).max, 0.0, 0.5, 1.0, near, zero_bin], dtype=dtype
+    )
+    edges.setflags(write=False)
+    consts.setflags(write=False)
+    return consts, edges
+
+
+def _kernel_operand(x: np.ndarray, dtype: str, wide: bool) -> tuple[np.ndarray, int]:
+    """(bit patterns, decode code) the compiled kernel takes for one side."""
+    compiled = _compiled()
+    if wide:
+        if dtype == "F64":
+            return as_bits(x, dtype), compiled.CODE_F64
+        return decode_to_float64(x, dtype).view(np.uint64), compiled.CODE_F64
+    if dtype in SUPPORTED_FAST_DTYPES:
+        code = {"BF16": compiled.CODE_BF16, "F16": compiled.CODE_F16, "F32": compiled.CODE_F32}[dtype]
+        return as_bits(x, dtype), code
+    # Slow exact path: decode with numpy, then the float32 kernel.
+    return decode_to_float32(x, dtype).view(np.uint32), compiled.CODE_F32
+
+
+def accumulate_delta(stats: DeltaStats, a: np.ndarray, b: np.ndarray, dtype_a: str, dtype_b: str) -> None:
+    """Fold one chunk pair (stored representation) into `stats`, in place.
+
+    BF16/F16/F32 are decoded inside the kernel, which releases the GIL; other dtypes are
+    decoded exactly with numpy first. Values are compared in float32, or float64 when
+    either side is F64 or a 32/64-bit integer.
+    """
+    dt = work_dtype(dtype_a, dtype_b)
+    wide = dt is np.float64
+    bits_a, code_a = _kernel_operand(a, dtype_a, wide)
+    bits_b, code_b = _kernel_operand(b, dtype_b, wide)
+    if bits_a.dtype != bits_b.dtype:
+        # Mixed widths (BF16 against F32): decode the 16-bit side with numpy rather than
+        # compile, cache and load two more kernel signatures for a rare case.
+        if bits_a.itemsize == 2:
+            bits_a, code_a = decode_to_float32(bits_a, dtype_a).view(np.uint32), _compiled().CODE_F32
+        else:
+            bits_b, code_b = decode_to_float32(bits_b, dtype_b).view(np.uint32), _compiled().CODE_F32
+    if bits_a.size != bits_b.size:
+        raise ValueError(f"chunks differ in length: {bits_a.size} vs {bits_b.size} elements")
+    if bits_a.size == 0:
+        return
+    consts, edges = _histogram_constants(stats.bins, stats.clip, dt)
+    with _LAUNCH:
+        sums, counts, hists = _compiled().delta_chunk(bits_a, code_a, bits_b, code_b, consts, edges)
+    fold_parts(stats, sums, counts, hists, bits_a.size)
+
+
+def fold_parts(stats: DeltaStats, sums: np.ndarray, counts: np.ndarray, hists: np.ndarray, numel: int) -> None:
+    """Add the kernel's per-part results into `stats`, in part order (deterministic)."""
+    compiled = _compiled()
+    for p in range(sums.shape[0]):
+        stats.sum_sq_delta += float(sums[p, compiled.SUM_SQ_DELTA])
+        stats.sum_sq_a += float(sums[p, compiled.SUM_SQ_A])
+        stats.sum_sq_b += float(sums[p, compiled.SUM_SQ_B])
+        stats.dot_ab += float(sums[p, compiled.DOT_AB])
+        stats.sum_delta += float(sums[p, compiled.SUM_DELTA])
+        stats.max_abs_delta = max(stats.max_abs_delta, float(sums[p, compiled.MAX_ABS_DELTA]))
+    n_finite = int(counts[:, compiled.N_FINITE].sum())
+    stats.n += n_finite
+    stats.n_nonfinite += numel - n_finite
+    stats.n_base_zero += int(counts[:, compiled.N_BASE_ZERO].sum())
+    stats.hist += hists.sum(axis=0)
+
+
+def count_nonfinite(x: np.ndarray, dtype: str) -> int:
+    """NaN/inf count of one chunk in stored representation; integer dtypes have none."""
+    check_dtype(dtype)
+    mask = _NONFINITE_MASK.get(dtype)
+    if mask is None:
+        return 0
+    bits = as_bits(x, dtype)
+    if bits.size == 0:
+        return 0
+    with _LAUNCH:
+        return int(_compiled().count_masked(bits, _UINT[ITEMSIZE[dtype]](mask)))
+
+
+def warmup() -> None:
+    """Compile, or load from numba's cache, the kernels for the common dtypes once."""
+    stats = DeltaStats.empty()
+    for dtype in ("BF16", "F32", "F64"):
+        width = _UINT[ITEMSIZE[dtype]]
+        z = np.zeros(8, dtype=width)
+        accumulate_delta(stats, z, z, dtype, dtype)
+        count_nonfinite(z, dtype)

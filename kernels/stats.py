@@ -1,0 +1,167 @@
+"""DeltaStats: the statistics of B - A over a set of elements, additive across chunks.
+
+Every field is a sum, a count, a maximum or a histogram, so a tensor's statistics are the
+merge of its chunks' and a module's the merge of its tensors'. Derived numbers (norms,
+relative change, cosine) are properties computed from the sums, never stored.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_BINS = 200
+DEFAULT_CLIP = 1.0
+MAX_BINS = 100_000  # beyond this float32 bin edges get too close for an exact one-step edge check
+
+
+def check_histogram(bins: int, clip: float) -> tuple[int, float]:
+    """Validate histogram parameters (ValueError with a user-facing message)."""
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 1 <= bins <= MAX_BINS:
+        raise ValueError(f"bins must be an integer in 1..{MAX_BINS}, got {bins!r}")
+    clip = float(clip)
+    if not (math.isfinite(clip) and 1e-30 <= clip <= 1e30):
+        raise ValueError(f"clip must be a finite number in [1e-30, 1e30], got {clip!r}")
+    return int(bins), clip
+
+
+def _json_float(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _from_json_float(x: float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+@dataclass(eq=False)
+class DeltaStats:
+    """Statistics of d = B - A (definitions: weightsurgeon.kernels docstring). eq=False: hist is an array."""
+
+    bins: int = DEFAULT_BINS
+    clip: float = DEFAULT_CLIP
+    n: int = 0  # elements counted: A and B both finite
+    n_nonfinite: int = 0  # elements where A or B is NaN/inf: left out of everything
+    n_base_zero: int = 0  # finite elements with A == 0: left out of the histogram only
+    sum_sq_delta: float = 0.0
+    sum_sq_a: float = 0.0
+    sum_sq_b: float = 0.0
+    dot_ab: float = 0.0
+    sum_delta: float = 0.0
+    max_abs_delta: float = 0.0
+    hist: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.bins, self.clip = check_histogram(self.bins, self.clip)
+        if self.hist is None:
+            self.hist = np.zeros(self.bins, dtype=np.int64)
+        else:
+            self.hist = np.asarray(self.hist, dtype=np.int64).copy()
+            if self.hist.shape != (self.bins,):
+                raise ValueError(f"hist must have {self.bins} counts, got shape {self.hist.shape}")
+
+    @classmethod
+    def empty(cls, bins: int = DEFAULT_BINS, clip: float = DEFAULT_CLIP) -> "DeltaStats":
+        return cls(bins=bins, clip=clip)
+
+    def merge(self, other: "DeltaStats") -> None:
+        """Add `other` into self (max for max_abs_delta); both must share bins and clip."""
+        if (other.bins, other.clip) != (self.bins, self.clip):
+            raise ValueError(
+                f"cannot merge statistics with different histograms: "
+                f"bins={self.bins}, clip={self.clip} vs bins={other.bins}, clip={other.clip}"
+            )
+        self.n += other.n
+        self.n_nonfinite += other.n_nonfinite
+        self.n_base_zero += other.n_base_zero
+        self.sum_sq_delta += other.sum_sq_delta
+        self.sum_sq_a += other.sum_sq_a
+        self.sum_sq_b += other.sum_sq_b
+        self.dot_ab += other.dot_ab
+        self.sum_delta += other.sum_delta
+        self.max_abs_delta = max(self.max_abs_delta, other.max_abs_delta)
+        self.hist += other.hist
+
+    @property
+    def numel(self) -> int:
+        """All elements seen, finite or not."""
+        return self.n + self.n_nonfinite
+
+    @property
+    def l2_delta(self) -> float:
+        return math.sqrt(self.sum_sq_delta)
+
+    @property
+    def l2_a(self) -> float:
+        return math.sqrt(self.sum_sq_a)
+
+    @property
+    def l2_b(self) -> float:
+        return math.sqrt(self.sum_sq_b)
+
+    @property
+    def rel_l2(self) -> float:
+        """||B - A|| / ||A||; NaN when A is all zeros."""
+        l2_a = self.l2_a
+        return self.l2_delta / l2_a if l2_a > 0 else math.nan
+
+    @property
+    def cosine(self) -> float:
+        """cos(A, B); NaN when either side is all zeros."""
+        denom = self.l2_a * self.l2_b
+        return self.dot_ab / denom if denom > 0 else math.nan
+
+    @property
+    def mean_delta(self) -> float:
+        return self.sum_delta / self.n if self.n else math.nan
+
+    @property
+    def bin_edges(self) -> np.ndarray:
+        """The histogram's edges as np.histogram reports them (float64)."""
+        return np.histogram_bin_edges(np.empty(0), bins=self.bins, range=(-self.clip, self.clip))
+
+    def to_dict(self) -> dict:
+        """JSON-ready: raw sums and counts (to merge again later), derived numbers, hist as a list.
+
+        Non-finite floats (an overflowed sum, an undefined ratio) become None.
+        """
+        raw = {
+            "bins": self.bins,
+            "clip": self.clip,
+            "n": int(self.n),
+            "n_nonfinite": int(self.n_nonfinite),
+            "n_base_zero": int(self.n_base_zero),
+            "sum_sq_delta": self.sum_sq_delta,
+            "sum_sq_a": self.sum_sq_a,
+            "sum_sq_b": self.sum_sq_b,
+            "dot_ab": self.dot_ab,
+            "sum_delta": self.sum_delta,
+            "max_abs_delta": self.max_abs_delta,
+            "l2_delta": self.l2_delta,
+            "l2_a": self.l2_a,
+            "l2_b": self.l2_b,
+            "rel_l2": self.rel_l2,
+            "cosine": self.cosine,
+            "mean_delta": self.mean_delta,
+        }
+        out = {k: (_json_float(v) if isinstance(v, float) else v) for k, v in raw.items()}
+        out["hist"] = [int(c) for c in self.hist]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DeltaStats":
+        """Inverse of to_dict (derived keys are ignored; None sums come back as NaN)."""
+        return cls(
+            bins=d["bins"],
+            clip=d["clip"],
+            n=int(d["n"]),
+            n_nonfinite=int(d["n_nonfinite"]),
+            n_base_zero=int(d["n_base_zero"]),
+            sum_sq_delta=_from_json_float(d["sum_sq_delta"]),
+            sum_sq_a=_from_json_float(d["sum_sq_a"]),
+            sum_sq_b=_from_json_float(d["sum_sq_b"]),
+            dot_ab=_from_json_float(d["dot_ab"]),
+            sum_delta=_from_json_float(d["sum_delta"]),
+            max_abs_delta=_from_json_float(d["max_abs_delta"]),
+            hist=np.asarray(d["hist"], dtype=np.int64),
+        )

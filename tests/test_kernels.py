@@ -1,0 +1,311 @@
+"""The numba kernels against their numpy twin, and the exact conversions.
+
+The twin (reference_delta_stats) is the definition written out in numpy; the kernel must
+give identical counts and histograms and sums equal to 1e-12 relative, for every dtype
+pair, on data full of zeros, denormals, infinities, NaNs and values exactly on bin edges.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from weightsurgeon.kernels import (
+    DeltaStats,
+    accumulate_delta,
+    count_nonfinite,
+    decode_to_float32,
+    decode_to_float64,
+    encode_from_float32,
+    reference_delta_stats,
+    warmup,
+)
+
+REL = 1e-12
+# The test data overflows and divides by zero on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+FLOAT_NAMES = ("BF16", "F16", "F32", "F64")
+SPECIALS = np.array(
+    [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-42, 1e-45, 3.4e38, -3.4e38, 1.0, -1.0, 0.5, 2.0],
+    dtype=np.float32,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled():
+    """Compile (or load from the cache) once, so no single test pays for it in its own time."""
+    warmup()
+
+
+def stored(values: np.ndarray, dtype: str) -> np.ndarray:
+    """float values -> the stored representation a checkpoint reader hands the kernels."""
+    if dtype == "F64":
+        return np.asarray(values, dtype=np.float64)
+    if dtype in ("I8", "U8", "I16", "I32"):
+        info = np.iinfo({"I8": np.int8, "U8": np.uint8, "I16": np.int16, "I32": np.int32}[dtype])
+        clean = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=info.max, neginf=info.min)
+        return np.clip(np.rint(clean * 50), info.min, info.max).astype(info.dtype)
+    return encode_from_float32(np.asarray(values, dtype=np.float32), dtype)
+
+
+def kernel_stats(a, b, dtype_a, dtype_b, bins=200, clip=1.0) -> DeltaStats:
+    stats = DeltaStats.empty(bins, clip)
+    accumulate_delta(stats, a, b, dtype_a, dtype_b)
+    return stats
+
+
+def assert_close(x: float, y: float, scale: float = 0.0) -> None:
+    """Equal to REL relative (of max(|y|, scale) where sums may cancel), NaN and inf included."""
+    if math.isnan(y) or math.isinf(y):
+        assert x == y or (math.isnan(x) and math.isnan(y)), (x, y)
+        return
+    assert abs(x - y) <= REL * max(abs(y), scale) + 1e-300, (x, y)
+
+
+def assert_same(got: DeltaStats, want: DeltaStats) -> None:
+    assert (got.bins, got.clip) == (want.bins, want.clip)
+    assert got.n == want.n
+    assert got.n_nonfinite == want.n_nonfinite
+    assert got.n_base_zero == want.n_base_zero
+    np.testing.assert_array_equal(got.hist, want.hist)
+    assert got.max_abs_delta == want.max_abs_delta
+    for name in ("sum_sq_delta", "sum_sq_a", "sum_sq_b"):
+        assert_close(getattr(got, name), getattr(want, name))
+    # Signed sums may cancel: their error is relative to the sums of magnitudes.
+    assert_close(got.dot_ab, want.dot_ab, math.sqrt(want.sum_sq_a * want.sum_sq_b))
+    assert_close(got.sum_delta, want.sum_delta, math.sqrt(max(want.n, 1) * want.sum_sq_delta))
+
+
+def tricky_pair(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 base/tuned values: weights-like, plus zeros, denormals, inf, NaN, huge values,
+    unchanged elements and ratios exactly on the default bin edges."""
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal(n) * 0.02).astype(np.float32)
+    b = a + (rng.standard_normal(n) * 0.004).astype(np.float32)
+    k = n // 10
+    picks = rng.integers(0, n, size=(8, k))
+    a[picks[0]] = 0.0
+    b[picks[1]] = a[picks[1]]  # unchanged
+    a[picks[2]] = rng.choice(SPECIALS, k)
+    b[picks[3]] = rng.choice(SPECIALS, k)
+    edges = np.linspace(-1.0, 1.0, 201)
+    b[picks[4]] = a[picks[4]] * (1 + rng.choice(edges, k)).astype(np.float32)  # r on or near an edge
+    b[picks[5]] = a[picks[5]] * rng.choice(np.float32([3.0, -5.0, 1e30]), k)  # clipped
+    a[picks[6]] = (rng.standard_normal(k) * 1e-39).astype(np.float32)  # denormal base
+    b[picks[7]] = np.float32(2.5e38) * np.sign(rng.standard_normal(k)).astype(np.float32)  # d overflows
+    return a, b
+
+
+def test_import_does_not_load_numba():
+    code = "import sys, weightsurgeon.kernels; assert 'numba' not in sys.modules, 'numba imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("dtype_a", ["BF16", "F16", "F32", "F64"])
+@pytest.mark.parametrize("dtype_b", ["BF16", "F16", "F32", "F64"])
+def test_every_float_pair_matches_twin(dtype_a, dtype_b):
+    a, b = tricky_pair(150_000, seed=len(dtype_a) * 7 + len(dtype_b))  # more than one parallel part
+    sa, sb = stored(a, dtype_a), stored(b, dtype_b)
+    assert_same(kernel_stats(sa, sb, dtype_a, dtype_b), reference_delta_stats(sa, sb, dtype_a, dtype_b))
+
+
+@pytest.mark.parametrize(
+    "dtype_a,dtype_b", [("F8_E4M3", "BF16"), ("F8_E5M2", "F8_E5M2"), ("I8", "F32"), ("U8", "U8"), ("I32", "BF16")]
+)
+def test_slow_path_dtypes_match_twin(dtype_a, dtype_b):
+    a, b = tricky_pair(20_000, seed=3)
+    sa, sb = stored(a, dtype_a), stored(b, dtype_b)
+    assert_same(kernel_stats(sa, sb, dtype_a, dtype_b), reference_delta_stats(sa, sb, dtype_a, dtype_b))
+
+
+@pytest.mark.parametrize("bins,clip", [(1, 1.0), (2, 1.0), (7, 0.1), (200, 0.05), (1000, 3.0), (64, 1e-3), (100_000, 1.0)])
+def test_bins_and_clip_are_configurable(bins, clip):
+    a, b = tricky_pair(60_000, seed=bins)
+    # Ratios exactly on this histogram's own edges, where rounding decides.
+    edges = np.histogram_bin_edges(np.empty(0, np.float32), bins=bins, range=(-clip, clip))
+    idx = np.arange(0, a.size, 7)
+    b[idx] = a[idx] + a[idx] * edges[np.arange(idx.size) % edges.size]
+    for dtype in ("BF16", "F32", "F64"):
+        sa, sb = stored(a, dtype), stored(b, dtype)
+        got = kernel_stats(sa, sb, dtype, dtype, bins, clip)
+        assert got.hist.sum() == got.n - got.n_base_zero
+        assert_same(got, reference_delta_stats(sa, sb, dtype, dtype, bins, clip))
+
+
+finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+any32 = st.one_of(finite32, st.sampled_from([float(x) for x in SPECIALS]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pairs=st.lists(st.tuples(any32, any32, st.sampled_from([None, 0.0, 1.0, 0.5, -0.25, 2.0, 1e-3])), max_size=300),
+    dtypes=st.sampled_from([("BF16", "BF16"), ("F16", "F16"), ("F32", "F32"), ("F64", "F64"), ("BF16", "F32"), ("F16", "BF16")]),
+    hist=st.sampled_from([(200, 1.0), (13, 0.3), (1, 2.0), (50, 1e-2)]),
+)
+def test_hypothesis_matches_twin(pairs, dtypes, hist):
+    a = np.array([p[0] for p in pairs], dtype=np.float32)
+    # The third element, when set, makes b = a * (1 + r): a ratio on a round value.
+    b = np.array([p[1] if p[2] is None else p[0] * (1 + p[2]) for p in pairs], dtype=np.float32)
+    sa, sb = stored(a, dtypes[0]), stored(b, dtypes[1])
+    got = kernel_stats(sa, sb, *dtypes, *hist)
+    assert_same(got, reference_delta_stats(sa, sb, *dtypes, *hist))
+
+
+def test_chunked_equals_one_shot():
+    a, b = tricky_pair(300_001, seed=11)
+    sa, sb = stored(a, "BF16"), stored(b, "BF16")
+    whole = kernel_stats(sa, sb, "BF16", "BF16")
+    chunked = DeltaStats.empty()
+    for start in range(0, sa.size, 70_001):
+        part = DeltaStats.empty()
+        accumulate_delta(part, sa[start : start + 70_001], sb[start : start + 70_001], "BF16", "BF16")
+        chunked.merge(part)
+    assert_same(chunked, whole)
+
+
+def test_results_do_not_depend_on_thread_count():
+    import numba
+
+    a, b = tricky_pair(400_000, seed=5)
+    sa, sb = stored(a, "F32"), stored(b, "F32")
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = kernel_stats(sa, sb, "F32", "F32")
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = kernel_stats(sa, sb, "F32", "F32")
+    finally:
+        numba.set_num_threads(before)
+    assert one.to_dict() == many.to_dict()  # bit for bit, sums included
+
+
+def test_raw_bytes_and_float16_views_are_accepted():
+    a, b = tricky_pair(5_000, seed=2)
+    f16a, f16b = a.astype(np.float16), b.astype(np.float16)
+    want = kernel_stats(f16a.view(np.uint16), f16b.view(np.uint16), "F16", "F16")
+    assert_same(kernel_stats(f16a, f16b, "F16", "F16"), want)
+    assert_same(kernel_stats(f16a.view(np.uint8), f16b.view(np.uint8), "F16", "F16"), want)
+
+
+def test_bad_inputs_raise_value_error():
+    z16 = np.zeros(4, np.uint16)
+    with pytest.raises(ValueError, match="differ in length"):
+        accumulate_delta(DeltaStats.empty(), z16, np.zeros(5, np.uint16), "BF16", "BF16")
+    with pytest.raises(ValueError, match="4-byte"):
+        accumulate_delta(DeltaStats.empty(), z16, z16, "F32", "F32")
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        accumulate_delta(DeltaStats.empty(), z16, z16, "BF8", "BF16")
+    with pytest.raises(ValueError, match="bins"):
+        DeltaStats.empty(bins=0)
+    with pytest.raises(ValueError, match="clip"):
+        DeltaStats.empty(clip=float("inf"))
+    with pytest.raises(ValueError, match="different histograms"):
+        DeltaStats.empty(200, 1.0).merge(DeltaStats.empty(100, 1.0))
+
+
+def test_empty_and_all_zero_base():
+    stats = kernel_stats(np.zeros(0, np.uint16), np.zeros(0, np.uint16), "BF16", "BF16")
+    assert stats.n == 0 and stats.hist.sum() == 0 and math.isnan(stats.mean_delta)
+    b = stored(np.ones(1000, np.float32), "BF16")
+    stats = kernel_stats(np.zeros(1000, np.uint16), b, "BF16", "BF16")
+    assert (stats.n, stats.n_base_zero, stats.hist.sum()) == (1000, 1000, 0)
+    assert math.isnan(stats.rel_l2) and math.isnan(stats.cosine)
+    assert stats.l2_delta == pytest.approx(math.sqrt(1000))
+
+
+def test_derived_numbers_and_json_round_trip():
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal(10_000).astype(np.float32)
+    b = a + rng.standard_normal(10_000).astype(np.float32) * np.float32(0.1)
+    a[:50] = np.nan  # left out of everything
+    stats = kernel_stats(stored(a, "F32"), stored(b, "F32"), "F32", "F32")
+    a64, b64 = a[50:].astype(np.float64), b[50:].astype(np.float64)
+    d64 = (b[50:] - a[50:]).astype(np.float64)
+    assert stats.l2_delta == pytest.approx(np.linalg.norm(d64), rel=1e-12)
+    assert stats.rel_l2 == pytest.approx(np.linalg.norm(d64) / np.linalg.norm(a64), rel=1e-12)
+    assert stats.cosine == pytest.approx(a64 @ b64 / np.linalg.norm(a64) / np.linalg.norm(b64), rel=1e-12)
+    assert stats.mean_delta == pytest.approx(d64.mean(), rel=1e-9)
+    text = json.dumps(stats.to_dict(), allow_nan=False)  # strict JSON
+    back = DeltaStats.from_dict(json.loads(text))
+    assert back.to_dict() == stats.to_dict()
+    np.testing.assert_array_equal(stats.bin_edges, np.histogram_bin_edges([], bins=200, range=(-1.0, 1.0)))
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32", "F64", "F8_E4M3", "F8_E5M2", "I8", "I32"])
+def test_count_nonfinite(dtype):
+    a, _ = tricky_pair(100_000, seed=4)
+    x = stored(a, dtype)
+    want = 0 if dtype.startswith("I") else int((~np.isfinite(decode_to_float64(x, dtype))).sum())
+    assert count_nonfinite(x, dtype) == want
+    assert dtype.startswith("I") or want > 0
+
+
+def test_float16_and_bf16_decode_exactly_in_the_kernel():
+    """Every one of the 65536 bit patterns, through the kernel's own decoder."""
+    from numba import njit
+
+    from weightsurgeon.kernels import _compiled
+
+    @njit
+    def decode(src, code, out):
+        _compiled._decode_block(src, code, out)
+
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    out = np.empty(bits.size, np.float32)
+    decode(bits, _compiled.CODE_F16, out)
+    np.testing.assert_array_equal(out.view(np.uint32), bits.view(np.float16).astype(np.float32).view(np.uint32))
+    decode(bits, _compiled.CODE_BF16, out)
+    np.testing.assert_array_equal(out.view(np.uint32), bits.astype(np.uint32) << 16)
+
+
+def test_decode_and_encode_round_trip_every_16_bit_pattern():
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    for dtype in ("BF16", "F16"):
+        values = decode_to_float32(bits, dtype)
+        back = encode_from_float32(values, dtype).view(np.uint16)
+        nan = np.isnan(values)
+        np.testing.assert_array_equal(back[~nan], bits[~nan])
+        assert np.isnan(decode_to_float32(back[nan], dtype)).all()
+        np.testing.assert_array_equal(decode_to_float64(bits, dtype)[~nan], values[~nan].astype(np.float64))
+
+
+def test_encode_matches_torch_rounding():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [
+            rng.standard_normal(50_000).astype(np.float32) * np.float32(10.0) ** rng.integers(-8, 8, 50_000),
+            # ties and near-ties: float32 patterns whose low bits sit at and around the halfway point
+            (rng.integers(0, 1 << 32, 20_000, dtype=np.uint64).astype(np.uint32) & np.uint32(0xFFFF0000)
+             | np.uint32(0x8000)).view(np.float32),
+            np.float32([448, 449, 464, 465, 479, 480, 500, 57344, 61439, 61440, 65536, 1e-10, 3.4e38]),
+            SPECIALS,
+        ]
+    )
+    x = x[~np.isnan(x)]  # NaN payloads are not compared
+    t = torch.from_numpy(x)
+    np.testing.assert_array_equal(encode_from_float32(x, "BF16"), t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16))
+    np.testing.assert_array_equal(encode_from_float32(x, "F16").view(np.uint16), t.to(torch.float16).view(torch.int16).numpy().view(np.uint16))
+    for dtype, tdtype in (("F8_E4M3", torch.float8_e4m3fn), ("F8_E5M2", torch.float8_e5m2)):
+        got = encode_from_float32(x, dtype)
+        want = t.to(tdtype).view(torch.uint8).numpy()
+        np.testing.assert_array_equal(decode_to_float32(got, dtype), decode_to_float32(want, dtype))
+        all_bits = torch.arange(256, dtype=torch.uint8)
+        np.testing.assert_array_equal(
+            decode_to_float32(all_bits.numpy(), dtype), all_bits.view(tdtype).to(torch.float32).numpy()
+        )
+
+
+def test_encode_nan_stays_nan_and_refuses_integers():
+    out = encode_from_float32(np.float32([np.nan, -np.nan]), "BF16")
+    assert np.isnan(decode_to_float32(out, "BF16")).all()
+    e4m3 = decode_to_float32(encode_from_float32(np.float32([np.nan, 1e6, -np.inf]), "F8_E4M3"), "F8_E4M3")
+    assert np.isnan(e4m3[0]) and list(e4m3[1:]) == [448.0, -448.0]  # saturates, as torch does
+    with pytest.raises(ValueError):
+        encode_from_float32(np.zeros(2, np.float32), "I8")
