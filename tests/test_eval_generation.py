@@ -135,6 +135,8 @@ def test_make_backend_rejects_unknown_options(answer_model):
         make_backend("hf", str(answer_model), {"tensor_parallel_size": 2})
     with pytest.raises(SurgeonError, match="unknown backend"):
         make_backend("tgi", str(answer_model), {})
+    with pytest.raises(SurgeonError, match="no such checkpoint folder"):
+        make_backend("hf", str(answer_model / "missing"), {})
 
 
 def test_data_parallel_replicas_give_the_same_outputs(answer_model, answer_backend):

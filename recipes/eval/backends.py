@@ -12,6 +12,7 @@ runs vLLM's offline ``LLM`` and is imported only when chosen.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from weightsurgeon.errors import SurgeonError
@@ -278,6 +279,8 @@ def make_backend(name: str, model: str, options: dict[str, Any] | None = None) -
     ``data_parallel_size`` > 1 runs that many replicas in worker processes (see parallel.py).
     """
     options = dict(options or {})
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+        raise SurgeonError(f"{model}: no such checkpoint folder")
     if name == "hf":
         allowed = {"device", "dtype", "batch_size", "data_parallel_size"}
         cls: Any = HFBackend

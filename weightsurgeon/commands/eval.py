@@ -106,7 +106,15 @@ def _parse_data(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
 def eval_run(model: str | None, recipe: str | None, output: str | None, force: bool, quiet: bool,
              data: tuple[str, ...], **options: Any) -> None:
-    """Evaluate MODEL (a checkpoint folder, a Hub id in the local cache, or an eval recipe .yaml)."""
+    """Evaluate MODEL (a checkpoint folder, a Hub id in the local cache, or an eval recipe .yaml).
+
+    Writes results.json (accuracy with a 95% interval, average thinking/answer/total
+    tokens) and samples_<task>.jsonl (every generation, graded). Tasks load from the Hub
+    (GPQA Diamond is gated: accept its terms on huggingface.co/datasets/Idavidrein/gpqa,
+    then `hf auth login`) or from local JSONL with --data TASK=FILE: one object per
+    line with "question" and "answer" (GPQA: "correct_answer" and "incorrect_answers",
+    or "choices" and an answer letter).
+    """
     from weightsurgeon.recipes.eval.config import build_config, find_recipe, load_recipe
     from weightsurgeon.recipes.eval.runner import run_eval
     from weightsurgeon.recipes.eval.tables import SUMMARY_HEADER, print_table, summary_rows
@@ -129,6 +137,8 @@ def eval_run(model: str | None, recipe: str | None, output: str | None, force: b
         raise SurgeonError("no output folder given (-o/--output or `output:` in the recipe)")
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     results = run_eval(cfg, cfg.output, force=force, log=log)
+    if not results:  # a non-zero rank of a distributed lm-eval run writes nothing
+        return
     print_table(f"{cfg.model} ({results['harness']})", SUMMARY_HEADER, summary_rows(results))
     click.echo(f"wrote {Path(cfg.output) / 'results.json'}")
 
