@@ -111,6 +111,10 @@ def test_single_process_zero3_f2(tmp_path: Path) -> None:
                             env=_env(), capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1 and "leaves no completion token" in failed.stderr
     assert not (tmp_path / "failed").exists() and not (tmp_path / ".failed.partial").exists()
+    # --force never deletes the starting model by replacing a directory that holds it
+    guard = subprocess.run(cmd[:-1] + [f"output.dir={tmp_path}", "output.overwrite=true"], cwd=tmp_path,
+                           env=_env(), capture_output=True, text=True, timeout=300)
+    assert guard.returncode == 1 and "contains the model" in guard.stderr and (tmp_path / "base").is_dir()
 
 
 def test_two_processes_torchrun_zero3_mlp(tmp_path: Path) -> None:

@@ -359,6 +359,8 @@ def run(cfg: RecipeConfig, base_dir: Path | None = None) -> dict[str, Any]:
         model_dir = Path(cfg.model.path).expanduser().resolve()
         if model_dir.is_dir() and (final == model_dir or model_dir in final.parents):
             error = f"{final}: the output may not be inside the model directory {model_dir}"
+        if model_dir.exists() and final in model_dir.parents:
+            error = f"{final}: the output directory contains the model {model_dir}; choose another output.dir"
         if error is None:
             shutil.rmtree(work, ignore_errors=True)
             (work / REPORT_DIR).mkdir(parents=True)
