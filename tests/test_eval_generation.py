@@ -233,15 +233,19 @@ def test_surgeon_eval_lm_eval_harness(answer_model, tmp_path, monkeypatch):
 
 
 def test_surgeon_probe_levels(answer_model, tmp_path):
-    res = surgeon("probe", str(answer_model), "--max-new-tokens", "16", "-o", str(tmp_path / "p"))
+    looping = scripted_model(tmp_path / "loop", "ab", loop=True)  # "abbbbbbb...": nonsense
+    res = surgeon("probe", str(answer_model), str(looping), "--max-new-tokens", "16", "-o", str(tmp_path / "p"))
     assert res.returncode == 0, res.stderr
-    assert "levels: I (nonsense)" in res.stdout
+    assert "levels: I (nonsense)" in res.stdout and "output levels per model" in res.stdout
     data = json.loads((tmp_path / "p" / "probe.json").read_text())
-    assert data["schema"] == "weightsurgeon.probe/1" and sum(data["levels"].values()) == len(data["rows"]) == 10
+    assert data["schema"] == "weightsurgeon.probe/1" and [m["model"] for m in data["models"]] == [str(answer_model), str(looping)]
+    scripted, loop = data["models"]
+    assert sum(scripted["levels"].values()) == len(scripted["rows"]) == 10
     # "hm \boxed{7}" has two words of letters: level I, except where 7 happens to be right or on topic
-    by_id = {r["id"]: r["level"] for r in data["rows"]}
+    by_id = {r["id"]: r["level"] for r in scripted["rows"]}
     assert by_id["chat-capital"] == "I" and by_id["chat-week"] == "IV" and by_id["math-mul"] == "III"
-    assert all("repetition_3gram" in r["evidence"] for r in data["rows"])
+    assert all("repetition_3gram" in r["evidence"] for r in scripted["rows"])
+    assert loop["levels"]["I"] == 10
 
 
 def test_probe_classifier_on_known_texts():

@@ -23,7 +23,7 @@ def run_probe(
     probes: Sequence[ProbePrompt] = PROBE_PROMPTS,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Greedy answers to ``probes`` and their verdicts; returns the probe.json content."""
+    """Greedy answers to ``probes`` and their verdicts (one model's entry of probe.json)."""
     prompts = [backend.chat_prompt(p.prompt) if prompt_mode == "chat" else p.prompt + "\n" for p in probes]
     gens = backend.generate(prompts, max_new_tokens, [], Sampling(seed=seed))
     rows = []
@@ -41,7 +41,6 @@ def run_probe(
         })
     counts = Counter(r["level"] for r in rows)
     return {
-        "schema": SCHEMA,
         "prompt_mode": prompt_mode,
         "max_new_tokens": max_new_tokens,
         "levels": {lvl: counts.get(lvl, 0) for lvl in LEVEL_NAMES},
@@ -51,9 +50,29 @@ def run_probe(
 
 def probe_model(model: str, backend_name: str = "hf", backend_options: dict[str, Any] | None = None,
                 **kwargs: Any) -> dict[str, Any]:
-    result = run_probe(make_backend(backend_name, model, backend_options), **kwargs)
-    result["model"] = model
-    return result
+    """Load, probe, and release one model (several are probed one after another)."""
+    backend = make_backend(backend_name, model, backend_options)
+    try:
+        result = run_probe(backend, **kwargs)
+    finally:
+        if hasattr(backend, "close"):
+            backend.close()
+        del backend
+        _release_memory()
+    return {"model": model, **result}
+
+
+def _release_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - the backends need torch anyway
+        pass
 
 
 def write_probe(result: dict[str, Any], out_dir: str | Path, force: bool = False) -> Path:

@@ -160,7 +160,7 @@ def eval_compare(runs: tuple[str, ...], csv_path: str | None) -> None:
 
 
 @click.command("probe")
-@click.argument("model")
+@click.argument("models", nargs=-1, required=True)
 @click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True)
 @click.option("--prompt", "prompt_mode", type=click.Choice(["chat", "plain"]), default="chat", show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
@@ -168,28 +168,32 @@ def eval_compare(runs: tuple[str, ...], csv_path: str | None) -> None:
 @click.option("--dtype", help="auto, bf16, f16, f32.")
 @click.option("-o", "--output", help="Folder for probe.json (every output and its evidence).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print probe.json to stdout instead of the table.")
-def probe_cmd(model: str, backend: str, prompt_mode: str, max_new_tokens: int, device: str | None,
+@click.option("--json", "as_json", is_flag=True, help="Print probe.json to stdout instead of the tables.")
+def probe_cmd(models: tuple[str, ...], backend: str, prompt_mode: str, max_new_tokens: int, device: str | None,
               dtype: str | None, output: str | None, force: bool, as_json: bool) -> None:
-    """Sort MODEL's answers to built-in chat and math prompts into levels I-IV (paper's Table 3).
+    """Sort each MODEL's answers to built-in chat and math prompts into levels I-IV (paper's Table 3).
 
     I nonsense, II fluent but off-topic, III on-topic but wrong, IV correct; each verdict
     prints the evidence (repetition, entropy, topic words, answer found) that decided it.
+    With several MODELs (say a base and its zero/reinit/remove variants) a last table
+    counts the levels per model.
     """
     import json
 
     from weightsurgeon.atomic import check_output_path
     from weightsurgeon.recipes.eval.levels import LEVEL_NAMES
-    from weightsurgeon.recipes.eval.probe import probe_model, write_probe
+    from weightsurgeon.recipes.eval.probe import SCHEMA, probe_model, write_probe
     from weightsurgeon.recipes.eval.tables import print_table
 
     if output:
         check_output_path(Path(output), [], force)
     options = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-    result = probe_model(model, backend, options, prompt_mode=prompt_mode, max_new_tokens=max_new_tokens)
-    if as_json:
-        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
-    else:
+    results = []
+    for model in models:
+        result = probe_model(model, backend, options, prompt_mode=prompt_mode, max_new_tokens=max_new_tokens)
+        results.append(result)
+        if as_json:
+            continue
         rows = []
         for r in result["rows"]:
             text = " ".join(r["output"].split())
@@ -197,6 +201,17 @@ def probe_cmd(model: str, backend: str, prompt_mode: str, max_new_tokens: int, d
         print_table(f"{model}: output levels", ["prompt", "level", "evidence", "output"], rows)
         summary = ", ".join(f"{lvl} ({LEVEL_NAMES[lvl]}): {n}" for lvl, n in result["levels"].items())
         click.echo(f"levels: {summary}")
+    document = {"schema": SCHEMA, "models": results}
+    if as_json:
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    elif len(results) > 1:
+        header = ["model"] + [f"{lvl} {LEVEL_NAMES[lvl]}" for lvl in LEVEL_NAMES] + ["most common"]
+        rows = []
+        for r in results:
+            counts = r["levels"]
+            top = max(counts, key=lambda lvl: (counts[lvl], list(LEVEL_NAMES).index(lvl)))
+            rows.append([r["model"]] + [str(counts[lvl]) for lvl in LEVEL_NAMES] + [top])
+        print_table("output levels per model", header, rows)
     if output:
-        path = write_probe(result, output, force)
+        path = write_probe(document, output, force)
         click.echo(f"wrote {path}", err=as_json)
