@@ -102,15 +102,18 @@ def accumulate_delta(stats: DeltaStats, a: np.ndarray, b: np.ndarray, dtype_a: s
 
 
 def fold_parts(stats: DeltaStats, sums: np.ndarray, counts: np.ndarray, hists: np.ndarray, numel: int) -> None:
-    """Add the kernel's per-part results into `stats`, in part order (deterministic)."""
+    """Add the kernel's per-part results into `stats`.
+
+    The parts depend on the chunk length only, never on the thread count, so these sums
+    come out the same, bit for bit, however many threads ran the kernel.
+    """
     compiled = _compiled()
-    for p in range(sums.shape[0]):
-        stats.sum_sq_delta += float(sums[p, compiled.SUM_SQ_DELTA])
-        stats.sum_sq_a += float(sums[p, compiled.SUM_SQ_A])
-        stats.sum_sq_b += float(sums[p, compiled.SUM_SQ_B])
-        stats.dot_ab += float(sums[p, compiled.DOT_AB])
-        stats.sum_delta += float(sums[p, compiled.SUM_DELTA])
-        stats.max_abs_delta = max(stats.max_abs_delta, float(sums[p, compiled.MAX_ABS_DELTA]))
+    stats.sum_sq_delta += float(sums[:, compiled.SUM_SQ_DELTA].sum())
+    stats.sum_sq_a += float(sums[:, compiled.SUM_SQ_A].sum())
+    stats.sum_sq_b += float(sums[:, compiled.SUM_SQ_B].sum())
+    stats.dot_ab += float(sums[:, compiled.DOT_AB].sum())
+    stats.sum_delta += float(sums[:, compiled.SUM_DELTA].sum())
+    stats.max_abs_delta = max(stats.max_abs_delta, float(sums[:, compiled.MAX_ABS_DELTA].max()))
     n_finite = int(counts[:, compiled.N_FINITE].sum())
     stats.n += n_finite
     stats.n_nonfinite += numel - n_finite
