@@ -197,6 +197,9 @@ BROKEN: dict[str, tuple[dict, Callable[[Path], None]]] = {
     "config_not_json": ({}, lambda p: (p / "config.json").write_text("{'a': 1}")),
     "config_not_object": ({}, lambda p: (p / "config.json").write_text("[]")),
     "config_fifo": ({}, lambda p: ((p / "config.json").unlink(), os.mkfifo(p / "config.json"))),
+    "missing_one_tensor": (dict(num_layers=3), lambda p: rewrite_checkpoint(
+        p, drop=lambda n: n == "model.layers.1.self_attn.k_proj.bias")),
+    "missing_embedding": ({}, lambda p: rewrite_checkpoint(p, drop=lambda n: n == "model.embed_tokens.weight")),
     "missing_layer": (dict(num_layers=3), lambda p: rewrite_checkpoint(p, drop=lambda n: ".layers.2." in n)),
     "layers_beyond_config": ({}, lambda p: edit_json(p / "config.json", num_hidden_layers=1)),
     "absurd_layer_count": ({}, lambda p: edit_json(p / "config.json", num_hidden_layers=10**15)),

@@ -64,10 +64,36 @@ def test_missing_layer(tiny_model) -> None:
     assert any("layer 1 has no tensors" in w for w in warnings) and any("no config.json" in w for w in warnings)
 
 
-def test_layer_missing_a_module_is_a_warning(tiny_model) -> None:
+def test_layer_missing_a_tensor_is_an_error(tiny_model) -> None:
     path = tiny_model(num_layers=3)
     rewrite_checkpoint(path, drop=lambda n: n == "model.layers.2.mlp.up_proj.weight")
-    assert any("layer 2 holds different modules" in w for w in verify(path).warnings)
+    with pytest.raises(SurgeonError, match="layer 2 has no 'mlp.up_proj.weight' but model.layers.0.mlp.up_proj.weight exists"):
+        verify(path)
+    (path / "config.json").unlink()  # also without a config
+    with pytest.raises(SurgeonError, match="a tensor is missing"):
+        verify(path)
+
+
+def test_layers_that_differ_without_loss_are_a_warning(tmp_path: Path) -> None:
+    """Mixed dense/MoE (DeepSeek) or hybrid layers: different, neither a subset of the other."""
+    names = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+             "model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.gate_proj.weight",
+             "model.layers.1.self_attn.o_proj.weight", "model.layers.1.mlp.experts.0.gate_proj.weight",
+             "model.layers.1.mlp.gate.weight", "model.layers.2.self_attn.o_proj.weight",
+             "model.layers.2.mlp.experts.0.gate_proj.weight", "model.layers.2.mlp.gate.weight",
+             # a multi-token-prediction layer after the decoder layers (DeepSeek-V3 style)
+             "model.layers.3.self_attn.o_proj.weight", "model.layers.3.mlp.experts.0.gate_proj.weight",
+             "model.layers.3.mlp.gate.weight", "model.layers.3.eh_proj.weight"]
+    model = tmp_path / "mixed"
+    model.mkdir()
+    from weightsurgeon.format import build_header
+
+    prefix, sizes = build_header([(n, "F32", (2, 2)) for n in names], {"format": "pt"})
+    (model / "model.safetensors").write_bytes(prefix + bytes(sum(sizes)))
+    (model / "config.json").write_text(json.dumps({"num_hidden_layers": 3, "num_nextn_predict_layers": 1,
+                                                   "tie_word_embeddings": False}))
+    warnings = verify(model).warnings
+    assert any("layers differ" in w for w in warnings)
 
 
 def test_tied_true_with_head_is_a_warning(tiny_model) -> None:

@@ -100,6 +100,15 @@ class Location:
         return self.module  # "vision" or "other"
 
 
+def split_layer(name: str) -> tuple[int, str] | None:
+    """``(layer, rest)`` of a decoder-layer tensor name ("model.layers.3.mlp.up_proj.weight" ->
+    (3, "mlp.up_proj.weight")), None for names outside decoder layers (and vision towers)."""
+    if _VISION.match(name):
+        return None
+    m = _LAYER.match(name)
+    return (int(m.group("layer")), m.group("prefix") + "|" + m.group("rest")) if m else None
+
+
 def classify(name: str) -> Location:
     """Map a tensor name to its Location; unknown names are module 'other'."""
     if _VISION.match(name):

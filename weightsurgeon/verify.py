@@ -15,7 +15,7 @@ import numpy as np
 from weightsurgeon.checkpoint import Checkpoint, DEFAULT_CHUNK_BYTES
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import FLOAT_DTYPES
-from weightsurgeon.layout import ModelLayout, layout_of
+from weightsurgeon.layout import ModelLayout, layout_of, split_layer
 
 # Config keys that hold one entry per decoder layer.
 PER_LAYER_KEYS = ("layer_types", "no_rope_layers")
@@ -40,6 +40,9 @@ def verify_checkpoint(ckpt: Checkpoint, deep: bool = False, progress: object | N
             _warn_layer_gaps(layout, result, "no config.json")
     else:
         _check_config(ckpt, layout, result)
+    if not ckpt.is_partial:
+        _check_layers_alike(ckpt, layout, result)
+        _check_embedding_present(ckpt, layout)
     if deep:
         _scan_nonfinite(ckpt, result, progress)
     return result
@@ -51,7 +54,10 @@ def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -
     layers_present = sorted({loc.layer for loc in layout.locations.values() if loc.layer is not None})
     declared = cfg.get("num_hidden_layers", cfg.get("n_layer"))  # n_layer: GPT-2 style configs
     if isinstance(declared, int) and not isinstance(declared, bool):
-        beyond = [l for l in layers_present if l >= declared]
+        # DeepSeek-V3/GLM-4.5 store their multi-token-prediction layers after the decoder layers.
+        extra = cfg.get("num_nextn_predict_layers")
+        allowed = declared + (extra if isinstance(extra, int) and not isinstance(extra, bool) and extra > 0 else 0)
+        beyond = [l for l in layers_present if l >= allowed]
         if beyond:
             raise SurgeonError(f"{cfg_path}: num_hidden_layers is {declared} but tensors exist for layer {beyond[0]}")
         if not ckpt.is_partial:
@@ -65,8 +71,6 @@ def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -
                 raise SurgeonError(f"{cfg_path}: {key} has {n} entries but num_hidden_layers is {declared}")
     elif not ckpt.is_partial:
         _warn_layer_gaps(layout, result, f"{cfg_path}: no num_hidden_layers")
-    if not ckpt.is_partial:
-        _check_layers_alike(layout, result)
     hidden = cfg.get("hidden_size")
     emb = next((ckpt[n] for n, loc in layout.locations.items() if loc.module == "embed_tokens" and loc.param == "weight"), None)
     if emb is not None and isinstance(hidden, int) and len(emb.shape) == 2 and emb.shape[1] != hidden:
@@ -80,6 +84,14 @@ def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -
         raise SurgeonError(f"{cfg_path}: tie_word_embeddings is false but there is no lm_head.weight (the head would be random)")
     if tie is True and has_head:
         result.warnings.append("tie_word_embeddings is true but lm_head.weight is stored too; loaders tie them and may ignore it")
+
+
+def _check_embedding_present(ckpt: Checkpoint, layout: ModelLayout) -> None:
+    """Decoder layers without any input embedding cannot run; unless an unrecognised name might be it."""
+    modules = {loc.module for loc in layout.locations.values()}
+    has_layers = any(loc.layer is not None for loc in layout.locations.values())
+    if has_layers and "embed_tokens" not in modules and "other" not in modules:
+        raise SurgeonError(f"{ckpt.root or ckpt.source}: decoder layers but no input embedding (embed_tokens) tensor")
 
 
 def _warn_layer_gaps(layout: ModelLayout, result: VerifyResult, why: str) -> None:
@@ -103,19 +115,37 @@ def _first_missing(present: list[int], count: int) -> int | None:
     return expected if expected < count else None
 
 
-def _check_layers_alike(layout: ModelLayout, result: VerifyResult) -> None:
-    per_layer: dict[int, set[tuple[str, str]]] = {}
-    for loc in layout.locations.values():
-        if loc.layer is not None:
-            per_layer.setdefault(loc.layer, set()).add((loc.module, loc.param))
+def _check_layers_alike(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -> None:
+    """A layer holding a strict subset of another layer's tensors has lost some: an error.
+
+    Layers that merely differ (dense and MoE layers of DeepSeek, attention and Mamba layers of
+    hybrids) are legitimate; a warning says so.
+    """
+    cfg = ckpt.text_config
+    declared = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+    if not isinstance(declared, int) or isinstance(declared, bool):
+        declared = None
+    per_layer: dict[int, dict[str, str]] = {}  # layer -> {prefix|rest: full name}
+    for name in layout.locations:
+        split = split_layer(name)
+        if split is not None and (declared is None or split[0] < declared):  # not MTP layers past the decoder
+            per_layer.setdefault(split[0], {})[split[1]] = name
     if len(per_layer) < 2:
         return
-    reference = per_layer[min(per_layer)]
-    for layer, keys in sorted(per_layer.items()):
-        if keys != reference:
-            diff = sorted(keys ^ reference)
-            result.warnings.append(f"layer {layer} holds different modules than layer {min(per_layer)} (e.g. {'.'.join(diff[0])})")
-            return
+    kinds: dict[frozenset[str], int] = {}  # distinct layer contents -> first layer holding them
+    for layer in sorted(per_layer):
+        kinds.setdefault(frozenset(per_layer[layer]), layer)
+    for small, layer in kinds.items():
+        for big, other in kinds.items():
+            if small < big:
+                key = sorted(big - small)[0]
+                raise SurgeonError(f"{ckpt.root or ckpt.source}: layer {layer} has no '{key.split('|', 1)[1]}' "
+                                   f"but {per_layer[other][key]} exists: a tensor is missing")
+    if len(kinds) > 1:
+        (first, a), (second, b) = list(kinds.items())[:2]
+        example = sorted(first ^ second)[0].split("|", 1)[1]
+        result.warnings.append(f"layers differ in their tensors (e.g. '{example}' in layer {a} or {b} only); "
+                               "fine for hybrid or mixed dense/MoE models")
 
 
 def _scan_nonfinite(ckpt: Checkpoint, result: VerifyResult, progress: object | None) -> None:
