@@ -69,6 +69,7 @@ def as_bits(x: np.ndarray, dtype: str) -> np.ndarray:
 
     Accepts any numpy array whose itemsize matches the dtype (uint16 or float16 for F16,
     float32 or uint32 for F32, ...) and raw uint8 byte buffers (a chunk read from disk).
+    Non-contiguous, read-only or misaligned arrays are copied.
     """
     width = ITEMSIZE[check_dtype(dtype)]
     arr = np.asarray(x)
@@ -79,6 +80,9 @@ def as_bits(x: np.ndarray, dtype: str) -> np.ndarray:
             raise ValueError(f"a {dtype} chunk needs {width}-byte elements, got numpy dtype {arr.dtype}")
         if arr.size % width:
             raise ValueError(f"a {dtype} chunk of raw bytes must hold a multiple of {width} bytes, got {arr.size}")
-    if not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr)
+    if not (arr.flags.c_contiguous and arr.flags.writeable and arr.flags.aligned):
+        # numba compiles (and caches) a separate kernel for read-only or unaligned arrays:
+        # a copy of this chunk is far cheaper than that. Readers should pass their reused,
+        # writable read buffers.
+        arr = np.array(arr, order="C", copy=True)
     return arr.view(_UINT_OF_WIDTH[width])

@@ -193,6 +193,29 @@ def test_raw_bytes_and_float16_views_are_accepted():
     assert_same(kernel_stats(f16a.view(np.uint8), f16b.view(np.uint8), "F16", "F16"), want)
 
 
+def test_hand_computed_example():
+    """The definitions on four elements, worked by hand (checks the twin as well)."""
+    a = np.float32([1.0, 2.0, 0.0, np.nan])
+    b = np.float32([1.5, 1.0, 3.0, 1.0])
+    for stats in (kernel_stats(a, b, "F32", "F32"), reference_delta_stats(a, b, "F32", "F32")):
+        assert (stats.n, stats.n_nonfinite, stats.n_base_zero) == (3, 1, 1)
+        assert (stats.sum_sq_delta, stats.sum_sq_a, stats.sum_sq_b) == (10.25, 5.0, 12.25)
+        assert (stats.dot_ab, stats.sum_delta, stats.max_abs_delta) == (3.5, 2.5, 3.0)
+        assert list(np.nonzero(stats.hist)[0]) == [50, 150]  # r = -0.5 and +0.5
+
+
+def test_read_only_and_misaligned_chunks_reuse_the_compiled_kernel():
+    from weightsurgeon.kernels import _compiled
+
+    before = set(_compiled.delta_chunk.signatures)
+    raw = stored(np.linspace(-1, 1, 4001, dtype=np.float32), "BF16").tobytes()
+    read_only = np.frombuffer(raw, dtype=np.uint16)[:4000]
+    misaligned = np.frombuffer(bytearray(b"x" + raw), dtype=np.uint8)[1:8001]
+    stats = kernel_stats(read_only, misaligned, "BF16", "BF16")
+    assert stats.n == 4000 and stats.sum_sq_delta == 0.0
+    assert set(_compiled.delta_chunk.signatures) == before
+
+
 def test_bad_inputs_raise_value_error():
     z16 = np.zeros(4, np.uint16)
     with pytest.raises(ValueError, match="differ in length"):
