@@ -70,7 +70,8 @@ class DataParallelBackend:
         self._conns, self._procs = [], []
         for devices in groups:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child, name, model, options, devices), daemon=True)
+            # not a daemon: vLLM's engine starts processes of its own, which daemons may not
+            proc = ctx.Process(target=_serve, args=(child, name, model, options, devices), daemon=False)
             proc.start()
             self._conns.append(parent)
             self._procs.append(proc)
