@@ -56,3 +56,51 @@ def test_transformers_saved_checkpoint_is_valid(tiny_model, tmp_path, surgeon) -
         assert len(saved.shards) > 1
         for name in original.tensors:
             np.testing.assert_array_equal(saved.read_tensor(name), original.read_tensor(name))
+
+
+_SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+              vocab_size=128, max_position_embeddings=64)
+# model_type -> (config overrides, tensor names layout.py is expected to leave as "other")
+ARCHS = {
+    "gpt2": (dict(n_embd=32, n_layer=3, n_head=4, vocab_size=128, n_positions=64), ()),
+    "gpt_neox": (dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, vocab_size=128), ()),
+    "falcon": (dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, vocab_size=128), ()),
+    "mistral": (_SMALL, ()),
+    "gemma2": (dict(_SMALL, head_dim=8), ()),
+    "gemma3_text": (dict(_SMALL, head_dim=8), ()),
+    "phi3": (dict(_SMALL, pad_token_id=0), ()),
+    "qwen3": (_SMALL, ()),
+    "mixtral": (dict(_SMALL, num_local_experts=4, num_experts_per_tok=2), ()),
+    "qwen2_moe": (dict(_SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                       shared_expert_intermediate_size=32), ()),
+    "qwen3_moe": (dict(_SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16), ()),
+    # first layer dense, the rest MoE; MLA attention names are not canonical modules
+    "deepseek_v3": (dict(_SMALL, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, first_k_dense_replace=1,
+                         kv_lora_rank=8, q_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, n_group=1,
+                         topk_group=1), ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "q_a_layernorm",
+                                         "kv_a_layernorm")),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHS))
+def test_transformers_architectures_verify_and_map(tmp_path, surgeon, model_type: str) -> None:
+    """Tiny random models of many families, saved by transformers: valid, and every name mapped."""
+    from weightsurgeon.layout import layout_of
+
+    overrides, allowed_other = ARCHS[model_type]
+    config = transformers.AutoConfig.for_model(model_type, **overrides)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    out = tmp_path / model_type
+    model.save_pretrained(str(out), max_shard_size="200KB")
+    for args in (("verify", "--deep", out), ("inspect", "--json", out)):
+        result = surgeon(*args)
+        assert result.code == 0, (args, result.stderr)
+    with open_checkpoint(out) as ckpt:
+        layout = layout_of(ckpt.tensors, ckpt.config)
+        assert layout.num_layers == 3
+        assert {loc.layer for loc in layout.locations.values() if loc.layer is not None} == {0, 1, 2}
+        unexpected = [n for n in layout.other if not any(part in n for part in allowed_other)]
+        assert unexpected == []
+        groups = {loc.group for loc in layout.locations.values()}
+        assert {"attn", "mlp", "norm", "emb"} <= groups or model_type == "deepseek_v3"

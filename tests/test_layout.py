@@ -81,6 +81,10 @@ TABLE = [
     ("gpt_neox.embed_in.weight", None, "embed_tokens", "weight", None),
     ("gpt_neox.final_layer_norm.weight", None, "norm", "weight", None),
     ("embed_out.weight", None, "lm_head", "weight", None),
+    # Falcon
+    ("transformer.h.2.self_attention.query_key_value.weight", 2, "qkv_proj", "weight", None),
+    ("transformer.h.2.self_attention.dense.weight", 2, "o_proj", "weight", None),
+    ("transformer.word_embeddings.weight", None, "embed_tokens", "weight", None),
     # Mixtral
     ("model.layers.1.block_sparse_moe.experts.7.w1.weight", 1, "expert_gate_proj", "weight", 7),
     ("model.layers.1.block_sparse_moe.experts.7.w2.weight", 1, "expert_down_proj", "weight", 7),
