@@ -33,7 +33,7 @@ from weightsurgeon.report.model import (DiffReport, ModelIdentity, TensorDiff, a
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 MAX_BUFFER_BYTES = 96 * 1024 * 1024  # all read buffers together, whatever the number of tuned models
 MIN_CHUNK_BYTES = 4096  # a guard only: tests use tiny chunks to cross many chunk boundaries
-PREFETCH_BYTES = 256 * 1024 * 1024  # read-ahead hinted to the OS (page cache, not our memory)
+PREFETCH_BYTES = 512 * 1024 * 1024  # read-ahead hinted to the OS (page cache, not our memory)
 _SLOTS = 2  # double buffering: one slot is computed while the reader fills the other
 _SHOWN_MISSING = 4  # mismatches named in the error message
 
