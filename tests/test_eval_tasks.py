@@ -115,6 +115,8 @@ def test_shipped_recipes_load_and_validate(tmp_path):
     assert find_recipe("eval_tiny") == CONFIGS / "eval_tiny.yaml"
     paper = build_config(load_recipe(find_recipe("eval_paper.yaml")), {"model": "m"})
     assert paper.backend == "vllm" and paper.budget_forcing == 2 and paper.data == {}
+    merged = build_config(load_recipe(find_recipe("eval_merged")), {"model": "m"})
+    assert merged.prompt == "plain" and merged.budget_forcing == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("modle: x\n")
     with pytest.raises(SurgeonError, match="unknown key"):
