@@ -29,10 +29,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 ANSWER_SCRIPT = "hm</think>\\boxed{7}"  # 12 distinct tokens: thinks "hm", then answers 7
 
 
-def scripted_model(path: Path, script: str, loop: bool = False) -> Path:
+def scripted_model(path: Path, script: str, loop: bool = False, **shape) -> Path:
     from transformers import AutoTokenizer
 
-    out = make_checkpoint(path, num_layers=1, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=1)
+    shape = {"num_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "num_kv_heads": 1, **shape}
+    out = make_checkpoint(path, **shape)
     ids = AutoTokenizer.from_pretrained(out)(script, add_special_tokens=False)["input_ids"]
     assert len(set(ids)) == len(ids) and len(ids) < 31, "script tokens must be distinct and few"
     files = sorted(out.glob("*.safetensors"))
@@ -159,9 +160,11 @@ def test_data_parallel_replicas_give_the_same_outputs(answer_model, answer_backe
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the vLLM backend needs CUDA; no GPU here")
-def test_vllm_backend_matches_hf_greedy(answer_model, answer_backend):
+def test_vllm_backend_matches_hf_greedy(tmp_path):
     pytest.importorskip("vllm", reason="vLLM is not installed")
-    backend = make_backend("vllm", str(answer_model), {"gpu_memory_utilization": 0.3, "dtype": "f32"})
+    # head size 64 and float16: shapes and a dtype every vLLM attention backend supports
+    model = scripted_model(tmp_path / "m", ANSWER_SCRIPT, hidden_size=128, intermediate_size=256, dtype="f16")
+    backend = make_backend("vllm", str(model), {"gpu_memory_utilization": 0.3, "max_model_len": 512})
     got = backend.generate(["Q:"], 40, ["</think>"], Sampling())[0]
     assert got.text == "hm" and got.finish_reason == "stop"
     forced = budget_forced_generate(backend, ["Q:"], ThinkingFormat(), 1, 50, 20, Sampling())[0]
