@@ -312,3 +312,26 @@ def test_fuzz_flipped_and_cut_real_shard(tmp_path: Path, pos: int, byte: int, cu
     path = tmp_path / "f.safetensors"
     path.write_bytes(bytes(blob[: len(blob) - cut % 9]))
     _check_against_library(path)
+
+
+# ---------------------------------------------------------------------------------------
+# Width bombs: a big header dense with tiny JSON values must be refused before it costs GBs.
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("unit", [b"[],", b"{},", b"1000,", b'"ab",'])
+def test_width_bombs_are_refused(tmp_path: Path, unit: bytes) -> None:
+    n = 3_000_000 // len(unit)
+    # Inside an unknown extra field, where the library ignores it: we are STRICTER here.
+    blob = (b'{"a": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0], "x": [' + unit * n + b"0]}}")
+    path = write_raw(tmp_path / "bomb.safetensors", blob)
+    with pytest.raises(SurgeonError, match="JSON bomb"):
+        parse_header(path)
+
+
+def test_large_legitimate_header_is_accepted(tmp_path: Path) -> None:
+    names = [(f"model.layers.{i // 10}.block.{i % 10}.weight", "BF16", (2, 3)) for i in range(40_000)]
+    prefix, sizes = build_header(names, {"format": "pt"})
+    assert len(prefix) > 2_000_000  # large enough for the bomb checks to run
+    path = tmp_path / "wide.safetensors"
+    path.write_bytes(prefix + bytes(sum(sizes)))
+    assert len(parse_header(path).tensors) == 40_000

@@ -150,6 +150,36 @@ def _parse_int(token: str) -> int:
     return value
 
 
+# Width bombs: 100 MB of "[],[],..." or "{},{},..." parse into GBs of Python objects. A real
+# header spends >= ~50 bytes per tensor entry on one object, two lists, a few ints and five
+# strings; a header far denser in structure than that is refused before (or while) parsing.
+# The allowances are generous: they only bite on large, pathological headers.
+_BOMB_CHECK_BYTES = 1 << 20
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_SLACK = 65536
+
+
+class _Budget:
+    """Structure allowed for one header; ints are counted while parsing (their hook runs per int)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.ints_left = -1  # unlimited for small headers
+        if len(raw) <= _BOMB_CHECK_BYTES:
+            return
+        skeleton, strings = _STRING.subn(b"", raw)
+        objects, lists = skeleton.count(b"{"), skeleton.count(b"[")
+        if objects > len(raw) // 32 + _SLACK or lists > 3 * objects + _SLACK or strings > 8 * objects + _SLACK:
+            raise ValueError(f"{objects} objects, {lists} arrays and {strings} strings in {len(raw)} bytes: "
+                             "far denser than any tensor table (a JSON bomb?)")
+        self.ints_left = 12 * objects + _SLACK
+
+    def parse_int(self, token: str) -> int:
+        if self.ints_left == 0:
+            raise ValueError("far more integers than a tensor table holds (a JSON bomb?)")
+        self.ints_left -= 1
+        return _parse_int(token)
+
+
 def parse_header(path: Path) -> ShardHeader:
     """Read and validate one .safetensors file's header without reading tensor data."""
     where = str(path)
@@ -184,8 +214,9 @@ def _validate_header(path: Path, raw: bytes, file_size: int) -> ShardHeader:
     except UnicodeDecodeError as e:
         raise SurgeonError(f"{where}: header is not valid UTF-8 (byte {e.start})") from e
     try:
+        budget = _Budget(raw)
         obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant,
-                         parse_int=_parse_int)
+                         parse_int=budget.parse_int)
     except _Duplicate as e:
         raise SurgeonError(f"{where}: header names {str(e.args[0])[:80]!r} twice") from e
     except (ValueError, RecursionError) as e:
