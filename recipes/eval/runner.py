@@ -125,7 +125,8 @@ def run_eval(
     timings: dict[str, float] = {}
     try:
         for task in cfg.tasks:
-            log(f"{task}: generating")
+            mode = "plain generation" if cfg.budget_forcing is None else f"budget forcing, {cfg.budget_forcing} x Wait"
+            log(f"{task}: generating ({cfg.backend}, {cfg.prompt} prompts, {mode})")
             t0 = time.time()
             per_task[task] = evaluate_task(backend, task, cfg)
             timings[task] = time.time() - t0
