@@ -410,3 +410,25 @@ def test_unreadable_shard(tiny_model) -> None:
     (path / "model.safetensors").chmod(0)
     with pytest.raises(SurgeonError, match="cannot read"):
         open_checkpoint(path)
+
+
+@pytest.mark.parametrize("target", ["config.json", "model.safetensors.index.json"])
+@pytest.mark.parametrize("unit", [b"[],", b"1000,", b'"ab",'])
+def test_json_width_bombs_beside_the_weights(sharded: Path, target: str, unit: bytes) -> None:
+    (sharded / target).write_bytes(b'{"x": [' + unit * (3_000_000 // len(unit)) + b"0]}")
+    with pytest.raises(SurgeonError, match="JSON bomb"):
+        open_checkpoint(sharded)
+
+
+def test_large_legitimate_index_is_accepted(tmp_path: Path) -> None:
+    model = tmp_path / "wide"
+    model.mkdir()
+    write_raw(model / "model-00001-of-00001.safetensors", {"w": tensor_entry("F32", [1], 0, 4)}, b"\0" * 4)
+    weight_map = {"w": "model-00001-of-00001.safetensors"}
+    index = {"metadata": {"total_size": 4}, "weight_map": weight_map}
+    # a big but ordinary index: many listed tensors (all missing from the shard -> a clear error, not a bomb)
+    weight_map.update({f"model.layers.{i}.mlp.up_proj.weight": "model-00001-of-00001.safetensors" for i in range(40_000)})
+    _write_index(model, index)
+    assert (model / "model.safetensors.index.json").stat().st_size > 1_000_000
+    with pytest.raises(SurgeonError, match="no shard listed in the index contains it"):
+        open_checkpoint(model)

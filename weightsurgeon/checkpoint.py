@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.format import ShardHeader, itemsize, parse_header, storage_dtype
+from weightsurgeon.format import ShardHeader, itemsize, json_bomb_reason, parse_header, storage_dtype
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -306,6 +306,9 @@ def _read_json_if_present(path: Path) -> object | None:
             raw = f.read(64 * 1024 * 1024 + 1)
         if len(raw) > 64 * 1024 * 1024:
             raise SurgeonError(f"{path}: larger than 64 MB; not a checkpoint JSON file")
+        bomb = json_bomb_reason(raw)
+        if bomb:
+            raise SurgeonError(f"{path}: not a checkpoint JSON file: {bomb}")
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise SurgeonError(f"{path}: not valid JSON ({str(e)[:100]})") from e

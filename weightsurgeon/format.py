@@ -159,6 +159,20 @@ _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _SLACK = 65536
 
 
+def json_bomb_reason(raw: bytes) -> str | None:
+    """Why a large side-car JSON file (config, index) is too dense in values to be parsed safely, or None.
+
+    Real config.json and index files are a few small values per 15+ bytes ("name": "file",).
+    """
+    if len(raw) <= _BOMB_CHECK_BYTES:
+        return None
+    skeleton, strings = _STRING.subn(b"", raw)
+    values = skeleton.count(b",") + skeleton.count(b"{") + skeleton.count(b"[")
+    if values > len(raw) // 12 + _SLACK or strings > len(raw) // 12 + _SLACK:
+        return f"{values} values and {strings} strings in {len(raw)} bytes (a JSON bomb?)"
+    return None
+
+
 class _Budget:
     """Structure allowed for one header; ints are counted while parsing (their hook runs per int)."""
 
