@@ -432,3 +432,11 @@ def test_large_legitimate_index_is_accepted(tmp_path: Path) -> None:
     assert (model / "model.safetensors.index.json").stat().st_size > 1_000_000
     with pytest.raises(SurgeonError, match="no shard listed in the index contains it"):
         open_checkpoint(model)
+
+
+def test_other_safetensors_beside_model_safetensors_are_ignored_with_a_warning(tiny_model) -> None:
+    path = tiny_model()
+    shutil.copy(path / "model.safetensors", path / "consolidated.safetensors")
+    with open_checkpoint(path) as ckpt:
+        assert [f.name for f in ckpt.files] == ["model.safetensors"]
+        assert any("consolidated.safetensors: ignored" in w for w in ckpt.warnings)

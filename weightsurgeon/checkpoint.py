@@ -252,6 +252,9 @@ def _open_directory(text: str, root: Path) -> Checkpoint:
                 warnings.append(f"{root / extra}: not listed in {INDEX_NAME}; ignored")
     elif (root / SINGLE_NAME).exists():
         files = [root / SINGLE_NAME]
+        for extra in sorted(p.name for p in root.glob("*.safetensors")):
+            if extra not in (SINGLE_NAME, "adapter_model.safetensors"):
+                warnings.append(f"{root / extra}: ignored (the folder has {SINGLE_NAME} and no {INDEX_NAME})")
     else:
         files = sorted(p for p in root.glob("*.safetensors") if p.name != "adapter_model.safetensors")
         if not files:
