@@ -222,13 +222,14 @@ def test_surgeon_eval_lm_eval_harness(answer_model, tmp_path, monkeypatch):
     out = tmp_path / "lm"
     res = CliRunner().invoke(eval_group, [str(answer_model), "--config", str(CONFIGS / "eval_tiny.yaml"),
                                           "--harness", "lm-eval", "--budget-forcing", "off", "--max-tokens", "16",
-                                          "--tasks", "aime24,gpqa_diamond", "-o", str(out)])
+                                          "--tasks", "aime24,gpqa_diamond", "--samples", "2", "-o", str(out)])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     assert results["harness"] == "lm-eval"
     for task, m in results["tasks"].items():
         assert m["accuracy"] == m["lm_eval_accuracy"]  # lm-eval's hooks and our grading agree
-    assert results["tasks"]["aime24"]["correct"] == 1
+        assert m["samples_per_problem"] == 2 and m["generations"] == 6
+    assert results["tasks"]["aime24"]["correct"] == 2  # "3 + 4", twice
     first = json.loads((out / "samples_aime24.jsonl").read_text().splitlines()[0])
     assert "What is 3 + 4?" in first["prompt"] and first["generation"] == ANSWER_SCRIPT
     assert first["thinking_tokens"] == 3 and first["extracted"] == "7"

@@ -190,6 +190,14 @@ def _simple_evaluate(lm_eval: Any, cfg: EvalConfig, model_type: str, model_args:
     )
 
 
+def _generations(sample: dict[str, Any]) -> list[str]:
+    """All K generations of a doc: lm-eval keeps one request per doc whose ``resps`` holds the repeats."""
+    out: list[str] = []
+    for resp in sample.get("resps", []):
+        out.extend(resp if isinstance(resp, list) else [resp])
+    return [str(x) for x in out]
+
+
 def _prompt_of(sample: dict[str, Any]) -> str:
     """The context lm-eval sent (its sample layout differs across 0.4.x releases)."""
     args = sample.get("arguments")
@@ -218,8 +226,7 @@ def _write_results(cfg: EvalConfig, out: dict[str, Any], out_dir: Path, force: b
         for sample in out["samples"][lm_eval_task_name(task)]:
             doc = sample["doc"]
             problem = _problem(doc)
-            for k, resp in enumerate(sample["resps"]):
-                text = resp[0] if isinstance(resp, list) else resp
+            for k, text in enumerate(_generations(sample)):
                 at = text.find(think_end)
                 thinking, answer = (text[: at + len(think_end)], text[at + len(think_end) :]) if at != -1 else ("", text)
                 g = grade(get_task(task).kind, answer if answer.strip() else text, problem.answer,
@@ -247,6 +254,7 @@ def _write_results(cfg: EvalConfig, out: dict[str, Any], out_dir: Path, force: b
     for task, records in per_task.items():
         metrics = summarize(records)
         metrics["samples_file"] = f"samples_{task}.jsonl"
+        # lm-eval's own number; its default filter scores only the first of several samples
         metrics["lm_eval_accuracy"] = out["results"].get(lm_eval_task_name(task), {}).get("accuracy,none")
         results["tasks"][task] = metrics
     model_path = Path(cfg.model)
