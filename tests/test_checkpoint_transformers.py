@@ -104,3 +104,29 @@ def test_transformers_architectures_verify_and_map(tmp_path, surgeon, model_type
         assert unexpected == []
         groups = {loc.group for loc in layout.locations.values()}
         assert {"attn", "mlp", "norm", "emb"} <= groups or model_type == "deepseek_v3"
+
+
+@pytest.mark.parametrize("model_type", ["gemma3", "llava"])
+def test_multimodal_checkpoints(tmp_path, surgeon, model_type: str) -> None:
+    """model.language_model.layers.N..., a vision tower and a projector: text layers counted, vision kept whole."""
+    import json
+
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                vocab_size=300, head_dim=8)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
+                  patch_size=14)
+    if model_type == "gemma3":
+        kw = dict(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=299,
+                  boi_token_index=297, eoi_token_index=298)
+    else:
+        kw = dict(text_config=dict(text, model_type="llama"),
+                  vision_config=dict(vision, model_type="clip_vision_model", projection_dim=16), image_token_index=299)
+    config = transformers.AutoConfig.for_model(model_type, **kw)
+    model = transformers.AutoModelForImageTextToText.from_config(config)
+    out = tmp_path / model_type
+    model.save_pretrained(str(out))
+    assert surgeon("verify", "--deep", out).code == 0
+    result = surgeon("inspect", "--json", out)
+    info = json.loads(result.stdout)
+    assert result.code == 0 and info["num_layers"] == 3 and info["other"] == []
+    assert {"vision", "attn", "mlp", "emb", "norm"} <= set(info["parameters_by_group"])
