@@ -378,6 +378,17 @@ def check_free_space(plan: Plan, output: Path, shards: int) -> None:
                            f"the file system has {free / 1e9:.2f} GB free")
 
 
+def _block_signals() -> set | None:
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _restore_mask(previous: set | None) -> None:
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _interrupt_once() -> None:
     """First SIGINT/SIGTERM raises `Interrupted`; later ones are ignored, so the cleanup they would cut short finishes.
 
@@ -387,9 +398,13 @@ def _interrupt_once() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
 
+    def ignore(_signum: int, _frame: object) -> None:
+        """A Python-level no-op, not SIG_IGN: a signal already pending when we switch would otherwise
+        surface as OSError("Signal N ignored due to race condition") in the middle of the cleanup."""
+
     def handler(signum: int, _frame: object) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, ignore)
+        signal.signal(signal.SIGTERM, ignore)
         raise Interrupted(f"interrupted by {signal.Signals(signum).name}; nothing was written")
 
     signal.signal(signal.SIGINT, handler)
@@ -410,9 +425,14 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
     result = WriteResult(output=output, shards=names, total_bytes=plan.total_bytes)
     reader = SourceReader(plan.inputs, options.chunk_elems)
     copier = RawCopier(options.use_copy_file_range)
+    blocked: set | None = None
     try:
+        # SIGINT/SIGTERM wait (blocked) until the temporary folder exists and its cleanup is armed:
+        # a signal between mkdtemp and atomic_output_dir's try would otherwise leave it behind.
+        blocked = _block_signals()
         with atomic_output_dir(output, inputs, force=options.force, fsync=options.fsync) as tmp:
             _interrupt_once()
+            _restore_mask(blocked)  # a pending signal is delivered here, inside the cleanup's reach
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary folder
             with ByteProgress(plan.total_bytes, f"{plan.operation}: writing", quiet=options.quiet) as progress:
                 for fname, shard in zip(names, shards):
@@ -425,6 +445,7 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
                     compare_written(plan, tmp, reader, progress)
                 result.verified = True
     finally:
+        _restore_mask(blocked)
         copier.close()
     result.seconds = time.perf_counter() - started
     return result
