@@ -57,8 +57,9 @@ print(base, peak, total, nonzero)
 
 DEEP = """
 import resource, sys
-from weightsurgeon.kernels import warmup
-warmup()  # numba compiles or loads its cache: a one-off cost, not per byte read
+import numpy as np
+from weightsurgeon.kernels import count_nonfinite
+count_nonfinite(np.zeros(8, np.uint16), "BF16")  # numba compiles or loads its cache: a one-off cost
 from weightsurgeon.checkpoint import open_checkpoint
 from weightsurgeon.verify import verify_checkpoint
 ckpt = open_checkpoint(sys.argv[1])
