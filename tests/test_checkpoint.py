@@ -440,3 +440,42 @@ def test_other_safetensors_beside_model_safetensors_are_ignored_with_a_warning(t
     with open_checkpoint(path) as ckpt:
         assert [f.name for f in ckpt.files] == ["model.safetensors"]
         assert any("consolidated.safetensors: ignored" in w for w in ckpt.warnings)
+
+
+# ---------------------------------------------------------------------------------------
+# Fuzzing the index: whatever it says, opening either works or raises one SurgeonError line.
+# ---------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FILE_NAMES = st.one_of(st.sampled_from(["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+                                         "model-00003-of-00003.safetensors", "model.safetensors", "../x.safetensors",
+                                         "a/b.safetensors", "/abs.safetensors", "x.bin", "", "."]),
+                        st.text(max_size=8), st.integers(), st.none(), st.lists(st.integers(), max_size=2))
+_TENSOR_NAMES = st.one_of(st.sampled_from(["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+                                           "model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight"]),
+                          st.text(max_size=8))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(weight_map=st.one_of(st.dictionaries(_TENSOR_NAMES, _FILE_NAMES, max_size=6), st.none(), st.integers()),
+       keep_real=st.booleans(), metadata=st.one_of(st.none(), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2)))
+def test_fuzz_index(tmp_path_factory: pytest.TempPathFactory, weight_map, keep_real: bool, metadata) -> None:
+    from weightsurgeon.synth import make_checkpoint
+    from weightsurgeon.verify import verify_checkpoint
+
+    path = tmp_path_factory.mktemp("ix")
+    make_checkpoint(path, shard_bytes=80_000)
+    index = _index(path)
+    if isinstance(weight_map, dict) and keep_real:
+        index["weight_map"].update(weight_map)
+    else:
+        index["weight_map"] = weight_map
+    index["metadata"] = metadata
+    _write_index(path, index)
+    try:
+        with open_checkpoint(path) as ckpt:
+            verify_checkpoint(ckpt)
+    except SurgeonError as e:
+        assert str(e) and "\n" not in str(e) and len(str(e)) < 600
