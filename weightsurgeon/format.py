@@ -2,8 +2,15 @@
 
 One place knows the format's rules, so the reader (checkpoint.py), the writer
 (writer.py) and the synthetic generator (synth.py) cannot disagree. Parsing follows the
-rules of huggingface/safetensors and is stricter where the library is lenient (identical
-duplicate names are refused, the data section must end exactly at the end of the file).
+rules of huggingface/safetensors (tests compare every decision with `safe_open`):
+
+- accepted as the library accepts them: a header ``{}`` with no data (a valid, empty file),
+  ``__metadata__: null``, unknown extra fields in a tensor entry, an empty tensor name,
+  empty tensors at ``[n, n]`` offsets, header padding with spaces;
+- stricter than the library: duplicate names are refused even when identical (the library
+  keeps the last), packed sub-byte dtypes (F4, F6_*) are refused as unsupported, and a
+  header over 1 MB that is far denser in JSON values than any tensor table is refused as a
+  JSON bomb before it can cost gigabytes of memory.
 """
 from __future__ import annotations
 
