@@ -47,14 +47,21 @@ setup(
         "weightsurgeon.kernels",
         "weightsurgeon.recipes",
         "weightsurgeon.recipes.configs",
+        "weightsurgeon.recipes.train",
+        "weightsurgeon.recipes.eval",
     ],
     package_dir={
         "weightsurgeon": "weightsurgeon",
         "weightsurgeon.kernels": "kernels",
         "weightsurgeon.recipes": "recipes",
         "weightsurgeon.recipes.configs": "recipes/configs",
+        "weightsurgeon.recipes.train": "recipes/train",
+        "weightsurgeon.recipes.eval": "recipes/eval",
     },
-    package_data={"weightsurgeon.recipes.configs": ["*.yaml"]},
+    package_data={
+        "weightsurgeon.recipes.configs": ["*.yaml"],
+        "weightsurgeon.recipes.eval": ["lm_eval_tasks/*.yaml", "data/*.jsonl"],
+    },
     install_requires=CORE,
     extras_require={
         "train": TRAIN,

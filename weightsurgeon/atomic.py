@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
-import tempfile
 import threading
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -65,44 +65,121 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-@contextlib.contextmanager
-def signals_as_exceptions() -> Iterator[None]:
-    """Turn SIGTERM (and SIGINT) into `Interrupted` inside the block, so cleanup code runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _ignore(_signum: int, _frame: object) -> None:
+    """A Python-level no-op rather than SIG_IGN: switching to SIG_IGN while a signal is pending
+    surfaces as OSError("Signal N ignored due to race condition") in the middle of a cleanup."""
+
+
+def _ignore_signals() -> None:
+    if _in_main_thread():
+        for s in _SIGNALS:
+            signal.signal(s, _ignore)
+
+
+def _install_interrupt_handlers() -> dict | None:
+    """First SIGINT/SIGTERM raises `Interrupted`; later ones are ignored (returns the previous handlers).
+
+    Ignoring the later ones matters: a user pressing Ctrl-C three times must not cut short
+    the cleanup that the first one started and leave a half-removed temporary folder.
+    """
+    if not _in_main_thread():
+        return None
 
     def handler(signum: int, _frame: object) -> None:
+        _ignore_signals()
         raise Interrupted(f"interrupted by {signal.Signals(signum).name}; nothing was written")
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    return {s: signal.signal(s, handler) for s in _SIGNALS}
+
+
+@contextlib.contextmanager
+def signals_as_exceptions() -> Iterator[None]:
+    """Inside the block the first SIGINT/SIGTERM raises `Interrupted`; later ones are ignored."""
+    previous = _install_interrupt_handlers()
     try:
         yield
     finally:
+        _restore_handlers(previous)
+
+
+def _restore_handlers(previous: dict | None) -> None:
+    if previous:
         for s, h in previous.items():
             signal.signal(s, h)
 
 
-@contextlib.contextmanager
-def atomic_output_dir(final: Path, inputs: Sequence[Path] = (), force: bool = False, fsync: bool = True) -> Iterator[Path]:
-    """Yield a fresh temporary directory; on success it becomes ``final``, on failure it vanishes."""
-    final = check_output_path(Path(final), inputs, force)
-    parent = final.resolve().parent
-    with signals_as_exceptions():
-        tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX + final.name + "-", dir=parent))
+class atomic_output_dir:  # noqa: N801 - used like a function: `with atomic_output_dir(out) as tmp:`
+    """A fresh temporary sibling directory; on success it becomes ``final``, on failure it vanishes.
+
+    A class rather than a generator on purpose: Python runs signal handlers between
+    bytecodes, and a generator-based context manager has a window after it yields but
+    before the caller's ``with`` body starts, where an `Interrupted` would escape without
+    cleanup. Here the only code between creating the folder and the caller's body runs
+    inside ``__enter__``'s own ``try``. The folder's name is chosen before ``mkdir`` so
+    that a signal landing right after the ``mkdir`` can still remove it (signal masks do
+    not help: a signal delivered to any worker thread trips the main thread's handler).
+    """
+
+    def __init__(self, final: Path, inputs: Sequence[Path] = (), force: bool = False, fsync: bool = True) -> None:
+        self.final = check_output_path(Path(final), inputs, force)
+        self.force = force
+        self.fsync = fsync
+        self.parent = self.final.resolve().parent
+        self.tmp: Path | None = None
+        self._previous: dict | None = None
+
+    def __enter__(self) -> Path:
+        self._previous = _install_interrupt_handlers()
+        candidate = self.parent / f"{TEMP_PREFIX}{self.final.name}-{secrets.token_hex(6)}"
         try:
-            yield tmp
-            if fsync:
-                fsync_tree(tmp)
-            _move_into_place(tmp, final, force)
-            _fsync_dir(parent)
+            os.mkdir(candidate)
+            self.tmp = candidate
         except BaseException as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, KeyboardInterrupt):
-                raise Interrupted("interrupted by SIGINT; nothing was written") from None
-            if isinstance(e, OSError) and not isinstance(e, SurgeonError):
-                raise SurgeonError(f"{final}: writing failed: {e.strerror or e}") from e
-            raise
+            if not isinstance(e, FileExistsError):
+                shutil.rmtree(candidate, ignore_errors=True)
+            _restore_handlers(self._previous)
+            raise self._translate(e) from (None if isinstance(e, KeyboardInterrupt) else e)
+        return candidate
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+        try:
+            if exc is None:
+                try:
+                    if self.fsync:
+                        fsync_tree(self.tmp)
+                    _ignore_signals()  # the renames below must not be cut in half
+                    _move_into_place(self.tmp, self.final, self.force)
+                    _fsync_dir(self.parent)
+                except BaseException as e:
+                    self._cleanup()
+                    raise self._translate(e) from (None if isinstance(e, KeyboardInterrupt) else e)
+                return False
+            self._cleanup()
+            translated = self._translate(exc)
+            if translated is not exc:
+                raise translated from (None if isinstance(exc, KeyboardInterrupt) else exc)
+            return False
+        finally:
+            _restore_handlers(self._previous)
+
+    def _cleanup(self) -> None:
+        _ignore_signals()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _translate(self, e: BaseException) -> BaseException:
+        if isinstance(e, KeyboardInterrupt):
+            return Interrupted("interrupted by SIGINT; nothing was written")
+        if isinstance(e, OSError) and not isinstance(e, SurgeonError):
+            return SurgeonError(f"{self.final}: writing failed: {e.strerror or e}")
+        return e
 
 
 def _move_into_place(tmp: Path, final: Path, force: bool) -> None:

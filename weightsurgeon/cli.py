@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -29,6 +31,11 @@ COMMANDS: dict[str, str] = {
     "extract": "weightsurgeon.commands.surgery:extract_cmd",
     "diff": "weightsurgeon.commands.diff:diff_cmd",
     "plot": "weightsurgeon.commands.plot:plot_cmd",
+    "train": "weightsurgeon.commands.train:train_cmd",
+    "recipe": "weightsurgeon.commands.train:recipe_group",
+    "train-plot": "weightsurgeon.commands.train:train_plot_cmd",
+    "eval": "weightsurgeon.commands.eval:eval_group",
+    "probe": "weightsurgeon.commands.eval:probe_cmd",
 }
 
 
@@ -63,6 +70,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+def _exit(code: int) -> None:
+    """Exit without a second Ctrl-C during interpreter shutdown printing 'Exception ignored ...'."""
+    if code and threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the group and apply the error contract."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("SURGEON_DEBUG"))
@@ -70,37 +85,37 @@ def main(argv: list[str] | None = None) -> None:
         rv = cli.main(args=argv, prog_name="surgeon", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
-        sys.exit(1)
+        _exit(1)
     except click.ClickException as e:  # usage errors: click's own message and exit code (2)
         e.show()
-        sys.exit(e.exit_code)
+        _exit(e.exit_code)
     except SurgeonError as e:
         if debug:
             raise
         click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        _exit(1)
     except KeyboardInterrupt:
         if debug:
             raise
         click.echo("error: interrupted", err=True)
-        sys.exit(1)
+        _exit(1)
     except BrokenPipeError:
         sys.stderr.close()  # `surgeon ... | head`: not an error of ours
         sys.exit(0)
     except MemoryError:
         click.echo("error: out of memory", err=True)
-        sys.exit(1)
+        _exit(1)
     except OSError as e:
         if debug:
             raise
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         click.echo(f"error: {where}{e.strerror or e}", err=True)
-        sys.exit(1)
+        _exit(1)
     except Exception as e:  # a bug of ours: still one line, with a hint to --debug
         if debug:
             raise
         click.echo(f"error: internal error ({type(e).__name__}: {str(e)[:200]}); rerun with --debug for the traceback", err=True)
-        sys.exit(1)
+        _exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

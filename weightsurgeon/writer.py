@@ -15,8 +15,6 @@ import errno
 import json
 import os
 import shutil
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,7 +26,7 @@ import numpy as np
 from weightsurgeon._version import __version__
 from weightsurgeon.atomic import atomic_output_dir, check_output_path
 from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint
-from weightsurgeon.errors import Interrupted, SurgeonError
+from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import build_header, itemsize, storage_dtype
 from weightsurgeon.progress import ByteProgress
 from weightsurgeon.surgery import GAUSS_BLOCK, Plan, PlannedTensor, gaussian_values, input_paths
@@ -314,12 +312,6 @@ def _write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _root_of(ckpt: Checkpoint) -> Path:
     return ckpt.root if ckpt.root is not None else ckpt.files[0].parent
 
@@ -378,39 +370,6 @@ def check_free_space(plan: Plan, output: Path, shards: int) -> None:
                            f"the file system has {free / 1e9:.2f} GB free")
 
 
-def _block_signals() -> set | None:
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
-def _restore_mask(previous: set | None) -> None:
-    if previous is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def _interrupt_once() -> None:
-    """First SIGINT/SIGTERM raises `Interrupted`; later ones are ignored, so the cleanup they would cut short finishes.
-
-    Installed inside `atomic_output_dir` (which restores the previous handlers on exit): a
-    user pressing Ctrl-C three times must not leave a half-removed temporary folder.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def ignore(_signum: int, _frame: object) -> None:
-        """A Python-level no-op, not SIG_IGN: a signal already pending when we switch would otherwise
-        surface as OSError("Signal N ignored due to race condition") in the middle of the cleanup."""
-
-    def handler(signum: int, _frame: object) -> None:
-        signal.signal(signal.SIGINT, ignore)
-        signal.signal(signal.SIGTERM, ignore)
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name}; nothing was written")
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
 def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = WriteOptions()) -> WriteResult:
     """Write the plan's checkpoint to `output` (atomically); with options.verify re-read and compare every byte."""
     started = time.perf_counter()
@@ -425,15 +384,9 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
     result = WriteResult(output=output, shards=names, total_bytes=plan.total_bytes)
     reader = SourceReader(plan.inputs, options.chunk_elems)
     copier = RawCopier(options.use_copy_file_range)
-    blocked: set | None = None
     try:
-        # SIGINT/SIGTERM wait (blocked) until the temporary folder exists and its cleanup is armed:
-        # a signal between mkdtemp and atomic_output_dir's try would otherwise leave it behind.
-        blocked = _block_signals()
+        # atomic_output_dir holds signals pending until its cleanup is armed, and ignores repeats during cleanup.
         with atomic_output_dir(output, inputs, force=options.force, fsync=options.fsync) as tmp:
-            _interrupt_once()
-            _restore_mask(blocked)  # a pending signal is delivered here, inside the cleanup's reach
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary folder
             with ByteProgress(plan.total_bytes, f"{plan.operation}: writing", quiet=options.quiet) as progress:
                 for fname, shard in zip(names, shards):
                     progress.describe(f"{plan.operation}: {fname}")
@@ -445,7 +398,6 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
                     compare_written(plan, tmp, reader, progress)
                 result.verified = True
     finally:
-        _restore_mask(blocked)
         copier.close()
     result.seconds = time.perf_counter() - started
     return result
