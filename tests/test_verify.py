@@ -74,6 +74,13 @@ def test_layer_missing_a_tensor_is_an_error(tiny_model) -> None:
         verify(path)
 
 
+def test_kv_sharing_layer_families_are_a_warning(tiny_model) -> None:
+    """Cross-layer attention (Hunyuan CLA): every other layer has no k/v projections, by design."""
+    path = tiny_model(num_layers=4, arch="llama")
+    rewrite_checkpoint(path, drop=lambda n: any(f".layers.{l}.self_attn.{m}_proj" in n for l in (1, 3) for m in "kv"))
+    assert any("layers differ" in w for w in verify(path).warnings)
+
+
 def test_layers_that_differ_without_loss_are_a_warning(tmp_path: Path) -> None:
     """Mixed dense/MoE (DeepSeek) or hybrid layers: different, neither a subset of the other."""
     names = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",

@@ -116,10 +116,13 @@ def _first_missing(present: list[int], count: int) -> int | None:
 
 
 def _check_layers_alike(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -> None:
-    """A layer holding a strict subset of another layer's tensors has lost some: an error.
+    """One layer holding a strict subset of another layer's tensors has lost some: an error.
 
-    Layers that merely differ (dense and MoE layers of DeepSeek, attention and Mamba layers of
-    hybrids) are legitimate; a warning says so.
+    Layers that differ by design are legitimate and only warned about: dense and MoE layers
+    (DeepSeek), attention and Mamba layers (hybrids), and also *families* of layers that lack
+    something, like the KV-sharing layers of cross-layer attention (half the layers have no
+    k_proj/v_proj) or NAS models with per-layer block_configs. Hence the error needs the
+    smaller set of tensors to occur in exactly one layer.
     """
     cfg = ckpt.text_config
     declared = cfg.get("num_hidden_layers", cfg.get("n_layer"))
@@ -132,20 +135,21 @@ def _check_layers_alike(ckpt: Checkpoint, layout: ModelLayout, result: VerifyRes
             per_layer.setdefault(split[0], {})[split[1]] = name
     if len(per_layer) < 2:
         return
-    kinds: dict[frozenset[str], int] = {}  # distinct layer contents -> first layer holding them
+    kinds: dict[frozenset[str], list[int]] = {}  # distinct layer contents -> layers holding them
     for layer in sorted(per_layer):
-        kinds.setdefault(frozenset(per_layer[layer]), layer)
-    for small, layer in kinds.items():
-        for big, other in kinds.items():
-            if small < big:
-                key = sorted(big - small)[0]
-                raise SurgeonError(f"{ckpt.root or ckpt.source}: layer {layer} has no '{key.split('|', 1)[1]}' "
-                                   f"but {per_layer[other][key]} exists: a tensor is missing")
+        kinds.setdefault(frozenset(per_layer[layer]), []).append(layer)
+    if "block_configs" not in cfg:
+        for small, layers in kinds.items():
+            for big, others in kinds.items():
+                if len(layers) == 1 and small < big:
+                    key = sorted(big - small)[0]
+                    raise SurgeonError(f"{ckpt.root or ckpt.source}: layer {layers[0]} has no '{key.split('|', 1)[1]}' "
+                                       f"but {per_layer[others[0]][key]} exists: a tensor is missing")
     if len(kinds) > 1:
         (first, a), (second, b) = list(kinds.items())[:2]
         example = sorted(first ^ second)[0].split("|", 1)[1]
-        result.warnings.append(f"layers differ in their tensors (e.g. '{example}' in layer {a} or {b} only); "
-                               "fine for hybrid or mixed dense/MoE models")
+        result.warnings.append(f"layers differ in their tensors (e.g. '{example}' in layer {a[0]} or {b[0]} only); "
+                               "fine for hybrid, mixed dense/MoE or KV-sharing models")
 
 
 def _scan_nonfinite(ckpt: Checkpoint, result: VerifyResult, progress: object | None) -> None:
