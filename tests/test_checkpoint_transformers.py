@@ -65,6 +65,9 @@ ARCHS = {
     "gpt2": (dict(n_embd=32, n_layer=3, n_head=4, vocab_size=128, n_positions=64), ()),
     "gpt_neox": (dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, vocab_size=128), ()),
     "falcon": (dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, vocab_size=128), ()),
+    "opt": (dict(hidden_size=32, ffn_dim=64, num_hidden_layers=3, num_attention_heads=4, vocab_size=128,
+                 word_embed_proj_dim=32), ()),
+    "bloom": (dict(hidden_size=32, n_layer=3, n_head=4, vocab_size=128), ("word_embeddings_layernorm",)),
     "mistral": (_SMALL, ()),
     "gemma2": (dict(_SMALL, head_dim=8), ()),
     "gemma3_text": (dict(_SMALL, head_dim=8), ()),
@@ -130,3 +133,13 @@ def test_multimodal_checkpoints(tmp_path, surgeon, model_type: str) -> None:
     info = json.loads(result.stdout)
     assert result.code == 0 and info["num_layers"] == 3 and info["other"] == []
     assert {"vision", "attn", "mlp", "emb", "norm"} <= set(info["parameters_by_group"])
+
+
+def test_encoder_models_are_valid_checkpoints_too(tmp_path, surgeon) -> None:
+    """Not a decoder layout (BERT's encoder.layer.N): valid, with warnings, and no layer checks."""
+    config = transformers.AutoConfig.for_model("bert", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                               num_attention_heads=4, vocab_size=128)
+    out = tmp_path / "bert"
+    transformers.AutoModel.from_config(config).save_pretrained(str(out))
+    result = surgeon("verify", "--deep", out)
+    assert result.code == 0 and "layer checks skipped" in result.stderr

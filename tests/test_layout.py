@@ -81,6 +81,15 @@ TABLE = [
     ("gpt_neox.embed_in.weight", None, "embed_tokens", "weight", None),
     ("gpt_neox.final_layer_norm.weight", None, "norm", "weight", None),
     ("embed_out.weight", None, "lm_head", "weight", None),
+    # OPT
+    ("model.decoder.layers.1.self_attn.out_proj.weight", 1, "o_proj", "weight", None),
+    ("model.decoder.layers.1.fc1.weight", 1, "up_proj", "weight", None),
+    ("model.decoder.layers.1.fc2.bias", 1, "down_proj", "bias", None),
+    ("model.decoder.layers.1.self_attn_layer_norm.weight", 1, "input_layernorm", "weight", None),
+    ("model.decoder.layers.1.final_layer_norm.weight", 1, "post_attention_layernorm", "weight", None),
+    ("model.decoder.embed_tokens.weight", None, "embed_tokens", "weight", None),
+    ("model.decoder.embed_positions.weight", None, "embed_positions", "weight", None),
+    ("model.decoder.final_layer_norm.weight", None, "norm", "weight", None),
     # Falcon
     ("transformer.h.2.self_attention.query_key_value.weight", 2, "qkv_proj", "weight", None),
     ("transformer.h.2.self_attention.dense.weight", 2, "o_proj", "weight", None),

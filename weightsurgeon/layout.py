@@ -45,6 +45,10 @@ LAYER_RULES: tuple[tuple[str, str], ...] = (
     (r"(mlp|feed_forward)\.(gate_proj|w1)", "gate_proj"),
     (r"(mlp|feed_forward)\.(up_proj|w3|c_fc|fc1|dense_h_to_4h)", "up_proj"),
     (r"(mlp|feed_forward)\.(down_proj|w2|c_proj|fc2|dense_4h_to_h)", "down_proj"),
+    (r"fc1", "up_proj"),  # OPT: the MLP sits directly in the layer
+    (r"fc2", "down_proj"),
+    (r"self_attn_layer_norm", "input_layernorm"),
+    (r"final_layer_norm", "post_attention_layernorm"),
     (r"(mlp|feed_forward)\.gate_up_proj", "gate_up_proj"),
     (r"(input_layernorm|ln_1|attention_norm)", "input_layernorm"),
     (r"(post_attention_layernorm|ln_2|ffn_norm)", "post_attention_layernorm"),

@@ -60,7 +60,10 @@ def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -
         beyond = [l for l in layers_present if l >= allowed]
         if beyond:
             raise SurgeonError(f"{cfg_path}: num_hidden_layers is {declared} but tensors exist for layer {beyond[0]}")
-        if not ckpt.is_partial:
+        if not layers_present and layout.other:
+            # Not a decoder layout we know (BERT's encoder.layer.N, T5's block.N): nothing to count.
+            result.warnings.append(f"{cfg_path}: no tensor recognised as part of a decoder layer; layer checks skipped")
+        elif not ckpt.is_partial:
             missing = _first_missing(layers_present, declared)
             if missing is not None:
                 raise SurgeonError(f"{cfg_path}: num_hidden_layers is {declared} but layer {missing} has no tensors")
