@@ -122,14 +122,16 @@ def run_child(cmd: list[str], stdout: int | None = subprocess.DEVNULL) -> dict:
     return {"seconds": seconds, "peak_rss_mib": peak_kib / 1024}
 
 
-def kernel_alone(nbytes_pair: int) -> dict:
+def kernel_alone(nbytes_pair: int, threads: int) -> dict:
     """The kernel on data already in memory (reused buffers), scaled to the benchmark's bytes."""
+    import numba
     import numpy as np
 
     from weightsurgeon.kernels import DeltaStats, accumulate_delta, warmup
     from weightsurgeon.synth import float32_to_bf16_bits
 
     warmup()
+    numba.set_num_threads(threads)
     n = 64 << 20  # 64 Mi elements per side: 256 MiB of bf16 for A and B together
     rng = np.random.default_rng(0)
     a32 = rng.standard_normal(n, dtype=np.float32) * np.float32(0.02)
@@ -195,7 +197,9 @@ def main() -> None:
                 "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
                 "runs": [round(r["seconds"], 3) for r in runs],
             }
-    results["kernel alone (in memory)"] = kernel_alone(total)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for threads in sorted({1, max(1, cores - 1), cores}):
+        results[f"kernel alone, {threads} thread(s)"] = kernel_alone(total, threads)
     load_after = load_average()
 
     print(f"\npair: {base} + {tuned}: {total / 1e9:.2f} GB read in all ({len(files)} files); "
