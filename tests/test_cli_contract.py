@@ -200,6 +200,9 @@ BROKEN: dict[str, tuple[dict, Callable[[Path], None]]] = {
     "missing_one_tensor": (dict(num_layers=3), lambda p: rewrite_checkpoint(
         p, drop=lambda n: n == "model.layers.1.self_attn.k_proj.bias")),
     "missing_embedding": ({}, lambda p: rewrite_checkpoint(p, drop=lambda n: n == "model.embed_tokens.weight")),
+    "projection_wrong_width": ({}, lambda p: _replace_header(
+        p, lambda h: h["model.layers.1.self_attn.o_proj.weight"].update(shape=[32, 128]))),
+    "head_wrong_rows": ({}, lambda p: _replace_header(p, lambda h: h["lm_head.weight"].update(shape=[256, 128]))),
     "missing_layer": (dict(num_layers=3), lambda p: rewrite_checkpoint(p, drop=lambda n: ".layers.2." in n)),
     "layers_beyond_config": ({}, lambda p: edit_json(p / "config.json", num_hidden_layers=1)),
     "absurd_layer_count": ({}, lambda p: edit_json(p / "config.json", num_hidden_layers=10**15)),

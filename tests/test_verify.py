@@ -185,3 +185,42 @@ def test_no_tensors_at_all(tmp_path: Path, surgeon) -> None:
     assert result.code == 0 and "no config.json" in result.stderr
     (model / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
     assert surgeon("verify", model).code == 1
+
+
+def _reshape(path: Path, name: str, shape: list[int]) -> None:
+    """Change one tensor's declared shape in model.safetensors, keeping its byte size."""
+    raw = (path / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    header[name]["shape"] = shape
+    write_raw(path / "model.safetensors", header, raw[8 + n:])
+
+
+def test_projection_width_against_hidden_size(tiny_model) -> None:
+    path = tiny_model()
+    _reshape(path, "model.layers.1.self_attn.o_proj.weight", [32, 128])  # same bytes, wrong shape
+    with pytest.raises(SurgeonError, match=r"hidden_size is 64 but model.layers.1.self_attn.o_proj.weight has shape \[32, 128\]"):
+        verify(path)
+
+
+def test_one_layer_with_a_different_shape_is_an_error(tiny_model) -> None:
+    path = tiny_model(num_layers=3)
+    edit_json(path / "config.json", hidden_size=...)  # the shape check alone, without the config's width
+    _reshape(path, "model.layers.1.self_attn.o_proj.weight", [32, 128])  # same bytes, wrong shape
+    with pytest.raises(SurgeonError, match=r"'model.layers.1.self_attn.o_proj.weight' has shape \[32, 128\]"):
+        verify(path)
+
+
+def test_layers_varying_by_design_pass(tiny_model) -> None:
+    path = tiny_model(num_layers=4)
+    edit_json(path / "config.json", hidden_size=...)
+    for layer, shape in enumerate(([64, 64], [32, 128], [128, 32], [16, 256])):  # every layer its own shape
+        _reshape(path, f"model.layers.{layer}.self_attn.o_proj.weight", shape)
+    verify(path)
+
+
+def test_head_shape_against_config(tiny_model) -> None:
+    path = tiny_model()
+    _reshape(path, "lm_head.weight", [256, 128])
+    with pytest.raises(SurgeonError, match="vocab_size is 512 but lm_head.weight has 256 rows"):
+        verify(path)

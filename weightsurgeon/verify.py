@@ -75,12 +75,23 @@ def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -
     elif not ckpt.is_partial:
         _warn_layer_gaps(layout, result, f"{cfg_path}: no num_hidden_layers")
     hidden = cfg.get("hidden_size")
+    if isinstance(hidden, bool) or not isinstance(hidden, int):
+        hidden = None
+    _check_linear_widths(ckpt, layout, hidden, cfg_path)
+    # OPT-350m projects its embeddings: they are word_embed_proj_dim wide, not hidden_size.
+    emb_dim = cfg.get("word_embed_proj_dim", hidden)
     emb = next((ckpt[n] for n, loc in layout.locations.items() if loc.module == "embed_tokens" and loc.param == "weight"), None)
-    if emb is not None and isinstance(hidden, int) and len(emb.shape) == 2 and emb.shape[1] != hidden:
-        raise SurgeonError(f"{cfg_path}: hidden_size is {hidden} but {emb.name} has shape {list(emb.shape)}")
+    if emb is not None and isinstance(emb_dim, int) and len(emb.shape) == 2 and emb.shape[1] != emb_dim:
+        raise SurgeonError(f"{cfg_path}: hidden_size is {emb_dim} but {emb.name} has shape {list(emb.shape)}")
     vocab = cfg.get("vocab_size")
     if emb is not None and isinstance(vocab, int) and len(emb.shape) == 2 and emb.shape[0] != vocab:
         raise SurgeonError(f"{cfg_path}: vocab_size is {vocab} but {emb.name} has {emb.shape[0]} rows")
+    head = next((ckpt[n] for n, loc in layout.locations.items() if loc.module == "lm_head" and loc.param == "weight"), None)
+    if head is not None and len(head.shape) == 2:
+        if isinstance(vocab, int) and not isinstance(vocab, bool) and head.shape[0] != vocab:
+            raise SurgeonError(f"{cfg_path}: vocab_size is {vocab} but {head.name} has {head.shape[0]} rows")
+        if isinstance(emb_dim, int) and head.shape[1] != emb_dim:
+            raise SurgeonError(f"{cfg_path}: hidden_size is {emb_dim} but {head.name} has shape {list(head.shape)}")
     tie = cfg.get("tie_word_embeddings", (ckpt.config or {}).get("tie_word_embeddings"))
     has_head = any(loc.module == "lm_head" for loc in layout.locations.values())
     if tie is False and not has_head and emb is not None and not ckpt.is_partial:
@@ -148,11 +159,52 @@ def _check_layers_alike(ckpt: Checkpoint, layout: ModelLayout, result: VerifyRes
                     key = sorted(big - small)[0]
                     raise SurgeonError(f"{ckpt.root or ckpt.source}: layer {layers[0]} has no '{key.split('|', 1)[1]}' "
                                        f"but {per_layer[others[0]][key]} exists: a tensor is missing")
+    if "block_configs" not in cfg:
+        _check_shapes_alike(ckpt, per_layer)
     if len(kinds) > 1:
         (first, a), (second, b) = list(kinds.items())[:2]
         example = sorted(first ^ second)[0].split("|", 1)[1]
         result.warnings.append(f"layers differ in their tensors (e.g. '{example}' in layer {a[0]} or {b[0]} only); "
                                "fine for hybrid, mixed dense/MoE or KV-sharing models")
+
+
+# Linear weights are [out, in]: these read the residual stream (in == hidden_size) ...
+_READS_HIDDEN = frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "gate_proj", "up_proj", "gate_up_proj"})
+# ... and these write it (out == hidden_size).
+_WRITES_HIDDEN = frozenset({"o_proj", "down_proj"})
+
+
+def _check_linear_widths(ckpt: Checkpoint, layout: ModelLayout, hidden: int | None, cfg_path: str) -> None:
+    """Every dense projection touches the residual stream, whose width config.json states."""
+    if hidden is None:
+        return
+    for name, loc in layout.locations.items():
+        if loc.param != "weight" or loc.layer is None:
+            continue
+        shape = ckpt[name].shape
+        if len(shape) != 2:
+            continue
+        if (loc.module in _READS_HIDDEN and shape[1] != hidden) or (loc.module in _WRITES_HIDDEN and shape[0] != hidden):
+            raise SurgeonError(f"{cfg_path}: hidden_size is {hidden} but {name} has shape {list(shape)}")
+
+
+def _check_shapes_alike(ckpt: Checkpoint, per_layer: dict[int, dict[str, str]]) -> None:
+    """The same tensor of every layer has one shape; a single layer that disagrees is damaged.
+
+    Models whose layers vary by design (OpenELM's per-layer head counts) show many shapes,
+    not one outlier, and pass.
+    """
+    shapes: dict[str, dict[tuple[int, ...], list[str]]] = {}
+    for names in per_layer.values():
+        for key, name in names.items():
+            shapes.setdefault(key, {}).setdefault(ckpt[name].shape, []).append(name)
+    for by_shape in shapes.values():
+        if len(by_shape) != 2:
+            continue
+        (shape_a, names_a), (shape_b, names_b) = sorted(by_shape.items(), key=lambda kv: len(kv[1]))
+        if len(names_a) == 1 and len(names_b) >= 2:
+            raise SurgeonError(f"{ckpt[names_a[0]].file}: tensor {names_a[0]!r} has shape {list(shape_a)} but the same "
+                               f"tensor of the other layers has {list(shape_b)} (e.g. {names_b[0]})")
 
 
 def _scan_nonfinite(ckpt: Checkpoint, result: VerifyResult, progress: object | None) -> None:
