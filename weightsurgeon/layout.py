@@ -42,9 +42,11 @@ LAYER_RULES: tuple[tuple[str, str], ...] = (
     (r"(mlp|feed_forward)\.shared_experts?\.down_proj", "shared_expert_down_proj"),
     (r"(mlp|feed_forward)\.shared_expert_gate", "shared_expert_router"),
     (r"(mlp|block_sparse_moe|feed_forward)\.(gate|router)", "router"),
-    (r"(mlp|feed_forward)\.(gate_proj|w1)", "gate_proj"),
-    (r"(mlp|feed_forward)\.(up_proj|w3|c_fc|fc1|dense_h_to_4h)", "up_proj"),
-    (r"(mlp|feed_forward)\.(down_proj|w2|c_proj|fc2|dense_4h_to_h)", "down_proj"),
+    # w1/w2/w3 mean gate/down/up only under feed_forward (Meta/Mistral originals, InternLM2):
+    # Qwen-1's mlp.w1/mlp.w2 are two halves of the input projection and stay "other".
+    (r"(mlp\.gate_proj|feed_forward\.(gate_proj|w1))", "gate_proj"),
+    (r"(mlp\.(up_proj|c_fc|fc1|dense_h_to_4h)|feed_forward\.(up_proj|w3))", "up_proj"),
+    (r"(mlp\.(down_proj|c_proj|fc2|dense_4h_to_h)|feed_forward\.(down_proj|w2))", "down_proj"),
     (r"fc1", "up_proj"),  # OPT: the MLP sits directly in the layer
     (r"fc2", "down_proj"),
     (r"self_attn_layer_norm", "input_layernorm"),
