@@ -112,6 +112,9 @@ TABLE = [
     ("model.layers.3.mlp.experts.gate_up_proj", 3, "expert_gate_up_proj", "weight", None),
     ("model.layers.3.mlp.experts.down_proj_bias", 3, "expert_down_proj", "bias", None),
     ("model.layers.3.mlp.router.weight", 3, "router", "weight", None),
+    # Qwen-1: mlp.w1/mlp.w2 are halves of the input projection, not gate/down
+    ("transformer.h.0.mlp.w1.weight", 0, "other", "weight", None),
+    ("transformer.h.0.mlp.c_proj.weight", 0, "down_proj", "weight", None),
     # Unknown
     ("foo", None, "other", "foo", None),
     ("", None, "other", "", None),
