@@ -121,7 +121,10 @@ class Checkpoint:
             except OSError as e:
                 raise SurgeonError(f"{path}: cannot open: {e.strerror}") from e
             if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                except OSError:  # only a hint; some file systems refuse it
+                    pass
             self._fds[path] = fd
         return fd
 
