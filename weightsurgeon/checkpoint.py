@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -40,10 +41,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -116,16 +114,7 @@ class Checkpoint:
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)
         if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError as e:
-                raise SurgeonError(f"{path}: cannot open: {e.strerror}") from e
-            if hasattr(os, "posix_fadvise"):
-                try:
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-                except OSError:  # only a hint; some file systems refuse it
-                    pass
-            self._fds[path] = fd
+            fd = self._fds[path] = open_sequential(path)
         return fd
 
     def read_into(self, info: TensorInfo, offset: int, out: memoryview | bytearray | np.ndarray) -> None:
@@ -178,6 +167,20 @@ class Checkpoint:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def open_sequential(path: Path) -> int:
+    """A read-only descriptor with the kernel told we read front to back (more read-ahead)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise SurgeonError(f"{path}: cannot open: {e.strerror}") from e
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:  # only a hint; some file systems refuse it
+            pass
+    return fd
 
 
 def _pread_into(fd: int, view: memoryview, pos: int) -> int:

@@ -15,6 +15,7 @@ rules of huggingface/safetensors (tests compare every decision with `safe_open`)
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import stat
@@ -95,10 +96,7 @@ class TensorEntry:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:

@@ -11,6 +11,8 @@ meaning: values depend only on (seed, tensor name, element index), never on chun
 """
 from __future__ import annotations
 
+import math
+
 import copy
 import hashlib
 import re
@@ -87,10 +89,7 @@ class PlannedTensor:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 
 from weightsurgeon._version import __version__
 from weightsurgeon.atomic import atomic_output_dir, check_output_path
-from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint
+from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint, open_sequential
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import build_header, itemsize, storage_dtype
 from weightsurgeon.progress import ByteProgress
@@ -162,13 +162,7 @@ class RawCopier:
     def source_fd(self, path: Path) -> int:
         fd = self._fds.get(path)
         if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError as e:
-                raise SurgeonError(f"{path}: cannot open: {e.strerror}") from e
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            self._fds[path] = fd
+            fd = self._fds[path] = open_sequential(path)
         return fd
 
     def copy(self, src: Path, src_off: int, dst_fd: int, dst_off: int, length: int, progress: "WriteBehind | ByteProgress") -> None:
