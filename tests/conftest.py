@@ -153,3 +153,23 @@ def tiny_model(tmp_path: Path) -> Callable[..., Path]:
         return make_checkpoint(tmp_path / (name or f"model{next(counter)}"), **kw)
 
     return make
+
+
+# Peak resident memory of the *current* process, for child scripts (prepend PEAK_RSS to them).
+# Not ru_maxrss: subprocess starts children with vfork, and on exec Linux carries the parent's
+# high-water mark into the child's ru_maxrss, so a child of a pytest that holds torch (~1 GB)
+# would report at least that, and a growth measured from it could hide a real regression.
+# /proc/self/status VmHWM belongs to the child's own address space.
+PEAK_RSS = """
+def peak_rss_bytes():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource, sys
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+"""

@@ -8,18 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
+from conftest import PEAK_RSS
 from weightsurgeon.format import build_header
 from weightsurgeon.synth import float32_to_bf16_bits
 
 ROWS, COLS = 16384, 16384  # one BF16 tensor of 512 MiB per side
 BLOCK_ROWS = 512  # written from one reused 16 MiB block
 
-CHILD = r"""
-import json, resource, sys
+CHILD = PEAK_RSS + r"""
+import json, sys
 from weightsurgeon.diff import diff_checkpoints
 report = diff_checkpoints(sys.argv[1], [sys.argv[2]])
 row = report.tensors[0]
-print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "numel": row.numel,
+print(json.dumps({"peak_bytes": peak_rss_bytes(), "numel": row.numel,
                   "n": row.stats.n, "rel_l2": row.stats.rel_l2, "bytes_read": report.timing["bytes_read"]}))
 """
 
@@ -48,5 +49,5 @@ def test_peak_rss_of_a_1gib_pair_stays_small(tmp_path: Path) -> None:
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["numel"] == out["n"] == ROWS * COLS and out["bytes_read"] == 2 * ROWS * COLS * 2
     assert 0.09 < out["rel_l2"] < 0.11
-    peak_mib = out["maxrss_kib"] / 1024
+    peak_mib = out["peak_bytes"] / 2**20
     assert peak_mib < 300, f"peak RSS {peak_mib:.0f} MiB for a 1 GiB tensor pair"

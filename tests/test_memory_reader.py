@@ -1,7 +1,7 @@
 """Reading a 2 GiB tensor costs a few chunks of memory, not 2 GiB.
 
 The tensor lives in a sparse file (a header, then ``truncate``), so the test writes nothing
-and runs in seconds. Peak RSS is measured with ``ru_maxrss`` in a fresh interpreter: it is
+and runs in seconds. Peak RSS is measured with VmHWM (see conftest.PEAK_RSS) in a fresh interpreter: it is
 a lifetime high-water mark, so the baseline is taken after imports and warm-up.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env
+from conftest import PEAK_RSS, cli_env
 from weightsurgeon.checkpoint import DEFAULT_CHUNK_BYTES
 from weightsurgeon.format import build_header
 
@@ -39,23 +39,23 @@ def _run(script: str, *args: str) -> list[str]:
     return done.stdout.split()
 
 
-READ = """
+READ = PEAK_RSS + """
 import resource, sys
 from weightsurgeon.checkpoint import open_checkpoint
 ckpt = open_checkpoint(sys.argv[1])
 info = ckpt[sys.argv[2]]
 small = next(iter(ckpt.iter_chunks(info, chunk_bytes=4096)))  # warm up numpy and the read path
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = peak_rss_bytes()
 total = 0
 nonzero = 0
 for chunk in ckpt.iter_chunks(info):
     total += chunk.nbytes
     nonzero += int(chunk[::4096].any())
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss_bytes()
 print(base, peak, total, nonzero)
 """
 
-DEEP = """
+DEEP = PEAK_RSS + """
 import resource, sys
 import numpy as np
 from weightsurgeon.kernels import count_nonfinite
@@ -63,9 +63,9 @@ count_nonfinite(np.zeros(8, np.uint16), "BF16")  # numba compiles or loads its c
 from weightsurgeon.checkpoint import open_checkpoint
 from weightsurgeon.verify import verify_checkpoint
 ckpt = open_checkpoint(sys.argv[1])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = peak_rss_bytes()
 result = verify_checkpoint(ckpt, deep=True)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss_bytes()
 print(base, peak, result.scanned_bytes, 0)
 """
 

@@ -107,16 +107,16 @@ def test_synth_streams_large_tensors(tmp_path) -> None:
     import subprocess
     import sys
 
-    from conftest import cli_env
+    from conftest import PEAK_RSS, cli_env
 
-    script = """
+    script = PEAK_RSS + """
 import resource, sys
 from weightsurgeon.synth import make_checkpoint
 make_checkpoint(sys.argv[1] + "/warm", num_layers=1, hidden_size=64, vocab_size=512)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_rss_bytes() // 1024
 make_checkpoint(sys.argv[1] + "/big", num_layers=1, hidden_size=1024, intermediate_size=64, num_heads=8, num_kv_heads=8,
                 vocab_size=32768, dtype="f32", tied=True)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+print((peak_rss_bytes() // 1024 - base) // 1024)
 """
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=cli_env(),
                           timeout=300)
