@@ -33,7 +33,6 @@ from weightsurgeon.report.model import (DiffReport, ModelIdentity, TensorDiff, a
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 MAX_BUFFER_BYTES = 96 * 1024 * 1024  # all read buffers together, whatever the number of tuned models
 MIN_CHUNK_BYTES = 4096  # a guard only: tests use tiny chunks to cross many chunk boundaries
-PREFETCH_BYTES = 512 * 1024 * 1024  # read-ahead hinted to the OS (page cache, not our memory)
 _SLOTS = 2  # double buffering: one slot is computed while the reader fills the other
 _SHOWN_MISSING = 4  # mismatches named in the error message
 
@@ -221,47 +220,6 @@ def _schedule(work: list[tuple[TensorInfo, list[Pair]]], chunk_elems: int) -> It
             yield info, pairs, start, min(info.numel, start + chunk_elems)
 
 
-class _Prefetcher(threading.Thread):
-    """Asks the OS to read ahead (posix_fadvise WILLNEED) up to PREFETCH_BYTES beyond the reader.
-
-    The data lands in the page cache, not in our memory, so RSS stays bounded; the disk
-    stays busy while Python and numba start up and between the reader's requests, which
-    keeps a cold diff at the disk's speed.
-    """
-
-    def __init__(self, reader: "_Reader") -> None:
-        super().__init__(name="surgeon-diff-prefetch", daemon=True)
-        self.reader = reader
-        self.fds: dict[Path, int] = {}
-
-    def _advise(self, info: TensorInfo, offset: int, length: int) -> None:
-        fd = self.fds.get(info.file)
-        if fd is None:
-            fd = self.fds[info.file] = os.open(info.file, os.O_RDONLY)
-        os.posix_fadvise(fd, info.begin + offset, length, os.POSIX_FADV_WILLNEED)
-
-    def run(self) -> None:
-        reader = self.reader
-        ahead = 0
-        try:
-            for info, pairs, start, stop in _schedule(reader.work, reader.chunk_elems):
-                while ahead - reader.bytes_done > PREFETCH_BYTES:
-                    if reader.stop.wait(0.002):
-                        return
-                if reader.stop.is_set():
-                    return
-                self._advise(info, start * info.itemsize, (stop - start) * info.itemsize)
-                ahead += (stop - start) * info.itemsize
-                for p in pairs:
-                    self._advise(p.other, start * p.other.itemsize, (stop - start) * p.other.itemsize)
-                    ahead += (stop - start) * p.other.itemsize
-        except OSError:
-            return  # only a hint: the reader reports real read errors
-        finally:
-            for fd in self.fds.values():
-                os.close(fd)
-
-
 class _Reader(threading.Thread):
     """Fills buffer slots with the next chunk of a base tensor and of every tuned tensor paired with it.
 
@@ -281,7 +239,6 @@ class _Reader(threading.Thread):
         self.free: queue.Queue = queue.Queue()
         self.ready: queue.Queue = queue.Queue()
         self.stop = threading.Event()
-        self.bytes_done = 0  # read so far; the prefetcher stays a bounded distance ahead of it
         for slot in range(_SLOTS):
             self.free.put(slot)
 
@@ -303,7 +260,6 @@ class _Reader(threading.Thread):
                     view = self.other_bufs[slot][k][:(stop - start) * size]
                     self.others[p.tuned].read_into(p.other, start * size, view)
                     views.append(view)
-                self.bytes_done += len(base_view) + sum(len(v) for v in views)
                 self.ready.put((pairs, slot, base_view, views))
             self.ready.put(None)
         except _Stop:
@@ -376,10 +332,7 @@ def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others:
         return 0
     elems, base_bytes, other_bytes, consumers = _chunk_plan(work, chunk_bytes)
     reader = _Reader(work, base, others, elems, base_bytes, other_bytes, consumers)
-    prefetcher = _Prefetcher(reader) if hasattr(os, "posix_fadvise") else None
     done = 0
-    if prefetcher is not None:
-        prefetcher.start()
     reader.start()
     # Imported (and numba's cached machine code loaded) while the first chunks are read.
     from weightsurgeon.kernels import accumulate_delta
@@ -409,8 +362,6 @@ def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others:
     finally:
         restore_threads()
         reader.shutdown()
-        if prefetcher is not None:
-            prefetcher.join(timeout=10)
     return done
 
 
