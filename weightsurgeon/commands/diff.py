@@ -88,7 +88,7 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
     from weightsurgeon.atomic import atomic_output_dir, check_output_path
     from weightsurgeon.checkpoint import open_checkpoint
     from weightsurgeon.diff import plan_diff, run_diff
-    from weightsurgeon.output import emit_json, print_warnings
+    from weightsurgeon.output import print_warnings
     from weightsurgeon.progress import ByteProgress
     from weightsurgeon.report.summary import print_summary
 
@@ -113,6 +113,6 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
                 written, extra_warnings = write_report_folder(report, Path(folder), plots=not no_plots, every=every)
     print_warnings(extra_warnings)
     if as_json:
-        emit_json(report.to_dict())
+        report.dump(click.get_text_stream("stdout"))
         return
     print_summary(report, top=top, files=[str(output / name) for name in written] if output is not None else ())

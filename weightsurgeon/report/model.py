@@ -265,8 +265,8 @@ class DiffReport:
         return out
 
     # -- JSON ----------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        """report.json as a dict (NaN/inf already null)."""
+    def to_dict_header(self) -> dict:
+        """Every key of report.json but the per-row lists and timing."""
         return {
             "schema": SCHEMA,
             "version": self.version,
@@ -278,17 +278,35 @@ class DiffReport:
             "notes": list(self.notes),
             "missing": [dict(m) for m in self.missing],
             "warnings": list(self.warnings),
-            "tensors": [t.to_dict() for t in self.tensors],
-            "modules": [m.to_dict() for m in self.modules],
-            "timing": dict(self.timing),
         }
+
+    def to_dict(self) -> dict:
+        """report.json as a dict (NaN/inf already null)."""
+        return {**self.to_dict_header(),
+                "tensors": [t.to_dict() for t in self.tensors],
+                "modules": [m.to_dict() for m in self.modules],
+                "timing": dict(self.timing)}
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
+    def dump(self, fp: Any) -> None:
+        """Write report.json to a text stream row by row: a 50k-tensor MoE report never sits in memory as one dict."""
+        head = self.to_dict_header()
+        fp.write("{")
+        for i, (key, value) in enumerate(head.items()):
+            fp.write(("" if i == 0 else ",") + "\n " + json.dumps(key) + ": " + json.dumps(value, allow_nan=False))
+        for key, rows in (("tensors", self.tensors), ("modules", self.modules)):
+            fp.write(",\n " + json.dumps(key) + ": [")
+            for i, row in enumerate(rows):
+                fp.write(("" if i == 0 else ",") + "\n  " + json.dumps(row.to_dict(), allow_nan=False))
+            fp.write("\n ]")
+        fp.write(",\n \"timing\": " + json.dumps(self.timing, allow_nan=False) + "\n}\n")
+
     def write_json(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        with open(path, "w", encoding="utf-8") as f:
+            self.dump(f)
         return path
 
     @classmethod
