@@ -1,14 +1,18 @@
 """The numba kernels. Imported on first use only: numba costs time to import, compile or load.
 
 A chunk pair is split in fixed-size parts run in parallel (fixed, so that results do not
-depend on the thread count), each part in L1-sized blocks, each block in five tight loops:
+depend on the thread count), each part in blocks of BLOCK elements (scratch arrays in L2:
+larger blocks measured faster than L1-sized ones, fewer calls and loop set-ups), each
+block in five tight loops:
 
 1. decode A and B to the work precision (bf16/f16 bits decoded in-register);
-2. zero the elements where A or B is not finite, d = B - A, max |d| (8 float32 lanes;
-   for bf16 pairs steps 1 and 2 are one loop);
-3. bin r = d / A clipped to the histogram range by arithmetic, 8 lanes, marking the few
-   positions so close to an edge that rounding could put them on the wrong side (with
-   bf16 inputs these are common: ratios such as 0.95 of two 8-bit mantissas);
+2. zero the elements where A or B is not finite, d = B - A, max |d|, and r = d / A
+   clipped to the histogram range, NaN where A is zero (8 float32 lanes; for bf16 pairs
+   steps 1 and 2 are one loop; the division here, not in the bin loop, keeps each loop's
+   dependency chain short enough for the out-of-order window);
+3. bin the clipped r by arithmetic, 8 lanes, marking the few positions so close to an
+   edge that rounding could put them on the wrong side (with bf16 inputs these are
+   common: ratios such as 0.95 of two 8-bit mantissas);
 4. the float64 sums, as two independent accumulator chains (one chain is latency-bound);
 5. count the bins into four interleaved sub-histograms (a run of equal bins would
    otherwise serialise on one counter), settling the marked ones against numpy's own
@@ -29,7 +33,9 @@ SIMD: slice first); a select written back into the array it read becomes a maske
 (microcoded, very slow on AMD); a table lookup per element (gather) keeps LLVM from
 vectorising a loop at all; numba widens integer arithmetic to 64 bits (the bit
 manipulations wrap every step in np.uint32 to keep 8 lanes); and one function holding
-all loops spills registers, so each loop is its own function.
+all loops spills registers, so each loop is its own function (folding the sums into
+the mask loop measured 15% slower). The scratch arrays are skewed against each other
+(see _delta_part): arrays a multiple of 4 KiB apart cost about 8% on bf16.
 """
 from __future__ import annotations
 
@@ -46,7 +52,8 @@ CODE_F16 = 1
 CODE_F32 = 2
 CODE_F64 = 3
 
-BLOCK = 1024  # elements per block: its seven 4 KiB scratch arrays stay in L1 (mostly)
+BLOCK = 8192  # elements per block: its scratch arrays (about 230 KiB) stay in L2; fewer calls
+SKEW = 16  # elements between scratch arrays (see _delta_part)
 PART = 1 << 16  # elements per parallel task: fixed, so the float sums are reproducible
 
 # Columns of the per-part float results and integer counts.
@@ -234,10 +241,23 @@ def exact_div(typingctx, d, x):
 # Separate functions: each loop gets the registers to itself (one big body spilled).
 
 
+@njit(inline="always")
+def _clipped_ratio(x, d, lo, hi, zero, one, nan):
+    """r = d / x clipped to [lo, hi]; NaN where x is zero (excluded from the histogram)."""
+    counted = x != zero
+    r = exact_div(d, x if counted else one)
+    c = lo if r < lo else r
+    c = hi if c > hi else c
+    return c if counted else nan
+
+
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _mask_block(raw_a, raw_b, count, consts, xs, ys, ds):
-    """Zero the elements where A or B is not finite, take d = B - A; (finite count, max |d| bits)."""
-    big, zero = consts[C_BIG], consts[C_ZERO]
+def _mask_block(raw_a, raw_b, count, consts, xs, ys, ds, clipped):
+    """Zero the elements where A or B is not finite, take d = B - A and r = d / A clipped
+    (NaN where A is zero); (finite count, max |d| bits)."""
+    big, zero, one = consts[C_BIG], consts[C_ZERO], consts[C_ONE]
+    lo, hi = consts[C_LO], consts[C_HI]
+    nan = as_type_of(np.nan, zero)
     n_ok = np.int32(0)
     max_bits = magnitude_bits(zero)
     for i in range(count):
@@ -250,6 +270,7 @@ def _mask_block(raw_a, raw_b, count, consts, xs, ys, ds):
         xs[i] = x
         ys[i] = y
         ds[i] = d
+        clipped[i] = _clipped_ratio(x, d, lo, hi, zero, one, nan)
         n_ok = np.int32(n_ok + np.int32(ok))
         bits = magnitude_bits(d)
         max_bits = bits if bits > max_bits else max_bits
@@ -257,9 +278,11 @@ def _mask_block(raw_a, raw_b, count, consts, xs, ys, ds):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _mask_bf16_block(bits_a, bits_b, count, consts, xs, ys, ds):
+def _mask_bf16_block(bits_a, bits_b, count, consts, xs, ys, ds, clipped):
     """_mask_block reading bf16 bits directly (saves a pass through L1 on the hot path)."""
-    big, zero = consts[C_BIG], consts[C_ZERO]
+    big, zero, one = consts[C_BIG], consts[C_ZERO], consts[C_ONE]
+    lo, hi = consts[C_LO], consts[C_HI]
+    nan = as_type_of(np.nan, zero)
     n_ok = np.int32(0)
     max_bits = magnitude_bits(zero)
     for i in range(count):
@@ -272,6 +295,7 @@ def _mask_bf16_block(bits_a, bits_b, count, consts, xs, ys, ds):
         xs[i] = x
         ys[i] = y
         ds[i] = d
+        clipped[i] = _clipped_ratio(x, d, lo, hi, zero, one, nan)
         n_ok = np.int32(n_ok + np.int32(ok))
         bits = magnitude_bits(d)
         max_bits = bits if bits > max_bits else max_bits
@@ -279,23 +303,17 @@ def _mask_bf16_block(bits_a, bits_b, count, consts, xs, ys, ds):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _bin_block(xs, ds, count, consts, nbins, clipped, codes):
-    """Bin codes of r = d / A: the bin, ~edge when numpy's edge must decide, nbins if excluded.
-
-    Excluded elements have A zeroed, so A != 0 says "counted".
-    """
+def _bin_block(clipped, count, consts, nbins, codes):
+    """Bin codes of the clipped ratios: the bin, ~edge when numpy's edge must decide,
+    nbins where excluded (NaN)."""
     lo, hi, scale, zero = consts[C_LO], consts[C_HI], consts[C_SCALE], consts[C_ZERO]
     half, one, near = consts[C_HALF], consts[C_ONE], consts[C_NEAR]
     zero_bin = to_int32(consts[C_ZERO_BIN])
     last = np.int32(nbins - 1)
     excluded = np.int32(nbins)
     for i in range(count):
-        x = xs[i]
-        d = ds[i]
-        counted = x != zero
-        r = exact_div(d, x if counted else one)
-        c = lo if r < lo else r
-        c = hi if c > hi else c
+        c = clipped[i]
+        counted = c == c
         # The bin by arithmetic is off by far less than `near` bins: when the position lies
         # closer than that to an edge, the edge itself must decide; mark it with ~edge.
         u = (c - lo) * scale
@@ -308,7 +326,6 @@ def _bin_block(xs, ds, count, consts, nbins, clipped, codes):
         unsure = unsure & (abs(c) < hi) & (c != zero)
         t = zero_bin if c == zero else t
         code = ~edge if unsure else t
-        clipped[i] = c
         codes[i] = code if counted else excluded
 
 
@@ -392,13 +409,18 @@ def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist):
     """Statistics of one part (a and b are its slices) into this part's rows sums/counts/hist."""
     nbins = edges.size - 1
     dtype = consts.dtype
-    raw_a = np.empty(BLOCK, dtype=dtype)  # decoded A and B
-    raw_b = np.empty(BLOCK, dtype=dtype)
-    xs = np.empty(BLOCK, dtype=dtype)  # A and B with excluded elements zeroed, and d
-    ys = np.empty(BLOCK, dtype=dtype)
-    ds = np.empty(BLOCK, dtype=dtype)
-    clipped = np.empty(BLOCK, dtype=dtype)  # r clipped to the histogram range
-    codes = np.empty(BLOCK, dtype=np.int32)
+    # The scratch arrays share one buffer, each SKEW elements after the previous one's
+    # end: arrays a multiple of 4 KiB apart make element i of each alias in the
+    # load/store unit (which compares the low 12 address bits), a stall in every loop.
+    scratch = np.empty(6 * (BLOCK + SKEW), dtype=dtype)
+    raw_a = scratch[0:BLOCK]  # decoded A and B
+    raw_b = scratch[(BLOCK + SKEW) : (BLOCK + SKEW) + BLOCK]
+    xs = scratch[2 * (BLOCK + SKEW) : 2 * (BLOCK + SKEW) + BLOCK]  # A and B, excluded ones zeroed
+    ys = scratch[3 * (BLOCK + SKEW) : 3 * (BLOCK + SKEW) + BLOCK]
+    ds = scratch[4 * (BLOCK + SKEW) : 4 * (BLOCK + SKEW) + BLOCK]  # d = B - A
+    clipped = scratch[5 * (BLOCK + SKEW) : 5 * (BLOCK + SKEW) + BLOCK]  # r clipped, NaN if excluded
+    codes_buf = np.empty(BLOCK + 8 * SKEW, dtype=np.int32)
+    codes = codes_buf[7 * SKEW : 7 * SKEW + BLOCK]
     sub = np.zeros(4 * (nbins + 1), dtype=np.int32)  # slot nbins: excluded elements
     acc = np.zeros(10)
     max_bits = magnitude_bits(consts[C_ZERO])
@@ -408,14 +430,14 @@ def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist):
         block_b = b[block : block + BLOCK]
         count = block_a.size
         if code_a == CODE_BF16 and code_b == CODE_BF16:  # the common case, decoded in place
-            n_ok_block, max_bits_block = _mask_bf16_block(block_a, block_b, count, consts, xs, ys, ds)
+            n_ok_block, max_bits_block = _mask_bf16_block(block_a, block_b, count, consts, xs, ys, ds, clipped)
         else:
             _decode_block(block_a, code_a, raw_a)
             _decode_block(block_b, code_b, raw_b)
-            n_ok_block, max_bits_block = _mask_block(raw_a, raw_b, count, consts, xs, ys, ds)
+            n_ok_block, max_bits_block = _mask_block(raw_a, raw_b, count, consts, xs, ys, ds, clipped)
         n_ok += n_ok_block
         max_bits = max(max_bits, max_bits_block)
-        _bin_block(xs, ds, count, consts, nbins, clipped, codes)
+        _bin_block(clipped, count, consts, nbins, codes)
         _sum_block(xs, ys, ds, count, acc)
         _count_block(codes, clipped, count, edges, sub)
     for k in range(nbins):
