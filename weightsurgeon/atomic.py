@@ -155,7 +155,7 @@ class atomic_output_dir:  # noqa: N801 - used like a function: `with atomic_outp
                     if self.fsync:
                         fsync_tree(self.tmp)
                     _ignore_signals()  # the renames below must not be cut in half
-                    _move_into_place(self.tmp, self.final, self.force)
+                    move_into_place(self.tmp, self.final, self.force)
                     _fsync_dir(self.parent)
                 except BaseException as e:
                     self._cleanup()
@@ -182,7 +182,8 @@ class atomic_output_dir:  # noqa: N801 - used like a function: `with atomic_outp
         return e
 
 
-def _move_into_place(tmp: Path, final: Path, force: bool) -> None:
+def move_into_place(tmp: Path, final: Path, force: bool) -> None:
+    """Rename ``tmp`` to ``final``; with ``force`` an existing ``final`` is swapped out first and restored on failure."""
     if final.exists() and force:
         old = final.parent / f"{TEMP_PREFIX}{final.name}-old-{os.getpid()}"
         os.rename(final, old)

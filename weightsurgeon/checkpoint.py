@@ -127,7 +127,7 @@ class Checkpoint:
         done = 0
         while done < len(view):
             try:
-                n = _pread_into(fd, view[done:], pos + done)
+                n = pread_into(fd, view[done:], pos + done)
             except OSError as e:
                 raise SurgeonError(f"{info.file}: read failed in tensor {info.name!r}: {e.strerror}") from e
             if n == 0:
@@ -183,7 +183,8 @@ def open_sequential(path: Path) -> int:
     return fd
 
 
-def _pread_into(fd: int, view: memoryview, pos: int) -> int:
+def pread_into(fd: int, view: memoryview, pos: int) -> int:
+    """One positioned read into ``view`` (no allocation where os.preadv exists); returns bytes read."""
     if hasattr(os, "preadv"):
         return os.preadv(fd, [view], pos)
     data = os.pread(fd, len(view), pos)  # portable fallback (allocates)

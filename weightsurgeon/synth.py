@@ -22,6 +22,7 @@ import numpy as np
 
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import build_header, itemsize
+from weightsurgeon.kernels import decode_to_float32, encode_from_float32
 
 ARCHS = ("qwen2", "llama", "qwen3")
 SYNTH_DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32", "BF16": "BF16", "F16": "F16", "F32": "F32"}
@@ -158,31 +159,19 @@ def _base_chunks(seed: int, name: str, numel: int) -> Iterator[np.ndarray]:
 
 def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """Round float32 to bfloat16 (nearest even) and return the uint16 bit patterns."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-    nan = np.isnan(x)
-    out = rounded.astype(np.uint16)
-    if nan.any():
-        out[nan] = np.uint16(0x7FC0)
-    return out
+    return encode_from_float32(np.ascontiguousarray(x, dtype=np.float32), "BF16")
 
 
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return decode_to_float32(bits, "BF16")
 
 
 def _encode(x: np.ndarray, dtype: str) -> bytes:
-    if dtype == "BF16":
-        return float32_to_bf16_bits(x).tobytes()
-    if dtype == "F16":
-        return x.astype(np.float16).tobytes()
-    return x.astype(np.float32).tobytes()
+    return encode_from_float32(np.ascontiguousarray(x, dtype=np.float32), dtype).tobytes()
 
 
 def _decode(raw: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "BF16":
-        return bf16_bits_to_float32(raw)
-    return raw.astype(np.float32)
+    return decode_to_float32(raw, dtype)
 
 
 # ---------------------------------------------------------------------------------------

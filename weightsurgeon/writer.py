@@ -25,7 +25,7 @@ import numpy as np
 
 from weightsurgeon._version import __version__
 from weightsurgeon.atomic import atomic_output_dir, check_output_path
-from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint, open_sequential
+from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint, open_sequential, pread_into
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import build_header, itemsize, storage_dtype
 from weightsurgeon.progress import ByteProgress
@@ -189,7 +189,7 @@ class RawCopier:
         if self._buffer is None:
             self._buffer = bytearray(COPY_BUFFER)
         view = memoryview(self._buffer)[:min(want, len(self._buffer))]
-        got = os.preadv(src_fd, [view], src_off) if hasattr(os, "preadv") else _pread_fallback(src_fd, view, src_off)
+        got = pread_into(src_fd, view, src_off)
         if got:
             pwrite_all(dst_fd, view[:got], dst_off)
         return got
@@ -198,12 +198,6 @@ class RawCopier:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-
-
-def _pread_fallback(fd: int, view: memoryview, pos: int) -> int:
-    data = os.pread(fd, len(view), pos)
-    view[:len(data)] = data
-    return len(data)
 
 
 def pwrite_all(fd: int, data: object, pos: int) -> int:

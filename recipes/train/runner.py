@@ -375,11 +375,11 @@ def run(cfg: RecipeConfig, base_dir: Path | None = None) -> dict[str, Any]:
         summary = _train(cfg, state, work, base_dir, world)
         _barrier()
         if rank0:
-            if final.exists():
-                shutil.rmtree(final)
-            work.rename(final)
+            from weightsurgeon.atomic import move_into_place
+
             summary["output"] = str(final)
-            (final / REPORT_DIR / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            (work / REPORT_DIR / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            move_into_place(work, final, force=True)  # never a moment with neither the old nor the new output
         _barrier()
         return summary
     except BaseException:
