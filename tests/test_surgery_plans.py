@@ -398,3 +398,24 @@ def test_helpers():
     assert parse_size("5GB") == 5_000_000_000 and parse_size("2GiB") == 2 << 30 and parse_size("100") == 100
     with pytest.raises(SurgeonError):
         parse_size("five")
+
+
+def test_cast_refuses_non_float_tensors_with_one_line(capsys, tmp_path):
+    """--cast rounds floats only: an integer DONOR tensor is a listed mismatch, not an internal error."""
+    import struct
+
+    base = make_checkpoint(tmp_path / "base", arch="llama", num_layers=2, dtype="bf16")
+    donor = make_checkpoint(tmp_path / "donor", arch="llama", num_layers=2, dtype="f32", seed=4)
+    shard = donor / "model.safetensors"
+    blob = shard.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    for name, entry in header.items():
+        if ".o_proj." in name:
+            entry["dtype"] = "I32"  # same width as F32: only the label changes
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    shard.write_bytes(struct.pack("<Q", len(text)) + text + blob[8 + n:])
+    line = fails(capsys, "splice", base, donor, "--take", "o_proj", "--cast", "-o", tmp_path / "x")
+    assert "dtype mismatch" in line and "I32" in line and "floating-point values only" in line
+    assert "internal error" not in line and not (tmp_path / "x").exists()

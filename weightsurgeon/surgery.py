@@ -195,6 +195,11 @@ def _problems(kind: str, items: list[str]) -> SurgeonError:
     return SurgeonError(f"{len(items)} {kind}: {shown}{more}")
 
 
+def _castable(dtype: str) -> bool:
+    """Dtypes `--cast` can round between: floats the kernels' codecs encode exactly (not F8_E8M0, not integers)."""
+    return dtype in FLOAT_DTYPES and dtype != "F8_E8M0"
+
+
 def _refuse_partial(ckpt: Checkpoint, role: str) -> None:
     if ckpt.is_partial:
         raise SurgeonError(f"{ckpt.source}: is a partial checkpoint (written by surgeon extract); "
@@ -302,6 +307,8 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
             mismatched.append(f"{n}: BASE {list(expected.shape)} vs DONOR {list(got.shape)}")
         elif got.dtype != expected.dtype and not cast:
             dtype_mismatch.append(f"{n}: BASE {expected.dtype} vs DONOR {got.dtype}")
+        elif got.dtype != expected.dtype and not (_castable(got.dtype) and _castable(expected.dtype)):
+            dtype_mismatch.append(f"{n}: BASE {expected.dtype} vs DONOR {got.dtype} (--cast rounds floating-point values only)")
     if missing:
         what = "partial DONOR (plugin) lacks" if donor.is_partial else "DONOR lacks"
         raise _problems(f"taken tensor(s) missing: the {what} them", missing)
