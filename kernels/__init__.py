@@ -16,7 +16,8 @@ Definitions, for a chunk pair A, B in their stored dtypes:
 `reference_delta_stats` is the same in plain numpy and serves as the tests' oracle.
 """
 from weightsurgeon.kernels.decode import decode_to_float32, decode_to_float64, encode_from_float32
-from weightsurgeon.kernels.delta import accumulate_delta, count_nonfinite, warmup
+from weightsurgeon.kernels.delta import (accumulate_delta, accumulate_delta_from_files, count_nonfinite, reads_files,
+                                        warmup)
 from weightsurgeon.kernels.dtypes import ITEMSIZE, SUPPORTED_FAST_DTYPES
 from weightsurgeon.kernels.reference import reference_delta_stats
 from weightsurgeon.kernels.stats import DeltaStats
@@ -26,10 +27,12 @@ __all__ = [
     "SUPPORTED_FAST_DTYPES",
     "DeltaStats",
     "accumulate_delta",
+    "accumulate_delta_from_files",
     "count_nonfinite",
     "decode_to_float32",
     "decode_to_float64",
     "encode_from_float32",
+    "reads_files",
     "reference_delta_stats",
     "warmup",
 ]

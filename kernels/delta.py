@@ -6,6 +6,7 @@ time, so `surgeon --help` and light commands stay instant.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 
 import numpy as np
@@ -99,6 +100,58 @@ def accumulate_delta(stats: DeltaStats, a: np.ndarray, b: np.ndarray, dtype_a: s
     with _LAUNCH:
         sums, counts, hists = _compiled().delta_chunk(bits_a, code_a, bits_b, code_b, consts, edges)
     fold_parts(stats, sums, counts, hists, bits_a.size)
+
+
+_LIKE = {2: np.empty(0, np.uint16), 4: np.empty(0, np.uint32), 8: np.empty(0, np.uint64)}
+
+
+def _file_code(dtype: str, wide: bool) -> int | None:
+    """The kernel's decode code for a side read straight from a file, or None (no such path)."""
+    compiled = _compiled()
+    if wide:
+        return compiled.CODE_F64 if dtype == "F64" else None
+    return {"BF16": compiled.CODE_BF16, "F16": compiled.CODE_F16, "F32": compiled.CODE_F32}.get(dtype)
+
+
+def reads_files(dtype_a: str, dtype_b: str) -> bool:
+    """Whether accumulate_delta_from_files handles this pair of stored dtypes (same width, decoded in the kernel)."""
+    check_dtype(dtype_a)
+    check_dtype(dtype_b)
+    # Equal widths among these: BF16/F16 pairs, F32 pairs, F64 pairs (the kernel decodes all).
+    return (hasattr(os, "pread") and dtype_a in _FILE_DTYPES and dtype_b in _FILE_DTYPES
+            and ITEMSIZE[dtype_a] == ITEMSIZE[dtype_b])
+
+
+_FILE_DTYPES = ("BF16", "F16", "F32", "F64")
+
+
+def accumulate_delta_from_files(stats: DeltaStats, fd_a: int, pos_a: int, dtype_a: str, fd_b: int, pos_b: int,
+                                dtype_b: str, numel: int) -> bool:
+    """accumulate_delta on `numel` elements read by the kernel's own threads from two open files.
+
+    `pos_a`/`pos_b` are byte positions in the files. Each thread reads the part it
+    computes into its own small buffer (see delta_file), so nothing is copied while the
+    kernel runs and no large buffer exists. Returns False, leaving `stats` untouched, when
+    a read fails or comes up short: the caller then reads the same bytes itself, which
+    retries an interrupted read and otherwise names the error. Only for `reads_files` pairs.
+    """
+    if not reads_files(dtype_a, dtype_b):
+        raise ValueError(f"no file path for {dtype_a} against {dtype_b}: use accumulate_delta")
+    if numel <= 0:
+        return True
+    dt = work_dtype(dtype_a, dtype_b)
+    wide = dt is np.float64
+    consts, edges = _histogram_constants(stats.bins, stats.clip, dt)
+    like = _LIKE[ITEMSIZE[dtype_a]]
+    compiled = _compiled()
+    with _LAUNCH:
+        sums, counts, hists, failed = compiled.delta_file(fd_a, pos_a, like, _file_code(dtype_a, wide),
+                                                          fd_b, pos_b, like, _file_code(dtype_b, wide),
+                                                          numel, consts, edges, compiled.get_num_threads())
+    if failed:
+        return False
+    fold_parts(stats, sums, counts, hists, numel)
+    return True
 
 
 def fold_parts(stats: DeltaStats, sums: np.ndarray, counts: np.ndarray, hists: np.ndarray, numel: int) -> None:

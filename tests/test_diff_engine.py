@@ -380,3 +380,33 @@ def test_default_labels(tmp_path: Path) -> None:
         ckpt.source = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"  # as resolved from the Hub cache
         assert default_label(ckpt) == "DeepSeek-R1-Distill-Qwen-1.5B"
     assert unique_labels(["a", "a", "a-2", "b"]) == ["a", "a-2", "a-2-2", "b"]
+
+
+def test_kernel_reads_and_python_reads_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same-width pairs are read by the kernel itself; the Python-read path (mixed widths,
+    F8, a failed read) must give the same report."""
+    import weightsurgeon.kernels as kernels
+
+    base = make_checkpoint(tmp_path / "base", dtype="bf16", **TINY)
+    tuned = make_tuned(base, tmp_path / "ft")
+    fast = diff_checkpoints(base, tuned, chunk_bytes=4096)
+    monkeypatch.setattr(kernels, "reads_files", lambda dtype_a, dtype_b: False)
+    slow = diff_checkpoints(base, tuned, chunk_bytes=4096)
+    assert [r.name for r in fast.tensors] == [r.name for r in slow.tensors]
+    for f, s in zip(fast.tensors, slow.tensors):
+        assert (f.stats.n, f.stats.n_base_zero, f.stats.max_abs_delta) == (s.stats.n, s.stats.n_base_zero, s.stats.max_abs_delta)
+        np.testing.assert_array_equal(f.stats.hist, s.stats.hist)
+        assert close(f.stats.sum_sq_delta, s.stats.sum_sq_delta, 1e-12)
+    assert check_against_reference(fast, base, tuned) > 0
+
+
+def test_a_shard_cut_short_during_the_diff_is_a_clear_error(tmp_path: Path) -> None:
+    """The headers were fine when opened; the file shrinks before its bytes are read."""
+    base = make_checkpoint(tmp_path / "base", dtype="bf16", **TINY)
+    tuned = make_tuned(base, tmp_path / "ft")
+    shard = sorted(tuned.glob("*.safetensors"))[-1]
+    with open_checkpoint(base) as A, open_checkpoint(tuned) as B:
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size - 10)
+        with pytest.raises(SurgeonError, match="shorter than its header says"):
+            diff_checkpoints(A, B)

