@@ -27,21 +27,15 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from weightsurgeon.errors import SurgeonError
+from weightsurgeon.report.model import MODULE_ORDER as LAYER_MODULE_ORDER
+from weightsurgeon.report.model import SCHEMA
 
-SCHEMA = "weightsurgeon.diff/1"
 FORMATS = ("png", "svg")
 FIGURE_NAMES = ("l2_by_layer", "rel_change_hist", "rel_l2_heatmap", "delta_share")
 
-# Display order of module kinds: attention, MLP, norms, then the non-layer tensors.
-MODULE_ORDER = (
-    "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj",
-    "gate_proj", "up_proj", "gate_up_proj", "down_proj",
-    "router", "expert_gate_proj", "expert_up_proj", "expert_gate_up_proj", "expert_down_proj",
-    "shared_expert_gate_proj", "shared_expert_up_proj", "shared_expert_down_proj", "shared_expert_router",
-    "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
-    "q_norm", "k_norm",
-    "embed_tokens", "embed_positions", "lm_head", "norm", "vision", "other",
-)
+# Display order of module kinds: the report's reading order inside a layer (one order for
+# tables, CSV and figures), then the tensors outside the layers.
+MODULE_ORDER = LAYER_MODULE_ORDER + ("embed_tokens", "embed_positions", "lm_head", "norm", "vision", "other")
 _ATTN = {"q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj"}
 _NORMS = {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
           "post_feedforward_layernorm", "q_norm", "k_norm", "norm"}
