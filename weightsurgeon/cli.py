@@ -75,12 +75,13 @@ def _exit(code: int, process: bool = False) -> None:
 
     `process`: this is the process's own entry point (not an in-process caller such as
     a test). Once numba is loaded, interpreter shutdown spends about 0.15 s tearing down
-    LLVM and its modules; every output is closed by now, so flush and leave at once.
+    LLVM and its modules; every output is closed by now, so flush and leave at once. Not
+    where torch is loaded: training and evaluation libraries flush logs in atexit hooks.
     """
     if code and threading.current_thread() is threading.main_thread():
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)
-    if process and "numba" in sys.modules:
+    if process and "numba" in sys.modules and "torch" not in sys.modules:  # torch users (train/eval) keep their atexit hooks
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
