@@ -71,6 +71,8 @@ from numba import get_num_threads, njit, prange, types  # noqa: E402,F401  (get_
 from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
+from weightsurgeon.kernels.stats import PART  # noqa: E402  (elements per parallel task)
+
 FASTMATH = {"reassoc", "nsz", "contract"}  # never "arcp", "afn", "nnan", "ninf": see above
 
 # How the kernel decodes a source array (it always receives unsigned-integer bit patterns).
@@ -81,7 +83,6 @@ CODE_F64 = 3
 
 BLOCK = 8192  # elements per block: its scratch arrays (about 230 KiB) stay in L2; fewer calls
 SKEW = 16  # elements between scratch arrays (see _delta_part)
-PART = 1 << 16  # elements per parallel task: fixed, so the float sums are reproducible
 
 # Columns of the per-part float results and integer counts.
 SUM_SQ_DELTA, SUM_SQ_A, SUM_SQ_B, DOT_AB, SUM_DELTA, MAX_ABS_DELTA = range(6)

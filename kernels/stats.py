@@ -13,6 +13,7 @@ import numpy as np
 
 DEFAULT_BINS = 200
 DEFAULT_CLIP = 1.0
+PART = 1 << 16  # elements per parallel task of the kernels: fixed, so float sums do not depend on threads
 MAX_BINS = 100_000  # beyond this float32 bin edges get too close for an exact one-step edge check
 
 

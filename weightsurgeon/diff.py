@@ -26,11 +26,13 @@ import numpy as np
 
 from weightsurgeon.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from weightsurgeon.errors import SurgeonError
+from weightsurgeon.kernels.stats import PART
 from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
 from weightsurgeon.report.model import (DiffReport, ModelIdentity, TensorDiff, aggregate_modules, sort_key)
 
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024  # elements per kernel call (and per read buffer where Python reads)
 MAX_BUFFER_BYTES = 64 * 1024 * 1024  # all read buffers together, whatever the number of tuned models
+HIST_BUDGET_BYTES = 16 * 1024 * 1024  # the kernel's per-part histograms in one call
 MIN_CHUNK_BYTES = 4096  # a guard only: tests use tiny chunks to cross many chunk boundaries
 _SHOWN_MISSING = 4  # mismatches named in the error message
 
@@ -225,15 +227,18 @@ def _signal_cause(error: BaseException) -> BaseException | None:
     return None
 
 
-def _chunk_plan(work: list[tuple[TensorInfo, list[Pair]]], chunk_bytes: int) -> tuple[int, int, int, int]:
+def _chunk_plan(work: list[tuple[TensorInfo, list[Pair]]], chunk_bytes: int, bins: int) -> tuple[int, int, int, int]:
     """(chunk elements, base buffer bytes, tuned buffer bytes, tuned buffers), bounded in total."""
     consumers = max(len(pairs) for _, pairs in work)
     base_isz = max(info.itemsize for info, _ in work)
     other_isz = max(p.other.itemsize for _, pairs in work for p in pairs)
     largest = max(info.numel for info, _ in work)
-    # Keep every buffer together under MAX_BUFFER_BYTES (many tuned models).
+    # Keep every buffer together under MAX_BUFFER_BYTES (many tuned models), and the
+    # kernel's per-part histograms of one call under HIST_BUDGET_BYTES (--bins 100000).
     per_elem = base_isz + consumers * other_isz
-    elems = max(1, min(chunk_bytes // max(base_isz, other_isz), MAX_BUFFER_BYTES // per_elem, max(largest, 1)))
+    parts = max(1, HIST_BUDGET_BYTES // (8 * bins))
+    elems = max(1, min(chunk_bytes // max(base_isz, other_isz), MAX_BUFFER_BYTES // per_elem, parts * PART,
+                       max(largest, 1)))
     return elems, elems * base_isz, elems * other_isz, consumers
 
 
@@ -295,7 +300,7 @@ def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others:
     """
     if not work:
         return 0
-    elems, base_bytes, other_bytes, consumers = _chunk_plan(work, chunk_bytes)
+    elems, base_bytes, other_bytes, consumers = _chunk_plan(work, chunk_bytes, next(iter(stats.values())).bins)
     reader = _ChunkReader(base, others, base_bytes, other_bytes, consumers)
     done = 0
     for info, pairs, start, stop in _schedule(work, elems):
