@@ -67,7 +67,7 @@ def _import_numba_without_scipy() -> None:
 _import_numba_without_scipy()
 
 from llvmlite import ir  # noqa: E402
-from numba import get_num_threads, njit, prange, types  # noqa: E402,F401  (get_num_threads: for delta.py)
+from numba import njit, prange, types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
@@ -301,43 +301,31 @@ def _clipped_ratio(x, d, lo, hi, zero, one, nan):
     return c if counted else nan
 
 
+def load_value(src, i):
+    """src[i] as a float: float arrays as they are, bit-pattern arrays as bf16 (the only
+    bits _mask_block is handed; _delta_part compiles that branch for every width)."""
+
+
+@overload(load_value, inline="always")
+def _load_value(src, i):
+    if isinstance(src.dtype, types.Integer):  # bf16 decoded in-register: saves a decode pass on the hot path
+        return lambda src, i: as_f32(U32(U32(src[i]) << U32(16)))
+    return lambda src, i: src[i]
+
+
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _mask_block(raw_a, raw_b, count, consts, xs, ys, ds, clipped):
     """Zero the elements where A or B is not finite, take d = B - A and r = d / A clipped
-    (NaN where A is zero); (finite count, max |d| bits)."""
+    (NaN where A is zero); (finite count, max |d| bits). raw_a/raw_b: decoded values, or
+    bf16 bit patterns, which load_value decodes in the loop."""
     big, zero, one = consts[C_BIG], consts[C_ZERO], consts[C_ONE]
     lo, hi = consts[C_LO], consts[C_HI]
     nan = as_type_of(np.nan, zero)
     n_ok = np.int32(0)
     max_bits = magnitude_bits(zero)
     for i in range(count):
-        x = raw_a[i]
-        y = raw_b[i]
-        ok = (abs(x) <= big) & (abs(y) <= big)
-        x = x if ok else zero
-        y = y if ok else zero
-        d = exact_sub(y, x)
-        xs[i] = x
-        ys[i] = y
-        ds[i] = d
-        clipped[i] = _clipped_ratio(x, d, lo, hi, zero, one, nan)
-        n_ok = np.int32(n_ok + np.int32(ok))
-        bits = magnitude_bits(d)
-        max_bits = bits if bits > max_bits else max_bits
-    return n_ok, max_bits
-
-
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _mask_bf16_block(bits_a, bits_b, count, consts, xs, ys, ds, clipped):
-    """_mask_block reading bf16 bits directly (saves a pass through L1 on the hot path)."""
-    big, zero, one = consts[C_BIG], consts[C_ZERO], consts[C_ONE]
-    lo, hi = consts[C_LO], consts[C_HI]
-    nan = as_type_of(np.nan, zero)
-    n_ok = np.int32(0)
-    max_bits = magnitude_bits(zero)
-    for i in range(count):
-        x = as_f32(U32(U32(bits_a[i]) << U32(16)))
-        y = as_f32(U32(U32(bits_b[i]) << U32(16)))
+        x = load_value(raw_a, i)
+        y = load_value(raw_b, i)
         ok = (abs(x) <= big) & (abs(y) <= big)
         x = x if ok else zero
         y = y if ok else zero
@@ -480,7 +468,7 @@ def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist):
         block_b = b[block : block + BLOCK]
         count = block_a.size
         if code_a == CODE_BF16 and code_b == CODE_BF16:  # the common case, decoded in place
-            n_ok_block, max_bits_block = _mask_bf16_block(block_a, block_b, count, consts, xs, ys, ds, clipped)
+            n_ok_block, max_bits_block = _mask_block(block_a, block_b, count, consts, xs, ys, ds, clipped)
         else:
             _decode_block(block_a, code_a, raw_a)
             _decode_block(block_b, code_b, raw_b)

@@ -142,12 +142,14 @@ def accumulate_delta_from_files(stats: DeltaStats, fd_a: int, pos_a: int, dtype_
     dt = work_dtype(dtype_a, dtype_b)
     wide = dt is np.float64
     consts, edges = _histogram_constants(stats.bins, stats.clip, dt)
-    like = _LIKE[ITEMSIZE[dtype_a]]
     compiled = _compiled()
+    import numba  # loaded by _compiled() already
+
+    like = _LIKE[ITEMSIZE[dtype_a]]
     with _LAUNCH:
         sums, counts, hists, failed = compiled.delta_file(fd_a, pos_a, like, _file_code(dtype_a, wide),
                                                           fd_b, pos_b, like, _file_code(dtype_b, wide),
-                                                          numel, consts, edges, compiled.get_num_threads())
+                                                          numel, consts, edges, numba.get_num_threads())
     if failed:
         return False
     fold_parts(stats, sums, counts, hists, numel)

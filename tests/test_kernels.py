@@ -430,3 +430,20 @@ def test_reading_files_does_not_depend_on_thread_count(tmp_path):
     finally:
         numba.set_num_threads(before)
     assert results[0] == results[1]  # bit for bit, sums included
+
+
+def test_loading_the_kernels_leaves_scipy_alone():
+    """numba is imported with scipy's BLAS hidden (start-up time); nothing of that may stay behind."""
+    code = """
+import importlib.util, sys
+import numpy as np
+from weightsurgeon.kernels import DeltaStats, accumulate_delta
+accumulate_delta(DeltaStats.empty(), np.zeros(8, np.uint16), np.zeros(8, np.uint16), "BF16", "BF16")
+assert "scipy.linalg" not in sys.modules, "numba imported scipy.linalg"
+assert "scipy.linalg.cython_blas" not in sys.modules, "the hiding entry was left in sys.modules"
+if importlib.util.find_spec("scipy") is not None:
+    import scipy.linalg.cython_blas  # still importable for everyone else
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

@@ -134,28 +134,24 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     env = dict(os.environ, HF_HUB_OFFLINE="1")
+
+    def run_job(name: str, cmd: list[str], out: Path) -> None:
+        """Run one job into `out` (then removed) and fold its time and peak RSS into results[name]."""
+        wall, rss, rc, err = run([c.replace("{out}", str(out)) for c in cmd], env=env)
+        r = results.setdefault(name, {"walls": [], "rss_mib": 0.0, "rc": 0})
+        r["walls"].append(wall)
+        r["rss_mib"] = max(r["rss_mib"], rss)
+        if rc:
+            r["rc"], r["error"] = rc, err.strip().splitlines()[-1] if err.strip() else ""
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"  {name}: {wall:.2f} s, peak RSS {rss:.0f} MiB{'' if not rc else f' FAILED ({rc})'}", flush=True)
+
     for rep in range(args.repeat):
         for name, cmd in jobs.items():
-            out = outs / f"o{len(results)}_{rep}_{abs(hash(name)) % 10000}"
-            wall, rss, rc, err = run([c.replace("{out}", str(out)) for c in cmd], env=env)
-            r = results.setdefault(name, {"walls": [], "rss_mib": 0.0, "rc": 0})
-            r["walls"].append(wall)
-            r["rss_mib"] = max(r["rss_mib"], rss)
-            if rc:
-                r["rc"], r["error"] = rc, err
-            shutil.rmtree(out, ignore_errors=True)
-            print(f"  {name}: {wall:.2f} s, peak RSS {rss:.0f} MiB{'' if not rc else f' FAILED ({rc})'}", flush=True)
+            run_job(name, cmd, outs / f"o{len(results)}_{rep}_{abs(hash(name)) % 10000}")
     for rep in range(args.mergekit_repeat):
         for name, cmd in mk_jobs.items():
-            out = outs / f"mk{rep}_{abs(hash(name)) % 10000}"
-            wall, rss, rc, err = run([c.replace("{out}", str(out)) for c in cmd], env=env)
-            r = results.setdefault(name, {"walls": [], "rss_mib": 0.0, "rc": 0})
-            r["walls"].append(wall)
-            r["rss_mib"] = max(r["rss_mib"], rss)
-            if rc:
-                r["rc"], r["error"] = rc, err.strip().splitlines()[-1] if err.strip() else ""
-            shutil.rmtree(out, ignore_errors=True)
-            print(f"  {name}: {wall:.2f} s, peak RSS {rss:.0f} MiB{'' if not rc else f' FAILED ({rc})'}", flush=True)
+            run_job(name, cmd, outs / f"mk{rep}_{abs(hash(name)) % 10000}")
 
     cp = statistics.median(results["cp -r"]["walls"])
     cps = statistics.median(results["cp -r + sync"]["walls"])

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -66,7 +65,6 @@ class Checkpoint:
     warnings: list[str] = field(default_factory=list)
     surgeon: dict | None = None
     _fds: dict[Path, int] = field(default_factory=dict, repr=False)
-    _fds_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     # -- container protocol -------------------------------------------------------------
     def __contains__(self, name: object) -> bool:
@@ -114,11 +112,10 @@ class Checkpoint:
 
     # -- reading --------------------------------------------------------------------------
     def _fd(self, path: Path) -> int:
-        with self._fds_lock:  # callers in two threads must not open (and leak) a shard twice
-            fd = self._fds.get(path)
-            if fd is None:
-                fd = self._fds[path] = open_sequential(path)
-            return fd
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = open_sequential(path)
+        return fd
 
     def locate(self, info: TensorInfo) -> tuple[int, int]:
         """(open descriptor of the tensor's shard, byte position of its data) for readers of our own (the diff kernel)."""
@@ -171,10 +168,9 @@ class Checkpoint:
         return out.reshape(info.shape)
 
     def close(self) -> None:
-        with self._fds_lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def open_sequential(path: Path) -> int:

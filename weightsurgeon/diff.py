@@ -30,7 +30,7 @@ from weightsurgeon.kernels.stats import PART
 from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
 from weightsurgeon.report.model import (DiffReport, ModelIdentity, TensorDiff, aggregate_modules, sort_key)
 
-DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024  # elements per kernel call (and per read buffer where Python reads)
+DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024  # per tensor side and kernel call (and per buffer where Python reads)
 MAX_BUFFER_BYTES = 64 * 1024 * 1024  # all read buffers together, whatever the number of tuned models
 HIST_BUDGET_BYTES = 16 * 1024 * 1024  # the kernel's per-part histograms in one call
 MIN_CHUNK_BYTES = 4096  # a guard only: tests use tiny chunks to cross many chunk boundaries
@@ -291,7 +291,7 @@ class _ChunkReader:
 
 
 def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others: list[Checkpoint],
-            stats: dict[tuple[int, str], Any], chunk_bytes: int, progress: Any) -> int:
+            stats: dict[tuple[int, str], Any], chunk_bytes: int, bins: int, progress: Any) -> int:
     """Run every pair through the kernel, chunk by chunk in reading order; returns bytes read.
 
     The kernel reads the files itself on every core (see _ChunkReader). No reader or
@@ -300,7 +300,7 @@ def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others:
     """
     if not work:
         return 0
-    elems, base_bytes, other_bytes, consumers = _chunk_plan(work, chunk_bytes, next(iter(stats.values())).bins)
+    elems, base_bytes, other_bytes, consumers = _chunk_plan(work, chunk_bytes, bins)
     reader = _ChunkReader(base, others, base_bytes, other_bytes, consumers)
     done = 0
     for info, pairs, start, stop in _schedule(work, elems):
@@ -410,7 +410,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
     stats = {(p.tuned, p.name): DeltaStats.empty(bins, clip) for p in plan.pairs}
     work = _order_pairs(plan.pairs, plan.base)
     started = time.perf_counter()
-    bytes_read = _stream(work, plan.base, plan.others, stats, max(MIN_CHUNK_BYTES, int(chunk_bytes)), progress)
+    bytes_read = _stream(work, plan.base, plan.others, stats, max(MIN_CHUNK_BYTES, int(chunk_bytes)), bins, progress)
     seconds = time.perf_counter() - started
 
     rows = []

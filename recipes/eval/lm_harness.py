@@ -216,7 +216,7 @@ def _write_results(cfg: EvalConfig, out: dict[str, Any], out_dir: Path, force: b
     from transformers import AutoTokenizer
 
     from weightsurgeon.atomic import atomic_output_dir
-    from weightsurgeon.recipes.eval.runner import SCHEMA
+    from weightsurgeon.recipes.eval.runner import results_header
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     think_end = cfg.thinking_format().think_end
@@ -241,16 +241,8 @@ def _write_results(cfg: EvalConfig, out: dict[str, Any], out_dir: Path, force: b
                     "finish_reason": "unknown", "waits": 0,
                 })
         per_task[task] = records
-    results: dict[str, Any] = {
-        "schema": SCHEMA,
-        "harness": "lm-eval",
-        "model": cfg.model,
-        "config": cfg.to_dict(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "elapsed_s": round(time.time() - started, 3),
-        "lm_eval": {"version": getattr(lm_eval, "__version__", "unknown"), "results": out.get("results", {})},
-        "tasks": {},
-    }
+    results = results_header(cfg, "lm-eval", started)
+    results["lm_eval"] = {"version": getattr(lm_eval, "__version__", "unknown"), "results": out.get("results", {})}
     for task, records in per_task.items():
         metrics = summarize(records)
         metrics["samples_file"] = f"samples_{task}.jsonl"

@@ -94,6 +94,19 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def results_header(cfg: EvalConfig, harness: str, started: float) -> dict[str, Any]:
+    """The fields every results.json opens with, whichever harness generated (tasks filled in later)."""
+    return {
+        "schema": SCHEMA,
+        "harness": harness,
+        "model": cfg.model,
+        "config": cfg.to_dict(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "elapsed_s": round(time.time() - started, 3),
+        "tasks": {},
+    }
+
+
 def run_eval(
     cfg: EvalConfig,
     out_dir: str | Path,
@@ -133,15 +146,7 @@ def run_eval(
     finally:
         if owned and hasattr(backend, "close"):
             backend.close()  # data-parallel workers
-    results = {
-        "schema": SCHEMA,
-        "harness": "surgeon",
-        "model": cfg.model,
-        "config": cfg.to_dict(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "elapsed_s": round(time.time() - started, 3),
-        "tasks": {},
-    }
+    results = results_header(cfg, "surgeon", started)
     for task, records in per_task.items():
         metrics = summarize(records)
         metrics["elapsed_s"] = round(timings[task], 3)
