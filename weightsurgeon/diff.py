@@ -28,6 +28,8 @@ from weightsurgeon.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.kernels.stats import PART
 from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
+from weightsurgeon.readahead import ReadAhead
+from weightsurgeon.readahead import enabled as read_ahead_enabled
 from weightsurgeon.report.model import (DiffReport, ModelIdentity, TensorDiff, aggregate_modules, sort_key)
 
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024  # per tensor side and kernel call (and per buffer where Python reads)
@@ -290,30 +292,38 @@ class _ChunkReader:
         return nbytes
 
 
+def _ranges(work: list[tuple[TensorInfo, list[Pair]]]) -> list[list[tuple[Path, int, int]]]:
+    """(file, position, nbytes) of what each step of the work reads, for the read-ahead."""
+    return [[(info.file, info.begin, info.nbytes), *((p.other.file, p.other.begin, p.numel * p.other.itemsize)
+                                                     for p in pairs)] for info, pairs in work]
+
+
 def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others: list[Checkpoint],
             stats: dict[tuple[int, str], Any], chunk_bytes: int, bins: int, progress: Any) -> int:
     """Run every pair through the kernel, chunk by chunk in reading order; returns bytes read.
 
-    The kernel reads the files itself on every core (see _ChunkReader). No reader or
-    prefetch thread of ours: the OS's sequential read-ahead keeps a cold disk busy, and
-    prefetch threads measured slower, warm and cold (README, "Performance").
+    The kernel reads the files itself on every core (see _ChunkReader). Where the files
+    are not cached, a ReadAhead thread reads what comes first while numba loads, so that
+    the disk is not idle during start-up; on a warm cache no thread starts.
     """
     if not work:
         return 0
     elems, base_bytes, other_bytes, consumers = _chunk_plan(work, chunk_bytes, bins)
     reader = _ChunkReader(base, others, base_bytes, other_bytes, consumers)
     done = 0
-    for info, pairs, start, stop in _schedule(work, elems):
-        try:
-            nbytes = reader.run(info, pairs, start, stop, stats)
-        except SystemError as e:  # Ctrl-C/SIGTERM arrived inside compiled code: surface it as itself
-            cause = _signal_cause(e)
-            if cause is None:
-                raise
-            raise cause from None
-        done += nbytes
-        if progress is not None:
-            progress.advance(nbytes)
+    with ReadAhead.for_groups(_ranges(work)) if read_ahead_enabled() else ReadAhead([], None) as ahead:
+        for info, pairs, start, stop in _schedule(work, elems):
+            try:
+                nbytes = reader.run(info, pairs, start, stop, stats)
+            except SystemError as e:  # Ctrl-C/SIGTERM arrived inside compiled code: surface it as itself
+                cause = _signal_cause(e)
+                if cause is None:
+                    raise
+                raise cause from None
+            done += nbytes
+            ahead.stop()  # the kernel is loaded and reads for itself now
+            if progress is not None:
+                progress.advance(nbytes)
     return done
 
 

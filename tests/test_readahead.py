@@ -1,0 +1,166 @@
+"""The diff's start-up read-ahead: what it plans, that it reads only what is not cached,
+within its budget, stops when told, leaves nothing open, and never changes a result."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from weightsurgeon import readahead
+from weightsurgeon.diff import diff_checkpoints
+from weightsurgeon.readahead import Piece, ReadAhead, plan_pieces
+from weightsurgeon.synth import make_checkpoint, make_tuned
+
+from conftest import evict
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def turned_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SURGEON_READAHEAD", "1")
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and DONTNEED as on Linux")
+
+
+def data_file(path: Path, nbytes: int) -> Path:
+    path.write_bytes(np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8).tobytes())
+    return path
+
+
+def test_pieces_follow_the_consumer_and_merge_small_ranges() -> None:
+    a, b = Path("a"), Path("b")
+    groups = [
+        [(a, 0, 100), (b, 0, 100)],  # a big tensor pair
+        [(a, 100, 5), (b, 100, 5)],  # a norm: contiguous with the tensor before it
+        [(a, 105, 300), (b, 105, 300)],
+    ]
+    pieces = plan_pieces(groups, step=128)
+    assert pieces[:4] == [Piece(a, 0, 128, 0), Piece(b, 0, 128, 0), Piece(a, 128, 128, 256), Piece(b, 128, 128, 256)]
+    # Every byte exactly once, per file, in order.
+    for f in (a, b):
+        mine = [(p.pos, p.nbytes) for p in pieces if p.path == f]
+        assert [pos for pos, _ in mine] == list(range(0, 405, 128))
+        assert sum(n for _, n in mine) == 405
+    assert [p.due for p in pieces] == sorted(p.due for p in pieces)
+
+
+def test_a_gap_in_a_file_starts_a_new_piece() -> None:
+    a = Path("a")
+    pieces = plan_pieces([[(a, 0, 10)], [(a, 20, 10)]], step=128)
+    assert pieces == [Piece(a, 0, 10, 0), Piece(a, 20, 10, 10)]
+
+
+@linux_only
+def test_warm_files_start_no_thread(tmp_path: Path) -> None:
+    f = data_file(tmp_path / "x.bin", 4 * MiB)
+    ahead = ReadAhead.for_groups([[(f, 0, 4 * MiB)]])
+    with ahead:
+        assert ahead._thread is None
+    assert ahead.pieces == []
+
+
+@linux_only
+def test_cold_pieces_are_read_up_to_the_budget_and_then_cached(tmp_path: Path) -> None:
+    f = data_file(tmp_path / "x.bin", 32 * MiB)
+    if not evict(f):
+        pytest.skip("this file system keeps files in memory; nothing to read ahead")
+    ahead = ReadAhead.for_groups([[(f, 0, 32 * MiB)]], budget=12 * MiB, step=4 * MiB)
+    assert [p.pos for p in ahead.pieces] == [0, 4 * MiB, 8 * MiB]  # the first 12 MiB, in order
+    with ahead:
+        deadline = time.monotonic() + 10
+        while ahead.pieces_read < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert ahead.pieces_read == 3
+    rest = ReadAhead.for_groups([[(f, 0, 32 * MiB)]], step=4 * MiB)
+    rest.close()
+    # What was read is cached now (the OS may have read further ahead on its own).
+    assert all(p.pos >= 12 * MiB for p in rest.pieces)
+
+
+@linux_only
+def test_partly_cached_files_read_only_what_is_missing(tmp_path: Path) -> None:
+    f = data_file(tmp_path / "x.bin", 16 * MiB)
+    if not evict(f):
+        pytest.skip("this file system keeps files in memory")
+    with open(f, "rb") as fh:
+        fh.seek(4 * MiB)
+        fh.read(4 * MiB)  # the second piece is cached now
+    ahead = ReadAhead.for_groups([[(f, 0, 16 * MiB)]], step=4 * MiB)
+    ahead.close()
+    assert [p.pos for p in ahead.pieces] == [0, 8 * MiB, 12 * MiB]
+
+
+@linux_only
+def test_stop_and_leaving_end_the_thread_and_close_its_descriptors(tmp_path: Path) -> None:
+    f = data_file(tmp_path / "x.bin", 16 * MiB)
+    if not evict(f):
+        pytest.skip("this file system keeps files in memory")
+    before = set(os.listdir("/proc/self/fd"))
+    stopped = ReadAhead.for_groups([[(f, 0, 16 * MiB)]], step=4 * MiB)
+    assert len(stopped.pieces) == 4
+    stopped.stop()  # before it starts: it reads nothing
+    with stopped:
+        assert stopped._thread is None
+    assert stopped.pieces_read == 0
+    running = ReadAhead.for_groups([[(f, 0, 16 * MiB)]], step=4 * MiB)
+    with running:
+        thread = running._thread
+        assert thread is not None
+    assert not thread.is_alive()
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+@linux_only
+@pytest.mark.parametrize("value", [None, "0", "off"])
+def test_on_by_default_and_off_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str | None) -> None:
+    f = data_file(tmp_path / "x.bin", 4 * MiB)
+    if not evict(f):
+        pytest.skip("this file system keeps files in memory")
+    if value is None:
+        monkeypatch.delenv("SURGEON_READAHEAD")
+    else:
+        monkeypatch.setenv("SURGEON_READAHEAD", value)
+    ahead = ReadAhead.for_groups([[(f, 0, 4 * MiB)]])
+    ahead.close()
+    assert bool(ahead.pieces) == (value is None)
+
+
+def test_no_read_ahead_where_the_os_cannot_tell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_libc(*args: object, **kwargs: object) -> None:
+        raise OSError("no C library here")
+
+    monkeypatch.setattr(readahead, "_Files", no_libc)
+    f = data_file(tmp_path / "x.bin", MiB)
+    ahead = ReadAhead.for_groups([[(f, 0, MiB)]])
+    with ahead:
+        ahead.stop()
+    assert ahead.pieces == [] and ahead._thread is None
+
+
+@linux_only
+def test_a_cold_diff_equals_a_warm_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read-ahead only warms the cache: the report is the same, bit for bit, with and without it."""
+    base = make_checkpoint(tmp_path / "base", num_layers=3, hidden_size=256, intermediate_size=512, num_heads=4,
+                           num_kv_heads=2, vocab_size=1024, dtype="bf16", shard_bytes=2 * MiB)
+    tuned = make_tuned(base, tmp_path / "tuned")
+    if not evict(base, tuned):
+        pytest.skip("this file system keeps files in memory")
+    started = []
+    real_enter = ReadAhead.__enter__
+
+    def spy(self: ReadAhead) -> ReadAhead:
+        started.append(len(self.pieces))
+        return real_enter(self)
+
+    monkeypatch.setattr(ReadAhead, "__enter__", spy)
+    cold = diff_checkpoints(base, tuned, chunk_bytes=64 * 1024)
+    assert started and started[0] > 0  # the cold run did read ahead
+    monkeypatch.setenv("SURGEON_READAHEAD", "0")
+    warm = diff_checkpoints(base, tuned, chunk_bytes=64 * 1024)
+    strip = lambda r: json.dumps({**r.to_dict(), "timing": None}, sort_keys=True)  # noqa: E731
+    assert strip(cold) == strip(warm)
