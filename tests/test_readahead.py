@@ -164,3 +164,15 @@ def test_a_cold_diff_equals_a_warm_one(tmp_path: Path, monkeypatch: pytest.Monke
     warm = diff_checkpoints(base, tuned, chunk_bytes=64 * 1024)
     strip = lambda r: json.dumps({**r.to_dict(), "timing": None}, sort_keys=True)  # noqa: E731
     assert strip(cold) == strip(warm)
+
+
+@linux_only
+def test_a_file_it_cannot_open_means_no_read_ahead_and_nothing_left_open(tmp_path: Path) -> None:
+    """The diff's own reads report such files; the read-ahead only steps aside."""
+    f = data_file(tmp_path / "x.bin", MiB)
+    before = set(os.listdir("/proc/self/fd"))
+    ahead = ReadAhead.for_groups([[(f, 0, MiB), (tmp_path / "gone.bin", 0, MiB)]])
+    with ahead:
+        pass
+    assert ahead.pieces == [] and ahead._thread is None
+    assert set(os.listdir("/proc/self/fd")) <= before

@@ -173,8 +173,11 @@ class ReadAhead:
                 if not (files.cached(p.path, p.pos) and files.cached(p.path, p.pos + p.nbytes - 1)):
                     todo.append(p)
                     wanted += p.nbytes
-        except OSError:
+        except OSError:  # a file that cannot be opened or mapped: the diff's own reads will say why
             todo = []
+        except BaseException:
+            files.close()
+            raise
         if not todo:
             files.close()
             return cls([], None)
