@@ -84,12 +84,6 @@ def ensure_pair(workdir: Path, size_gb: float) -> tuple[Path, Path]:
     return base, tuned
 
 
-def drop_cache(files: list[Path]) -> None:
-    from weightsurgeon.readahead import drop_cached
-
-    drop_cached(files)
-
-
 def warm_cache(files: list[Path]) -> None:
     buf = bytearray(16 << 20)
     for f in files:
@@ -223,6 +217,7 @@ def main() -> None:
                     help="run every tool in a cgroup whose disk reads are limited to this rate (Linux, root)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
+    from weightsurgeon.readahead import drop_cached  # fsync + POSIX_FADV_DONTNEED: makes the files cold
 
     base, tuned = ensure_pair(args.workdir, args.size)
     files = model_files(base) + model_files(tuned)
@@ -252,7 +247,7 @@ def main() -> None:
                 for name in names[round_ % len(names):] + names[:round_ % len(names)]:
                     cmd, env = tools[name]
                     if cache == "cold":
-                        drop_cache(files)
+                        drop_cached(files)
                     else:
                         warm_cache(files)
                     runs[name].append(run_child(cmd, env=env, throttle=throttle))

@@ -29,7 +29,6 @@ from weightsurgeon.errors import SurgeonError
 from weightsurgeon.kernels.stats import PART
 from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
 from weightsurgeon.readahead import ReadAhead
-from weightsurgeon.readahead import enabled as read_ahead_enabled
 from weightsurgeon.report.model import (DiffReport, ModelIdentity, TensorDiff, aggregate_modules, sort_key)
 
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024  # per tensor side and kernel call (and per buffer where Python reads)
@@ -311,7 +310,7 @@ def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others:
     elems, base_bytes, other_bytes, consumers = _chunk_plan(work, chunk_bytes, bins)
     reader = _ChunkReader(base, others, base_bytes, other_bytes, consumers)
     done = 0
-    with ReadAhead.for_groups(_ranges(work)) if read_ahead_enabled() else ReadAhead([], None) as ahead:
+    with ReadAhead.for_groups(_ranges(work)) as ahead:
         for info, pairs, start, stop in _schedule(work, elems):
             try:
                 nbytes = reader.run(info, pairs, start, stop, stats)

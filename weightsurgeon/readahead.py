@@ -137,19 +137,14 @@ class _Files:
 
 
 class ReadAhead:
-    """Reads `pieces` in a daemon thread until `stop` is called or `budget` bytes are read.
+    """Reads `pieces` (through `files`) in a daemon thread until `stop` is called.
 
     Use as a context manager around the consumer; leaving it stops and joins the thread
     and closes its descriptors.
     """
 
-    def __init__(self, pieces: Sequence[Piece], files: _Files | None, budget: int = BUDGET) -> None:
-        self.pieces: list[Piece] = []
-        for piece in pieces:
-            if budget < piece.nbytes:
-                break
-            self.pieces.append(piece)
-            budget -= piece.nbytes
+    def __init__(self, pieces: Sequence[Piece] = (), files: _Files | None = None) -> None:
+        self.pieces = list(pieces)
         self.pieces_read = 0
         self._files = files
         self._stop = threading.Event()
@@ -157,22 +152,22 @@ class ReadAhead:
 
     @classmethod
     def for_groups(cls, groups: Sequence[Sequence[Range]], budget: int = BUDGET, step: int = STEP) -> "ReadAhead":
-        """A read-ahead of the first pieces not cached yet; an idle one on a warm cache or where the OS cannot tell."""
+        """A read-ahead of the first `budget` bytes not cached yet; an idle one when turned off,
+        on a warm cache, or where the OS cannot tell."""
         if not enabled():
-            return cls([], None)
+            return cls()
         try:
             files = _Files()
         except (OSError, AttributeError):
-            return cls([], None)
+            return cls()
         todo: list[Piece] = []
         try:
-            wanted = 0
             for p in plan_pieces(groups, step):
-                if wanted >= budget:
+                if p.nbytes > budget:
                     break
                 if not (files.cached(p.path, p.pos) and files.cached(p.path, p.pos + p.nbytes - 1)):
                     todo.append(p)
-                    wanted += p.nbytes
+                    budget -= p.nbytes
         except OSError:  # a file that cannot be opened or mapped: the diff's own reads will say why
             todo = []
         except BaseException:
@@ -180,8 +175,8 @@ class ReadAhead:
             raise
         if not todo:
             files.close()
-            return cls([], None)
-        return cls(todo, files, budget)
+            return cls()
+        return cls(todo, files)
 
     def __enter__(self) -> "ReadAhead":
         if self.pieces and not self._stop.is_set():
