@@ -174,6 +174,21 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _shutdown_process_group() -> None:
+    """Wait for every rank, then tear the process group down.
+
+    Without this, a rank that finishes first (every rank but 0, which still writes the
+    report) exits with the process group alive, and its communication threads are killed
+    at interpreter exit: "terminate called without an active exception", SIGABRT, and the
+    launcher fails the whole run (seen once in CI on the 2-process ZeRO-3 test).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _broadcast(value: Any) -> Any:
     import torch.distributed as dist
 
@@ -521,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(argv[0])
         cfg = load_config(path, argv[1:])
         summary = run(cfg, base_dir=path.resolve().parent)
+        _shutdown_process_group()  # on success only: after a failure the other ranks may never reach a barrier
         if summary.get("output"):
             print(summary_line(summary))
     except SurgeonError as exc:
