@@ -1,5 +1,6 @@
-"""The diff's start-up read-ahead: what it plans, that it reads only what is not cached,
-within its budget, stops when told, leaves nothing open, and never changes a result."""
+"""The diff's read-ahead: what it plans, that it reads only what is not cached, stays
+within its window of the consumer and skips what the consumer passed, ends once it gets a
+window ahead, stops when told, leaves nothing open, and never changes a result."""
 from __future__ import annotations
 
 import json
@@ -64,22 +65,48 @@ def test_warm_files_start_no_thread(tmp_path: Path) -> None:
     assert ahead.pieces == []
 
 
+def wait_until_done(ahead: ReadAhead) -> None:
+    assert ahead._thread is not None
+    ahead._thread.join(timeout=10)
+    assert not ahead._thread.is_alive()
+
+
+def uncached(f: Path, step: int) -> list[int]:
+    """Positions of the pieces of `f` not in the page cache now."""
+    probe = ReadAhead.for_groups([[(f, 0, f.stat().st_size)]], step=step)
+    probe.close()
+    return [p.pos for p in probe.pieces]
+
+
 @linux_only
-def test_cold_pieces_are_read_up_to_the_budget_and_then_cached(tmp_path: Path) -> None:
+def test_cold_pieces_are_read_up_to_a_window_ahead_and_then_the_thread_ends(tmp_path: Path) -> None:
+    """A consumer that has not started yet: the thread reads one window's worth and ends
+    (the disk outpaced the consumer), leaving the rest to the consumer's own reads."""
     f = data_file(tmp_path / "x.bin", 32 * MiB)
     if not evict(f):
         pytest.skip("this file system keeps files in memory; nothing to read ahead")
-    ahead = ReadAhead.for_groups([[(f, 0, 32 * MiB)]], budget=12 * MiB, step=4 * MiB)
-    assert [p.pos for p in ahead.pieces] == [0, 4 * MiB, 8 * MiB]  # the first 12 MiB, in order
+    ahead = ReadAhead.for_groups([[(f, 0, 32 * MiB)]], window=12 * MiB, step=4 * MiB)
+    assert [p.pos for p in ahead.pieces] == [i * 4 * MiB for i in range(8)]  # every cold piece, in order
     with ahead:
-        deadline = time.monotonic() + 10
-        while ahead.pieces_read < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until_done(ahead)  # it ends by itself, no stop()
     assert ahead.pieces_read == 3
-    rest = ReadAhead.for_groups([[(f, 0, 32 * MiB)]], step=4 * MiB)
-    rest.close()
     # What was read is cached now (the OS may have read further ahead on its own).
-    assert all(p.pos >= 12 * MiB for p in rest.pieces)
+    assert all(pos >= 12 * MiB for pos in uncached(f, 4 * MiB))
+
+
+@linux_only
+def test_it_skips_what_the_consumer_passed_and_reads_on_as_it_advances(tmp_path: Path) -> None:
+    f = data_file(tmp_path / "x.bin", 32 * MiB)
+    if not evict(f):
+        pytest.skip("this file system keeps files in memory")
+    ahead = ReadAhead.for_groups([[(f, 0, 32 * MiB)]], window=8 * MiB, step=4 * MiB)
+    ahead.advance(20 * MiB)  # the consumer is at 20 MiB: 0-16 are its own, 20 and 24 lie in the window
+    with ahead:
+        wait_until_done(ahead)
+    assert ahead.pieces_read == 2
+    left = uncached(f, 4 * MiB)
+    assert {0, 4 * MiB, 8 * MiB, 12 * MiB, 16 * MiB} <= set(left)  # never read: the consumer had passed
+    assert 20 * MiB not in left and 24 * MiB not in left
 
 
 @linux_only
@@ -162,7 +189,7 @@ def test_a_cold_diff_equals_a_warm_one(tmp_path: Path, monkeypatch: pytest.Monke
     assert started and started[0] > 0  # the cold run did read ahead
     monkeypatch.setenv("SURGEON_READAHEAD", "0")
     warm = diff_checkpoints(base, tuned, chunk_bytes=64 * 1024)
-    strip = lambda r: json.dumps({**r.to_dict(), "timing": None}, sort_keys=True)  # noqa: E731
+    strip = lambda r: json.dumps({**r.to_dict(), "timing": None, "created": None}, sort_keys=True)  # noqa: E731
     assert strip(cold) == strip(warm)
 
 

@@ -302,8 +302,9 @@ def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others:
     """Run every pair through the kernel, chunk by chunk in reading order; returns bytes read.
 
     The kernel reads the files itself on every core (see _ChunkReader). Where the files
-    are not cached, a ReadAhead thread reads what comes first while numba loads, so that
-    the disk is not idle during start-up; on a warm cache no thread starts.
+    are not cached, a ReadAhead thread reads ahead of it from the start, while numba
+    loads, and for as long as the disk is slower than the kernel; on a warm cache no
+    thread starts.
     """
     if not work:
         return 0
@@ -320,7 +321,7 @@ def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others:
                     raise
                 raise cause from None
             done += nbytes
-            ahead.stop()  # the kernel is loaded and reads for itself now
+            ahead.advance(done)
             if progress is not None:
                 progress.advance(nbytes)
     return done

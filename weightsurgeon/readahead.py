@@ -1,29 +1,32 @@
-"""Read ahead while the diff starts up, so that a cold disk is not idle for that half second.
+"""Read ahead of the diff's kernel while the disk is slower than the kernel.
 
 Why a thread of our own: before the diff reads its first byte it imports and loads numba
 (about 0.5 s), with the disk idle and one core idle. This thread uses exactly those: it
-reads the byte ranges the diff will consume first, in the order it consumes them, until
-the diff's kernel has started (`stop`) or BUDGET bytes are read. From then on the kernel's
-own reads and the OS's read-ahead take over.
+reads the byte ranges the diff will consume, in the order it consumes them. It goes on
+reading once the kernel runs, up to WINDOW bytes ahead of what the kernel has consumed
+(`advance`), and ends for good the first time it gets that far ahead: the disk then reads
+faster than the kernel computes, and the OS's read-ahead for the kernel's own reads is
+enough. So on a slow disk it keeps the disk busy the whole run, and on a fast one it only
+covers the start-up, where every further copy would take CPU the kernel needs.
 
-Measured with tools/bench_diff.py on the 2.6 GB benchmark pair, the tools taking turns
-(medians; README, "Performance"): on this project's virtual disk the diff took 1.76 s
-cold with it and 2.13 s without (`cat` 1.05 s); on the same disk throttled to 1.6 GB/s,
-2.17 s with it and 3.10 s without (`cat` 1.67 s); warm, the same 1.35 s either way.
-Reading ahead all the way, a window ahead of the kernel, was no better on the virtual
-disk and copies every byte once more, CPU the kernel needs when the disk is fast.
-(Early runs in which the read-ahead run always came first, right after another tool's
-cache drop, showed it slower: on these VMs the first run after a drop can be slow.)
+Measured on the 2.6 GB benchmark pair, the variants taking turns, cold, 6 rounds each
+(README, "Performance"): with the disk throttled to 1.6 GB/s, `cat` 1.76 s, this 2.08 s,
+a read-ahead that stops once the kernel runs 2.35 s, one that always stays a window ahead
+2.06 s; on the unthrottled virtual disk (`cat` 0.6-1.6 s), 1.68, 2.15 and 2.41 s: there,
+always reading ahead costs the kernel CPU for the copies. Warm, no thread starts.
 
 Details that matter:
 - Only pieces not already in the page cache are read: mincore(2) on a mapping of each
   file tells, for the first and last page of each piece, without causing any I/O (a
   RWF_NOWAIT read would: it starts read-ahead at every page it probes, which measured
-  60% slower cold). On a warm cache no thread starts at all.
+  60% slower cold). On a warm cache no thread starts at all. Pieces the kernel has
+  reached before the thread did are skipped: the kernel read them itself.
 - The thread reads through descriptors of its own, so the OS's read-ahead state for the
   kernel's descriptors is left alone.
 - Each read lands in one small buffer named many times in the read's list of buffers
   (preadv): the copy out of the page cache stays in the core's cache.
+- posix_fadvise(WILLNEED) instead of reads, a window of 256 or 512 MiB ahead, was no
+  better than stopping once the kernel runs (2.23 and 2.28 s throttled).
 - Where the OS cannot tell what is cached (no mincore via ctypes: Windows) there is no
   read-ahead. Errors end the thread quietly: the diff's own reads meet the same error
   and report it. SURGEON_READAHEAD=0 turns it off (benchmarks, odd storage).
@@ -37,7 +40,7 @@ from typing import Any, NamedTuple, Sequence
 
 STEP = 8 * 1024 * 1024  # bytes per read call
 SLICE = 128 * 1024  # the reused buffer each read call fills STEP / SLICE times over
-BUDGET = 1024 * 1024 * 1024  # at most this much read ahead (page cache, not our memory)
+WINDOW = 1024 * 1024 * 1024  # at most this far ahead of the consumer (page cache, not our memory)
 PAGE = 4096
 
 Range = tuple[Path, int, int]  # (file, byte position, nbytes)
@@ -137,23 +140,27 @@ class _Files:
 
 
 class ReadAhead:
-    """Reads `pieces` (through `files`) in a daemon thread until `stop` is called.
+    """Reads `pieces` (through `files`) in a daemon thread, at most `window` bytes ahead of
+    the consumer, until it would get further ahead, runs out of pieces, or `stop` is called.
 
-    Use as a context manager around the consumer; leaving it stops and joins the thread
-    and closes its descriptors.
+    Use as a context manager around the consumer, which calls `advance` as it goes;
+    leaving it stops and joins the thread and closes its descriptors.
     """
 
-    def __init__(self, pieces: Sequence[Piece] = (), files: _Files | None = None) -> None:
+    def __init__(self, pieces: Sequence[Piece] = (), files: _Files | None = None, window: int = WINDOW) -> None:
         self.pieces = list(pieces)
+        self.window = window
+        self.consumed = 0  # bytes the consumer has taken (see advance)
         self.pieces_read = 0
         self._files = files
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def for_groups(cls, groups: Sequence[Sequence[Range]], budget: int = BUDGET, step: int = STEP) -> "ReadAhead":
-        """A read-ahead of the first `budget` bytes not cached yet; an idle one when turned off,
-        on a warm cache, or where the OS cannot tell."""
+    def for_groups(cls, groups: Sequence[Sequence[Range]], window: int | None = None, step: int = STEP) -> "ReadAhead":
+        """A read-ahead of every piece not cached yet; an idle one when turned off, on a warm
+        cache, or where the OS cannot tell. `window`: how far ahead of the consumer it may
+        get (default WINDOW, less where memory is short)."""
         if not enabled():
             return cls()
         try:
@@ -163,11 +170,8 @@ class ReadAhead:
         todo: list[Piece] = []
         try:
             for p in plan_pieces(groups, step):
-                if p.nbytes > budget:
-                    break
                 if not (files.cached(p.path, p.pos) and files.cached(p.path, p.pos + p.nbytes - 1)):
                     todo.append(p)
-                    budget -= p.nbytes
         except OSError:  # a file that cannot be opened or mapped: the diff's own reads will say why
             todo = []
         except BaseException:
@@ -176,7 +180,7 @@ class ReadAhead:
         if not todo:
             files.close()
             return cls()
-        return cls(todo, files)
+        return cls(todo, files, _window() if window is None else window)
 
     def __enter__(self) -> "ReadAhead":
         if self.pieces and not self._stop.is_set():
@@ -187,8 +191,12 @@ class ReadAhead:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def advance(self, consumed: int) -> None:
+        """The consumer has taken `consumed` bytes (counted as Piece.due counts them)."""
+        self.consumed = consumed
+
     def stop(self) -> None:
-        """No more reads after the one in flight: the consumer reads for itself from now on."""
+        """No more reads after the one in flight."""
         self._stop.set()
 
     def close(self) -> None:
@@ -207,11 +215,29 @@ class ReadAhead:
             for piece in self.pieces:
                 if self._stop.is_set():
                     return
+                consumed = self.consumed
+                if piece.due < consumed:
+                    continue  # the consumer got there first and read it itself
+                if piece.due >= consumed + self.window:
+                    return  # the disk outpaces the consumer: its own reads (and the OS's read-ahead) suffice
                 full, rest = divmod(piece.nbytes, SLICE)
                 os.preadv(self._files.fd(piece.path), [small] * full + ([small[:rest]] if rest else []), piece.pos)
                 self.pieces_read += 1
         except (OSError, AttributeError):  # AttributeError: no os.preadv on this platform
             return
+
+
+def _window() -> int:
+    """WINDOW, or a quarter of the memory available where that is less (Linux; WINDOW elsewhere):
+    pages read too far ahead on a full machine would be dropped again before their use."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return max(STEP, min(WINDOW, int(line.split()[1]) * 1024 // 4))
+    except (OSError, ValueError, IndexError):
+        pass
+    return WINDOW
 
 
 def drop_cached(paths: Sequence[Path]) -> None:
