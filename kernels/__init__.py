@@ -15,12 +15,37 @@ Definitions, for a chunk pair A, B in their stored dtypes:
 
 `reference_delta_stats` is the same in plain numpy and serves as the tests' oracle.
 """
-from weightsurgeon.kernels.decode import decode_to_float32, decode_to_float64, encode_from_float32
-from weightsurgeon.kernels.delta import (accumulate_delta, accumulate_delta_from_files, count_nonfinite, reads_files,
-                                        warmup)
-from weightsurgeon.kernels.dtypes import ITEMSIZE, SUPPORTED_FAST_DTYPES
-from weightsurgeon.kernels.reference import reference_delta_stats
-from weightsurgeon.kernels.stats import DeltaStats
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Public names and the submodule each lives in, imported on first use: importing
+# weightsurgeon.kernels.histogram (the diff's planning) must not import numpy.
+_HOME = {
+    "ITEMSIZE": "dtypes",
+    "SUPPORTED_FAST_DTYPES": "dtypes",
+    "DeltaStats": "stats",
+    "accumulate_delta": "delta",
+    "accumulate_delta_from_files": "delta",
+    "count_nonfinite": "delta",
+    "decode_to_float32": "decode",
+    "decode_to_float64": "decode",
+    "encode_from_float32": "decode",
+    "reads_files": "delta",
+    "reference_delta_stats": "reference",
+    "warmup": "delta",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ITEMSIZE",
@@ -36,3 +61,7 @@ __all__ = [
     "reference_delta_stats",
     "warmup",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))

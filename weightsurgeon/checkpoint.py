@@ -14,12 +14,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Iterator
 
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import ShardHeader, itemsize, json_bomb_reason, parse_header, storage_dtype
+
+if TYPE_CHECKING:  # numpy is imported where data is read: opening and planning need none
+    import numpy as np
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -143,6 +144,8 @@ class Checkpoint:
 
         Every chunk is a view of one reused buffer: consume it before asking for the next.
         """
+        import numpy as np
+
         size = info.itemsize
         step = max(size, chunk_bytes - chunk_bytes % size)
         if buffer is None:
@@ -161,6 +164,8 @@ class Checkpoint:
 
     def read_tensor(self, name: str) -> np.ndarray:
         """The whole tensor, shaped, in its stored dtype. Memory = tensor size: for small tensors and tests."""
+        import numpy as np
+
         info = self.tensors[name]
         out = np.empty(info.numel, dtype=storage_dtype(info.dtype))
         if info.nbytes:

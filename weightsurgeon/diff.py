@@ -18,18 +18,21 @@ import hashlib
 import os
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from weightsurgeon.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.kernels.stats import PART
+from weightsurgeon.kernels.histogram import PART, check_histogram
 from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
 from weightsurgeon.readahead import ReadAhead
-from weightsurgeon.report.model import (DiffReport, ModelIdentity, TensorDiff, aggregate_modules, sort_key)
+
+if TYPE_CHECKING:  # numpy and the report classes load when the data does (run_diff): see read_ahead_for
+    import numpy as np
+
+    from weightsurgeon.report.model import DiffReport, ModelIdentity
 
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024  # per tensor side and kernel call (and per buffer where Python reads)
 MAX_BUFFER_BYTES = 64 * 1024 * 1024  # all read buffers together, whatever the number of tuned models
@@ -172,6 +175,8 @@ def checkpoint_digest(ckpt: Checkpoint) -> str:
 
 
 def identify(ckpt: Checkpoint, label: str | None = None) -> ModelIdentity:
+    from weightsurgeon.report.model import ModelIdentity
+
     by_dtype: Counter = Counter()
     for info in ckpt:
         by_dtype[info.dtype] += info.nbytes
@@ -262,6 +267,8 @@ class _ChunkReader:
         self.accumulate, self.from_files, self.reads_files = accumulate_delta, accumulate_delta_from_files, reads_files
 
     def _buffers(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        import numpy as np
+
         if self.buffers is None:
             base_bytes, other_bytes, consumers = self.sizes
             self.buffers = (np.empty(base_bytes, dtype=np.uint8), [np.empty(other_bytes, dtype=np.uint8) for _ in range(consumers)])
@@ -298,7 +305,8 @@ def _ranges(work: list[tuple[TensorInfo, list[Pair]]]) -> list[list[tuple[Path, 
 
 
 def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others: list[Checkpoint],
-            stats: dict[tuple[int, str], Any], chunk_bytes: int, bins: int, progress: Any) -> int:
+            stats: dict[tuple[int, str], Any], chunk_bytes: int, bins: int, progress: Any,
+            read_ahead: ReadAhead | None = None) -> int:
     """Run every pair through the kernel, chunk by chunk in reading order; returns bytes read.
 
     The kernel reads the files itself on every core (see _ChunkReader). Where the files
@@ -311,7 +319,8 @@ def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others:
     elems, base_bytes, other_bytes, consumers = _chunk_plan(work, chunk_bytes, bins)
     reader = _ChunkReader(base, others, base_bytes, other_bytes, consumers)
     done = 0
-    with ReadAhead.for_groups(_ranges(work)) as ahead:
+    with ExitStack() as owned:
+        ahead = read_ahead if read_ahead is not None else owned.enter_context(ReadAhead.for_groups(_ranges(work)))
         for info, pairs, start, stop in _schedule(work, elems):
             try:
                 nbytes = reader.run(info, pairs, start, stop, stats)
@@ -340,8 +349,6 @@ def _as_checkpoint(source: Any, opened: list[Checkpoint]) -> Checkpoint:
 
 
 def _check_histogram(bins: int, clip: float) -> tuple[int, float]:
-    from weightsurgeon.kernels.stats import check_histogram
-
     try:
         return check_histogram(bins, clip)
     except ValueError as e:
@@ -412,15 +419,32 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
     return DiffPlan(base, others, names, pairs, missing, notes, warnings, options)
 
 
-def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Any = None) -> DiffReport:
-    """Stream every pair of the plan through the kernel and build the report."""
+def read_ahead_for(plan: DiffPlan) -> ReadAhead:
+    """A read-ahead of what run_diff(plan) reads, in its order (an idle one on a warm cache).
+
+    Enter it as soon as the plan exists and hand it to run_diff: planning imports neither
+    numpy nor numba, so started here the read-ahead keeps a cold disk busy during those
+    imports too (about 0.1 s earlier than run_diff could start it). The CLI does this.
+    """
+    return ReadAhead.for_groups(_ranges(_order_pairs(plan.pairs, plan.base)))
+
+
+def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Any = None,
+             read_ahead: ReadAhead | None = None) -> DiffReport:
+    """Stream every pair of the plan through the kernel and build the report.
+
+    `read_ahead`: one from read_ahead_for(plan), entered by the caller; by default run_diff
+    starts its own.
+    """
     from weightsurgeon.kernels import DeltaStats
+    from weightsurgeon.report.model import DiffReport, TensorDiff, aggregate_modules, sort_key
 
     bins, clip = plan.options["bins"], plan.options["clip"]
     stats = {(p.tuned, p.name): DeltaStats.empty(bins, clip) for p in plan.pairs}
     work = _order_pairs(plan.pairs, plan.base)
     started = time.perf_counter()
-    bytes_read = _stream(work, plan.base, plan.others, stats, max(MIN_CHUNK_BYTES, int(chunk_bytes)), bins, progress)
+    bytes_read = _stream(work, plan.base, plan.others, stats, max(MIN_CHUNK_BYTES, int(chunk_bytes)), bins, progress,
+                         read_ahead)
     seconds = time.perf_counter() - started
 
     rows = []

@@ -22,36 +22,39 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from weightsurgeon.errors import SurgeonError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_HEADER_BYTES = 100_000_000
 HEADER_ALIGN = 8
 
 # safetensors dtype name -> (bytes per element, numpy dtype of the *stored* representation).
-# BF16 and FP8 have no numpy dtype: they are read as raw bit patterns.
-DTYPES: dict[str, tuple[int, np.dtype]] = {
-    "BOOL": (1, np.dtype(np.bool_)),
-    "U8": (1, np.dtype(np.uint8)),
-    "I8": (1, np.dtype(np.int8)),
-    "F8_E4M3": (1, np.dtype(np.uint8)),
-    "F8_E5M2": (1, np.dtype(np.uint8)),
-    "F8_E8M0": (1, np.dtype(np.uint8)),
-    "I16": (2, np.dtype("<i2")),
-    "U16": (2, np.dtype("<u2")),
-    "F16": (2, np.dtype("<f2")),
-    "BF16": (2, np.dtype("<u2")),
-    "I32": (4, np.dtype("<i4")),
-    "U32": (4, np.dtype("<u4")),
-    "F32": (4, np.dtype("<f4")),
-    "F64": (8, np.dtype("<f8")),
-    "I64": (8, np.dtype("<i8")),
-    "U64": (8, np.dtype("<u8")),
-    "C64": (8, np.dtype("<c8")),
-    "F8_E4M3FNUZ": (1, np.dtype(np.uint8)),
-    "F8_E5M2FNUZ": (1, np.dtype(np.uint8)),
+# BF16 and FP8 have no numpy dtype: they are read as raw bit patterns. The numpy dtypes are
+# named here and made on first use: planning a diff needs no numpy (see storage_dtype).
+DTYPES: dict[str, tuple[int, str]] = {
+    "BOOL": (1, "?"),
+    "U8": (1, "u1"),
+    "I8": (1, "i1"),
+    "F8_E4M3": (1, "u1"),
+    "F8_E5M2": (1, "u1"),
+    "F8_E8M0": (1, "u1"),
+    "I16": (2, "<i2"),
+    "U16": (2, "<u2"),
+    "F16": (2, "<f2"),
+    "BF16": (2, "<u2"),
+    "I32": (4, "<i4"),
+    "U32": (4, "<u4"),
+    "F32": (4, "<f4"),
+    "F64": (8, "<f8"),
+    "I64": (8, "<i8"),
+    "U64": (8, "<u8"),
+    "C64": (8, "<c8"),
+    "F8_E4M3FNUZ": (1, "u1"),
+    "F8_E5M2FNUZ": (1, "u1"),
 }
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"})
 # Packed sub-byte dtypes safetensors knows (MXFP4/MXFP6 payloads): named clearly when refused.
@@ -80,8 +83,11 @@ def itemsize(dtype: str) -> int:
     return DTYPES[dtype][0]
 
 
-def storage_dtype(dtype: str) -> np.dtype:
-    return DTYPES[dtype][1]
+def storage_dtype(dtype: str) -> "np.dtype":
+    """The numpy dtype of the stored representation (imports numpy: only where data is read)."""
+    import numpy as np
+
+    return np.dtype(DTYPES[dtype][1])
 
 
 @dataclass(frozen=True, slots=True)
