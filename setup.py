@@ -1,12 +1,14 @@
 """Packaging for weightsurgeon.
 
-The top-level folders ``kernels/`` and ``recipes/`` install as
-``weightsurgeon.kernels`` and ``weightsurgeon.recipes``: a top-level module named
-``kernels`` would shadow the Hugging Face package that transformers probes for.
+Everything lives under ``weightsurgeon/``: the kernels and recipes are the subpackages
+``weightsurgeon.kernels`` and ``weightsurgeon.recipes``. The repository has no top-level
+``kernels`` folder on purpose: with the checkout on sys.path (``python -m pytest`` from
+the root) it would shadow the Hugging Face ``kernels`` package, which transformers 5
+depends on and imports.
 """
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
@@ -40,24 +42,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=[
-        "weightsurgeon",
-        "weightsurgeon.commands",
-        "weightsurgeon.report",
-        "weightsurgeon.kernels",
-        "weightsurgeon.recipes",
-        "weightsurgeon.recipes.configs",
-        "weightsurgeon.recipes.train",
-        "weightsurgeon.recipes.eval",
-    ],
-    package_dir={
-        "weightsurgeon": "weightsurgeon",
-        "weightsurgeon.kernels": "kernels",
-        "weightsurgeon.recipes": "recipes",
-        "weightsurgeon.recipes.configs": "recipes/configs",
-        "weightsurgeon.recipes.train": "recipes/train",
-        "weightsurgeon.recipes.eval": "recipes/eval",
-    },
+    packages=find_packages(include=["weightsurgeon", "weightsurgeon.*"]),
     package_data={
         "weightsurgeon.recipes.configs": ["*.yaml"],
         "weightsurgeon.recipes.eval": ["lm_eval_tasks/*.yaml", "data/*.jsonl"],

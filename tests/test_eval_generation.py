@@ -25,7 +25,7 @@ from weightsurgeon.recipes.eval.budget import ThinkingFormat, budget_forced_gene
 from weightsurgeon.synth import make_checkpoint  # noqa: E402
 
 EOS = 258  # <|im_end|> in synth.py's tokenizer
-CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "weightsurgeon" / "recipes" / "configs"
 ANSWER_SCRIPT = "hm</think>\\boxed{7}"  # 12 distinct tokens: thinks "hm", then answers 7
 
 
