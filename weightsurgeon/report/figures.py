@@ -244,9 +244,22 @@ def _grid(n: int, max_cols: int) -> tuple[int, int]:
 
 
 def _new_figure(width: float, height: float):
+    """A figure without a layout engine: `lay_out` solves the constrained layout once, by hand.
+
+    A figure that has (or ever had) a layout engine is drawn twice by every savefig (a
+    layout draw, then the real one), even after the engine is switched off."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    return Figure(figsize=(width, height), dpi=DPI, layout="none")
+
+
+def lay_out(fig) -> None:
+    """Solve the constrained layout once and leave the axes there (no engine kept on the figure).
+
+    The same placement ``layout="constrained"`` gives, without its extra draw per save."""
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    ConstrainedLayoutEngine().execute(fig)
 
 
 # ---------------------------------------------------------------- the figures
@@ -350,7 +363,8 @@ def figure_rel_change_hist(view: ReportView, every: int):
                 frac = counts / total
                 nz = np.nonzero(counts)[0]
                 reach = max(reach, abs(edges[nz[0]] - centre), abs(edges[nz[-1] + 1] - centre))
-                ax.stairs(np.where(frac > 0, frac, np.nan), edges, color=cmap(norm(layer)), linewidth=1.1)
+                _stairs(ax, np.where(frac > 0, frac, np.nan), edges, cmap(norm(layer)), 1.1)
+            ax.autoscale_view()
             ax.set_yscale("log")
             _sparse_log_ticks(ax.yaxis)
             ax.grid(True, alpha=0.25)
@@ -380,6 +394,22 @@ def figure_rel_change_hist(view: ReportView, every: int):
     fig.suptitle(f"Relative change of weights, every {every} layers (|values| > {clip:g} counted in the edge bins)",
                  fontsize=12)
     return fig
+
+
+def _stairs(ax, values, edges, color, linewidth: float) -> None:
+    """``ax.stairs(values, edges)`` unfilled, without its per-vertex limit update.
+
+    Axes.add_patch walks the path segment by segment in Python to update the data limits
+    (a 200-bin histogram is ~800 segments); the step path's vertices are its extent, so
+    they go to update_datalim in one call. Same patch, same limits (once the caller runs
+    autoscale_view), same picture."""
+    from matplotlib.patches import StepPatch
+
+    patch = StepPatch(values, edges, baseline=0, fill=False, edgecolor=color, linewidth=linewidth)
+    ax.add_artist(patch)
+    ax.update_datalim(patch.get_path().vertices)
+    ax.update_datalim([(edges[0], 0.0)])
+    patch.sticky_edges.y.append(0.0)
 
 
 def _sparse_log_ticks(axis) -> None:
@@ -517,7 +547,10 @@ def build_figures(report: Any, every: int | None = None) -> list[tuple[str, Any]
         ("rel_l2_heatmap", figure_rel_l2_heatmap(view)),
         ("delta_share", figure_delta_share(view)),
     ]
-    return [(name, fig) for name, fig in drawn if fig is not None]
+    drawn = [(name, fig) for name, fig in drawn if fig is not None]
+    for _name, fig in drawn:
+        lay_out(fig)
+    return drawn
 
 
 def _configure_matplotlib() -> None:
@@ -542,12 +575,6 @@ def save_figure(fig: Any, path: Path, fmt: str) -> Path:
             os.unlink(tmp)
         raise
     return path
-
-
-def freeze_layout(fig: Any) -> None:
-    """Run the constrained layout once and keep it: every further savefig would solve it again."""
-    fig.draw_without_rendering()
-    fig.set_layout_engine("none")
 
 
 def _metadata(fmt: str) -> dict:
@@ -592,7 +619,6 @@ def draw_all(report: Any, out_dir: Path, every: int | None = None, formats: str 
     _configure_matplotlib()
     written: list[Path] = []
     for name, fig in build_figures(view, every):
-        freeze_layout(fig)
         for fmt in fmts:
             written.append(save_figure(fig, out_dir / f"{name}.{fmt}", fmt))
     return written
