@@ -4,8 +4,9 @@
 On a synthetic bf16 base/fine-tune pair it generates (default about 1.3 GB per model),
 it measures in one run, on a cold and on a warm page cache:
 
-- ``surgeon diff BASE TUNED -o DIR --no-plots`` (a subprocess, as a user runs it), and
-  the same with its start-up read-ahead turned off (SURGEON_READAHEAD=0);
+- ``surgeon diff BASE TUNED -o DIR --no-plots`` (a subprocess, as a user runs it), the
+  same with its start-up read-ahead turned off (SURGEON_READAHEAD=0), and the same on
+  numba's kernel instead of the native one (SURGEON_NATIVE=0);
 - ``cat`` of the same shard files to /dev/null: the read bound;
 - the kernel alone on in-memory data (this process), scaled to the same bytes;
 - the by-hand approach: load both models with transformers' AutoModelForCausalLM and take
@@ -228,11 +229,13 @@ def main() -> None:
     tools: dict[str, tuple[list[str], dict | None]] = {
         "surgeon diff": (surgeon, None),
         "surgeon diff, no read-ahead": (surgeon, {**os.environ, "SURGEON_READAHEAD": "0"}),
+        "surgeon diff, numba kernel": (surgeon, {**os.environ, "SURGEON_NATIVE": "0"}),
         "cat > /dev/null": (["cat", *map(str, files)], None),
     }
     if not args.skip_transformers:
         tools["transformers by hand"] = ([sys.executable, "-c", BY_HAND, str(base), str(tuned)], None)
-    subprocess.run(surgeon, check=True, stdout=subprocess.DEVNULL)  # numba's cache filled, report folder exists
+    for env in (None, tools["surgeon diff, numba kernel"][1]):  # both kernels' caches filled; the report folder exists
+        subprocess.run(surgeon, check=True, stdout=subprocess.DEVNULL, env=env)
     throttle = Throttle(files[0], args.throttle) if args.throttle else None
 
     load_before = load_average()
@@ -277,15 +280,17 @@ def main() -> None:
     for cache in ("cold", "warm"):
         d, c = results[f"surgeon diff ({cache})"], results[f"cat > /dev/null ({cache})"]
         ratios[f"diff / cat time ({cache})"] = d["seconds"] / c["seconds"]
-        ratios[f"diff without read-ahead / cat ({cache})"] = (
-            results[f"surgeon diff, no read-ahead ({cache})"]["seconds"] / c["seconds"])
+        for variant in ("no read-ahead", "numba kernel"):
+            ratios[f"diff, {variant} / cat ({cache})"] = results[f"surgeon diff, {variant} ({cache})"]["seconds"] / c["seconds"]
         hand = results.get(f"transformers by hand ({cache})")
         if hand:
             ratios[f"by-hand / diff time ({cache})"] = hand["seconds"] / d["seconds"]
+            ratios[f"by-hand / diff, numba kernel, time ({cache})"] = (
+                hand["seconds"] / results[f"surgeon diff, numba kernel ({cache})"]["seconds"])
             ratios[f"by-hand / diff peak RSS ({cache})"] = hand["peak_rss_mib"] / d["peak_rss_mib"]
     print("\nratios (goals: diff/cat cold <= 1.2; by-hand/diff time >= 5; by-hand/diff peak RSS >= 10)")
     for name, value in ratios.items():
-        print(f"  {name:34s} {value:6.2f}")
+        print(f"  {name:44s} {value:6.2f}")
     if args.json:
         args.json.write_text(json.dumps({"total_bytes": total, "throttle_mbps": args.throttle, "load_before": load_before, "load_after": load_after,
                                          "results": results, "ratios": ratios}, indent=2) + "\n")

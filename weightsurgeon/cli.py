@@ -17,7 +17,7 @@ import threading
 import click
 
 from weightsurgeon._version import __version__
-from weightsurgeon.errors import SurgeonError
+from weightsurgeon.errors import Interrupted, SurgeonError
 
 # name -> "module:attribute" of a click command.
 COMMANDS: dict[str, str] = {
@@ -74,14 +74,15 @@ def _exit(code: int, process: bool = False) -> None:
     """Exit without a second Ctrl-C during interpreter shutdown printing 'Exception ignored ...'.
 
     `process`: this is the process's own entry point (not an in-process caller such as
-    a test). Once numba is loaded, interpreter shutdown spends about 0.15 s tearing down
-    LLVM and its modules; every output is closed by now, so flush and leave at once. Not
-    where torch is loaded: training and evaluation libraries flush logs in atexit hooks.
+    a test). Once numba (or the native kernel's llvmlite) is loaded, interpreter shutdown
+    spends 0.04-0.15 s tearing down LLVM and its modules; every output is closed by now,
+    so flush and leave at once. Not where torch is loaded: training and evaluation
+    libraries flush logs in atexit hooks.
     """
     if code and threading.current_thread() is threading.main_thread():
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)
-    if process and "numba" in sys.modules and "torch" not in sys.modules:  # torch users (train/eval) keep their atexit hooks
+    if process and ("numba" in sys.modules or "llvmlite.binding" in sys.modules) and "torch" not in sys.modules:  # torch users (train/eval) keep their atexit hooks
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:  # usage errors: click's own message and exit code (2)
         e.show()
         _exit(e.exit_code)
-    except SurgeonError as e:
+    except (SurgeonError, Interrupted) as e:
         if debug:
             raise
         click.echo(f"error: {e}", err=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from weightsurgeon.checkpoint import Checkpoint, TensorInfo, open_checkpoint
-from weightsurgeon.errors import SurgeonError
+from weightsurgeon.errors import Interrupted, SurgeonError
 from weightsurgeon.kernels.histogram import PART, check_histogram
 from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
 from weightsurgeon.readahead import ReadAhead
@@ -227,7 +227,7 @@ def _signal_cause(error: BaseException) -> BaseException | None:
     seen = 0
     cause = error.__cause__ or error.__context__
     while cause is not None and seen < 8:
-        if isinstance(cause, (SurgeonError, KeyboardInterrupt)):
+        if isinstance(cause, (SurgeonError, Interrupted, KeyboardInterrupt)):
             return cause
         cause, seen = cause.__cause__ or cause.__context__, seen + 1
     return None
@@ -310,9 +310,9 @@ def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others:
     """Run every pair through the kernel, chunk by chunk in reading order; returns bytes read.
 
     The kernel reads the files itself on every core (see _ChunkReader). Where the files
-    are not cached, a ReadAhead thread reads ahead of it from the start, while numba
-    loads, and for as long as the disk is slower than the kernel; on a warm cache no
-    thread starts.
+    are not cached, a ReadAhead thread reads ahead of it from the start, while the
+    kernel loads, and for as long as the disk is slower than the kernel; on a warm cache
+    no thread starts.
     """
     if not work:
         return 0
@@ -437,6 +437,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
     starts its own.
     """
     from weightsurgeon.kernels import DeltaStats
+    from weightsurgeon.kernels.native import status as native_kernel_status
     from weightsurgeon.report.model import DiffReport, TensorDiff, aggregate_modules, sort_key
 
     bins, clip = plan.options["bins"], plan.options["clip"]
@@ -465,7 +466,8 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
         missing=list(plan.missing),
         warnings=list(plan.warnings),
         timing={"seconds": round(seconds, 6), "bytes_read": bytes_read,
-                "gb_per_s": round(bytes_read / seconds / 1e9, 4) if seconds > 0 else None},
+                "gb_per_s": round(bytes_read / seconds / 1e9, 4) if seconds > 0 else None,
+                "kernel": native_kernel_status()},
     )
 
 

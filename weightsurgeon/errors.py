@@ -1,8 +1,8 @@
-"""The one exception type of the engine.
+"""The engine's exception types.
 
-Every failure a user can cause or fix (bad input, a full disk, an interrupted run) is a
-`SurgeonError` carrying a one-line message; `cli.py` turns it into ``error: ...`` and
-exit code 1 in a single place.
+Every failure a user can cause or fix (bad input, a full disk) is a `SurgeonError`
+carrying a one-line message; an interrupted run is an `Interrupted`. `cli.py` turns
+either into ``error: ...`` and exit code 1 in a single place.
 """
 
 
@@ -14,5 +14,15 @@ class SurgeonError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
-class Interrupted(SurgeonError):
-    """SIGINT or SIGTERM arrived while an operation was running."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived while an operation was running.
+
+    A BaseException, as KeyboardInterrupt is, on purpose: the signal handler raises it
+    between any two bytecodes, and an ``except Exception`` fallback below (a kernel that
+    falls back to another, a best-effort figure) must not swallow it and carry on. A
+    SIGINT during the native kernel's loading once did exactly that: the diff went on
+    and exited 0.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))

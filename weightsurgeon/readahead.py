@@ -1,7 +1,8 @@
 """Read ahead of the diff's kernel while the disk is slower than the kernel.
 
-Why a thread of our own: before the diff reads its first byte it imports and loads numba
-(about 0.5 s), with the disk idle and one core idle. This thread uses exactly those: it
+Why a thread of our own: before the diff reads its first byte it imports numpy and loads
+its kernel (0.07 s with the native kernel, 0.3-0.5 s where numba's serves), with the disk
+idle and one core idle. This thread uses exactly those: it
 reads the byte ranges the diff will consume, in the order it consumes them. It goes on
 reading once the kernel runs, up to WINDOW bytes ahead of what the kernel has consumed
 (`advance`), and ends for good the first time it gets that far ahead: the disk then reads
@@ -10,10 +11,13 @@ enough. So on a slow disk it keeps the disk busy the whole run, and on a fast on
 covers the start-up, where every further copy would take CPU the kernel needs.
 
 Measured on the 2.6 GB benchmark pair, the variants taking turns, cold, 6 rounds each
-(README, "Performance"): with the disk throttled to 1.6 GB/s, `cat` 1.76 s, this 2.08 s,
-a read-ahead that stops once the kernel runs 2.35 s, one that always stays a window ahead
-2.06 s; on the unthrottled virtual disk (`cat` 0.6-1.6 s), 1.68, 2.15 and 2.41 s: there,
-always reading ahead costs the kernel CPU for the copies. Warm, no thread starts.
+(README, "Performance"), with numba's kernel: with the disk throttled to 1.6 GB/s, `cat`
+1.76 s, this 2.08 s, a read-ahead that stops once the kernel runs 2.35 s, one that always
+stays a window ahead 2.06 s; on the unthrottled virtual disk (`cat` 0.6-1.6 s), 1.68,
+2.15 and 2.41 s: there, always reading ahead costs the kernel CPU for the copies. With
+the native kernel, throttled: this 1.80 s, none 2.06 s, `cat` 2.03 s; 10 rounds on the
+virtual disk: this 1.01 s, none 1.47 s, posix_fadvise(WILLNEED) instead of reads 1.56 s,
+madvise(MADV_POPULATE_READ) 1.25 s, `cat` 1.09 s. Warm, no thread starts.
 
 Details that matter:
 - Only pieces not already in the page cache are read: mincore(2) on a mapping of each

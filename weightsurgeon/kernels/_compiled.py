@@ -71,27 +71,37 @@ from numba import njit, prange, types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
-from weightsurgeon.kernels.stats import PART  # noqa: E402  (elements per parallel task)
+from weightsurgeon.kernels.abi import (  # noqa: E402  (the numbers Python and this code share)
+    ACC_SIZE,
+    BLOCK,
+    C_BIG,
+    C_HALF,
+    C_HI,
+    C_LO,
+    C_NEAR,
+    C_ONE,
+    C_SCALE,
+    C_ZERO,
+    C_ZERO_BIN,
+    CODE_BF16,
+    CODE_F16,
+    CODE_F32,
+    CODE_F64,
+    CODES_SIZE,
+    DOT_AB,
+    MAX_ABS_DELTA,
+    N_BASE_ZERO,
+    N_FINITE,
+    PART,
+    SCRATCH_SIZE,
+    SKEW,
+    SUM_DELTA,
+    SUM_SQ_A,
+    SUM_SQ_B,
+    SUM_SQ_DELTA,
+)
 
 FASTMATH = {"reassoc", "nsz", "contract"}  # never "arcp", "afn", "nnan", "ninf": see above
-
-# How the kernel decodes a source array (it always receives unsigned-integer bit patterns).
-CODE_BF16 = 0
-CODE_F16 = 1
-CODE_F32 = 2
-CODE_F64 = 3
-
-BLOCK = 8192  # elements per block: its scratch arrays (about 230 KiB) stay in L2; fewer calls
-SKEW = 16  # elements between scratch arrays (see _delta_part)
-
-# Columns of the per-part float results and integer counts.
-SUM_SQ_DELTA, SUM_SQ_A, SUM_SQ_B, DOT_AB, SUM_DELTA, MAX_ABS_DELTA = range(6)
-N_FINITE, N_BASE_ZERO = range(2)
-# Entries of the constants array (work dtype) that accumulate_delta passes in: the
-# histogram range, bins / (hi - lo), the largest finite value, 0, 1/2, 1, and how close
-# (in bins) an arithmetic bin position may come to an edge before numpy's edge decides,
-# and numpy's bin of 0.0.
-C_LO, C_HI, C_SCALE, C_BIG, C_ZERO, C_HALF, C_ONE, C_NEAR, C_ZERO_BIN = range(9)
 
 U32 = np.uint32
 
@@ -443,24 +453,28 @@ def _count_block(codes, clipped, count, edges, sub):
 
 
 @njit(nogil=True, error_model="numpy", cache=True)
-def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist):
-    """Statistics of one part (a and b are its slices) into this part's rows sums/counts/hist."""
+def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist, scratch, codes_buf, sub, acc):
+    """Statistics of one part (a and b are its slices) into this part's rows sums/counts/hist.
+
+    The scratch arrays come from the caller (sizes: SCRATCH_SIZE, CODES_SIZE, sub_size,
+    ACC_SIZE) and are reused part after part: nothing here allocates, so the same code
+    runs under numba's runtime and as the native entry point (see native.py).
+    """
     nbins = edges.size - 1
-    dtype = consts.dtype
     # The scratch arrays share one buffer, each SKEW elements after the previous one's
     # end: arrays a multiple of 4 KiB apart make element i of each alias in the
     # load/store unit (which compares the low 12 address bits), a stall in every loop.
-    scratch = np.empty(6 * (BLOCK + SKEW), dtype=dtype)
     raw_a = scratch[0:BLOCK]  # decoded A and B
     raw_b = scratch[(BLOCK + SKEW) : (BLOCK + SKEW) + BLOCK]
     xs = scratch[2 * (BLOCK + SKEW) : 2 * (BLOCK + SKEW) + BLOCK]  # A and B, excluded ones zeroed
     ys = scratch[3 * (BLOCK + SKEW) : 3 * (BLOCK + SKEW) + BLOCK]
     ds = scratch[4 * (BLOCK + SKEW) : 4 * (BLOCK + SKEW) + BLOCK]  # d = B - A
     clipped = scratch[5 * (BLOCK + SKEW) : 5 * (BLOCK + SKEW) + BLOCK]  # r clipped, NaN if excluded
-    codes_buf = np.empty(BLOCK + 8 * SKEW, dtype=np.int32)
     codes = codes_buf[7 * SKEW : 7 * SKEW + BLOCK]
-    sub = np.zeros(4 * (nbins + 1), dtype=np.int32)  # slot nbins: excluded elements
-    acc = np.zeros(10)
+    for k in range(4 * (nbins + 1)):
+        sub[k] = 0
+    for k in range(ACC_SIZE):
+        acc[k] = 0.0
     max_bits = magnitude_bits(consts[C_ZERO])
     n_ok = 0
     for block in range(0, a.size, BLOCK):
@@ -488,6 +502,13 @@ def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist):
     counts[N_BASE_ZERO] = excluded - (a.size - n_ok)
 
 
+@njit(nogil=True, error_model="numpy", cache=True)
+def _part_scratch(consts, nbins):
+    """Fresh scratch for _delta_part: (scratch, codes, sub, acc)."""
+    return (np.empty(SCRATCH_SIZE, dtype=consts.dtype), np.empty(CODES_SIZE, dtype=np.int32),
+            np.empty(4 * (nbins + 1), dtype=np.int32), np.empty(ACC_SIZE, dtype=np.float64))
+
+
 @njit(nogil=True, parallel=True, error_model="numpy", cache=True)
 def delta_chunk(a, code_a, b, code_b, consts, edges):
     """Per-part statistics of a chunk pair: (sums[nparts, 6], counts[nparts, 2], hist[nparts, bins])."""
@@ -500,7 +521,9 @@ def delta_chunk(a, code_a, b, code_b, consts, edges):
     for p in prange(nparts):
         start = p * PART
         stop = min(n, start + PART)
-        _delta_part(a[start:stop], code_a, b[start:stop], code_b, consts, edges, sums[p], counts[p], hists[p])
+        scratch, codes, sub, acc = _part_scratch(consts, nbins)
+        _delta_part(a[start:stop], code_a, b[start:stop], code_b, consts, edges, sums[p], counts[p], hists[p],
+                    scratch, codes, sub, acc)
     return sums, counts, hists
 
 
@@ -519,15 +542,49 @@ def _read_full(fd, out, pos):
     return True
 
 
+@njit(nogil=True, error_model="numpy", cache=True)
+def file_lane(fd_a, pos_a, a, code_a, fd_b, pos_b, b, code_b, n, lane, lanes, consts, edges,
+              sums, counts, hists, failed, scratch, codes, sub, acc):
+    """One lane of delta_file: parts lane, lane + lanes, ... of the n elements at pos_a, pos_b.
+
+    Each part is read into this lane's buffers a and b (PART elements of the stored
+    width), which stay in the core's L2 cache, then computed. Lanes take parts
+    round-robin, so the threads move through each file together, front to back: the OS
+    sees one sequential reader and reads ahead. A part whose read fails is marked in
+    `failed` and its rows stay zero. Allocates nothing (see _delta_part), so it also runs
+    as native code on buffers it is handed (native.py): it returns 1, touching nothing,
+    when any of them is smaller than this compiled code needs, else 0.
+    """
+    nparts = (n + PART - 1) // PART
+    nbins = edges.size - 1
+    if (a.size < PART or b.size < PART or scratch.size < SCRATCH_SIZE or codes.size < CODES_SIZE
+            or sub.size < 4 * (nbins + 1) or acc.size < ACC_SIZE or consts.size <= C_ZERO_BIN
+            or sums.shape[0] < nparts or counts.shape[0] < nparts or hists.shape[0] < nparts
+            or failed.size < nparts or sums.shape[1] <= MAX_ABS_DELTA or counts.shape[1] <= N_BASE_ZERO
+            or hists.shape[1] != nbins or lanes < 1):
+        return 1
+    size_a = a.itemsize
+    size_b = b.itemsize
+    for p in range(lane, nparts, lanes):
+        start = p * PART
+        count = min(n, start + PART) - start
+        if _read_full(fd_a, a[:count], pos_a + start * size_a) and _read_full(fd_b, b[:count], pos_b + start * size_b):
+            _delta_part(a[:count], code_a, b[:count], code_b, consts, edges, sums[p], counts[p], hists[p],
+                        scratch, codes, sub, acc)
+        else:
+            failed[p] = 1
+    return 0
+
+
 @njit(nogil=True, parallel=True, error_model="numpy", cache=True)
 def delta_file(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, consts, edges, threads):
     """delta_chunk on n elements read straight from two files at byte positions pos_a, pos_b.
 
-    Each part is read by the thread that computes it, into a buffer of its own that stays
-    in that core's L2 cache, so the bytes cross memory once (page cache -> L2), and no
-    thread copies while the others compute. `like_a`/`like_b` are empty arrays of the
-    stored bit width (their dtype picks the compiled variant); `threads` is numba's thread
-    count (results do not depend on it). The last result is the
+    Each part is read by the thread that computes it (file_lane), into a buffer of its
+    own that stays in that core's L2 cache, so the bytes cross memory once (page cache
+    -> L2), and no thread copies while the others compute. `like_a`/`like_b` are empty
+    arrays of the stored bit width (their dtype picks the compiled variant); `threads`
+    is numba's thread count (results do not depend on it). The last result is the
     number of parts whose read failed: their rows are zero, and the caller must not use
     any of the results then.
     """
@@ -537,23 +594,15 @@ def delta_file(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, cons
     counts = np.zeros((nparts, 2), dtype=np.int64)
     hists = np.zeros((nparts, nbins), dtype=np.int64)
     failed = np.zeros(nparts, dtype=np.int64)
-    size_a = like_a.itemsize
-    size_b = like_b.itemsize
-    # Lanes take parts round-robin (lane l: parts l, l + lanes, ...), so the threads move
-    # through each file together, front to back: the OS sees one sequential reader and
-    # reads ahead. (prange's contiguous split would read at `lanes` distant places.)
     lanes = max(1, min(threads, nparts))  # numba.get_num_threads() here would make the kernel uncacheable
+    refused = np.zeros(lanes, dtype=np.int64)  # file_lane's sizes check: never, with buffers made here
     for lane in prange(lanes):
         a = np.empty(PART, dtype=like_a.dtype)
         b = np.empty(PART, dtype=like_b.dtype)
-        for p in range(lane, nparts, lanes):
-            start = p * PART
-            count = min(n, start + PART) - start
-            if _read_full(fd_a, a[:count], pos_a + start * size_a) and _read_full(fd_b, b[:count], pos_b + start * size_b):
-                _delta_part(a[:count], code_a, b[:count], code_b, consts, edges, sums[p], counts[p], hists[p])
-            else:
-                failed[p] = 1
-    return sums, counts, hists, failed.sum()
+        scratch, codes, sub, acc = _part_scratch(consts, nbins)
+        refused[lane] = file_lane(fd_a, pos_a, a, code_a, fd_b, pos_b, b, code_b, n, lane, lanes, consts, edges,
+                                  sums, counts, hists, failed, scratch, codes, sub, acc)
+    return sums, counts, hists, failed.sum() + nparts * refused.sum()
 
 
 @njit(nogil=True, parallel=True, cache=True)

@@ -1,7 +1,9 @@
 """Python entry points of the kernels: pick the representation, call the compiled code, fold results.
 
 The compiled module (and numba with it) is imported on the first call, never at import
-time, so `surgeon --help` and light commands stay instant.
+time, so `surgeon --help` and light commands stay instant. Reading files, the diff's
+hot path, runs on the native kernel (native.py: numba's machine code, loaded without
+numba) where there is one, and on numba's delta_file otherwise.
 """
 from __future__ import annotations
 
@@ -11,13 +13,15 @@ import threading
 
 import numpy as np
 
+from weightsurgeon.kernels import abi, native
 from weightsurgeon.kernels.decode import decode_to_float32, decode_to_float64
 from weightsurgeon.kernels.dtypes import ITEMSIZE, SUPPORTED_FAST_DTYPES, as_bits, check_dtype
 from weightsurgeon.kernels.reference import work_dtype
 from weightsurgeon.kernels.stats import DeltaStats
 
 # numba's portable "workqueue" threading layer aborts the process when two threads launch
-# parallel kernels at once; callers overlap IO with compute, so launches are serialised.
+# parallel kernels at once, and the native kernel's lanes reuse their buffers: launches
+# are serialised.
 _LAUNCH = threading.Lock()
 
 # Bits that are all set exactly in the NaN/inf patterns of each float format.
@@ -60,18 +64,19 @@ def _histogram_constants(bins: int, clip: float, dtype: type) -> tuple[np.ndarra
     return consts, edges
 
 
+_FAST_CODE = {"BF16": abi.CODE_BF16, "F16": abi.CODE_F16, "F32": abi.CODE_F32}
+
+
 def _kernel_operand(x: np.ndarray, dtype: str, wide: bool) -> tuple[np.ndarray, int]:
     """(bit patterns, decode code) the compiled kernel takes for one side."""
-    compiled = _compiled()
     if wide:
         if dtype == "F64":
-            return as_bits(x, dtype), compiled.CODE_F64
-        return decode_to_float64(x, dtype).view(np.uint64), compiled.CODE_F64
+            return as_bits(x, dtype), abi.CODE_F64
+        return decode_to_float64(x, dtype).view(np.uint64), abi.CODE_F64
     if dtype in SUPPORTED_FAST_DTYPES:
-        code = {"BF16": compiled.CODE_BF16, "F16": compiled.CODE_F16, "F32": compiled.CODE_F32}[dtype]
-        return as_bits(x, dtype), code
+        return as_bits(x, dtype), _FAST_CODE[dtype]
     # Slow exact path: decode with numpy, then the float32 kernel.
-    return decode_to_float32(x, dtype).view(np.uint32), compiled.CODE_F32
+    return decode_to_float32(x, dtype).view(np.uint32), abi.CODE_F32
 
 
 def accumulate_delta(stats: DeltaStats, a: np.ndarray, b: np.ndarray, dtype_a: str, dtype_b: str) -> None:
@@ -89,9 +94,9 @@ def accumulate_delta(stats: DeltaStats, a: np.ndarray, b: np.ndarray, dtype_a: s
         # Mixed widths (BF16 against F32): decode the 16-bit side with numpy rather than
         # compile, cache and load two more kernel signatures for a rare case.
         if bits_a.itemsize == 2:
-            bits_a, code_a = decode_to_float32(bits_a, dtype_a).view(np.uint32), _compiled().CODE_F32
+            bits_a, code_a = decode_to_float32(bits_a, dtype_a).view(np.uint32), abi.CODE_F32
         else:
-            bits_b, code_b = decode_to_float32(bits_b, dtype_b).view(np.uint32), _compiled().CODE_F32
+            bits_b, code_b = decode_to_float32(bits_b, dtype_b).view(np.uint32), abi.CODE_F32
     if bits_a.size != bits_b.size:
         raise ValueError(f"chunks differ in length: {bits_a.size} vs {bits_b.size} elements")
     if bits_a.size == 0:
@@ -107,10 +112,9 @@ _LIKE = {2: np.empty(0, np.uint16), 4: np.empty(0, np.uint32), 8: np.empty(0, np
 
 def _file_code(dtype: str, wide: bool) -> int | None:
     """The kernel's decode code for a side read straight from a file, or None (no such path)."""
-    compiled = _compiled()
     if wide:
-        return compiled.CODE_F64 if dtype == "F64" else None
-    return {"BF16": compiled.CODE_BF16, "F16": compiled.CODE_F16, "F32": compiled.CODE_F32}.get(dtype)
+        return abi.CODE_F64 if dtype == "F64" else None
+    return _FAST_CODE.get(dtype)
 
 
 def reads_files(dtype_a: str, dtype_b: str) -> bool:
@@ -142,17 +146,23 @@ def accumulate_delta_from_files(stats: DeltaStats, fd_a: int, pos_a: int, dtype_
     dt = work_dtype(dtype_a, dtype_b)
     wide = dt is np.float64
     consts, edges = _histogram_constants(stats.bins, stats.clip, dt)
-    compiled = _compiled()
-    import numba  # loaded by _compiled() already
-
-    like = _LIKE[ITEMSIZE[dtype_a]]
+    code_a, code_b = _file_code(dtype_a, wide), _file_code(dtype_b, wide)
+    width = ITEMSIZE[dtype_a]
+    fast = native.kernel()
     with _LAUNCH:
-        sums, counts, hists, failed = compiled.delta_file(fd_a, pos_a, like, _file_code(dtype_a, wide),
-                                                          fd_b, pos_b, like, _file_code(dtype_b, wide),
-                                                          numel, consts, edges, numba.get_num_threads())
-    if failed:
-        return False
-    fold_parts(stats, sums, counts, hists, numel)
+        if fast is not None:
+            sums, counts, hists, failed = fast.file_delta(width, fd_a, pos_a, code_a, fd_b, pos_b, code_b, numel,
+                                                          consts, edges)
+        else:
+            compiled = _compiled()
+            import numba  # loaded by _compiled() already, its way
+
+            sums, counts, hists, failed = compiled.delta_file(fd_a, pos_a, _LIKE[width], code_a, fd_b, pos_b,
+                                                              _LIKE[width], code_b, numel, consts, edges,
+                                                              numba.get_num_threads())
+        if failed:
+            return False
+        fold_parts(stats, sums, counts, hists, numel)  # inside the lock: native results are views of reused buffers
     return True
 
 
@@ -162,17 +172,16 @@ def fold_parts(stats: DeltaStats, sums: np.ndarray, counts: np.ndarray, hists: n
     The parts depend on the chunk length only, never on the thread count, so these sums
     come out the same, bit for bit, however many threads ran the kernel.
     """
-    compiled = _compiled()
-    stats.sum_sq_delta += float(sums[:, compiled.SUM_SQ_DELTA].sum())
-    stats.sum_sq_a += float(sums[:, compiled.SUM_SQ_A].sum())
-    stats.sum_sq_b += float(sums[:, compiled.SUM_SQ_B].sum())
-    stats.dot_ab += float(sums[:, compiled.DOT_AB].sum())
-    stats.sum_delta += float(sums[:, compiled.SUM_DELTA].sum())
-    stats.max_abs_delta = max(stats.max_abs_delta, float(sums[:, compiled.MAX_ABS_DELTA].max()))
-    n_finite = int(counts[:, compiled.N_FINITE].sum())
+    stats.sum_sq_delta += float(sums[:, abi.SUM_SQ_DELTA].sum())
+    stats.sum_sq_a += float(sums[:, abi.SUM_SQ_A].sum())
+    stats.sum_sq_b += float(sums[:, abi.SUM_SQ_B].sum())
+    stats.dot_ab += float(sums[:, abi.DOT_AB].sum())
+    stats.sum_delta += float(sums[:, abi.SUM_DELTA].sum())
+    stats.max_abs_delta = max(stats.max_abs_delta, float(sums[:, abi.MAX_ABS_DELTA].max()))
+    n_finite = int(counts[:, abi.N_FINITE].sum())
     stats.n += n_finite
     stats.n_nonfinite += numel - n_finite
-    stats.n_base_zero += int(counts[:, compiled.N_BASE_ZERO].sum())
+    stats.n_base_zero += int(counts[:, abi.N_BASE_ZERO].sum())
     stats.hist += hists.sum(axis=0)
 
 
@@ -190,7 +199,9 @@ def count_nonfinite(x: np.ndarray, dtype: str) -> int:
 
 
 def warmup() -> None:
-    """Compile, or load from numba's cache, the kernels for the common dtypes once."""
+    """Compile, or load from numba's cache, the kernels for the common dtypes once, and
+    build the native kernel where it is missing."""
+    native.kernel()
     stats = DeltaStats.empty()
     for dtype in ("BF16", "F32", "F64"):
         width = _UINT[ITEMSIZE[dtype]]
