@@ -364,3 +364,19 @@ def test_plot_redraws_what_surgeon_diff_wrote(tmp_path, run_cli):
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) == len(FIGURE_NAMES)
     for name in FIGURE_NAMES:
         assert_png(tmp_path / "again" / f"{name}.png")
+
+
+def test_l2_legend_has_one_entry_per_module_and_panels_name_their_unchanged_ones():
+    """A module unchanged in one fine-tune only is one legend entry (its lines are the same
+    colour in every panel); the panel where it did not change says so above the plot."""
+    from weightsurgeon.report.figures import figure_l2_by_layer
+
+    data = make_report(tuned=("distill", "math"), num_layers=3, modules=("q_proj", "o_proj", "post_attention_layernorm"))
+    for row in data["modules"]:
+        if row["tuned"] == "math" and row["module"] == "q_proj":
+            row["l2_delta"], row["rel_l2"] = 0.0, 0.0
+    fig = figure_l2_by_layer(read_view(data))
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["q_proj", "o_proj", "post_attention_layernorm (unchanged)"]  # unchanged in both: said once
+    notes = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in fig.axes if ax.get_visible()}
+    assert notes == {"distill": [], "math": ["unchanged: q_proj"]}

@@ -276,20 +276,32 @@ def figure_l2_by_layer(view: ReportView):
     nrows, ncols = _grid(len(view.tuned), 3)
     fig = _new_figure(min(5.2 * ncols, 17) + 2.2, 3.6 * nrows + 0.6)
     axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    def unchanged_in(tuned: str, module: str) -> bool:
+        return all(r.l2_delta == 0 for r in view.rows_of(tuned, module) if r.layer is not None)
+
+    # One legend entry per module (same colour and style in every panel); "(unchanged)" only
+    # where no tuned model changed it. A panel names its own unchanged modules instead: on
+    # a log scale their lines are not drawn at all.
+    everywhere = {m for m in modules if all(unchanged_in(t, m) for t in view.tuned)}
     handles: dict[str, Any] = {}
     for ax, tuned in zip(axes, view.tuned):
+        here: list[str] = []
         for module in modules:
             rows = [r for r in view.rows_of(tuned, module) if r.layer is not None]
             xs = [r.layer for r in rows]
             ys = [math.nan if r.l2_delta is None or (log and r.l2_delta <= 0) else r.l2_delta for r in rows]
             if not xs:
                 continue
-            unchanged = all(r.l2_delta == 0 for r in rows)
-            label = f"{module} (unchanged)" if unchanged else module
+            if unchanged_in(tuned, module) and module not in everywhere:
+                here.append(module)
+            label = f"{module} (unchanged)" if module in everywhere else module
             (line,) = ax.plot(xs, ys, _linestyle(module), color=colors[module], marker="o",
                               markersize=2.5 if len(layers) > 20 else 3.5, linewidth=1.5, label=label)
             handles.setdefault(label, line)
-        ax.set_title(_short(tuned), fontsize=11)
+        note = _wrap("unchanged: " + ", ".join(here), 70) if here else ""
+        if note:  # under the panel's title, above the plot: nothing of the data is hidden
+            ax.text(0.5, 1.015, note, transform=ax.transAxes, fontsize=7.5, va="bottom", ha="center", color="0.35")
+        ax.set_title(_short(tuned), fontsize=11, pad=6 + 10 * (note.count("\n") + 1) if note else 6)
         ax.set_xlabel("layer")
         ax.grid(True, which="major", alpha=0.3)
         if log:
@@ -299,10 +311,17 @@ def figure_l2_by_layer(view: ReportView):
         ax.set_visible(False)
     for ax in axes[::ncols]:
         ax.set_ylabel("L2 norm of delta  ‖B − A‖")
-    fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper", fontsize=9,
+    # Centred on the right: at the top its title would run into the suptitle.
+    fig.legend(list(handles.values()), list(handles.keys()), loc="outside right center", fontsize=9,
                title="module", title_fontsize=9, frameon=False)
     fig.suptitle(f"Weight change per layer and module (base: {_short(view.base_label, 60)})", fontsize=12)
     return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def _integer_xaxis(ax, layers: Sequence[int]) -> None:
