@@ -12,9 +12,10 @@ import os
 import secrets
 import shutil
 import signal
+import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 from weightsurgeon.errors import Interrupted, SurgeonError
 
@@ -180,6 +181,22 @@ class atomic_output_dir:  # noqa: N801 - used like a function: `with atomic_outp
         if isinstance(e, OSError) and not isinstance(e, SurgeonError):
             return SurgeonError(f"{self.final}: writing failed: {e.strerror or e}")
         return e
+
+
+def replace_file(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o644) -> Path:
+    """Write one file atomically: `write(fh)` fills a temporary sibling, which is renamed over
+    `path` only once complete (a reader never sees half a PNG or page), and removed on any failure."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.chmod(tmp, mode)  # mkstemp's 0600 would hide the file from other users
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def move_into_place(tmp: Path, final: Path, force: bool) -> None:

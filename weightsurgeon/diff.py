@@ -21,7 +21,7 @@ from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from weightsurgeon.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from weightsurgeon.errors import Interrupted, SurgeonError

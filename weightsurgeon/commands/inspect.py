@@ -1,7 +1,6 @@
 """`surgeon inspect` and `surgeon verify`: what a checkpoint holds, and whether it is sound."""
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 
 import click

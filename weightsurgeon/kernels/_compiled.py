@@ -86,19 +86,13 @@ from weightsurgeon.kernels.abi import (  # noqa: E402  (the numbers Python and t
     CODE_BF16,
     CODE_F16,
     CODE_F32,
-    CODE_F64,
     CODES_SIZE,
-    DOT_AB,
     MAX_ABS_DELTA,
     N_BASE_ZERO,
     N_FINITE,
     PART,
     SCRATCH_SIZE,
     SKEW,
-    SUM_DELTA,
-    SUM_SQ_A,
-    SUM_SQ_B,
-    SUM_SQ_DELTA,
 )
 
 FASTMATH = {"reassoc", "nsz", "contract"}  # never "arcp", "afn", "nnan", "ninf": see above

@@ -20,8 +20,6 @@ The four figures:
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -583,28 +581,14 @@ def _configure_matplotlib() -> None:
 
 def save_figure(fig: Any, path: Path, fmt: str) -> Path:
     """Write one figure atomically (temp file + rename): a reader never sees half a PNG."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=DPI, metadata=_metadata(fmt))
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the figures from other users
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-    return path
+    from weightsurgeon.atomic import replace_file
+
+    return replace_file(path, lambda fh: fig.savefig(fh, format=fmt, dpi=DPI, metadata=_metadata(fmt)))
 
 
 def _metadata(fmt: str) -> dict:
     # Dates in the files make identical reports produce different bytes.
     return {"Date": None} if fmt == "svg" else {"Software": "weightsurgeon"}
-
-
-def _suppress():
-    import contextlib
-
-    return contextlib.suppress(OSError)
 
 
 def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:

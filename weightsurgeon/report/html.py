@@ -9,13 +9,12 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 import statistics
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from weightsurgeon.atomic import replace_file
 from weightsurgeon.report.figures import FIGURE_NAMES, ReportView, caption, read_view, render_png
 
 PAGE_NAME = "report.html"
@@ -243,17 +242,4 @@ def write_html(report: Any, out_dir: Path, figures: Sequence[Path] | None = None
     page = render_html(report, figures, every)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / PAGE_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{PAGE_NAME}.", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return final
+    return replace_file(out_dir / PAGE_NAME, lambda fh: fh.write(page.encode("utf-8")))
