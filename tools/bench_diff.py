@@ -16,9 +16,10 @@ Wall time and peak RSS (the child's own high-water mark, from wait4) of each, an
 ratios the issue sets goals for: diff / cat on a cold cache (<= 1.2), by-hand / diff
 time (>= 5) and peak memory (>= 10). A cold cache is made by fsync + posix_fadvise
 DONTNEED on every file of both models before each cold run. With --repeat N the tools
-take turns, N rounds, each round starting one tool later (a multiple of the number of
-tools gives each tool each place equally), so that a drifting machine and the order's
-own effects touch them alike. --throttle MB/S
+take turns, N rounds, each round in its own shuffled order (seeded: --seed), so that a
+drifting machine and the order's own effects touch them alike: a fixed order made the
+tool that always ran first look slower, and rotating it still left every tool behind
+the same predecessor each round. --throttle MB/S
 runs everything in a cgroup with a read limit on the disk: the goal's "1.6 GB/s disk" on
 a machine whose virtual disk reads faster (or unevenly) from a host cache.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -211,8 +213,9 @@ def main() -> None:
     ap.add_argument("--size", type=float, default=1.3, help="GB per model (default 1.3)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bench-diff")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per tool and cache state, the tools taking turns (median reported)")
+                    help="runs per tool and cache state, the tools taking turns in a shuffled order (median reported)")
     ap.add_argument("--skip-transformers", action="store_true", help="skip the by-hand transformers approach")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the rounds' shuffled orders")
     ap.add_argument("--chunk-mb", type=int, default=None, help="surgeon diff --chunk-mb (default: the CLI's)")
     ap.add_argument("--throttle", type=float, default=None, metavar="MB/S",
                     help="run every tool in a cgroup whose disk reads are limited to this rate (Linux, root)")
@@ -251,9 +254,9 @@ def main() -> None:
             runs: dict[str, list[dict]] = {name: [] for name in tools}
             names = list(tools)
             for round_ in range(args.repeat):
-                # Each round starts one tool later: on a VM the first run after another
-                # tool's cache drop can be slower, and no tool should always be first.
-                for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                # A fresh order each round: no tool always first, nor always after the same one.
+                order = random.Random(f"{args.seed}-{cache}-{round_}").sample(names, len(names))
+                for name in order:
                     cmd, env = tools[name]
                     if cache == "cold":
                         drop_cached(files)
@@ -263,6 +266,7 @@ def main() -> None:
             for name, measured in runs.items():
                 results[f"{name} ({cache})"] = {
                     "seconds": statistics.median(r["seconds"] for r in measured),
+                    "best_seconds": min(r["seconds"] for r in measured),
                     "peak_rss_mib": max(r["peak_rss_mib"] for r in measured),
                     "runs": [round(r["seconds"], 3) for r in measured],
                 }
@@ -277,15 +281,17 @@ def main() -> None:
     print(f"\npair: {base} + {tuned}: {total / 1e9:.2f} GB read in all ({len(files)} files); "
           f"load average before {load_before}, after {load_after}; {os.cpu_count()} CPUs"
           + (f"; disk reads throttled to {args.throttle:g} MB/s" if args.throttle else ""))
-    print(f"{'tool':34s} {'seconds':>9s} {'GB/s':>7s} {'peak RSS MiB':>13s}")
+    print(f"{'tool':34s} {'seconds':>9s} {'best':>7s} {'GB/s':>7s} {'peak RSS MiB':>13s}")
     for name, r in results.items():
         gbps = total / r["seconds"] / 1e9
         rss = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
-        print(f"{name:34s} {r['seconds']:9.2f} {gbps:7.2f} {rss:>13s}")
+        best = f"{r['best_seconds']:7.2f}" if "best_seconds" in r else f"{'-':>7s}"
+        print(f"{name:34s} {r['seconds']:9.2f} {best} {gbps:7.2f} {rss:>13s}")
     ratios = {}
     for cache in ("cold", "warm"):
         d, c = results[f"surgeon diff ({cache})"], results[f"cat > /dev/null ({cache})"]
         ratios[f"diff / cat time ({cache})"] = d["seconds"] / c["seconds"]
+        ratios[f"diff / cat, best runs ({cache})"] = d["best_seconds"] / c["best_seconds"]  # an uneven disk's best mode
         for variant in ("no read-ahead", "numba kernel"):
             ratios[f"diff, {variant} / cat ({cache})"] = results[f"surgeon diff, {variant} ({cache})"]["seconds"] / c["seconds"]
         hand = results.get(f"transformers by hand ({cache})")
