@@ -240,3 +240,39 @@ def test_ctrl_c_while_the_kernel_loads_interrupts_the_diff(tmp_path, monkeypatch
     assert result.stderr.strip() == "error: interrupted by SIGINT; nothing was written"
     assert not (tmp_path / "report").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "tuned"]  # no temporary folder left either
+
+
+def test_a_failed_build_falls_back_to_numba_and_says_why(tmp_path, monkeypatch):
+    from weightsurgeon.kernels import DeltaStats, accumulate_delta_from_files, reference_delta_stats
+
+    def broken_build():
+        raise RuntimeError("no compiler today")
+
+    monkeypatch.setenv("SURGEON_NATIVE_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(native, "build", broken_build)
+    native.reset()
+    try:
+        assert native.kernel() is None
+        assert native.status() == "numba (RuntimeError: no compiler today)"
+        a, b = tricky_pair(70_000, seed=5)
+        sa, sb = stored(a, "BF16"), stored(b, "BF16")
+        pos_a, pos_b = write_pair_file(tmp_path / "pair.bin", sa, sb)
+        stats = DeltaStats.empty()
+        with open(tmp_path / "pair.bin", "rb") as f:
+            assert accumulate_delta_from_files(stats, f.fileno(), pos_a, "BF16", f.fileno(), pos_b, "BF16", sa.size)
+        want = reference_delta_stats(sa, sb, "BF16", "BF16")
+        assert stats.n == want.n and np.array_equal(stats.hist, want.hist)
+    finally:
+        native.reset()
+
+
+def test_a_cache_that_cannot_be_written_still_gives_a_kernel(kernel, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SURGEON_NATIVE_CACHE", str(blocker / "cache"))  # mkdir fails: NotADirectoryError
+    native.reset()
+    try:
+        assert native.kernel() is not None, native.status()
+        assert native.status() == "native"
+    finally:
+        native.reset()
