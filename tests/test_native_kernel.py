@@ -276,3 +276,35 @@ def test_a_cache_that_cannot_be_written_still_gives_a_kernel(kernel, tmp_path, m
         assert native.status() == "native"
     finally:
         native.reset()
+
+
+def test_a_forked_child_gets_threads_of_its_own(kernel, tmp_path):
+    """After a fork the child has none of the parent's pool threads: waiting on them would hang."""
+    import os
+    import time
+
+    a, b = tricky_pair(300_000, seed=9)
+    sa, sb = stored(a, "BF16"), stored(b, "BF16")
+    pos_a, pos_b = write_pair_file(tmp_path / "pair.bin", sa, sb)
+    consts, edges = _histogram_constants(200, 1.0, np.float32)
+    kernel.set_threads(2)
+    with open(tmp_path / "pair.bin", "rb") as f:
+        args = (2, f.fileno(), pos_a, abi.CODE_BF16, f.fileno(), pos_b, abi.CODE_BF16, sa.size, consts, edges)
+        want = kernel.file_delta(*args)[2].sum()  # the parent's pool exists now
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os._exit(0 if kernel.file_delta(*args)[2].sum() == want else 3)
+            except BaseException:
+                os._exit(4)
+        deadline = time.monotonic() + 30
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                raise AssertionError("the forked child hung on the parent's pool")
+            time.sleep(0.05)
+    kernel.set_threads(native.threads_default())
+    assert os.waitstatus_to_exitcode(status) == 0

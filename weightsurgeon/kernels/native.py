@@ -331,6 +331,7 @@ class NativeKernel:
         self._outputs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self._pool: Any = None
         self._pool_size = 0
+        self._pool_pid = 0
         self.threads = max(1, threads or threads_default())
 
     def set_threads(self, threads: int) -> None:
@@ -359,13 +360,14 @@ class NativeKernel:
         return held
 
     def _executor(self, workers: int) -> Any:
-        if self._pool is None or self._pool_size < workers:
+        """The lanes' threads; a new pool after a fork (the child has none of the parent's threads)."""
+        if self._pool is None or self._pool_size < workers or self._pool_pid != os.getpid():
             from concurrent.futures import ThreadPoolExecutor
 
-            if self._pool is not None:
+            if self._pool is not None and self._pool_pid == os.getpid():
                 self._pool.shutdown(wait=True)
             self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="surgeon-kernel")
-            self._pool_size = workers
+            self._pool_size, self._pool_pid = workers, os.getpid()
         return self._pool
 
     def file_delta(self, width: int, fd_a: int, pos_a: int, code_a: int, fd_b: int, pos_b: int, code_b: int, n: int,
