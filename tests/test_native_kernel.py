@@ -62,19 +62,20 @@ def test_native_equals_numba_bit_for_bit(kernel, tmp_path, dtype_a, dtype_b, bin
     dt = work_dtype(dtype_a, dtype_b)
     wide = dt is np.float64
     consts, edges = _histogram_constants(bins, 0.5, dt)
-    args = (ITEMSIZE[dtype_a], pos_a, _file_code(dtype_a, wide), pos_b, _file_code(dtype_b, wide), sa.size)
+    code_a, code_b, width = _file_code(dtype_a, wide), _file_code(dtype_b, wide), ITEMSIZE[dtype_a]
     with open(tmp_path / "pair.bin", "rb") as f:
-        width, pa, ca, pb, cb, n = args
-        fd = f.fileno()
-        want = numba_delta_file(width, fd, pa, ca, fd, pb, cb, n, consts, edges)
-        for threads in (1, 2, 5):
-            kernel.set_threads(threads)
-            got = kernel.file_delta(width, fd, pa, ca, fd, pb, cb, n, consts, edges)
-            for g, w in zip(got[:3], want[:3]):
-                assert g.dtype == w.dtype and g.shape == w.shape
-                assert g.tobytes() == w.tobytes()  # bit for bit, float sums included
-            assert got[3] == want[3] == 0
-    kernel.set_threads(native.threads_default())
+        args = (width, f.fileno(), pos_a, code_a, f.fileno(), pos_b, code_b, sa.size, consts, edges)
+        want = numba_delta_file(*args)
+        try:
+            for threads in (1, 2, 5):
+                kernel.set_threads(threads)
+                got = kernel.file_delta(*args)
+                for g, w in zip(got[:3], want[:3]):
+                    assert g.dtype == w.dtype and g.shape == w.shape
+                    assert g.tobytes() == w.tobytes()  # bit for bit, float sums included
+                assert got[3] == want[3] == 0
+        finally:
+            kernel.set_threads(native.threads_default())
 
 
 def test_a_failed_read_is_reported_not_computed(kernel, tmp_path):
@@ -281,15 +282,26 @@ def test_a_cache_that_cannot_be_written_still_gives_a_kernel(kernel, tmp_path, m
 def test_a_forked_child_gets_threads_of_its_own(kernel, tmp_path):
     """After a fork the child has none of the parent's pool threads: waiting on them would hang."""
     import os
-    import time
 
     a, b = tricky_pair(300_000, seed=9)
     sa, sb = stored(a, "BF16"), stored(b, "BF16")
     pos_a, pos_b = write_pair_file(tmp_path / "pair.bin", sa, sb)
     consts, edges = _histogram_constants(200, 1.0, np.float32)
     kernel.set_threads(2)
-    with open(tmp_path / "pair.bin", "rb") as f:
-        args = (2, f.fileno(), pos_a, abi.CODE_BF16, f.fileno(), pos_b, abi.CODE_BF16, sa.size, consts, edges)
+    try:
+        status = _fork_and_compute(kernel, tmp_path / "pair.bin", pos_a, pos_b, sa.size, consts, edges)
+    finally:
+        kernel.set_threads(native.threads_default())
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _fork_and_compute(kernel, path, pos_a, pos_b, n, consts, edges) -> int:
+    """Compute in this process (its pool starts), then in a forked child; the child's wait status."""
+    import os
+    import time
+
+    with open(path, "rb") as f:
+        args = (2, f.fileno(), pos_a, abi.CODE_BF16, f.fileno(), pos_b, abi.CODE_BF16, n, consts, edges)
         want = kernel.file_delta(*args)[2].sum()  # the parent's pool exists now
         pid = os.fork()
         if pid == 0:
@@ -306,5 +318,4 @@ def test_a_forked_child_gets_threads_of_its_own(kernel, tmp_path):
                 os.kill(pid, 9)
                 raise AssertionError("the forked child hung on the parent's pool")
             time.sleep(0.05)
-    kernel.set_threads(native.threads_default())
-    assert os.waitstatus_to_exitcode(status) == 0
+    return status

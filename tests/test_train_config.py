@@ -118,3 +118,17 @@ def test_train_plot_overlays_runs(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     out = CliRunner().invoke(train_plot_cmd, [str(tmp_path / "empty"), "-o", str(tmp_path / "x.png")])
     assert isinstance(out.exception, SurgeonError) and "loss.csv" in str(out.exception)
+
+
+def test_the_launcher_entry_reports_an_interrupt_in_one_line(monkeypatch, capsys, tmp_path) -> None:
+    """Interrupted is a BaseException (no `except Exception` may swallow it): the runner's own
+    entry point, which launchers call on every rank, still turns it into one error line."""
+    from weightsurgeon.errors import Interrupted
+    from weightsurgeon.recipes.train import runner
+
+    def interrupted(*_args, **_kwargs):
+        raise Interrupted("interrupted by SIGTERM; nothing was written")
+
+    monkeypatch.setattr(runner, "load_config", interrupted)
+    assert runner.main([str(tmp_path / "recipe.yaml")]) == 1
+    assert capsys.readouterr().err.strip() == "error: interrupted by SIGTERM; nothing was written"

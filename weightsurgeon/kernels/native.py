@@ -28,6 +28,7 @@ Safety, since a bad object file would take the process down rather than raise:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib.util
@@ -134,6 +135,8 @@ def _unpack(data: bytes) -> tuple[dict, bytes] | None:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    """Temporary sibling + rename, so a concurrent reader never sees half a file. Not
+    weightsurgeon.atomic.replace_file: the kernels import nothing of the engine."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".native-", dir=path.parent)
     try:
@@ -141,10 +144,8 @@ def _write_atomically(path: Path, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 

@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from weightsurgeon.errors import SurgeonError
+from weightsurgeon.errors import Interrupted, SurgeonError
 
 from .config import RecipeConfig, gradient_accumulation, load_config
 
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         _shutdown_process_group()  # on success only: after a failure the other ranks may never reach a barrier
         if summary.get("output"):
             print(summary_line(summary))
-    except SurgeonError as exc:
+    except (SurgeonError, Interrupted) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
