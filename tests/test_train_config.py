@@ -132,3 +132,36 @@ def test_the_launcher_entry_reports_an_interrupt_in_one_line(monkeypatch, capsys
     monkeypatch.setattr(runner, "load_config", interrupted)
     assert runner.main([str(tmp_path / "recipe.yaml")]) == 1
     assert capsys.readouterr().err.strip() == "error: interrupted by SIGTERM; nothing was written"
+
+
+def test_closing_diff_finds_one_ulp_moves_from_the_diff_report(tmp_path: Path) -> None:
+    """The runner's moved/frozen check reads the streaming diff's per-tensor rows (no whole-tensor loads)."""
+    import shutil
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from weightsurgeon.recipes.train.runner import _closing_diff
+    from weightsurgeon.synth import make_checkpoint
+
+    base = make_checkpoint(tmp_path / "base")
+    tuned = tmp_path / "tuned"
+    shutil.copytree(base, tuned)
+    shard = next(tuned.glob("*.safetensors"))
+    tensors = load_file(str(shard))
+    for name in ("model.layers.0.self_attn.o_proj.weight", "model.norm.weight"):
+        t = tensors[name].copy()
+        t.flat[3] = np.nextafter(t.flat[3], np.float32(np.inf))  # one element, one ulp
+        tensors[name] = t
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    (tuned / "model.safetensors.index.json").unlink(missing_ok=True)
+    trainable = {"model.layers.0.self_attn.o_proj.weight", "model.layers.1.self_attn.o_proj.weight"}
+    (tmp_path / "report").mkdir()
+    diff = _closing_diff(base, tuned, trainable, tmp_path / "report")
+    assert diff is not None
+    assert diff["moved"] == ["model.layers.0.self_attn.o_proj.weight", "model.norm.weight"]
+    assert diff["frozen_moved"] == ["model.norm.weight"]
+    assert diff["trainable_unchanged"] == ["model.layers.1.self_attn.o_proj.weight"]
+    assert diff["only_in_base"] == ["model.layers.1.mlp.up_proj.weight"] and diff["only_in_result"] == []
+    assert (tmp_path / "report" / "diff" / "report.json").is_file()

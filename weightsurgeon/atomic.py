@@ -15,7 +15,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 from weightsurgeon.errors import Interrupted, SurgeonError
 
@@ -98,16 +98,6 @@ def _install_interrupt_handlers() -> dict | None:
         raise Interrupted(f"interrupted by {signal.Signals(signum).name}; nothing was written")
 
     return {s: signal.signal(s, handler) for s in _SIGNALS}
-
-
-@contextlib.contextmanager
-def signals_as_exceptions() -> Iterator[None]:
-    """Inside the block the first SIGINT/SIGTERM raises `Interrupted`; later ones are ignored."""
-    previous = _install_interrupt_handlers()
-    try:
-        yield
-    finally:
-        _restore_handlers(previous)
 
 
 def _restore_handlers(previous: dict | None) -> None:

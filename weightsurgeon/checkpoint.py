@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.format import ShardHeader, itemsize, json_bomb_reason, parse_header, storage_dtype
+from weightsurgeon.format import ShardHeader, TensorInfo, itemsize, json_bomb_reason, parse_header, storage_dtype
 
 if TYPE_CHECKING:  # numpy is imported where data is read: opening and planning need none
     import numpy as np
@@ -27,30 +26,6 @@ SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-@dataclass(frozen=True, slots=True)
-class TensorInfo:
-    """Metadata of one stored tensor; no data. ``begin``/``end`` are absolute file offsets."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    file: Path
-    begin: int
-    end: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.end - self.begin
-
-    @property
-    def itemsize(self) -> int:
-        return itemsize(self.dtype)
 
 
 @dataclass
@@ -299,7 +274,7 @@ def _tensor_infos(headers: list[ShardHeader]) -> dict[str, TensorInfo]:
         for e in h.tensors:
             if e.name in tensors:
                 raise SurgeonError(f"tensor {e.name!r} is stored twice: in {tensors[e.name].file.name} and in {h.path.name}")
-            tensors[e.name] = TensorInfo(e.name, e.dtype, e.shape, h.path, e.begin, e.end)
+            tensors[e.name] = e
     return tensors
 
 

@@ -91,12 +91,17 @@ def storage_dtype(dtype: str) -> "np.dtype":
 
 
 @dataclass(frozen=True, slots=True)
-class TensorEntry:
-    """One tensor of one file, as its header declares it. Offsets are absolute in the file."""
+class TensorInfo:
+    """One stored tensor as its header declares it; metadata only, no data.
+
+    Made once, by the parser, after every check: the engine passes it inward and trusts
+    it. ``begin``/``end`` are absolute offsets in ``file``.
+    """
 
     name: str
     dtype: str
     shape: tuple[int, ...]
+    file: Path
     begin: int
     end: int
 
@@ -108,6 +113,10 @@ class TensorEntry:
     def nbytes(self) -> int:
         return self.end - self.begin
 
+    @property
+    def itemsize(self) -> int:
+        return itemsize(self.dtype)
+
 
 @dataclass(frozen=True)
 class ShardHeader:
@@ -117,7 +126,7 @@ class ShardHeader:
     file_size: int
     data_start: int
     metadata: dict[str, str]
-    tensors: tuple[TensorEntry, ...]
+    tensors: tuple[TensorInfo, ...]
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
@@ -267,9 +276,9 @@ def _validate_header(path: Path, raw: bytes, file_size: int) -> ShardHeader:
 
     data_start = 8 + len(raw)
     data_size = file_size - data_start
-    entries: list[TensorEntry] = []
+    entries: list[TensorInfo] = []
     for name, spec in obj.items():
-        entries.append(_validate_entry(where, name, spec, data_start, data_size))
+        entries.append(_validate_entry(where, path, name, spec, data_start, data_size))
     entries.sort(key=lambda e: (e.begin, e.end))
 
     cursor = data_start
@@ -290,7 +299,7 @@ def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _validate_entry(where: str, name: str, spec: object, data_start: int, data_size: int) -> TensorEntry:
+def _validate_entry(where: str, path: Path, name: str, spec: object, data_start: int, data_size: int) -> TensorInfo:
     # An empty name and unknown extra fields in an entry are accepted, as safetensors does.
     shown = name if len(name) <= 120 else name[:117] + "..."
     if not isinstance(spec, dict):
@@ -321,7 +330,7 @@ def _validate_entry(where: str, name: str, spec: object, data_start: int, data_s
         raise SurgeonError(
             f"{where}: tensor {shown!r}: {dtype}{list(shape)} needs {numel * DTYPES[dtype][0]} bytes but data_offsets span {end - begin}"
         )
-    return TensorEntry(name=name, dtype=dtype, shape=tuple(shape), begin=data_start + begin, end=data_start + end)
+    return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), file=path, begin=data_start + begin, end=data_start + end)
 
 
 def build_header(tensors: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None = None) -> tuple[bytes, list[int]]:

@@ -25,3 +25,12 @@ def stdout_console():
     if sys.stdout.isatty():
         return Console()
     return Console(no_color=True, width=160, soft_wrap=False)
+
+
+def human(n: float, unit: str = "B") -> str:
+    """A size or count in decimal prefixes (1.5 GB, 7.6 M), as disks and model cards state them."""
+    for prefix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000 or prefix == "T":
+            return f"{n:.1f} {prefix}{unit}" if prefix else f"{int(n)} {unit}"
+        n /= 1000
+    return f"{n} {unit}"

@@ -7,7 +7,7 @@ import click
 
 from weightsurgeon.checkpoint import Checkpoint, open_checkpoint
 from weightsurgeon.layout import layout_of
-from weightsurgeon.output import emit_json, print_warnings, stdout_console
+from weightsurgeon.output import emit_json, human, print_warnings, stdout_console
 
 
 def _architecture(config: dict | None) -> str | None:
@@ -63,16 +63,8 @@ def describe(ckpt: Checkpoint, per_layer: bool = False, warnings: list[str] | No
     return out
 
 
-def _human(n: float, unit: str = "B") -> str:
-    for prefix in ("", "K", "M", "G", "T"):
-        if abs(n) < 1000 or prefix == "T":
-            return f"{n:.1f} {prefix}{unit}" if prefix else f"{int(n)} {unit}"
-        n /= 1000
-    return f"{n} {unit}"
-
-
 def _count(n: int) -> str:
-    return _human(n, "").strip()
+    return human(n, "").strip()
 
 
 @click.command("inspect")
@@ -103,7 +95,7 @@ def inspect_cmd(model: str, verbose: bool, as_json: bool) -> None:
     summary.add_row("hidden size", escape(str(info["hidden_size"])))
     summary.add_row("vocab size", escape(str(info["vocab_size"])))
     summary.add_row("parameters", f"{_count(info['num_parameters'])} ({info['num_parameters']:,})")
-    summary.add_row("size", _human(info["total_bytes"]))
+    summary.add_row("size", human(info["total_bytes"]))
     summary.add_row("dtypes", ", ".join(f"{d} ({v['tensors']} tensors)" for d, v in info["dtypes"].items()))
     summary.add_row("tied embeddings", "yes" if info["tied_embeddings"] else "no")
     if info["partial"]:
@@ -122,7 +114,7 @@ def inspect_cmd(model: str, verbose: bool, as_json: bool) -> None:
     shards.add_column("tensors", justify="right")
     shards.add_column("size", justify="right")
     for s in info["shards"]:
-        shards.add_row(escape(s["file"]), str(s["tensors"]), _human(s["bytes"]))
+        shards.add_row(escape(s["file"]), str(s["tensors"]), human(s["bytes"]))
     console.print(shards)
     if verbose and info.get("parameters_by_layer"):
         modules = sorted({m for c in info["parameters_by_layer"].values() for m in c})
@@ -167,4 +159,4 @@ def verify_cmd(model: str, deep: bool, as_json: bool, quiet: bool) -> None:
         kind = "partial checkpoint" if summary["partial"] else "checkpoint"
         scanned = ", every value finite" if deep else ""
         click.echo(f"ok: {summary['path']}: valid {kind}, {summary['tensors']} tensors in {summary['shards']} shard(s), "
-                   f"{_human(summary['bytes'])}{scanned}")
+                   f"{human(summary['bytes'])}{scanned}")

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import click
 
+from weightsurgeon.commands.diff import REPORT_JSON
 from weightsurgeon.errors import SurgeonError
-
-REPORT_JSON = "report.json"
 
 
 def load_report(path: Path) -> dict:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import click
 
-from weightsurgeon.output import emit_json, print_warnings, stdout_console
+from weightsurgeon.output import emit_json, human, print_warnings, stdout_console
 
 
 def _output_options(f: Callable) -> Callable:
@@ -29,14 +29,6 @@ def _output_options(f: Callable) -> Callable:
     for option in reversed(options):
         f = option(f)
     return f
-
-
-def _human(n: float) -> str:
-    for prefix in ("", "K", "M", "G", "T"):
-        if abs(n) < 1000 or prefix == "T":
-            return f"{n:.1f} {prefix}B" if prefix else f"{int(n)} B"
-        n /= 1000
-    return f"{n} B"
 
 
 def _arguments(ctx: click.Context) -> dict:
@@ -77,12 +69,12 @@ def _run(ctx: click.Context, build: Callable, sources: list[str]) -> None:
         return
     s = plan.summary()
     kept = s["tensors"] - s["changed_tensors"]
-    what = f"{s['changed_tensors']} tensor(s) changed ({_human(s['changed_bytes'])}), {kept} copied unchanged"
+    what = f"{s['changed_tensors']} tensor(s) changed ({human(s['changed_bytes'])}), {kept} copied unchanged"
     if plan.operation == "remove":
         what = f"{s['dropped_tensors']} tensor(s) of layers {plan.provenance['removed_layers']} dropped, {s['tensors']} kept"
     elif plan.operation == "extract":
         what = f"{s['tensors']} tensor(s) extracted (partial checkpoint)"
-    click.echo(f"wrote {result.output}: {what}; {_human(result.total_bytes)} in {len(result.shards)} shard(s) "
+    click.echo(f"wrote {result.output}: {what}; {human(result.total_bytes)} in {len(result.shards)} shard(s) "
                f"in {result.seconds:.1f} s{', verified byte for byte' if result.verified else ''}")
     for key, (old, new) in plan.config_edits.items():
         click.echo(f"  config.json {key}: {_short(old)} -> {_short(new)}")
@@ -111,16 +103,16 @@ def _show_plan(plan, output: Path | None, max_shard: int, as_json: bool) -> None
     for col, justify in (("source", "left"), ("module", "left"), ("layers", "left"), ("tensors", "right"), ("bytes", "right")):
         table.add_column(col, justify=justify)
     for g in s["changes"]:
-        table.add_row(g["source"], g["module"], g["layers"], str(g["tensors"]), _human(g["bytes"]))
+        table.add_row(g["source"], g["module"], g["layers"], str(g["tensors"]), human(g["bytes"]))
     unchanged = [t for t in plan.tensors if not t.changed]
     if unchanged:
-        table.add_row("unchanged (raw copy)", "", "", str(len(unchanged)), _human(sum(t.nbytes for t in unchanged)))
+        table.add_row("unchanged (raw copy)", "", "", str(len(unchanged)), human(sum(t.nbytes for t in unchanged)))
     if s["dropped_tensors"]:
         table.add_row("dropped", "", ",".join(map(str, plan.provenance.get("removed_layers", []))), str(s["dropped_tensors"]), "")
     console.print(table)
     for key, (old, new) in plan.config_edits.items():
         console.print(f"config.json {key}: {_short(old)} -> {_short(new)}")
-    console.print(f"output: {output or '(none given)'}: {s['tensors']} tensors, {_human(s['bytes'])} in {shards} shard(s)")
+    console.print(f"output: {output or '(none given)'}: {s['tensors']} tensors, {human(s['bytes'])} in {shards} shard(s)")
 
 
 @click.command("splice")
