@@ -20,7 +20,8 @@ pytest.importorskip("transformers")
 
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from weightsurgeon.recipes.eval.backends import HFBackend, Sampling, make_backend  # noqa: E402
+from weightsurgeon.recipes.eval.backends import HFBackend, Sampling  # noqa: E402
+from weightsurgeon.recipes.eval.parallel import make_backend  # noqa: E402
 from weightsurgeon.recipes.eval.budget import ThinkingFormat, budget_forced_generate, plain_generate  # noqa: E402
 from weightsurgeon.synth import make_checkpoint  # noqa: E402
 

@@ -148,7 +148,7 @@ def eval_run(model: str | None, recipe: str | None, output: str | None, force: b
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the table as CSV.")
 def eval_compare(runs: tuple[str, ...], csv_path: str | None) -> None:
     """Side-by-side accuracy and average generated tokens of finished runs (folders with results.json)."""
-    from weightsurgeon.recipes.eval.runner import load_results
+    from weightsurgeon.recipes.eval.results import load_results
     from weightsurgeon.recipes.eval.tables import compare_rows, print_table, to_csv
 
     loaded = [(Path(r).resolve().name, load_results(r)) for r in runs]

@@ -38,6 +38,8 @@ from typing import Any, Iterator
 from weightsurgeon.errors import SurgeonError
 
 LETTERS = string.ascii_uppercase
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+CHOICE_INSTRUCTION = "Please reason step by step, and put the letter of your final answer within \\boxed{}."
 
 
 @dataclass(frozen=True)
@@ -256,3 +258,12 @@ def iter_texts(name: str, source: str | None = None) -> Iterator[str]:
     """Problem texts for n-gram decontamination of training data."""
     for problem in iter_problems(name, source):
         yield problem.text
+
+
+def user_message(problem: Problem) -> str:
+    """The problem as the user turn: text (with lettered choices) plus the answer instruction.
+
+    Both harnesses build prompts from it, so a task reads the same to the model whichever runs it.
+    """
+    instruction = CHOICE_INSTRUCTION if problem.choices else MATH_INSTRUCTION
+    return f"{problem.text}\n\n{instruction}"

@@ -273,12 +273,8 @@ class VLLMBackend:
         return [r for r in results if r is not None]
 
 
-def make_backend(name: str, model: str, options: dict[str, Any] | None = None) -> Backend:
-    """Build the backend a run asked for; unknown option names are an error, not ignored.
-
-    ``data_parallel_size`` > 1 runs that many replicas in worker processes (see parallel.py).
-    """
-    options = dict(options or {})
+def check_backend(name: str, model: str, options: dict[str, Any]) -> type:
+    """The class a request names, after checking it: unknown option names are an error, not ignored."""
     if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
         raise SurgeonError(f"{model}: no such checkpoint folder")
     if name == "hf":
@@ -292,18 +288,18 @@ def make_backend(name: str, model: str, options: dict[str, Any] | None = None) -
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise SurgeonError(f"backend {name} does not take option(s) {', '.join(unknown)}; it takes {', '.join(sorted(allowed))}")
-    replicas = int(options.pop("data_parallel_size", 1))
-    if replicas > 1:
-        from weightsurgeon.recipes.eval.parallel import DataParallelBackend
+    return cls
 
-        gpus = None
-        if name == "hf":
-            gpus = 0 if options.get("device", "auto") == "cpu" or not _cuda_available() else 1
-        return DataParallelBackend(name, model, options, replicas, gpus)
+
+def open_backend(name: str, model: str, options: dict[str, Any] | None = None) -> Backend:
+    """One backend in this process (``parallel.make_backend`` decides whether to run replicas)."""
+    options = dict(options or {})
+    cls = check_backend(name, model, options)
+    options.pop("data_parallel_size", None)
     return cls(model, **options)
 
 
-def _cuda_available() -> bool:
+def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()

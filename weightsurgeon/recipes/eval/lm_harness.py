@@ -24,7 +24,8 @@ from weightsurgeon.recipes.eval.budget import FORMATS
 from weightsurgeon.recipes.eval.config import EvalConfig
 from weightsurgeon.recipes.eval.grading import grade
 from weightsurgeon.recipes.eval.metrics import summarize
-from weightsurgeon.recipes.tasks import Problem, get_task, is_local_source, normalize_row
+from weightsurgeon.recipes.eval.results import results_header
+from weightsurgeon.recipes.tasks import Problem, get_task, is_local_source, normalize_row, user_message
 
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 SEED_ENV = "SURGEON_EVAL_SEED"
@@ -66,8 +67,6 @@ def _problem(doc: dict[str, Any]) -> Problem:
 
 
 def doc_to_text(doc: dict[str, Any]) -> str:
-    from weightsurgeon.recipes.eval.runner import user_message
-
     return user_message(_problem(doc))
 
 
@@ -216,7 +215,6 @@ def _write_results(cfg: EvalConfig, out: dict[str, Any], out_dir: Path, force: b
     from transformers import AutoTokenizer
 
     from weightsurgeon.atomic import atomic_output_dir
-    from weightsurgeon.recipes.eval.runner import results_header
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     think_end = cfg.thinking_format().think_end

@@ -6,6 +6,9 @@ replicas (``--data-parallel-size 4 --tensor-parallel-size 2``). Each worker proc
 backend once and then serves every ``generate`` call of the run (budget forcing makes
 several). A call's prompts are split into contiguous shards, one per worker, and the
 results are put back in order, so the output is the same as one backend's.
+
+`make_backend` lives here, not in backends.py, so that the dependency runs one way:
+parallel builds on backends, and a worker opens its one backend with `open_backend`.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.recipes.eval.backends import Generation, Sampling, _per_prompt, apply_chat
+from weightsurgeon.recipes.eval.backends import (Backend, Generation, Sampling, _per_prompt, apply_chat, check_backend,
+                                                 cuda_available, open_backend)
 
 
 def gpu_groups(replicas: int, per_replica: int, visible: str | None) -> list[str | None]:
@@ -36,9 +40,7 @@ def _serve(conn: Any, name: str, model: str, options: dict[str, Any], devices: s
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
     try:
-        from weightsurgeon.recipes.eval.backends import make_backend
-
-        backend = make_backend(name, model, options)
+        backend = open_backend(name, model, options)
     except Exception as exc:  # reported to the parent, which raises it as a SurgeonError
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
@@ -127,3 +129,16 @@ class DataParallelBackend:
     def __del__(self) -> None:
         if getattr(self, "_procs", None):
             self.close()
+
+
+def make_backend(name: str, model: str, options: dict[str, Any] | None = None) -> Backend | DataParallelBackend:
+    """The backend a run asked for: one in this process, or ``data_parallel_size`` replicas in workers."""
+    options = dict(options or {})
+    check_backend(name, model, options)  # in the parent: a typo fails before any worker starts
+    replicas = int(options.pop("data_parallel_size", 1))
+    if replicas <= 1:
+        return open_backend(name, model, options)
+    gpus = None
+    if name == "hf":
+        gpus = 0 if options.get("device", "auto") == "cpu" or not cuda_available() else 1
+    return DataParallelBackend(name, model, options, replicas, gpus)

@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from weightsurgeon.recipes.eval.backends import Backend, Sampling, make_backend
+from weightsurgeon.recipes.eval.backends import Backend, Sampling
+from weightsurgeon.recipes.eval.parallel import make_backend
 from weightsurgeon.recipes.eval.levels import LEVEL_NAMES, PROBE_PROMPTS, ProbePrompt, classify
 
 SCHEMA = "weightsurgeon.probe/1"

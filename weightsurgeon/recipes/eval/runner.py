@@ -12,24 +12,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from weightsurgeon.errors import SurgeonError
-from weightsurgeon.recipes.eval.backends import Backend, Sampling, make_backend
+from weightsurgeon.recipes.eval.backends import Backend, Sampling
 from weightsurgeon.recipes.eval.budget import ForcedOutput, budget_forced_generate, plain_generate
 from weightsurgeon.recipes.eval.config import EvalConfig
 from weightsurgeon.recipes.eval.grading import grade
 from weightsurgeon.recipes.eval.metrics import summarize
-from weightsurgeon.recipes.tasks import Problem, get_task, load_problems
-
-SCHEMA = "weightsurgeon.eval/1"
-MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-CHOICE_INSTRUCTION = "Please reason step by step, and put the letter of your final answer within \\boxed{}."
-
-
-def user_message(problem: Problem) -> str:
-    """The problem as the user turn: text (with lettered choices) plus the answer instruction."""
-    instruction = CHOICE_INSTRUCTION if problem.choices else MATH_INSTRUCTION
-    return f"{problem.text}\n\n{instruction}"
-
+from weightsurgeon.recipes.eval.parallel import make_backend
+from weightsurgeon.recipes.eval.results import results_header
+from weightsurgeon.recipes.tasks import Problem, get_task, load_problems, user_message
 
 def build_prompt(problem: Problem, mode: str, backend: Backend) -> str:
     """``chat``: the model's template; ``plain``: bare text, as the paper does for merged models."""
@@ -94,19 +84,6 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def results_header(cfg: EvalConfig, harness: str, started: float) -> dict[str, Any]:
-    """The fields every results.json opens with, whichever harness generated (tasks filled in later)."""
-    return {
-        "schema": SCHEMA,
-        "harness": harness,
-        "model": cfg.model,
-        "config": cfg.to_dict(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "elapsed_s": round(time.time() - started, 3),
-        "tasks": {},
-    }
-
-
 def run_eval(
     cfg: EvalConfig,
     out_dir: str | Path,
@@ -159,18 +136,3 @@ def run_eval(
             _write_jsonl(tmp / f"samples_{task}.jsonl", records)
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results
-
-
-def load_results(path: str | Path) -> dict[str, Any]:
-    """A finished run's results.json (given the folder or the file)."""
-    path = Path(path)
-    file = path / "results.json" if path.is_dir() else path
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except OSError:
-        raise SurgeonError(f"{file}: no results.json here (is this a finished `surgeon eval` output?)") from None
-    except json.JSONDecodeError as exc:
-        raise SurgeonError(f"{file}: invalid JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise SurgeonError(f"{file}: not a surgeon eval result (schema {SCHEMA} expected)")
-    return data
