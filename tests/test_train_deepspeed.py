@@ -79,6 +79,11 @@ def _check_result(tmp: Path, modules: str, world: int) -> dict:
     assert (report / "loss.png").stat().st_size > 1000
     assert not (tmp / "tuned" / "training_args.bin").exists()
     assert not (tmp / ".tuned.partial").exists()
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp / "tuned" / "README.md")  # the model card, parsed back by huggingface_hub
+    assert card.data.tags == ["weightsurgeon", "train"] and card.data.library_name == "transformers"
+    assert modules in card.text and str(tmp / "base") in card.text
     return metrics
 
 

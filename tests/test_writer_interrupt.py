@@ -54,7 +54,7 @@ def models(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr
     duration = time.monotonic() - t0
     inputs = {"base": digest_files(base), "donor": digest_files(donor)}
-    return root, base, donor, digest_files(reference, skip=("surgeon.json",)), inputs, duration
+    return root, base, donor, digest_files(reference, skip=("surgeon.json", "README.md")), inputs, duration
 
 
 def wait_for_temp(parent: Path, proc: subprocess.Popen) -> None:
@@ -66,7 +66,7 @@ def check_outcome(proc_rc: int, stderr: str, out: Path, reference: dict[str, str
     assert no_temp_left(out.parent), f"temporary folder left behind: {list(out.parent.iterdir())}"
     if out.exists():
         # Complete: identical to the uninterrupted run, and `surgeon verify` accepts it.
-        assert digest_files(out, skip=("surgeon.json",)) == reference
+        assert digest_files(out, skip=("surgeon.json", "README.md")) == reference
         check = subprocess.run([sys.executable, "-m", "weightsurgeon", "verify", str(out)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
         return "complete"

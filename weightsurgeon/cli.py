@@ -94,9 +94,11 @@ def _exit(code: int, process: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the group and apply the error contract."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("SURGEON_DEBUG"))
+    args = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in args or bool(os.environ.get("SURGEON_DEBUG"))
     try:
-        rv = cli.main(args=argv, prog_name="surgeon", standalone_mode=False)
+        # the exact command line travels in ctx.obj, for the model cards and surgeon.json
+        rv = cli.main(args=argv, prog_name="surgeon", standalone_mode=False, obj={"argv": ["surgeon", *args]})
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
         _exit(1)

@@ -25,6 +25,7 @@ import numpy as np
 
 from weightsurgeon._version import __version__
 from weightsurgeon.atomic import atomic_output_dir, check_output_path
+from weightsurgeon.card import write_card
 from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint, open_sequential, pread_into
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import build_header, itemsize, storage_dtype
@@ -104,6 +105,7 @@ class SourceReader:
         self.inputs = inputs
         self.chunk_elems = chunk_elems
         self._buffers: dict[str, bytearray] = {}
+        self.cache: dict[object, object] = {}  # small per-tensor state of a computed source (an adapter's A and B)
 
     def buffer(self, slot: str, nbytes: int) -> memoryview:
         buf = self._buffers.get(slot)
@@ -143,6 +145,10 @@ class SourceReader:
             b *= np.float32(src.alpha)
             a += b
             return encode_from_float32(a, t.dtype)
+        if src.kind == "lora":
+            from weightsurgeon.adapter_merge import lora_values
+
+            return lora_values(self, t, start, count)
         raise SurgeonError(f"internal: unknown source kind {src.kind!r} for {t.name}")
 
     def chunks(self, t: PlannedTensor) -> Iterator[tuple[int, np.ndarray | memoryview]]:
@@ -304,7 +310,7 @@ def _root_of(ckpt: Checkpoint) -> Path:
     return ckpt.root if ckpt.root is not None else ckpt.files[0].parent
 
 
-def _write_side_files(plan: Plan, tmp: Path, mapping: dict[str, str]) -> None:
+def _write_side_files(plan: Plan, tmp: Path, mapping: dict[str, str]) -> dict:
     total = plan.total_bytes
     _write_json(tmp / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": mapping})
     base = plan.inputs["base"]
@@ -319,7 +325,9 @@ def _write_side_files(plan: Plan, tmp: Path, mapping: dict[str, str]) -> None:
         for entry in sorted(root.iterdir()) if root.is_dir() else []:
             if (entry.name in AUX_FILES or entry.name.endswith(AUX_SUFFIXES)) and entry.is_file():
                 shutil.copyfile(entry, tmp / entry.name)
-    _write_json(tmp / "surgeon.json", provenance(plan))
+    doc = provenance(plan)
+    _write_json(tmp / "surgeon.json", doc)
+    return doc
 
 
 def provenance(plan: Plan) -> dict:
@@ -379,7 +387,8 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
                 for fname, shard in zip(names, shards):
                     progress.describe(f"{plan.operation}: {fname}")
                     _write_shard(tmp / fname, shard, plan, reader, copier, progress, result, write_behind=options.fsync)
-            _write_side_files(plan, tmp, mapping)
+            doc = _write_side_files(plan, tmp, mapping)
+            write_card(tmp, {**doc, "output": str(output)})
             result.warnings.extend(check_written(plan, tmp, mapping))
             if options.verify:
                 with ByteProgress(plan.total_bytes, f"{plan.operation}: verifying", quiet=options.quiet) as progress:

@@ -37,6 +37,14 @@ def _arguments(ctx: click.Context) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in ctx.params.items() if k not in skip}
 
 
+def command_line(ctx: click.Context) -> str | None:
+    """The exact command as typed (from cli.main), for surgeon.json and the model card."""
+    import shlex
+
+    argv = (ctx.find_root().obj or {}).get("argv")
+    return shlex.join(argv) if argv else None
+
+
 def _run(ctx: click.Context, build: Callable, sources: list[str]) -> None:
     """Open the inputs, build the plan, then print it (--dry-run) or write it."""
     from weightsurgeon.atomic import check_output_path
@@ -55,6 +63,8 @@ def _run(ctx: click.Context, build: Callable, sources: list[str]) -> None:
             print_warnings(c.warnings)
         plan = build(*ckpts)
         print_warnings(plan.warnings)
+        if command_line(ctx):
+            plan.provenance.setdefault("command", command_line(ctx))
         if output is not None:
             check_output_path(output, input_paths(plan), p["force"])
         if p["dry_run"]:
@@ -138,9 +148,19 @@ def splice_cmd(ctx: click.Context, base: str, donor: str, take: str | None, excl
     surgeon splice BASE DONOR --take o_proj -o merged/
     surgeon splice BASE DONOR --take o_proj --layers 5-30 --alpha 0.5 -o half/
     surgeon splice BASE plugin/ --take o_proj -o merged/     (plugin/ from surgeon extract)
+    surgeon splice BASE adapter/ -o merged/                  (a PEFT LoRA adapter, merged in)
     """
+    from weightsurgeon.adapter import ADAPTER_WEIGHTS, is_adapter_dir
     from weightsurgeon.surgery import plan_splice
 
+    if is_adapter_dir(donor):  # a PEFT LoRA adapter: merge it (--take/--layers filter its modules)
+        from weightsurgeon.adapter_merge import plan_splice_adapter
+
+        if exclude is not None or cast or head_from_embeddings or tokenizer_from != "base":
+            raise click.UsageError("merging an adapter takes only --take, --layers and --alpha")
+        _run(ctx, lambda b, a: plan_splice_adapter(b, a, donor, take=take, layers=layers, alpha=alpha,
+                                                   arguments=_arguments(ctx)), [base, str(Path(donor) / ADAPTER_WEIGHTS)])
+        return
     if (take is None) == (exclude is None):
         raise click.UsageError("give exactly one of --take MODULES or --exclude MODULES")
     _run(ctx, lambda b, d: plan_splice(b, d, take=take, exclude=exclude, layers=layers, alpha=alpha, cast=cast,
@@ -194,10 +214,32 @@ def remove_cmd(ctx: click.Context, model: str, layers: str, **_: object) -> None
 @click.argument("model")
 @click.option("--take", required=True, help="Modules to extract: o_proj, attn, mlp, norm, emb, head, re:REGEX ...")
 @click.option("--layers", help="Only these layers: 5-30 (inclusive), 0,2,5-9, all.")
+@click.option("--base", "base", help="With --lora: the model the delta is taken from (MODEL - BASE).")
+@click.option("--lora", "lora", type=click.IntRange(min=1), help="Write a PEFT LoRA adapter of rank R of MODEL - BASE.")
+@click.option("--dtype", type=click.Choice(["base", "f32", "bf16", "f16"]), default="base", show_default=True,
+              help="With --lora: the adapter's dtype (base: BASE's).")
+@click.option("--svd", "svd", type=click.Choice(["auto", "exact", "randomized"]), default="auto", show_default=True,
+              help="With --lora: truncated SVD method (auto: randomized for ranks well below full).")
+@click.option("--bias", "bias", type=click.Choice(["error", "drop", "lora"]), default="error", show_default=True,
+              help="With --lora: what to do with bias deltas (Qwen2 q/k/v): refuse, leave out, or write lora_B.bias (not for vLLM).")
 @_output_options
 @click.pass_context
-def extract_cmd(ctx: click.Context, model: str, take: str, layers: str | None, **_: object) -> None:
-    """Write only the selected tensors: a partial checkpoint ("plugin") for `splice BASE plugin/ --take ...`."""
+def extract_cmd(ctx: click.Context, model: str, take: str, layers: str | None, base: str | None, lora: int | None,
+                dtype: str, svd: str, bias: str, **_: object) -> None:
+    """Write only the selected tensors: a partial checkpoint ("plugin") for `splice BASE plugin/ --take ...`.
+
+    \b
+    With --lora R --base BASE: a PEFT LoRA adapter of MODEL - BASE instead, one matrix at a time by
+    truncated SVD, with the share of each delta's squared norm that rank R keeps:
+    surgeon extract DONOR --base BASE --take o_proj --lora 64 -o adapter/
+    """
+    if lora is not None or base is not None:
+        if lora is None or base is None:
+            raise click.UsageError("--lora RANK and --base BASE go together")
+        from weightsurgeon.commands.lora import run_extract_lora
+
+        run_extract_lora(ctx, model, base, take, layers, lora, dtype, svd, bias)
+        return
     from weightsurgeon.surgery import plan_extract
 
     _run(ctx, lambda m: plan_extract(m, take, layers, arguments=_arguments(ctx)), [model])

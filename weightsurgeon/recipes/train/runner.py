@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -391,6 +392,10 @@ def run(cfg: RecipeConfig, base_dir: Path | None = None) -> dict[str, Any]:
             from weightsurgeon.atomic import move_into_place
 
             summary["output"] = str(final)
+            from weightsurgeon.card import write_train_card
+
+            write_train_card(work, cfg.model.path, cfg.freeze.modules, cfg.freeze.layers, cfg.name, final,
+                             command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
             (work / REPORT_DIR / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             move_into_place(work, final, force=True)  # never a moment with neither the old nor the new output
         _barrier()
