@@ -6,7 +6,8 @@ import pytest
 
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.recipes import tasks
-from weightsurgeon.recipes.eval.config import EvalConfig, build_config, find_recipe, load_recipe
+from weightsurgeon.recipes.catalog import find_recipe
+from weightsurgeon.recipes.eval.config import EvalConfig, build_config, load_recipe
 from weightsurgeon.recipes.eval.metrics import summarize, wilson
 
 CONFIGS = Path(tasks.__file__).parent / "configs"
@@ -123,6 +124,16 @@ def test_shipped_recipes_load_and_validate(tmp_path):
         load_recipe(bad)
     with pytest.raises(SurgeonError, match="budget-forcing"):
         EvalConfig(model="m", harness="lm-eval", budget_forcing=2).validate()
+    # key=value overrides, as for surgeon train: dotted keys, YAML values, the same key check
+    over = build_config(load_recipe(find_recipe("eval_paper"), ["samples=4", "temperature=0.6", "model=m",
+                                                                "backend_options.max_model_len=4096"]), {})
+    assert (over.samples, over.temperature, over.model) == (4, 0.6, "m")
+    assert over.backend_options == {"tensor_parallel_size": 1, "max_model_len": 4096, "gpu_memory_utilization": 0.9}
+    assert build_config(load_recipe(None, ["tasks=aime24", "data.aime24=x.jsonl"]), {"model": "m"}).data == {"aime24": "x.jsonl"}
+    with pytest.raises(SurgeonError, match="unknown key"):
+        load_recipe(find_recipe("eval_tiny"), ["sampels=2"])
+    with pytest.raises(SurgeonError, match="budget_forcing must be a whole number or null"):
+        build_config(load_recipe(find_recipe("eval_tiny"), ["budget_forcing=off", "model=m"]), {})
     with pytest.raises(SurgeonError, match="thinking preset"):
         EvalConfig(model="m", thinking="nope").validate()
 

@@ -165,3 +165,39 @@ def test_closing_diff_finds_one_ulp_moves_from_the_diff_report(tmp_path: Path) -
     assert diff["trainable_unchanged"] == ["model.layers.1.self_attn.o_proj.weight"]
     assert diff["only_in_base"] == ["model.layers.1.mlp.up_proj.weight"] and diff["only_in_result"] == []
     assert (tmp_path / "report" / "diff" / "report.json").is_file()
+
+
+def _keys(cls: type, prefix: str = "") -> set[str]:
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out: set[str] = set()
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out |= _keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.add(prefix + f.name)
+    return out
+
+
+def _written(tree: dict, keys: set[str], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for k, v in tree.items():
+        if isinstance(v, dict) and any(key.startswith(f"{prefix}{k}.") for key in keys):
+            out |= _written(v, keys, f"{prefix}{k}.")
+        else:
+            out.add(prefix + k)
+    return out
+
+
+def test_recipe_cp_gives_every_key_to_edit(tmp_path: Path) -> None:
+    """A copied recipe is whole: every setting its runner reads is in the file, none left to guess."""
+    from weightsurgeon.recipes.eval.config import EvalConfig
+    from weightsurgeon.recipes.train.config import RecipeConfig
+
+    for entry in list_recipes():
+        keys = _keys(RecipeConfig if entry.kind == "train" else EvalConfig)
+        copied = copy_recipe(entry.name, tmp_path / f"{entry.name}.yaml")
+        written = _written(yaml.safe_load(copied.read_text()), keys)
+        assert written == keys, (entry.name, sorted(keys - written), sorted(written - keys))

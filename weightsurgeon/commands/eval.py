@@ -75,7 +75,8 @@ def _parse_data(values: tuple[str, ...]) -> dict[str, str]:
 
 @eval_group.command("run")
 @click.argument("model", required=False)
-@click.option("--config", "recipe", help="Eval recipe YAML, or a shipped one by name (eval_tiny, eval_paper); options given here override it.")
+@click.argument("overrides", nargs=-1)
+@click.option("--config", "recipe", help="Eval recipe YAML, or a shipped one by name (eval_tiny, eval_paper); KEY=VALUE overrides and options given here override it.")
 @click.option("--tasks", help="Comma-separated: aime24, math500, gpqa_diamond.")
 @click.option("-o", "--output", help="Output folder (results.json, samples_<task>.jsonl).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
@@ -104,9 +105,13 @@ def _parse_data(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--max-model-len", type=click.IntRange(min=1), help="vllm: context length.")
 @click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1, min_open=True), help="vllm: GPU memory fraction.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
-def eval_run(model: str | None, recipe: str | None, output: str | None, force: bool, quiet: bool,
-             data: tuple[str, ...], **options: Any) -> None:
+def eval_run(model: str | None, overrides: tuple[str, ...], recipe: str | None, output: str | None, force: bool,
+             quiet: bool, data: tuple[str, ...], **options: Any) -> None:
     """Evaluate MODEL (a checkpoint folder, a Hub id in the local cache, or an eval recipe .yaml).
+
+    OVERRIDES are KEY=VALUE settings of the recipe, as for `surgeon train`: samples=4
+    temperature=0.6 backend_options.max_model_len=16384 (`surgeon recipe cp eval_paper .`
+    shows every key); the options below are shorthands for the common ones.
 
     Writes results.json (accuracy with a 95% interval, average thinking/answer/total
     tokens) and samples_<task>.jsonl (every generation, graded). Tasks load from the Hub
@@ -115,13 +120,20 @@ def eval_run(model: str | None, recipe: str | None, output: str | None, force: b
     line with "question" and "answer" (GPQA: "correct_answer" and "incorrect_answers",
     or "choices" and an answer letter).
     """
-    from weightsurgeon.recipes.eval.config import build_config, find_recipe, load_recipe
+    from weightsurgeon.recipes.catalog import resolve_config
+    from weightsurgeon.recipes.eval.config import build_config, load_recipe
     from weightsurgeon.recipes.eval.runner import run_eval
     from weightsurgeon.recipes.eval.tables import SUMMARY_HEADER, print_table, summary_rows
 
+    words = [w for w in (model, *overrides) if w]
+    plain = [w for w in words if "=" not in w]  # MODEL may stand anywhere among the overrides
+    if len(plain) > 1:
+        raise click.UsageError(f"one MODEL at most, got {', '.join(plain)} (overrides are KEY=VALUE)")
+    model = plain[0] if plain else None
+    overrides = tuple(w for w in words if "=" in w)
     if model and not recipe and model.endswith((".yaml", ".yml")) and Path(model).is_file():
         recipe, model = model, None
-    raw = load_recipe(find_recipe(recipe)) if recipe else {}
+    raw = load_recipe(resolve_config(recipe) if recipe else None, overrides)
     if options.get("budget_forcing") is OFF:
         options["budget_forcing"] = None
         raw["budget_forcing"] = None

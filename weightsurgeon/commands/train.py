@@ -106,7 +106,7 @@ def recipe_ls() -> None:
         click.echo(f"{e.name:<{width}}  {e.kind:<5}  {e.description}")
 
 
-@recipe_group.command("cp", help="Copy recipe NAME to DEST (a file or a directory) to edit it.")
+@recipe_group.command("cp", help="Copy recipe NAME to DEST (a file or a directory) to edit it: every key is in the file.")
 @click.argument("name")
 @click.argument("dest", type=click.Path())
 @click.option("--force", is_flag=True, help="Overwrite DEST if it exists.")

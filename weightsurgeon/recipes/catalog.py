@@ -1,7 +1,10 @@
-"""The shipped recipe configs: list them, resolve a name to a file, copy one out to edit.
+"""The one recipe catalogue: list the shipped configs, resolve a name or path, copy one out,
+read a recipe file and apply ``key=value`` overrides.
 
 As in torchtune (``tune ls`` / ``tune cp``), users do not edit installed files: they copy
-a config, change it, and pass their copy to ``surgeon train``.
+a config (each shipped file names every key, so the copy is whole), change it, and pass
+their copy to ``surgeon train`` or ``surgeon eval``. Both commands take the same
+overrides: dotted paths and YAML values (``train.learning_rate=2e-5``, ``samples=4``).
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, Sequence
 
 from weightsurgeon.errors import SurgeonError
 
@@ -23,7 +27,7 @@ class RecipeEntry:
     description: str
 
 
-def _configs_dir() -> Path:
+def configs_dir() -> Path:
     return Path(str(resources.files(PACKAGE)))
 
 
@@ -32,7 +36,7 @@ def list_recipes() -> list[RecipeEntry]:
     import yaml
 
     entries = []
-    for path in sorted(_configs_dir().glob("*.yaml")):
+    for path in sorted(configs_dir().glob("*.yaml")):
         try:
             tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError:
@@ -75,3 +79,49 @@ def copy_recipe(name: str, dest: str | Path, force: bool = False) -> Path:
         raise SurgeonError(f"{dest.parent}: no such directory")
     shutil.copyfile(src, dest)
     return dest
+
+
+def read_recipe(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A recipe file as a plain mapping, with ``key=value`` overrides applied (not yet validated)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise SurgeonError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise SurgeonError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise SurgeonError(f"{path}: a recipe is a mapping of settings")
+    return apply_overrides(tree, overrides)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], yaml-parsed value)."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SurgeonError(f"override {text!r} is not key=value (e.g. train.learning_rate=2e-5)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise SurgeonError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set each dotted key in ``tree`` (in place; sections are created as needed)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SurgeonError(f"override {'.'.join(path)}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return tree

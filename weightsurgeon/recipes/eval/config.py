@@ -1,7 +1,7 @@
-"""The settings of one evaluation run, from a YAML recipe and/or CLI options.
+"""The settings of one evaluation run, from a YAML recipe, ``key=value`` overrides and CLI options.
 
 A recipe (see ``recipes/configs/eval_*.yaml``) holds the same keys as `EvalConfig`;
-CLI options given explicitly override it. Unknown keys are an error so a typo never
+overrides (as for ``surgeon train``) and options given explicitly override it. Unknown keys are an error so a typo never
 silently falls back to a default.
 """
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from weightsurgeon.errors import SurgeonError
+from weightsurgeon.recipes.catalog import configs_dir
 from weightsurgeon.recipes.eval.budget import FORMATS, ThinkingFormat
 from weightsurgeon.recipes.tasks import get_task, parse_task_list
 
@@ -61,6 +62,11 @@ class EvalConfig:
                             ("max_answer_tokens", self.max_answer_tokens)):
             if int(value) < 1:
                 raise SurgeonError(f"{name} must be at least 1, not {value}")
+        for name in ("budget_forcing", "limit", "samples", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (value is None or isinstance(value, int)):
+                raise SurgeonError(f"{name} must be a whole number{' or null' if name in ('budget_forcing', 'limit') else ''}, "
+                                   f"not {value!r}")
         if self.limit is not None and int(self.limit) < 1:
             raise SurgeonError(f"limit must be at least 1, not {self.limit}")
         if self.budget_forcing is not None and int(self.budget_forcing) < 0:
@@ -84,45 +90,28 @@ def config_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(EvalConfig)]
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read an eval recipe; returns the raw mapping (validated keys, not yet merged)."""
-    import yaml
+def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """An eval recipe (or none) with ``key=value`` overrides; a mapping of checked keys, not yet merged."""
+    from weightsurgeon.recipes.catalog import apply_overrides, read_recipe
 
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise SurgeonError(f"{path}: cannot read recipe: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise SurgeonError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SurgeonError(f"{path}: a recipe is a mapping of settings")
-    unknown = sorted(set(raw) - set(config_keys()))
-    if unknown:
-        raise SurgeonError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(config_keys())}")
-    data = raw.get("data") or {}
-    if not isinstance(data, dict):
-        raise SurgeonError(f"{path}: `data:` maps task names to files or Hub ids")
-    # local files in a recipe are relative to the recipe, so shipped recipes find shipped data
-    raw["data"] = {task: _resolve_data(path, src) for task, src in data.items()}
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        raw = read_recipe(path)
+        data = raw.get("data") or {}
+        if not isinstance(data, dict):
+            raise SurgeonError(f"{path}: `data:` maps task names to files or Hub ids")
+        # local files in a recipe are relative to the recipe, so shipped recipes find shipped data
+        raw["data"] = {task: _resolve_data(path, src) for task, src in data.items()}
+    apply_overrides(raw, overrides)  # files named on the command line stay relative to the working folder
+    _check_keys(raw, " with ".join(w for w in (str(path) if path else "", "overrides" if overrides else "") if w))
     return raw
 
 
-def packaged_configs() -> Path:
-    from weightsurgeon.recipes import configs
-
-    return Path(configs.__file__).parent
-
-
-def find_recipe(name: str) -> Path:
-    """A recipe file, or the name of a shipped one (``eval_tiny`` or ``eval_tiny.yaml``)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    for candidate in (packaged_configs() / name, packaged_configs() / f"{name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise SurgeonError(f"{name}: no such recipe file, and no shipped recipe of that name")
+def _check_keys(values: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(values) - set(config_keys()))
+    if unknown:
+        raise SurgeonError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(config_keys())}")
 
 
 def _resolve_data(recipe: Path, source: str) -> str:
@@ -130,7 +119,7 @@ def _resolve_data(recipe: Path, source: str) -> str:
     (so a copied shipped recipe still finds the shipped data)."""
     if not _is_relative_file(source):
         return source
-    for base in (recipe.parent, packaged_configs()):
+    for base in (recipe.parent, configs_dir()):
         if (base / source).is_file():
             return str((base / source).resolve())
     return str((recipe.parent / source).resolve())  # reported as missing when loaded
@@ -152,4 +141,5 @@ def build_config(recipe: dict[str, Any] | None, overrides: dict[str, Any]) -> Ev
             values[key] = merged
         else:
             values[key] = value
+    _check_keys(values, "eval config")
     return EvalConfig(**values).validate()

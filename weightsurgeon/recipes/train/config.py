@@ -155,32 +155,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=value`` -> (["a", "b"], yaml-parsed value)."""
-    import yaml
-
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise SurgeonError(f"override {text!r} is not key=value (e.g. train.learning_rate=2e-5)")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise SurgeonError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
-    return key.strip().split("."), value
-
-
-def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise SurgeonError(f"override {'.'.join(path)}: {part!r} is not a section")
-        node = child
-    node[path[-1]] = value
-
-
 def _coerce(cls_name: str, name: str, hint: Any, value: Any) -> Any:
     where = f"{cls_name}.{name}"
     origin = typing.get_origin(hint)
@@ -269,19 +243,12 @@ def config_from_dict(tree: dict[str, Any]) -> RecipeConfig:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
     """Read a YAML recipe, apply ``key=value`` overrides, validate."""
-    import yaml
+    from weightsurgeon.recipes.catalog import read_recipe
 
     path = Path(path)
     if not path.is_file():
         raise SurgeonError(f"{path}: no such config file (see `surgeon recipe ls`)")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise SurgeonError(f"{path}: not valid YAML: {exc}") from None
-    for text in overrides:
-        key, value = parse_override(text)
-        apply_override(tree, key, value)
-    return config_from_dict(tree)
+    return config_from_dict(read_recipe(path, overrides))
 
 
 def gradient_accumulation(cfg: RecipeConfig, world_size: int) -> int:
