@@ -65,9 +65,9 @@ def _run(ctx: click.Context, build: Callable, sources: list[str]) -> None:
         print_warnings(plan.warnings)
         if command_line(ctx):
             plan.provenance.setdefault("command", command_line(ctx))
-        if output is not None:
-            check_output_path(output, input_paths(plan), p["force"])
         if p["dry_run"]:
+            if output is not None:  # a dry run says now what the real run would refuse (write_plan checks it then)
+                check_output_path(output, input_paths(plan), p["force"])
             _show_plan(plan, output, max_shard, p["as_json"])
             return
         result = write_plan(plan, output, WriteOptions(max_shard_bytes=max_shard, force=p["force"],
