@@ -7,7 +7,8 @@ The plan is validated here, before a byte is written (every mismatch listed at o
 be printed with ``--dry-run``, and is carried out by one executor, `writer.write_plan`.
 
 Reinit's Gaussian is defined here too (`gaussian_values`), because it *is* the plan's
-meaning: values depend only on (seed, tensor name, element index), never on chunk size.
+meaning: values depend only on (seed, tensor name, element index), never on chunk size
+or thread count (the generator itself is `kernels.gaussian`).
 """
 from __future__ import annotations
 
@@ -26,8 +27,6 @@ from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import FLOAT_DTYPES, itemsize
 from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
 
-# Elements per Gaussian block: the generator is re-seeded per block, keyed by block index.
-GAUSS_BLOCK = 1 << 20
 MAX_LISTED_PROBLEMS = 8
 
 # Config keys holding one entry per decoder layer (kept layers keep their entries).
@@ -408,30 +407,23 @@ def plan_reinit(model: Checkpoint, modules: str, layers: str | None = None, std:
                 config=copy.deepcopy(model.config), warnings=warnings)
 
 
-def _gauss_key(seed: int, name: str) -> int:
+def gaussian_key(seed: int, name: str) -> int:
+    """The 64-bit key of tensor `name`'s stream: sha256 of (seed, name), so every tensor draws its own values."""
     return int.from_bytes(hashlib.sha256(f"weightsurgeon-reinit:{seed}:{name}".encode()).digest()[:8], "little")
 
 
-def gaussian_values(seed: int, name: str, mean: float, std: float, start: int, count: int) -> np.ndarray:
+def gaussian_values(seed: int, name: str, mean: float, std: float, start: int, count: int,
+                    out: np.ndarray | None = None) -> np.ndarray:
     """float32 values of elements [start, start+count) of tensor `name`'s re-initialisation.
 
-    Element i is mean + std * z_i, computed in float64 and rounded once to float32, where z
-    comes from PCG64([sha256(seed, name), i // GAUSS_BLOCK]) (standard normal, float32):
-    a pure function of (seed, name, i), whatever the chunking. The writer then rounds it to
-    the tensor's dtype (nearest even).
+    Element i is float32(mean + std * z_i), computed in float64, where z_i is the standard
+    normal of counter i in the Philox4x32-10 stream keyed gaussian_key(seed, name): a pure
+    function of (seed, name, i). The writer then rounds it to the tensor's dtype (nearest even).
     """
-    key = _gauss_key(seed, name)
-    out = np.empty(count, dtype=np.float32)
-    pos = start
-    end = start + count
-    while pos < end:
-        block = pos // GAUSS_BLOCK
-        lo = block * GAUSS_BLOCK
-        z = np.random.Generator(np.random.PCG64([key, block])).standard_normal(min(GAUSS_BLOCK, end - lo), dtype=np.float32)
-        take = z[pos - lo:]
-        out[pos - start:pos - start + len(take)] = (np.float64(mean) + np.float64(std) * take.astype(np.float64)).astype(np.float32)
-        pos += len(take)
-    return out
+    from weightsurgeon.kernels.gaussian import gaussian_fill
+
+    out = np.empty(count, dtype=np.float32) if out is None else out[:count]
+    return gaussian_fill(out, gaussian_key(seed, name), start, mean, std)
 
 
 # ---------------------------------------------------------------------------------------

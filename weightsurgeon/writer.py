@@ -30,10 +30,10 @@ from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint, op
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import build_header, itemsize, storage_dtype
 from weightsurgeon.progress import ByteProgress
-from weightsurgeon.surgery import GAUSS_BLOCK, Plan, PlannedTensor, gaussian_values, input_paths
+from weightsurgeon.surgery import Plan, PlannedTensor, gaussian_key, gaussian_values, input_paths
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
-CHUNK_ELEMS = GAUSS_BLOCK  # elements per computed chunk (one Gaussian block: generation stays aligned)
+CHUNK_ELEMS = 1 << 21  # elements per computed chunk: enough parts for every thread of the Gaussian
 COPY_SLICE = 64 * 1024 * 1024  # bytes per copy_file_range call: progress and signals between calls
 COPY_BUFFER = 16 * 1024 * 1024  # the fallback copy's one buffer
 WRITE_BEHIND = 64 * 1024 * 1024  # start writeback of each finished window of the output this large
@@ -132,7 +132,7 @@ class SourceReader:
             view = self.buffer("zeros", count * itemsize(t.dtype))
             return view  # never written to: bytearray starts as zeros
         if src.kind == "gaussian":
-            return encode_from_float32(gaussian_values(src.seed, t.name, src.mean, src.std, start, count), t.dtype)
+            return self._gaussian(t, start, count)
         if src.kind == "cast":
             info = self.inputs[src.role][src.name]
             return encode_from_float32(decode_to_float32(self._read("a", src.role, src.name, start, count), info.dtype), t.dtype)
@@ -150,6 +150,19 @@ class SourceReader:
 
             return lora_values(self, t, start, count)
         raise SurgeonError(f"internal: unknown source kind {src.kind!r} for {t.name}")
+
+    def _gaussian(self, t: PlannedTensor, start: int, count: int) -> np.ndarray:
+        """Reinit values in the tensor's dtype; BF16 is rounded inside the kernel, part by part."""
+        from weightsurgeon.kernels import encode_from_float32
+        from weightsurgeon.kernels.gaussian import gaussian_fill
+
+        src = t.source
+        values = np.frombuffer(self.buffer("gauss32", count * 4), dtype=np.float32)
+        if t.dtype == "BF16":
+            bits = np.frombuffer(self.buffer("gauss16", count * 2), dtype=np.uint16)
+            return gaussian_fill(values, gaussian_key(src.seed, t.name), start, src.mean, src.std, bf16=bits)
+        gaussian_values(src.seed, t.name, src.mean, src.std, start, count, out=values)
+        return values if t.dtype == "F32" else encode_from_float32(values, t.dtype)
 
     def chunks(self, t: PlannedTensor) -> Iterator[tuple[int, np.ndarray | memoryview]]:
         """(element offset, bytes) over the whole tensor; each chunk is valid until the next one."""
