@@ -60,7 +60,22 @@ def test_values_are_deterministic_and_independent_of_sharding(tiny_model) -> Non
         assert abs(norm.mean() - 1.0) < 0.05 and 0.015 < weight.std() < 0.025
 
 
-@pytest.mark.parametrize("kw", [dict(arch="gpt2"), dict(dtype="f64"), dict(hidden_size=65), dict(vocab_size=100)])
+def test_moe_checkpoint_loads_in_transformers_with_every_weight(tmp_path) -> None:
+    """qwen3_moe (the benchmarks' many-tensor shape): transformers finds every weight, none missing or unused."""
+    transformers = pytest.importorskip("transformers")
+    path = make_checkpoint(tmp_path / "moe", arch="qwen3_moe", num_layers=2, num_experts=4, intermediate_size=32)
+    tuned = make_tuned(path, tmp_path / "tuned")
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True)
+    assert type(model).__name__ == "Qwen3MoeForCausalLM" and not any(info.values())
+    with open_checkpoint(path) as a, open_checkpoint(tuned) as b:
+        experts = [n for n in a.tensors if ".mlp.experts." in n]
+        assert len(experts) == 2 * 4 * 3 and classify(experts[0]).module.startswith("expert_")
+        name = "model.layers.1.mlp.experts.3.down_proj.weight"
+        assert not np.array_equal(a.read_tensor(name), b.read_tensor(name))  # experts carry the planted change
+
+
+@pytest.mark.parametrize("kw", [dict(arch="gpt2"), dict(dtype="f64"), dict(hidden_size=65), dict(vocab_size=100),
+                                dict(arch="qwen3_moe"), dict(num_experts=4)])
 def test_bad_arguments(tmp_path, kw: dict) -> None:
     with pytest.raises(SurgeonError):
         make_checkpoint(tmp_path / "x", **kw)

@@ -24,7 +24,7 @@ from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import build_header, itemsize
 from weightsurgeon.kernels import decode_to_float32, encode_from_float32
 
-ARCHS = ("qwen2", "llama", "qwen3")
+ARCHS = ("qwen2", "llama", "qwen3", "qwen3_moe")
 SYNTH_DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32", "BF16": "BF16", "F16": "F16", "F32": "F32"}
 _CHUNK_ELEMS = 1 << 20
 INIT_STD = 0.02
@@ -52,6 +52,8 @@ class ModelShape:
     num_heads: int = 4
     num_kv_heads: int = 2
     vocab_size: int = 512
+    num_experts: int = 0  # qwen3_moe: experts per layer, each of intermediate_size
+
 
     @property
     def head_dim(self) -> int:
@@ -75,12 +77,19 @@ def tensor_specs(shape: ModelShape, tied: bool) -> list[tuple[str, tuple[int, ..
         if shape.arch == "qwen2":
             specs.append((p + "self_attn.v_proj.bias", (kv,)))
         specs.append((p + "self_attn.o_proj.weight", (h, q)))
-        if shape.arch == "qwen3":
+        if shape.arch in ("qwen3", "qwen3_moe"):
             specs.append((p + "self_attn.q_norm.weight", (hd,)))
             specs.append((p + "self_attn.k_norm.weight", (hd,)))
-        specs.append((p + "mlp.gate_proj.weight", (i, h)))
-        specs.append((p + "mlp.up_proj.weight", (i, h)))
-        specs.append((p + "mlp.down_proj.weight", (h, i)))
+        if shape.arch == "qwen3_moe":  # a router and num_experts small MLPs, as Qwen3-30B-A3B
+            specs.append((p + "mlp.gate.weight", (shape.num_experts, h)))
+            for e in range(shape.num_experts):
+                specs.append((p + f"mlp.experts.{e}.gate_proj.weight", (i, h)))
+                specs.append((p + f"mlp.experts.{e}.up_proj.weight", (i, h)))
+                specs.append((p + f"mlp.experts.{e}.down_proj.weight", (h, i)))
+        else:
+            specs.append((p + "mlp.gate_proj.weight", (i, h)))
+            specs.append((p + "mlp.up_proj.weight", (i, h)))
+            specs.append((p + "mlp.down_proj.weight", (h, i)))
         specs.append((p + "input_layernorm.weight", (h,)))
         specs.append((p + "post_attention_layernorm.weight", (h,)))
     specs.append(("model.norm.weight", (h,)))
@@ -92,7 +101,8 @@ def tensor_specs(shape: ModelShape, tied: bool) -> list[tuple[str, tuple[int, ..
 def config_for(shape: ModelShape, tied: bool, dtype: str, layer_types: bool) -> dict:
     """A config.json transformers' AutoConfig accepts, as a real release would ship it."""
     torch_dtype = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[dtype]
-    arch_name = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}[shape.arch]
+    arch_name = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                 "qwen3_moe": "Qwen3MoeForCausalLM"}[shape.arch]
     cfg: dict = {
         "architectures": [arch_name],
         "model_type": shape.arch,
@@ -118,10 +128,14 @@ def config_for(shape: ModelShape, tied: bool, dtype: str, layer_types: bool) -> 
     }
     if shape.arch == "llama":
         cfg.update({"attention_bias": False, "mlp_bias": False})
-    if shape.arch in ("qwen2", "qwen3"):
+    if shape.arch in ("qwen2", "qwen3", "qwen3_moe"):
         cfg.update({"use_sliding_window": False, "sliding_window": None, "max_window_layers": shape.num_layers})
-    if shape.arch == "qwen3":
+    if shape.arch in ("qwen3", "qwen3_moe"):
         cfg["attention_bias"] = False
+    if shape.arch == "qwen3_moe":
+        cfg.update({"num_experts": shape.num_experts, "num_experts_per_tok": min(8, shape.num_experts),
+                    "moe_intermediate_size": shape.intermediate_size, "decoder_sparse_step": 1,
+                    "mlp_only_layers": [], "norm_topk_prob": True, "output_router_logits": False})
     if layer_types:
         cfg["layer_types"] = ["full_attention"] * shape.num_layers
     return cfg
@@ -221,8 +235,8 @@ def _write_shards(out: Path, shards: list[list[tuple[str, tuple[int, ...]]]], dt
 def make_checkpoint(path: str | os.PathLike, arch: str = "qwen2", num_layers: int = 2, hidden_size: int = 64,
                     intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2, vocab_size: int = 512,
                     dtype: str = "f32", tied: bool = False, seed: int = 0, shard_bytes: int | None = None,
-                    layer_types: bool = False) -> Path:
-    """Write a synthetic checkpoint directory and return its path."""
+                    layer_types: bool = False, num_experts: int = 0) -> Path:
+    """Write a synthetic checkpoint directory and return its path (qwen3_moe: num_experts >= 1 per layer)."""
     if arch not in ARCHS:
         raise SurgeonError(f"synth: unknown arch {arch!r} (one of {', '.join(ARCHS)})")
     if dtype not in SYNTH_DTYPES:
@@ -231,8 +245,11 @@ def make_checkpoint(path: str | os.PathLike, arch: str = "qwen2", num_layers: in
         raise SurgeonError("synth: hidden_size must divide by num_heads and num_heads by num_kv_heads")
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise SurgeonError(f"synth: vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (bytes + special tokens)")
+    if (arch == "qwen3_moe") != (num_experts > 0):
+        raise SurgeonError("synth: num_experts >= 1 goes with arch qwen3_moe, and only with it")
     st_dtype = SYNTH_DTYPES[dtype]
-    shape = ModelShape(arch, num_layers, hidden_size, intermediate_size, num_heads, num_kv_heads, vocab_size)
+    shape = ModelShape(arch, num_layers, hidden_size, intermediate_size, num_heads, num_kv_heads, vocab_size,
+                       num_experts)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     specs = tensor_specs(shape, tied)
@@ -259,6 +276,7 @@ DEFAULT_PATTERN: dict[str, float] = {
     "gate_proj": 0.03, "up_proj": 0.035, "down_proj": 0.04,
     "input_layernorm": 0.02, "post_attention_layernorm": 0.015, "q_norm": 0.02, "k_norm": 0.02,
     "norm": 0.01, "lm_head": 0.01, "embed_tokens": 0.0,
+    "router": 0.02, "expert_gate_proj": 0.03, "expert_up_proj": 0.035, "expert_down_proj": 0.04,
 }
 
 
