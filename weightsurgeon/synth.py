@@ -232,6 +232,17 @@ def _write_shards(out: Path, shards: list[list[tuple[str, tuple[int, ...]]]], dt
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
+def write_weights(path: str | os.PathLike, specs: list[tuple[str, tuple[int, ...]]], dtype: str = "f32",
+                  seed: int = 0, shard_bytes: int | None = None) -> Path:
+    """Only the safetensors files (and the index when sharded) of the tensors `specs`, with synthetic values."""
+    st_dtype = SYNTH_DTYPES[dtype]
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_shards(out, _plan_shards(specs, st_dtype, shard_bytes), st_dtype,
+                  lambda name, numel: _base_chunks(seed, name, numel))
+    return out
+
+
 def make_checkpoint(path: str | os.PathLike, arch: str = "qwen2", num_layers: int = 2, hidden_size: int = 64,
                     intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2, vocab_size: int = 512,
                     dtype: str = "f32", tied: bool = False, seed: int = 0, shard_bytes: int | None = None,
@@ -250,11 +261,7 @@ def make_checkpoint(path: str | os.PathLike, arch: str = "qwen2", num_layers: in
     st_dtype = SYNTH_DTYPES[dtype]
     shape = ModelShape(arch, num_layers, hidden_size, intermediate_size, num_heads, num_kv_heads, vocab_size,
                        num_experts)
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    specs = tensor_specs(shape, tied)
-    shards = _plan_shards(specs, st_dtype, shard_bytes)
-    _write_shards(out, shards, st_dtype, lambda name, numel: _base_chunks(seed, name, numel))
+    out = write_weights(path, tensor_specs(shape, tied), dtype, seed, shard_bytes)
     config = config_for(shape, tied, st_dtype, layer_types)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(
