@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable
 
 from weightsurgeon.errors import SurgeonError
@@ -115,6 +116,22 @@ def split_layer(name: str) -> tuple[int, str] | None:
     return (int(m.group("layer")), m.group("prefix") + "|" + m.group("rest")) if m else None
 
 
+@lru_cache(maxsize=1 << 14)
+def _layer_module(rest_stem: str) -> tuple[str, int | None]:
+    """(module, expert) of a name inside a decoder layer, without the layer prefix.
+
+    Cached: a MoE checkpoint repeats the same few thousand stems ("mlp.experts.17.up_proj")
+    in every layer, and trying the rules one by one on each of 100k names cost more than
+    reading the tensors.
+    """
+    for pattern, module in _COMPILED_LAYER:
+        hit = pattern.match(rest_stem)
+        if hit:
+            expert = hit.groupdict().get("expert")
+            return module, int(expert) if expert is not None else None
+    return "other", None
+
+
 def classify(name: str) -> Location:
     """Map a tensor name to its Location; unknown names are module 'other'."""
     if _VISION.match(name):
@@ -129,12 +146,8 @@ def classify(name: str) -> Location:
         if stacked:
             return Location(layer, "expert_" + stacked.group("module"), "bias" if stacked.group("bias") else "weight")
         rest_stem, _, rest_param = m.group("rest").rpartition(".")
-        for pattern, module in _COMPILED_LAYER:
-            hit = pattern.match(rest_stem)
-            if hit:
-                expert = hit.groupdict().get("expert")
-                return Location(layer, module, rest_param, int(expert) if expert is not None else None)
-        return Location(layer, "other", rest_param)
+        module, expert = _layer_module(rest_stem)
+        return Location(layer, module, rest_param, expert)
     for pattern, module in _COMPILED_GLOBAL:
         if pattern.match(stem):
             return Location(None, module, param)
