@@ -335,3 +335,45 @@ def test_large_legitimate_header_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "wide.safetensors"
     path.write_bytes(prefix + bytes(sum(sizes)))
     assert len(parse_header(path).tensors) == 40_000
+
+
+# ---------------------------------------------------------------------------------------
+# The compact fast path (headers exactly as the library writes them) and the strict path agree.
+# ---------------------------------------------------------------------------------------
+
+def test_library_header_reads_the_same_by_both_paths(tmp_path: Path) -> None:
+    """A header written by safetensors itself and the same table re-spaced (strict path only): same entries."""
+    from safetensors.numpy import save_file
+
+    import weightsurgeon.format as fmt
+
+    tensors = {"b.weight": np.zeros((2, 3), np.float32), "a.bias": np.zeros(5, np.int8), "é名": np.zeros((0, 4), np.float16),
+               "scalar": np.zeros((), np.float64)}
+    save_file(tensors, str(tmp_path / "lib.safetensors"), metadata={"format": "pt", "note": "{not, json}"})
+    raw = (tmp_path / "lib.safetensors").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    assert fmt._compact_entries(raw[8:8 + n].decode(), Path("x"), 8 + n, len(raw) - 8 - n) is not None
+    spaced = json.dumps(header, indent=1).encode()  # same table, whitespace: only the strict path reads it
+    spaced += b" " * (-len(spaced) % 8)
+    write_raw(tmp_path / "spaced.safetensors", spaced, raw[8 + n:])
+    fast, strict = parse_header(tmp_path / "lib.safetensors"), parse_header(tmp_path / "spaced.safetensors")
+    assert fast.metadata == strict.metadata == {"format": "pt", "note": "{not, json}"}
+    assert [(t.name, t.dtype, t.shape, t.nbytes) for t in fast.tensors] == \
+           [(t.name, t.dtype, t.shape, t.nbytes) for t in strict.tensors]
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda h: h.replace(b'"shape":[2,3]', b'"shape":[2,4]'), "needs"),
+    (lambda h: h.replace(b'"data_offsets":[0,24]', b'"data_offsets":[0,99999]'), "truncated"),
+    (lambda h: h.replace(b'"y"', b'"x"'), "twice"),
+    (lambda h: h.replace(b'"shape":[2,3]', b'"shape":[2,18446744073709551619]'), "64 bits"),
+    (lambda h: h.replace(b'"F32"', b'"F31"'), "unknown dtype"),
+])
+def test_compact_header_faults_get_the_strict_message(tmp_path: Path, change, message: str) -> None:
+    prefix, sizes = build_header([("x", "F32", (2, 3)), ("y", "I8", (1,))], {"format": "pt"})
+    n = struct.unpack("<Q", prefix[:8])[0]
+    header = change(prefix[8:8 + n]).rstrip()
+    header += b" " * (-len(header) % 8)
+    with pytest.raises(SurgeonError, match=message):
+        parse_header(write_raw(tmp_path / "f.safetensors", header, bytes(sum(sizes))))

@@ -160,6 +160,10 @@ def _reject_constant(token: str) -> float:
     raise ValueError(f"non-standard JSON constant {token}")
 
 
+# The metadata object of a compact header: the strict path's hooks (no duplicates, no NaN, no floats needed).
+_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
 # Width bombs: 100 MB of "[],[],..." or "{},{},..." parse into GBs of Python objects. A real
 # header spends >= ~50 bytes per tensor entry on one object, two lists, a few ints and five
 # strings; a header far denser in structure than that is refused before (or while) parsing.
@@ -248,12 +252,63 @@ def _file_size(f) -> int:
     return os.fstat(f.fileno()).st_size
 
 
-def _validate_header(path: Path, raw: bytes, file_size: int) -> ShardHeader:
-    where = str(path)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SurgeonError(f"{where}: header is not valid UTF-8 (byte {e.start})") from e
+# One entry exactly as the safetensors library (and build_header) writes it: no whitespace, keys in
+# this order, a name without escapes or control characters, integers without sign or leading zeros.
+_COMPACT_ENTRY = re.compile(r'"([^"\\\x00-\x1f]*)":\{"dtype":"([A-Z0-9_]{1,16})","shape":\[((?:0|[1-9][0-9]{0,18})'
+                            r'(?:,(?:0|[1-9][0-9]{0,18}))*)?\],"data_offsets":\[(0|[1-9][0-9]{0,18}),(0|[1-9][0-9]{0,18})\]\}([,}])')
+_PADDING = re.compile(r"[ \t\n\r]*")
+
+
+def _compact_entries(text: str, path: Path, data_start: int, data_size: int) -> tuple[dict, list[TensorInfo]] | None:
+    """The header as written by safetensors itself, read without building a JSON object per tensor; else None.
+
+    json.loads spent more on a 100k-tensor header (a dict, two lists and five strings per
+    tensor) than the rest of opening it. This path takes only the exact form the library
+    writes, with every rule of the strict path checked (integers of at most 19 digits are
+    below 2**64); anything else (spaces, another key order, escapes, a wrong size, a
+    duplicate) returns None and the strict path decides, with its messages.
+    """
+    metadata: dict = {}
+    pos = 1
+    if not text.startswith("{"):
+        return None
+    if text.startswith('{"__metadata__":'):
+        try:
+            metadata, pos = _DECODER.raw_decode(text, len('{"__metadata__":'))
+        except (ValueError, _Duplicate, RecursionError):
+            return None
+        if not isinstance(metadata, dict) or not all(type(v) is str for v in metadata.values()) \
+                or "\\" in text[:pos] or not text.startswith(",", pos):
+            return None
+        pos += 1
+    elif text.startswith("{}"):
+        return None  # the strict path handles an empty table
+    entries: list[TensorInfo] = []
+    match = _COMPACT_ENTRY.match
+    while True:
+        m = match(text, pos)
+        if m is None:
+            return None
+        name, dtype, shape_text, begin, end, closing = m.groups()
+        width = DTYPES.get(dtype)
+        shape = tuple(map(int, shape_text.split(","))) if shape_text else ()
+        begin, end = int(begin), int(end)
+        if width is None or end < begin or end > data_size or math.prod(shape) * width[0] != end - begin \
+                or name == "__metadata__":
+            return None
+        entries.append(TensorInfo(name=name, dtype=dtype, shape=shape, file=path, begin=data_start + begin,
+                                  end=data_start + end))
+        pos = m.end()
+        if closing == "}":
+            break
+    if _PADDING.match(text, pos).end() != len(text) or len({e.name for e in entries}) != len(entries):
+        return None
+    return dict(metadata), entries
+
+
+def _strict_entries(where: str, path: Path, raw: bytes, text: str, data_start: int,
+                    data_size: int) -> tuple[dict, list[TensorInfo]]:
+    """Every header rule in turn, through json: any header, with a message naming what is wrong."""
     try:
         check_numbers(raw)
         obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
@@ -279,12 +334,19 @@ def _validate_header(path: Path, raw: bytes, file_size: int) -> ShardHeader:
             _check_utf8(value)
         except ValueError as e:
             raise SurgeonError(f"{where}: __metadata__: {e}") from None
+    return metadata, [_validate_entry(where, path, name, spec, data_start, data_size) for name, spec in obj.items()]
 
+
+def _validate_header(path: Path, raw: bytes, file_size: int) -> ShardHeader:
+    where = str(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SurgeonError(f"{where}: header is not valid UTF-8 (byte {e.start})") from e
     data_start = 8 + len(raw)
     data_size = file_size - data_start
-    entries: list[TensorInfo] = []
-    for name, spec in obj.items():
-        entries.append(_validate_entry(where, path, name, spec, data_start, data_size))
+    compact = _compact_entries(text, path, data_start, data_size)
+    metadata, entries = compact if compact is not None else _strict_entries(where, path, raw, text, data_start, data_size)
     entries.sort(key=lambda e: (e.begin, e.end))
 
     cursor = data_start
