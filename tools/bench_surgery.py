@@ -85,6 +85,38 @@ def reinit_bytes(base: Path, module: str, lo: int, hi: int) -> int:
         return sum(t.nbytes for t in plan.tensors if t.source.kind == "gaussian")
 
 
+def generator_alone(elements: int = 1 << 25) -> list[str]:
+    """reinit's Gaussian on data in memory, bf16 out, on 1 and on every thread: wall GB/s and GB per CPU-second.
+
+    The CPU-time rate times the core count is what an idle machine reaches; on a shared one
+    the wall rate only says how much CPU this process got.
+    """
+    import resource
+
+    import numba
+    import numpy as np
+
+    from weightsurgeon.kernels.gaussian import gaussian_fill
+
+    values, bits = np.empty(elements, np.float32), np.empty(elements, np.uint16)
+    gaussian_fill(values[:1000], 1, 0, 0.0, 0.02, bits[:1000])  # compiled or loaded from the cache
+    before = numba.get_num_threads()
+    lines = []
+    for threads in sorted({1, before}):
+        numba.set_num_threads(threads)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0, wall0 = usage.ru_utime + usage.ru_stime, time.perf_counter()
+        for i in range(3):
+            gaussian_fill(values, 7, i * elements, 0.0, 0.02, bits)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu, wall = usage.ru_utime + usage.ru_stime - cpu0, time.perf_counter() - wall0
+        nbytes = 3 * elements * 2
+        lines.append(f"reinit's generator alone, bf16, {threads} thread(s): {nbytes / wall / 1e9:.2f} GB/s wall, "
+                     f"{nbytes / cpu / 1e9:.2f} GB per CPU-second")
+    numba.set_num_threads(before)
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(ap, "bench-surgery")
@@ -161,6 +193,8 @@ def main() -> None:
     rname = f"reinit --module {mlp} --layers {layers}"
     print(f"\nreinit generated {generated / 1e9:.2f} GB of N(0, 0.02) values: "
           f"{generated / results[rname]['median_s'] / 1e9:.2f} GB/s over the whole command (median)")
+    for line in generator_alone():
+        print(line)
     if args.json:
         args.json.write_text(json.dumps({"shape": args.shape, "model_bytes": model_bytes, "layers": n,
                                          "load_before": load_before, "load_after": load_after,
