@@ -173,21 +173,3 @@ def peak_rss_bytes():
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 """
-
-
-def evict(*paths: Path) -> bool:
-    """Drop the files from the page cache; False where the file system keeps them (tmpfs)."""
-    from weightsurgeon.readahead import _Files, drop_cached
-
-    if not hasattr(os, "posix_fadvise"):
-        return False
-    files = [p for path in paths for p in (path.rglob("*.safetensors") if path.is_dir() else [path])]
-    drop_cached(files)
-    try:
-        probe = _Files()
-    except (OSError, AttributeError):
-        return False
-    try:
-        return not any(probe.cached(p, 0) for p in files)
-    finally:
-        probe.close()

@@ -18,7 +18,7 @@ import pytest
 from conftest import cli_env, run_cli, tensor_entry, write_raw
 from weightsurgeon.checkpoint import open_checkpoint
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.format import storage_dtype
+from weightsurgeon.kernels.decode import storage_dtype
 
 
 def _index(path: Path) -> dict:

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from conftest import tensor_entry, write_raw
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.format import DTYPES, MAX_HEADER_BYTES, build_header, normalize_dtype, parse_header
+from weightsurgeon.format import MAX_HEADER_BYTES, build_header, normalize_dtype, parse_header
+from weightsurgeon.kernels.dtypes import TABLE
 
 
 def library_accepts(path: Path) -> bool:
@@ -107,8 +108,8 @@ CASES = [
     ("duplicate_metadata_key", '{"__metadata__": {"a": "b", "a": "b"}}', b"", False, True),  # STRICTER, as above
     ("duplicate_metadata_block", '{"__metadata__": {}, "__metadata__": {}}', b"", False, False),
 ]
-for _dtype, (_size, _np) in DTYPES.items():
-    CASES.append((f"dtype_{_dtype}", {"t": tensor_entry(_dtype, [3, 2], 0, 6 * _size)}, b"\1" * (6 * _size), True, True))
+for _dtype, _info in TABLE.items():
+    CASES.append((f"dtype_{_dtype}", {"t": tensor_entry(_dtype, [3, 2], 0, 6 * _info.width)}, b"\1" * (6 * _info.width), True, True))
 
 
 @pytest.mark.parametrize("case_id,header,data,ours,lib", CASES, ids=[c[0] for c in CASES])
@@ -258,7 +259,7 @@ def test_fuzz_random_header_with_correct_length(tmp_path: Path, header: bytes, d
 _json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**65), st.floats(allow_nan=False),
                           st.text(max_size=6))
 _dims = st.lists(st.one_of(st.integers(0, 5), _json_scalars), max_size=3)
-_dtypes = st.sampled_from(sorted(DTYPES) + ["F4", "X", "f32", ""])
+_dtypes = st.sampled_from(sorted(TABLE) + ["F4", "X", "f32", ""])
 
 
 @st.composite
@@ -271,7 +272,7 @@ def _headers(draw):
         dtype = draw(_dtypes)
         shape = draw(st.lists(st.integers(0, 4), max_size=3))
         numel = int(np.prod(shape)) if shape else 1
-        size = numel * DTYPES.get(dtype, (1, None))[0]
+        size = numel * (TABLE[dtype].width if dtype in TABLE else 1)
         entry: dict = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
         damage = draw(st.sampled_from(["none"] * 6 + ["shape", "begin", "end", "drop", "extra", "dtype"]))
         if damage == "shape":

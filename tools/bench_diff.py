@@ -4,9 +4,7 @@
 On a synthetic bf16 base/fine-tune pair it generates (default about 1.3 GB per model),
 it measures in one run, on a cold and on a warm page cache:
 
-- ``surgeon diff BASE TUNED -o DIR --no-plots`` (a subprocess, as a user runs it), the
-  same with its start-up read-ahead turned off (SURGEON_READAHEAD=0), and the same on
-  numba's kernel instead of the native one (SURGEON_NATIVE=0);
+- ``surgeon diff BASE TUNED -o DIR --no-plots`` (a subprocess, as a user runs it);
 - ``cat`` of the same shard files to /dev/null: the read bound;
 - the kernel alone on in-memory data (this process), scaled to the same bytes;
 - the by-hand approach: load both models with transformers' AutoModelForCausalLM and take
@@ -85,6 +83,17 @@ def ensure_pair(workdir: Path, size_gb: float) -> tuple[Path, Path]:
     marker.write_text(json.dumps(stamp))
     print(f"generated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return base, tuned
+
+
+def drop_cached(files: list[Path]) -> None:
+    """Make files cold: flush them and drop them from the page cache (Linux, BSD)."""
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def warm_cache(files: list[Path]) -> None:
@@ -221,8 +230,6 @@ def main() -> None:
                     help="run every tool in a cgroup whose disk reads are limited to this rate (Linux, root)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
-    from weightsurgeon.readahead import drop_cached  # fsync + POSIX_FADV_DONTNEED: makes the files cold
-
     # Bytecode for the package, as pip writes it on a regular install: with an editable one
     # and PYTHONDONTWRITEBYTECODE set, every run would compile the sources again (0.04 s).
     import compileall
@@ -237,14 +244,11 @@ def main() -> None:
                "--no-plots", "--force", "-q", *(["--chunk-mb", str(args.chunk_mb)] if args.chunk_mb else [])]
     tools: dict[str, tuple[list[str], dict | None]] = {
         "surgeon diff": (surgeon, None),
-        "surgeon diff, no read-ahead": (surgeon, {**os.environ, "SURGEON_READAHEAD": "0"}),
-        "surgeon diff, numba kernel": (surgeon, {**os.environ, "SURGEON_NATIVE": "0"}),
         "cat > /dev/null": (["cat", *map(str, files)], None),
     }
     if not args.skip_transformers:
         tools["transformers by hand"] = ([sys.executable, "-c", BY_HAND, str(base), str(tuned)], None)
-    for env in (None, tools["surgeon diff, numba kernel"][1]):  # both kernels' caches filled; the report folder exists
-        subprocess.run(surgeon, check=True, stdout=subprocess.DEVNULL, env=env)
+    subprocess.run(surgeon, check=True, stdout=subprocess.DEVNULL)  # numba's cache filled; the report folder exists
     throttle = Throttle(files[0], args.throttle) if args.throttle else None
 
     load_before = load_average()
@@ -292,13 +296,9 @@ def main() -> None:
         d, c = results[f"surgeon diff ({cache})"], results[f"cat > /dev/null ({cache})"]
         ratios[f"diff / cat time ({cache})"] = d["seconds"] / c["seconds"]
         ratios[f"diff / cat, best runs ({cache})"] = d["best_seconds"] / c["best_seconds"]  # an uneven disk's best mode
-        for variant in ("no read-ahead", "numba kernel"):
-            ratios[f"diff, {variant} / cat ({cache})"] = results[f"surgeon diff, {variant} ({cache})"]["seconds"] / c["seconds"]
         hand = results.get(f"transformers by hand ({cache})")
         if hand:
             ratios[f"by-hand / diff time ({cache})"] = hand["seconds"] / d["seconds"]
-            ratios[f"by-hand / diff, numba kernel, time ({cache})"] = (
-                hand["seconds"] / results[f"surgeon diff, numba kernel ({cache})"]["seconds"])
             ratios[f"by-hand / diff peak RSS ({cache})"] = hand["peak_rss_mib"] / d["peak_rss_mib"]
     print("\nratios (goals: diff/cat cold <= 1.2; by-hand/diff time >= 5; by-hand/diff peak RSS >= 10)")
     for name, value in ratios.items():

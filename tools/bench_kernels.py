@@ -17,8 +17,8 @@ touched once, then reused, as the streaming diff does):
   perfect scaling.
 
 Throughput counts the bytes of A and B together. It also measures, in fresh processes
-with an empty numba cache directory, the first-call compile time of the kernels (and of
-the native kernel) and then the cached load time, with numba and as the native kernel. The machine's load average is printed: other work on the cores
+with an empty numba cache directory, the first-call compile time of the kernels and then
+the cached load time. The machine's load average is printed: other work on the cores
 skews every number, so compare ratios taken in the same run.
 """
 from __future__ import annotations
@@ -99,16 +99,10 @@ def compile_times() -> dict[str, float]:
         "import time; t = time.perf_counter(); import weightsurgeon.kernels as k; k.warmup(); "
         "print(time.perf_counter() - t)"
     )
-    native = (  # the diff's file kernel as it starts in a diff: numba's machine code, loaded without numba
-        "import sys, time; t = time.perf_counter(); from weightsurgeon.kernels import native; "
-        "assert native.kernel() is not None, native.status(); assert 'numba' not in sys.modules; "
-        "print(time.perf_counter() - t)"
-    )
     out = {}
     with tempfile.TemporaryDirectory(prefix="bench-kernels-cache-") as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)  # the native kernel's cache follows it
-        env.pop("SURGEON_NATIVE_CACHE", None)
-        for label, program in (("first_call_compile_s", code), ("cached_load_s", code), ("native_load_s", native)):
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for label, program in (("first_call_compile_s", code), ("cached_load_s", code)):
             result = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True)
             out[label] = float(result.stdout.strip().splitlines()[-1])
     return out
@@ -187,9 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         del a, b, words_a, words_b, copy_target, copy_b
     if not args.no_compile_times:
         results.update(compile_times())
-        print(f"first call, empty cache: {results['first_call_compile_s']:.1f} s (import + compile, native kernel "
-              f"built); fresh process with that cache: {results['cached_load_s']:.2f} s (numba); native kernel "
-              f"(numpy + llvmlite, no numba): {results['native_load_s']:.3f} s")
+        print(f"first call, empty cache: {results['first_call_compile_s']:.1f} s (import + compile); "
+              f"fresh process with that cache: {results['cached_load_s']:.2f} s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)

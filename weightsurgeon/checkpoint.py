@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.format import ShardHeader, TensorInfo, itemsize, json_bomb_reason, parse_header, storage_dtype
+from weightsurgeon.format import ShardHeader, TensorInfo, json_bomb_reason, parse_header
+from weightsurgeon.kernels.decode import storage_dtype
 
 if TYPE_CHECKING:  # numpy is imported where data is read: opening and planning need none
     import numpy as np

@@ -70,25 +70,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-def _exit(code: int, process: bool = False) -> None:
-    """Exit without a second Ctrl-C during interpreter shutdown printing 'Exception ignored ...'.
-
-    `process`: this is the process's own entry point (not an in-process caller such as
-    a test). Once numba (or the native kernel's llvmlite) is loaded, interpreter shutdown
-    spends 0.04-0.15 s tearing down LLVM and its modules; every output is closed by now,
-    so flush and leave at once. Not where torch is loaded: training and evaluation
-    libraries flush logs in atexit hooks.
-    """
+def _exit(code: int) -> None:
+    """Exit without a second Ctrl-C during interpreter shutdown printing 'Exception ignored ...'."""
     if code and threading.current_thread() is threading.main_thread():
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)
-    if process and ("numba" in sys.modules or "llvmlite.binding" in sys.modules) and "torch" not in sys.modules:  # torch users (train/eval) keep their atexit hooks
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a closed pipe: nothing more can reach it anyway
-                pass
-        os._exit(code)
     sys.exit(code)
 
 
@@ -109,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         click.echo(f"error: {e}", err=True)
-        _exit(1, process=argv is None)
+        _exit(1)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -132,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: internal error ({type(e).__name__}: {str(e)[:200]}); rerun with --debug for the traceback", err=True)
         _exit(1)
-    _exit(rv if isinstance(rv, int) else 0, process=argv is None)
+    _exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

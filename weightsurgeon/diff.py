@@ -18,18 +18,17 @@ import hashlib
 import os
 import time
 from collections import Counter
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from weightsurgeon.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from weightsurgeon.errors import Interrupted, SurgeonError
-from weightsurgeon.kernels.histogram import PART, check_histogram
+from weightsurgeon.kernels.dtypes import dtype_info
+from weightsurgeon.kernels.stats import PART, check_histogram
 from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
-from weightsurgeon.readahead import ReadAhead
 
-if TYPE_CHECKING:  # numpy and the report classes load when the data does (run_diff): see read_ahead_for
+if TYPE_CHECKING:  # numpy and the report classes load when the data is read (run_diff)
     import numpy as np
 
     from weightsurgeon.report.model import DiffReport, ModelIdentity
@@ -298,44 +297,6 @@ class _ChunkReader:
         return nbytes
 
 
-def _ranges(work: list[tuple[TensorInfo, list[Pair]]]) -> list[list[tuple[Path, int, int]]]:
-    """(file, position, nbytes) of what each step of the work reads, for the read-ahead."""
-    return [[(info.file, info.begin, info.nbytes), *((p.other.file, p.other.begin, p.numel * p.other.itemsize)
-                                                     for p in pairs)] for info, pairs in work]
-
-
-def _stream(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others: list[Checkpoint],
-            stats: dict[tuple[int, str], Any], chunk_bytes: int, bins: int, progress: Any,
-            read_ahead: ReadAhead | None = None) -> int:
-    """Run every pair through the kernel, chunk by chunk in reading order; returns bytes read.
-
-    The kernel reads the files itself on every core (see _ChunkReader). Where the files
-    are not cached, a ReadAhead thread reads ahead of it from the start, while the
-    kernel loads, and for as long as the disk is slower than the kernel; on a warm cache
-    no thread starts.
-    """
-    if not work:
-        return 0
-    elems, base_bytes, other_bytes, consumers = _chunk_plan(work, chunk_bytes, bins)
-    reader = _ChunkReader(base, others, base_bytes, other_bytes, consumers)
-    done = 0
-    with ExitStack() as owned:
-        ahead = read_ahead if read_ahead is not None else owned.enter_context(ReadAhead.for_groups(_ranges(work)))
-        for info, pairs, start, stop in _schedule(work, elems):
-            try:
-                nbytes = reader.run(info, pairs, start, stop, stats)
-            except SystemError as e:  # Ctrl-C/SIGTERM arrived inside compiled code: surface it as itself
-                cause = _signal_cause(e)
-                if cause is None:
-                    raise
-                raise cause from None
-            done += nbytes
-            ahead.advance(done)
-            if progress is not None:
-                progress.advance(nbytes)
-    return done
-
-
 # ---------------------------------------------------------------------------------------
 # The API
 # ---------------------------------------------------------------------------------------
@@ -410,6 +371,11 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
         raise _missing_error(missing)
     if not pairs:
         raise SurgeonError("no tensor pairs to compare: the models share no tensor of the same shape")
+    for p in pairs:
+        for side, info in (("base", p.base), (names[p.tuned], p.other)):
+            if dtype_info(info.dtype).work is None:
+                raise SurgeonError(f"{side}: tensor {info.name!r} is {info.dtype}: complex values cannot be compared "
+                                   f"(select other modules with --module)")
     warnings = list(base.warnings) + [w for c in others for w in c.warnings]
     if base_layout.other:
         warnings.append(f"{len(base_layout.other)} base tensor name(s) not recognised as a known module, "
@@ -419,33 +385,31 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
     return DiffPlan(base, others, names, pairs, missing, notes, warnings, options)
 
 
-def read_ahead_for(plan: DiffPlan) -> ReadAhead:
-    """A read-ahead of what run_diff(plan) reads, in its order (an idle one on a warm cache).
-
-    Enter it as soon as the plan exists and hand it to run_diff: planning imports neither
-    numpy nor numba, so started here the read-ahead keeps a cold disk busy during those
-    imports too (about 0.1 s earlier than run_diff could start it). The CLI does this.
-    """
-    return ReadAhead.for_groups(_ranges(_order_pairs(plan.pairs, plan.base)))
-
-
-def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Any = None,
-             read_ahead: ReadAhead | None = None) -> DiffReport:
-    """Stream every pair of the plan through the kernel and build the report.
-
-    `read_ahead`: one from read_ahead_for(plan), entered by the caller; by default run_diff
-    starts its own.
-    """
+def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Any = None) -> DiffReport:
+    """Stream every pair of the plan through the kernel, chunk by chunk in the base's
+    on-disk order, and build the report. The kernel's threads read the files themselves
+    (see _ChunkReader); `progress` gets ``advance(nbytes)`` calls."""
     from weightsurgeon.kernels import DeltaStats
-    from weightsurgeon.kernels.native import status as native_kernel_status
     from weightsurgeon.report.model import DiffReport, TensorDiff, aggregate_modules, sort_key
 
     bins, clip = plan.options["bins"], plan.options["clip"]
     stats = {(p.tuned, p.name): DeltaStats.empty(bins, clip) for p in plan.pairs}
     work = _order_pairs(plan.pairs, plan.base)
     started = time.perf_counter()
-    bytes_read = _stream(work, plan.base, plan.others, stats, max(MIN_CHUNK_BYTES, int(chunk_bytes)), bins, progress,
-                         read_ahead)
+    elems, base_bytes, other_bytes, consumers = _chunk_plan(work, max(MIN_CHUNK_BYTES, int(chunk_bytes)), bins)
+    reader = _ChunkReader(plan.base, plan.others, base_bytes, other_bytes, consumers)
+    bytes_read = 0
+    for info, pairs, start, stop in _schedule(work, elems):
+        try:
+            nbytes = reader.run(info, pairs, start, stop, stats)
+        except SystemError as e:  # Ctrl-C/SIGTERM arrived inside compiled code: surface it as itself
+            cause = _signal_cause(e)
+            if cause is None:
+                raise
+            raise cause from None
+        bytes_read += nbytes
+        if progress is not None:
+            progress.advance(nbytes)
     seconds = time.perf_counter() - started
 
     rows = []
@@ -466,8 +430,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
         missing=list(plan.missing),
         warnings=list(plan.warnings),
         timing={"seconds": round(seconds, 6), "bytes_read": bytes_read,
-                "gb_per_s": round(bytes_read / seconds / 1e9, 4) if seconds > 0 else None,
-                "kernel": native_kernel_status()},
+                "gb_per_s": round(bytes_read / seconds / 1e9, 4) if seconds > 0 else None},
     )
 
 

@@ -18,10 +18,8 @@ class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived while an operation was running.
 
     A BaseException, as KeyboardInterrupt is, on purpose: the signal handler raises it
-    between any two bytecodes, and an ``except Exception`` fallback below (a kernel that
-    falls back to another, a best-effort figure) must not swallow it and carry on. A
-    SIGINT during the native kernel's loading once did exactly that: the diff went on
-    and exited 0.
+    between any two bytecodes, and an ``except Exception`` fallback below (a best-effort
+    figure) must not swallow it and carry on.
     """
 
     def __init__(self, message: str) -> None:

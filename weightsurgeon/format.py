@@ -1,4 +1,4 @@
-"""The safetensors file format: dtype table, strict header parsing, header building.
+"""The safetensors file format: strict header parsing, header building (dtypes: kernels/dtypes.py).
 
 One place knows the format's rules, so the reader (checkpoint.py), the writer
 (writer.py) and the synthetic generator (synth.py) cannot disagree. Parsing follows the
@@ -22,43 +22,13 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from weightsurgeon.errors import SurgeonError
-
-if TYPE_CHECKING:
-    import numpy as np
+from weightsurgeon.kernels.dtypes import SUBBYTE_DTYPES, TABLE, itemsize
 
 MAX_HEADER_BYTES = 100_000_000
 HEADER_ALIGN = 8
 
-# safetensors dtype name -> (bytes per element, numpy dtype of the *stored* representation).
-# BF16 and FP8 have no numpy dtype: they are read as raw bit patterns. The numpy dtypes are
-# named here and made on first use: planning a diff needs no numpy (see storage_dtype).
-DTYPES: dict[str, tuple[int, str]] = {
-    "BOOL": (1, "?"),
-    "U8": (1, "u1"),
-    "I8": (1, "i1"),
-    "F8_E4M3": (1, "u1"),
-    "F8_E5M2": (1, "u1"),
-    "F8_E8M0": (1, "u1"),
-    "I16": (2, "<i2"),
-    "U16": (2, "<u2"),
-    "F16": (2, "<f2"),
-    "BF16": (2, "<u2"),
-    "I32": (4, "<i4"),
-    "U32": (4, "<u4"),
-    "F32": (4, "<f4"),
-    "F64": (8, "<f8"),
-    "I64": (8, "<i8"),
-    "U64": (8, "<u8"),
-    "C64": (8, "<c8"),
-    "F8_E4M3FNUZ": (1, "u1"),
-    "F8_E5M2FNUZ": (1, "u1"),
-}
-FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"})
-# Packed sub-byte dtypes safetensors knows (MXFP4/MXFP6 payloads): named clearly when refused.
-SUBBYTE_DTYPES = frozenset({"F4", "F6_E2M3", "F6_E3M2"})
 # safetensors stores shapes and offsets as usize: anything from 2**64 up is not a valid value.
 MAX_USIZE = 2**64 - 1
 
@@ -71,23 +41,12 @@ DTYPE_ALIASES = {
 
 def normalize_dtype(name: str) -> str:
     """Accept 'bf16', 'float32', 'F32' ... and return the safetensors name."""
-    if name in DTYPES:
+    if name in TABLE:
         return name
     alias = DTYPE_ALIASES.get(name.lower())
     if alias is None:
         raise SurgeonError(f"unknown dtype {name!r} (use one of {', '.join(sorted(DTYPE_ALIASES))})")
     return alias
-
-
-def itemsize(dtype: str) -> int:
-    return DTYPES[dtype][0]
-
-
-def storage_dtype(dtype: str) -> "np.dtype":
-    """The numpy dtype of the stored representation (imports numpy: only where data is read)."""
-    import numpy as np
-
-    return np.dtype(DTYPES[dtype][1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,10 +249,10 @@ def _compact_entries(text: str, path: Path, data_start: int, data_size: int) -> 
         if m is None:
             return None
         name, dtype, shape_text, begin, end, closing = m.groups()
-        width = DTYPES.get(dtype)
+        entry = TABLE.get(dtype)
         shape = tuple(map(int, shape_text.split(","))) if shape_text else ()
         begin, end = int(begin), int(end)
-        if width is None or end < begin or end > data_size or math.prod(shape) * width[0] != end - begin \
+        if entry is None or end < begin or end > data_size or math.prod(shape) * entry.width != end - begin \
                 or name == "__metadata__":
             return None
         entries.append(TensorInfo(name=name, dtype=dtype, shape=shape, file=path, begin=data_start + begin,
@@ -372,8 +331,8 @@ def _validate_entry(where: str, path: Path, name: str, spec: object, data_start:
     # Written for speed (type() is, one pass over the shape): it runs once per tensor, 100k times for a MoE model.
     if type(spec) is dict:
         dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-        width = DTYPES.get(dtype) if type(dtype) is str else None
-        if width is not None and type(shape) is list and type(offsets) is list and len(offsets) == 2:
+        entry = TABLE.get(dtype) if type(dtype) is str else None
+        if entry is not None and type(shape) is list and type(offsets) is list and len(offsets) == 2:
             begin, end = offsets
             numel = 1
             for d in shape:  # Python ints cannot overflow: no wrap-around tricks get through.
@@ -382,7 +341,7 @@ def _validate_entry(where: str, path: Path, name: str, spec: object, data_start:
                 numel *= d
             else:
                 if type(begin) is int and type(end) is int and 0 <= begin <= end <= data_size \
-                        and numel * width[0] == end - begin:
+                        and numel * entry.width == end - begin:
                     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), file=path, begin=data_start + begin,
                                       end=data_start + end)
     raise _entry_error(where, name, spec, data_size)
@@ -399,7 +358,7 @@ def _entry_error(where: str, name: str, spec: object, data_size: int) -> Surgeon
     dtype = spec["dtype"]
     if isinstance(dtype, str) and dtype in SUBBYTE_DTYPES:
         return SurgeonError(f"{where}: tensor {shown!r}: packed sub-byte dtype {dtype} is not supported")
-    if not isinstance(dtype, str) or dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in TABLE:
         return SurgeonError(f"{where}: tensor {shown!r}: unknown dtype {str(dtype)[:40]!r}")
     shape = spec["shape"]
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
@@ -414,7 +373,7 @@ def _entry_error(where: str, name: str, spec: object, data_size: int) -> Surgeon
         return SurgeonError(f"{where}: tensor {shown!r}: data ends at byte {end} but the data section has {data_size} bytes (truncated?)")
     numel = math.prod(shape)
     return SurgeonError(
-        f"{where}: tensor {shown!r}: {dtype}{list(shape)} needs {numel * DTYPES[dtype][0]} bytes but data_offsets span {end - begin}"
+        f"{where}: tensor {shown!r}: {dtype}{list(shape)} needs {numel * itemsize(dtype)} bytes but data_offsets span {end - begin}"
     )
 
 
@@ -433,7 +392,7 @@ def build_header(tensors: list[tuple[str, str, tuple[int, ...]]], metadata: dict
         n = 1
         for d in shape:
             n *= d
-        size = n * DTYPES[dtype][0]
+        size = n * itemsize(dtype)
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
         sizes.append(size)

@@ -24,7 +24,7 @@ import numpy as np
 
 from weightsurgeon.checkpoint import Checkpoint
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.format import FLOAT_DTYPES, itemsize
+from weightsurgeon.kernels.dtypes import dtype_info, itemsize
 from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
 
 MAX_LISTED_PROBLEMS = 8
@@ -195,8 +195,8 @@ def _problems(kind: str, items: list[str]) -> SurgeonError:
 
 
 def _castable(dtype: str) -> bool:
-    """Dtypes `--cast` can round between: floats the kernels' codecs encode exactly (not F8_E8M0, not integers)."""
-    return dtype in FLOAT_DTYPES and dtype != "F8_E8M0"
+    """Dtypes `--cast` can round between: floats the codecs encode (not F8_E8M0, integers or complex)."""
+    return dtype_info(dtype).encodable
 
 
 def _refuse_partial(ckpt: Checkpoint, role: str) -> None:
@@ -336,7 +336,7 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
             changed = True
         else:
             for dt, who in ((out_dtype, "BASE"), (d.dtype, "DONOR")):
-                if dt not in FLOAT_DTYPES or dt.startswith("F8"):
+                if not dtype_info(dt).encodable or dtype_info(dt).f8 is not None:
                     raise SurgeonError(f"--alpha {alpha:g}: cannot interpolate {n} ({who} dtype {dt}); use --alpha 1")
             if base_name is None:
                 raise SurgeonError(f"--alpha {alpha:g}: BASE has no {n} nor an embedding to interpolate it with")
@@ -384,6 +384,9 @@ def plan_zero(model: Checkpoint, modules: str, layers: str | None = None, argume
     """Set every parameter (weights and biases) of the selected modules to 0."""
     names, warnings = _destruction_targets(model, modules, layers)
     chosen = set(names)
+    bad = [f"{n} ({model[n].dtype})" for n in names if not dtype_info(model[n].dtype).has_zero]
+    if bad:
+        raise _problems("selected tensor(s) have no zero value (a scale format) and cannot be zeroed", bad)
     tensors = [PlannedTensor(t.name, t.dtype, t.shape, Source("zeros") if t.name in chosen else Source("copy", role="base", name=t.name),
                              t.name in chosen) for t in model]
     return Plan(operation="zero", arguments=arguments or {}, inputs={"base": model}, tensors=tensors,
@@ -397,7 +400,7 @@ def plan_reinit(model: Checkpoint, modules: str, layers: str | None = None, std:
         raise SurgeonError(f"--std must be a finite number >= 0 and --mean finite (got std={std}, mean={mean})")
     names, warnings = _destruction_targets(model, modules, layers)
     chosen = set(names)
-    bad = [f"{n} ({model[n].dtype})" for n in names if model[n].dtype not in FLOAT_DTYPES or model[n].dtype == "F8_E8M0"]
+    bad = [f"{n} ({model[n].dtype})" for n in names if not dtype_info(model[n].dtype).encodable]
     if bad:
         raise _problems("selected tensor(s) are not floating point and cannot be re-initialised", bad)
     src = Source("gaussian", seed=int(seed), mean=float(mean), std=float(std))

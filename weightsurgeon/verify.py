@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from weightsurgeon.checkpoint import Checkpoint, DEFAULT_CHUNK_BYTES
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.format import FLOAT_DTYPES
 from weightsurgeon.layout import ModelLayout, layout_of, split_layer
 
 # Config keys that hold one entry per decoder layer.
@@ -208,13 +205,14 @@ def _check_shapes_alike(ckpt: Checkpoint, per_layer: dict[int, dict[str, str]]) 
 
 
 def _scan_nonfinite(ckpt: Checkpoint, result: VerifyResult, progress: object | None) -> None:
-    count = _nonfinite_counter()
+    from weightsurgeon.kernels import count_nonfinite, dtype_info
+
     buffer = bytearray(DEFAULT_CHUNK_BYTES)
     for info in ckpt:
         bad = 0
-        if info.dtype in FLOAT_DTYPES and info.nbytes:
+        if dtype_info(info.dtype).is_float and info.nbytes:
             for chunk in ckpt.iter_chunks(info, buffer=buffer):
-                bad += count(chunk, info.dtype)
+                bad += count_nonfinite(chunk, info.dtype)
                 if progress is not None:
                     progress.advance(len(chunk) * info.itemsize)
         elif progress is not None:
@@ -222,36 +220,3 @@ def _scan_nonfinite(ckpt: Checkpoint, result: VerifyResult, progress: object | N
         result.scanned_bytes += info.nbytes
         if bad:
             raise SurgeonError(f"{info.file}: tensor {info.name!r} has {bad} NaN/Inf value(s) of {info.numel}")
-
-
-# The numba kernel covers these; the rest (rare) take the exact numpy path.
-_KERNEL_DTYPES = frozenset({"BF16", "F16", "F32", "F64", "F8_E4M3", "F8_E5M2", "F8_E8M0"})
-
-
-def _nonfinite_counter():
-    """The numba kernel when available (fast), else an exact numpy fallback."""
-    try:
-        from weightsurgeon.kernels import count_nonfinite
-    except ImportError:
-        return _count_nonfinite_numpy
-
-    def count(chunk: np.ndarray, dtype: str) -> int:
-        if dtype in _KERNEL_DTYPES:
-            return count_nonfinite(chunk, dtype)
-        return _count_nonfinite_numpy(chunk, dtype)
-
-    return count
-
-
-def _count_nonfinite_numpy(chunk: np.ndarray, dtype: str) -> int:
-    if dtype == "BF16":
-        return int(np.count_nonzero((chunk & 0x7F80) == 0x7F80))
-    if dtype == "F8_E5M2":
-        return int(np.count_nonzero((chunk & 0x7C) == 0x7C))
-    if dtype == "F8_E4M3":
-        return int(np.count_nonzero((chunk & 0x7F) == 0x7F))
-    if dtype == "F8_E8M0":
-        return int(np.count_nonzero(chunk == 0xFF))
-    if dtype in ("F8_E4M3FNUZ", "F8_E5M2FNUZ"):  # no inf; the one NaN is the "negative zero" pattern
-        return int(np.count_nonzero(chunk == 0x80))
-    return int(chunk.size - np.count_nonzero(np.isfinite(chunk)))

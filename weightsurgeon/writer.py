@@ -28,7 +28,9 @@ from weightsurgeon.atomic import atomic_output_dir, check_output_path
 from weightsurgeon.card import write_card
 from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint, open_sequential, pread_into
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.format import build_header, itemsize, storage_dtype
+from weightsurgeon.format import build_header
+from weightsurgeon.kernels.decode import storage_dtype
+from weightsurgeon.kernels.dtypes import itemsize
 from weightsurgeon.progress import ByteProgress
 from weightsurgeon.surgery import Plan, PlannedTensor, gaussian_key, gaussian_values, input_paths
 

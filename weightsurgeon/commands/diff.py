@@ -87,7 +87,7 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
 
     from weightsurgeon.atomic import atomic_output_dir, check_output_path
     from weightsurgeon.checkpoint import open_checkpoint
-    from weightsurgeon.diff import plan_diff, read_ahead_for, run_diff
+    from weightsurgeon.diff import plan_diff, run_diff
     from weightsurgeon.output import print_warnings
     from weightsurgeon.progress import ByteProgress
 
@@ -106,16 +106,15 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
         extra_warnings: list[str] = []
         target = atomic_output_dir(output, inputs, force) if output is not None else nullcontext(None)
         with target as folder:
-            # Read ahead from here on: nothing so far imported numpy or numba (about 0.1 s more disk time cold).
-            with read_ahead_for(plan) as ahead, ByteProgress(plan.total_bytes, "diff", quiet=quiet) as progress:
-                report = run_diff(plan, chunk_bytes=chunk_mb * 1024 * 1024, progress=progress, read_ahead=ahead)
+            with ByteProgress(plan.total_bytes, "diff", quiet=quiet) as progress:
+                report = run_diff(plan, chunk_bytes=chunk_mb * 1024 * 1024, progress=progress)
             if folder is not None:
                 written, extra_warnings = write_report_folder(report, Path(folder), plots=not no_plots, every=every)
     print_warnings(extra_warnings)
     if as_json:
         stdout = click.get_text_stream("stdout")
         report.dump(stdout)
-        stdout.flush()  # click may wrap stdout in a stream of its own, which the fast exit would not flush
+        stdout.flush()
         return
     from weightsurgeon.report.summary import print_summary
 

@@ -1,6 +1,6 @@
 """Numba kernels of the Delta stethoscope (installed as weightsurgeon.kernels).
 
-Imports nothing of the project and not numba either: the compiled code loads on first use.
+Imports nothing of the project, and numpy only: the compiled code (numba) loads on first use.
 
 Definitions, for a chunk pair A, B in their stored dtypes:
 
@@ -17,51 +17,27 @@ Definitions, for a chunk pair A, B in their stored dtypes:
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-# Public names and the submodule each lives in, imported on first use: importing
-# weightsurgeon.kernels.histogram (the diff's planning) must not import numpy.
-_HOME = {
-    "ITEMSIZE": "dtypes",
-    "SUPPORTED_FAST_DTYPES": "dtypes",
-    "DeltaStats": "stats",
-    "accumulate_delta": "delta",
-    "accumulate_delta_from_files": "delta",
-    "count_nonfinite": "delta",
-    "decode_to_float32": "decode",
-    "decode_to_float64": "decode",
-    "encode_from_float32": "decode",
-    "reads_files": "delta",
-    "reference_delta_stats": "reference",
-    "warmup": "delta",
-}
-
-
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
-
+from weightsurgeon.kernels.decode import decode_to_float32, decode_to_float64, encode_from_float32, storage_dtype, work_dtype
+from weightsurgeon.kernels.delta import accumulate_delta, accumulate_delta_from_files, count_nonfinite, reads_files, warmup
+from weightsurgeon.kernels.dtypes import TABLE, DType, dtype_info, itemsize
+from weightsurgeon.kernels.reference import reference_delta_stats
+from weightsurgeon.kernels.stats import DeltaStats
 
 __all__ = [
-    "ITEMSIZE",
-    "SUPPORTED_FAST_DTYPES",
+    "TABLE",
+    "DType",
     "DeltaStats",
     "accumulate_delta",
     "accumulate_delta_from_files",
     "count_nonfinite",
     "decode_to_float32",
+    "dtype_info",
     "decode_to_float64",
     "encode_from_float32",
+    "itemsize",
     "reads_files",
     "reference_delta_stats",
+    "storage_dtype",
     "warmup",
+    "work_dtype",
 ]
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOME))

@@ -39,61 +39,41 @@ the mask loop measured 15% slower). The scratch arrays are skewed against each o
 """
 from __future__ import annotations
 
-import sys
+import os
 
-import numpy as np
+# numba's parallel loops run on GNU OpenMP here, whose idle threads spin at every barrier.
+# On a machine shared with other jobs that spinning takes the cores from the threads with
+# work: a 2.3 GB diff at load 14 on 2 cores took 39-60 s with spinning, 8.6-9.2 s passive.
+# Set before numba loads its threading layer; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-
-def _import_numba_without_scipy() -> None:
-    """Import numba with scipy's BLAS hidden: 0.12 s less start-up where scipy is installed.
-
-    numba.np.arraymath imports scipy.linalg at import time only to learn whether np.dot
-    can call BLAS; our kernels never use it. A None entry in sys.modules makes that one
-    import fail, and numba then uses its own loop for np.correlate/np.convolve in this
-    process (correct, slower; numba's linear algebra still imports scipy when used).
-    The entry is removed again at once, so nothing else in the process is affected.
-    """
-    blas = "scipy.linalg.cython_blas"
-    if "numba.np.arraymath" in sys.modules or blas in sys.modules:
-        return
-    sys.modules[blas] = None  # type: ignore[assignment]
-    try:
-        import numba.np.arraymath  # noqa: F401  (imported by numba's first compile or cache load anyway)
-    finally:
-        if blas in sys.modules and sys.modules[blas] is None:
-            del sys.modules[blas]
-
-
-_import_numba_without_scipy()
-
+import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import njit, prange, types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
-from weightsurgeon.kernels.abi import (  # noqa: E402  (the numbers Python and this code share)
-    ACC_SIZE,
-    BLOCK,
-    C_BIG,
-    C_HALF,
-    C_HI,
-    C_LO,
-    C_NEAR,
-    C_ONE,
-    C_SCALE,
-    C_ZERO,
-    C_ZERO_BIN,
-    CODE_BF16,
-    CODE_F16,
-    CODE_F32,
-    CODES_SIZE,
-    MAX_ABS_DELTA,
-    N_BASE_ZERO,
-    N_FINITE,
-    PART,
-    SCRATCH_SIZE,
-    SKEW,
-)
+from weightsurgeon.kernels.stats import PART  # noqa: E402  # elements per parallel task: results do not depend on threads
+
+# How the kernel decodes a source array (it always receives unsigned-integer bit patterns).
+CODE_BF16, CODE_F16, CODE_F32, CODE_F64 = range(4)
+
+BLOCK = 8192  # elements per block: its scratch arrays (about 230 KiB) stay in L2; fewer calls
+SKEW = 16  # elements between scratch arrays (see _delta_part)
+
+# Columns of the per-part float results and integer counts (delta.fold_parts reads them).
+SUM_SQ_DELTA, SUM_SQ_A, SUM_SQ_B, DOT_AB, SUM_DELTA, MAX_ABS_DELTA = range(6)
+N_FINITE, N_BASE_ZERO = range(2)
+# Entries of the constants array (work dtype) that delta passes in: the histogram range,
+# bins / (hi - lo), the largest finite value, 0, 1/2, 1, how close (in bins) an
+# arithmetic bin position may come to an edge before numpy's edge decides, and numpy's
+# bin of 0.0.
+C_LO, C_HI, C_SCALE, C_BIG, C_ZERO, C_HALF, C_ONE, C_NEAR, C_ZERO_BIN = range(9)
+
+# Scratch one part needs, allocated once per thread and reused part after part:
+SCRATCH_SIZE = 6 * (BLOCK + SKEW)  # work-dtype elements: six block arrays, skewed
+CODES_SIZE = BLOCK + 8 * SKEW  # int32 bin codes, skewed
+ACC_SIZE = 10  # float64 accumulators: two chains of the five sums
 
 FASTMATH = {"reassoc", "nsz", "contract"}  # never "arcp", "afn", "nnan", "ninf": see above
 
@@ -451,8 +431,7 @@ def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist, scratch
     """Statistics of one part (a and b are its slices) into this part's rows sums/counts/hist.
 
     The scratch arrays come from the caller (sizes: SCRATCH_SIZE, CODES_SIZE, sub_size,
-    ACC_SIZE) and are reused part after part: nothing here allocates, so the same code
-    runs under numba's runtime and as the native entry point (see native.py).
+    ACC_SIZE) and are reused part after part: nothing here allocates.
     """
     nbins = edges.size - 1
     # The scratch arrays share one buffer, each SKEW elements after the previous one's
@@ -536,51 +515,18 @@ def _read_full(fd, out, pos):
     return True
 
 
-@njit(nogil=True, error_model="numpy", cache=True)
-def file_lane(fd_a, pos_a, a, code_a, fd_b, pos_b, b, code_b, n, lane, lanes, consts, edges,
-              sums, counts, hists, failed, scratch, codes, sub, acc):
-    """One lane of delta_file: parts lane, lane + lanes, ... of the n elements at pos_a, pos_b.
-
-    Each part is read into this lane's buffers a and b (PART elements of the stored
-    width), which stay in the core's L2 cache, then computed. Lanes take parts
-    round-robin, so the threads move through each file together, front to back: the OS
-    sees one sequential reader and reads ahead. A part whose read fails is marked in
-    `failed` and its rows stay zero. Allocates nothing (see _delta_part), so it also runs
-    as native code on buffers it is handed (native.py): it returns 1, touching nothing,
-    when any of them is smaller than this compiled code needs, else 0.
-    """
-    nparts = (n + PART - 1) // PART
-    nbins = edges.size - 1
-    if (a.size < PART or b.size < PART or scratch.size < SCRATCH_SIZE or codes.size < CODES_SIZE
-            or sub.size < 4 * (nbins + 1) or acc.size < ACC_SIZE or consts.size <= C_ZERO_BIN
-            or sums.shape[0] < nparts or counts.shape[0] < nparts or hists.shape[0] < nparts
-            or failed.size < nparts or sums.shape[1] <= MAX_ABS_DELTA or counts.shape[1] <= N_BASE_ZERO
-            or hists.shape[1] != nbins or lanes < 1):
-        return 1
-    size_a = a.itemsize
-    size_b = b.itemsize
-    for p in range(lane, nparts, lanes):
-        start = p * PART
-        count = min(n, start + PART) - start
-        if _read_full(fd_a, a[:count], pos_a + start * size_a) and _read_full(fd_b, b[:count], pos_b + start * size_b):
-            _delta_part(a[:count], code_a, b[:count], code_b, consts, edges, sums[p], counts[p], hists[p],
-                        scratch, codes, sub, acc)
-        else:
-            failed[p] = 1
-    return 0
-
-
 @njit(nogil=True, parallel=True, error_model="numpy", cache=True)
 def delta_file(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, consts, edges, threads):
     """delta_chunk on n elements read straight from two files at byte positions pos_a, pos_b.
 
-    Each part is read by the thread that computes it (file_lane), into a buffer of its
-    own that stays in that core's L2 cache, so the bytes cross memory once (page cache
-    -> L2), and no thread copies while the others compute. `like_a`/`like_b` are empty
-    arrays of the stored bit width (their dtype picks the compiled variant); `threads`
-    is numba's thread count (results do not depend on it). The last result is the
-    number of parts whose read failed: their rows are zero, and the caller must not use
-    any of the results then.
+    Each thread (a lane) takes parts lane, lane + lanes, ... round-robin, so the threads
+    move through each file together, front to back: the OS sees one sequential reader
+    and reads ahead. A part is read into the lane's own buffers of PART elements, which
+    stay in that core's L2 cache, so the bytes cross memory once (page cache -> L2) and
+    no thread copies while the others compute. `like_a`/`like_b` are empty arrays of the
+    stored bit width (their dtype picks the compiled variant); `threads` is numba's
+    thread count (results do not depend on it). The last result is the number of parts
+    whose read failed: their rows are zero, and the caller must not use any result then.
     """
     nparts = (n + PART - 1) // PART
     nbins = edges.size - 1
@@ -589,20 +535,28 @@ def delta_file(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, cons
     hists = np.zeros((nparts, nbins), dtype=np.int64)
     failed = np.zeros(nparts, dtype=np.int64)
     lanes = max(1, min(threads, nparts))  # numba.get_num_threads() here would make the kernel uncacheable
-    refused = np.zeros(lanes, dtype=np.int64)  # file_lane's sizes check: never, with buffers made here
+    size_a = like_a.itemsize
+    size_b = like_b.itemsize
     for lane in prange(lanes):
         a = np.empty(PART, dtype=like_a.dtype)
         b = np.empty(PART, dtype=like_b.dtype)
         scratch, codes, sub, acc = _part_scratch(consts, nbins)
-        refused[lane] = file_lane(fd_a, pos_a, a, code_a, fd_b, pos_b, b, code_b, n, lane, lanes, consts, edges,
-                                  sums, counts, hists, failed, scratch, codes, sub, acc)
-    return sums, counts, hists, failed.sum() + nparts * refused.sum()
+        for p in range(lane, nparts, lanes):
+            start = p * PART
+            count = min(n, start + PART) - start
+            if (_read_full(fd_a, a[:count], pos_a + start * size_a)
+                    and _read_full(fd_b, b[:count], pos_b + start * size_b)):
+                _delta_part(a[:count], code_a, b[:count], code_b, consts, edges, sums[p], counts[p], hists[p],
+                            scratch, codes, sub, acc)
+            else:
+                failed[p] = 1
+    return sums, counts, hists, failed.sum()
 
 
 @njit(nogil=True, parallel=True, cache=True)
-def count_masked(x, mask):
-    """Number of elements whose bits under `mask` are all set (NaN/inf patterns of float formats)."""
+def count_matching(x, mask, value):
+    """Number of elements whose bits under `mask` equal `value` (the NaN/Inf patterns of float formats)."""
     total = 0
     for i in prange(x.size):
-        total += np.int64((x[i] & mask) == mask)
+        total += np.int64((x[i] & mask) == value)
     return total

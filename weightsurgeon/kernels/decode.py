@@ -10,37 +10,70 @@ import functools
 
 import numpy as np
 
-from weightsurgeon.kernels.dtypes import FLOAT_DTYPES, NUMPY_DTYPE, as_bits, check_dtype
+from weightsurgeon.kernels.dtypes import dtype_info
 
-# 8-bit float formats: (exponent bits, mantissa bits, bias). E4M3 is the "fn" variant
-# (no infinities, NaN = S.1111.111, max 448); E5M2 is IEEE-like (the top byte of a float16).
-_F8_FORMATS = {"F8_E4M3": (4, 3, 7), "F8_E5M2": (5, 2, 15)}
+_UINT_OF_WIDTH = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def as_bits(x: np.ndarray, dtype: str) -> np.ndarray:
+    """View a chunk as unsigned-integer bit patterns of `dtype`'s width, without copying.
+
+    Accepts any numpy array whose itemsize matches the dtype (uint16 or float16 for F16,
+    float32 or uint32 for F32, ...) and raw uint8 byte buffers (a chunk read from disk).
+    Non-contiguous, read-only or misaligned arrays are copied.
+    """
+    width = dtype_info(dtype).width
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        arr = arr.reshape(-1)
+    if arr.dtype.itemsize != width:
+        if arr.dtype != np.uint8:
+            raise ValueError(f"a {dtype} chunk needs {width}-byte elements, got numpy dtype {arr.dtype}")
+        if arr.size % width:
+            raise ValueError(f"a {dtype} chunk of raw bytes must hold a multiple of {width} bytes, got {arr.size}")
+    if not (arr.flags.c_contiguous and arr.flags.writeable and arr.flags.aligned):
+        # numba compiles (and caches) a separate kernel for read-only or unaligned arrays:
+        # a copy of this chunk is far cheaper than that. Readers should pass their reused,
+        # writable read buffers.
+        arr = np.array(arr, order="C", copy=True)
+    return arr.view(_UINT_OF_WIDTH[width])
+
+
+def storage_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype a stored chunk is read as (bit patterns where numpy has no such type)."""
+    return np.dtype(dtype_info(dtype).storage)
+
+
+def work_dtype(dtype_a: str, dtype_b: str) -> type:
+    """The precision A and B are compared in: float64 when either side needs it (the table's
+    work "f8": F64, 32/64-bit integers), else float32. ValueError for values that are not
+    real numbers (complex)."""
+    works = {dtype_info(dtype_a).work, dtype_info(dtype_b).work}
+    if None in works:
+        raise ValueError(f"cannot compare {dtype_a} with {dtype_b}: complex values have no real difference")
+    return np.float64 if "f8" in works else np.float32
 
 
 @functools.lru_cache(maxsize=None)
 def _f8_table(dtype: str) -> np.ndarray:
-    """float32 value of each of the 256 bit patterns of an 8-bit float format."""
+    """float32 value of each of the 256 bit patterns of an 8-bit float format (see dtypes.TABLE)."""
+    ebits, mbits, bias, style = dtype_info(dtype).f8
     bits = np.arange(256, dtype=np.uint32)
-    if dtype == "F8_E8M0":
-        # Scale format: 2**(e - 127), no sign, no zero, 0xFF is NaN.
-        exps = bits.astype(np.float64) - 127.0
-        values = np.ldexp(1.0, exps.astype(np.int64))
-        values[255] = np.nan
-        table = values.astype(np.float32)
+    if style == "e8m0":  # scale format: 2**(e - 127), no sign, no zero
+        values = np.ldexp(1.0, bits.astype(np.int64) - bias)
     else:
-        ebits, mbits, bias = _F8_FORMATS[dtype]
         sign = np.where(bits >> 7, -1.0, 1.0)
         exp = ((bits >> mbits) & ((1 << ebits) - 1)).astype(np.int64)
         mant = (bits & ((1 << mbits) - 1)).astype(np.float64)
         frac = np.where(exp == 0, mant / (1 << mbits), 1.0 + mant / (1 << mbits))
         values = sign * np.ldexp(frac, np.where(exp == 0, 1 - bias, exp - bias))
-        emax = (1 << ebits) - 1
-        if dtype == "F8_E4M3":
-            values[(exp == emax) & (mant == (1 << mbits) - 1)] = np.nan
-        else:
-            values[(exp == emax) & (mant == 0)] = sign[(exp == emax) & (mant == 0)] * np.inf
-            values[(exp == emax) & (mant != 0)] = np.nan
-        table = values.astype(np.float32)
+    mask, value = dtype_info(dtype).nan
+    special = (bits & mask) == value
+    values[special] = np.nan
+    if style == "ieee":  # the top exponent with a zero mantissa is Inf, not NaN
+        inf = special & ((bits & ((1 << mbits) - 1)) == 0)
+        values[inf] = np.where(bits[inf] >> 7, -np.inf, np.inf)
+    table = values.astype(np.float32)
     table.setflags(write=False)
     return table
 
@@ -50,24 +83,26 @@ def decode_to_float32(x: np.ndarray, dtype: str) -> np.ndarray:
 
     F64 and 32/64-bit integers round to the nearest float32 (use decode_to_float64 to keep them).
     """
-    check_dtype(dtype)
+    info = dtype_info(dtype)
+    if info.work is None:
+        raise ValueError(f"{dtype} values are not real numbers")
     bits = as_bits(x, dtype)
     if dtype == "BF16":
         return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
     if dtype == "F32":
         return bits.view(np.float32).copy()
-    if dtype in ("F8_E4M3", "F8_E5M2", "F8_E8M0"):
+    if info.f8 is not None:
         return _f8_table(dtype)[bits]
-    return bits.view(NUMPY_DTYPE[dtype]).astype(np.float32)
+    return bits.view(storage_dtype(dtype)).astype(np.float32)
 
 
 def decode_to_float64(x: np.ndarray, dtype: str) -> np.ndarray:
     """Values of a stored chunk as float64: exact for every dtype except 64-bit integers beyond 2**53."""
-    check_dtype(dtype)
+    info = dtype_info(dtype)
     if dtype == "F64":
         return as_bits(x, dtype).view(np.float64).copy()
-    if dtype in ("I32", "U32", "I64", "U64"):
-        return as_bits(x, dtype).view(NUMPY_DTYPE[dtype]).astype(np.float64)
+    if info.work == "f8":  # integers float32 cannot hold
+        return as_bits(x, dtype).view(storage_dtype(dtype)).astype(np.float64)
     return decode_to_float32(x, dtype).astype(np.float64)
 
 
@@ -83,12 +118,12 @@ def _encode_bf16(x: np.ndarray) -> np.ndarray:
 
 
 def _encode_f8(x: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 -> F8_E4M3 / F8_E5M2 bits, round to nearest even on the format's grid.
+    """float32 -> 8-bit float bits, round to nearest even on the format's grid.
 
-    Overflow gives inf for E5M2 and saturates to +-448 for E4M3 (it has no inf), as
-    torch's casts do.
+    Overflow does what torch's casts do: inf for E5M2, saturation at +-448 for E4M3 (no
+    inf), NaN for the FNUZ formats (no inf; their NaN 0x80 has no sign and -0 becomes 0).
     """
-    ebits, mbits, bias = _F8_FORMATS[dtype]
+    ebits, mbits, bias, style = dtype_info(dtype).f8
     table = _f8_table(dtype).astype(np.float64)
     finite = table[:128][np.isfinite(table[:128])]  # positive finite values, ascending with the code
     values = x.astype(np.float64)
@@ -100,7 +135,11 @@ def _encode_f8(x: np.ndarray, dtype: str) -> np.ndarray:
         rounded = np.ldexp(np.rint(np.ldexp(mag, -quantum)), quantum)
     overflow = ~nan & ~(rounded <= finite[-1])
     code = np.searchsorted(finite, np.where(nan | overflow, 0.0, rounded)).astype(np.uint8)
-    code[overflow] = 0x7E if dtype == "F8_E4M3" else 0x7C
+    if style == "fnuz":
+        code |= np.where(np.signbit(values) & (code != 0), np.uint8(0x80), np.uint8(0))
+        code[nan | overflow] = 0x80
+        return code
+    code[overflow] = 0x7E if style == "fn" else 0x7C
     code[nan] = 0x7F
     return code | np.where(np.signbit(values), np.uint8(0x80), np.uint8(0))
 
@@ -108,12 +147,11 @@ def _encode_f8(x: np.ndarray, dtype: str) -> np.ndarray:
 def encode_from_float32(x: np.ndarray, dtype: str) -> np.ndarray:
     """float32 values -> stored representation of `dtype` (BF16 and F8 as unsigned bits, F16 as float16).
 
-    Rounds to nearest, ties to even; overflow gives inf (F8_E4M3, which has none,
-    saturates at +-448, as torch does).
-    Integer dtypes and the F8_E8M0 scale format are refused (ValueError).
+    Rounds to nearest, ties to even; overflow gives inf where the format has one, as
+    torch's casts do (see _encode_f8 for the 8-bit formats). Dtypes the table does not
+    call encodable (integers, complex, the F8_E8M0 scale format) are refused (ValueError).
     """
-    check_dtype(dtype)
-    if dtype not in FLOAT_DTYPES or dtype == "F8_E8M0":
+    if not dtype_info(dtype).encodable:
         raise ValueError(f"cannot encode float values to {dtype}")
     arr = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if dtype == "BF16":

@@ -1,9 +1,7 @@
 """Python entry points of the kernels: pick the representation, call the compiled code, fold results.
 
 The compiled module (and numba with it) is imported on the first call, never at import
-time, so `surgeon --help` and light commands stay instant. Reading files, the diff's
-hot path, runs on the native kernel (native.py: numba's machine code, loaded without
-numba) where there is one, and on numba's delta_file otherwise.
+time: commands that only decode or encode (surgery, synth) do not pay for numba.
 """
 from __future__ import annotations
 
@@ -13,27 +11,14 @@ import threading
 
 import numpy as np
 
-from weightsurgeon.kernels import abi, native
-from weightsurgeon.kernels.decode import decode_to_float32, decode_to_float64
-from weightsurgeon.kernels.dtypes import ITEMSIZE, SUPPORTED_FAST_DTYPES, as_bits, check_dtype
-from weightsurgeon.kernels.reference import work_dtype
+from weightsurgeon.kernels.decode import as_bits, decode_to_float32, decode_to_float64, work_dtype
+from weightsurgeon.kernels.dtypes import dtype_info, itemsize
 from weightsurgeon.kernels.stats import DeltaStats
 
 # numba's portable "workqueue" threading layer aborts the process when two threads launch
-# parallel kernels at once, and the native kernel's lanes reuse their buffers: launches
-# are serialised.
+# parallel kernels at once: launches are serialised.
 _LAUNCH = threading.Lock()
 
-# Bits that are all set exactly in the NaN/inf patterns of each float format.
-_NONFINITE_MASK = {
-    "BF16": 0x7F80,
-    "F16": 0x7C00,
-    "F32": 0x7F800000,
-    "F64": 0x7FF0000000000000,
-    "F8_E4M3": 0x7F,  # no inf; NaN is S.1111.111
-    "F8_E5M2": 0x7C,
-    "F8_E8M0": 0xFF,  # NaN only
-}
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
@@ -64,19 +49,24 @@ def _histogram_constants(bins: int, clip: float, dtype: type) -> tuple[np.ndarra
     return consts, edges
 
 
-_FAST_CODE = {"BF16": abi.CODE_BF16, "F16": abi.CODE_F16, "F32": abi.CODE_F32}
+def _fast_code(dtype: str) -> int | None:
+    """The compiled kernel's decode code for a float32-work dtype it decodes itself, else None."""
+    k = _compiled()
+    return {"BF16": k.CODE_BF16, "F16": k.CODE_F16, "F32": k.CODE_F32}.get(dtype)
 
 
 def _kernel_operand(x: np.ndarray, dtype: str, wide: bool) -> tuple[np.ndarray, int]:
     """(bit patterns, decode code) the compiled kernel takes for one side."""
+    k = _compiled()
     if wide:
         if dtype == "F64":
-            return as_bits(x, dtype), abi.CODE_F64
-        return decode_to_float64(x, dtype).view(np.uint64), abi.CODE_F64
-    if dtype in SUPPORTED_FAST_DTYPES:
-        return as_bits(x, dtype), _FAST_CODE[dtype]
+            return as_bits(x, dtype), k.CODE_F64
+        return decode_to_float64(x, dtype).view(np.uint64), k.CODE_F64
+    code = _fast_code(dtype)
+    if code is not None:
+        return as_bits(x, dtype), code
     # Slow exact path: decode with numpy, then the float32 kernel.
-    return decode_to_float32(x, dtype).view(np.uint32), abi.CODE_F32
+    return decode_to_float32(x, dtype).view(np.uint32), k.CODE_F32
 
 
 def accumulate_delta(stats: DeltaStats, a: np.ndarray, b: np.ndarray, dtype_a: str, dtype_b: str) -> None:
@@ -94,9 +84,9 @@ def accumulate_delta(stats: DeltaStats, a: np.ndarray, b: np.ndarray, dtype_a: s
         # Mixed widths (BF16 against F32): decode the 16-bit side with numpy rather than
         # compile, cache and load two more kernel signatures for a rare case.
         if bits_a.itemsize == 2:
-            bits_a, code_a = decode_to_float32(bits_a, dtype_a).view(np.uint32), abi.CODE_F32
+            bits_a, code_a = decode_to_float32(bits_a, dtype_a).view(np.uint32), _compiled().CODE_F32
         else:
-            bits_b, code_b = decode_to_float32(bits_b, dtype_b).view(np.uint32), abi.CODE_F32
+            bits_b, code_b = decode_to_float32(bits_b, dtype_b).view(np.uint32), _compiled().CODE_F32
     if bits_a.size != bits_b.size:
         raise ValueError(f"chunks differ in length: {bits_a.size} vs {bits_b.size} elements")
     if bits_a.size == 0:
@@ -113,17 +103,15 @@ _LIKE = {2: np.empty(0, np.uint16), 4: np.empty(0, np.uint32), 8: np.empty(0, np
 def _file_code(dtype: str, wide: bool) -> int | None:
     """The kernel's decode code for a side read straight from a file, or None (no such path)."""
     if wide:
-        return abi.CODE_F64 if dtype == "F64" else None
-    return _FAST_CODE.get(dtype)
+        return _compiled().CODE_F64 if dtype == "F64" else None
+    return _fast_code(dtype)
 
 
 def reads_files(dtype_a: str, dtype_b: str) -> bool:
     """Whether accumulate_delta_from_files handles this pair of stored dtypes (same width, decoded in the kernel)."""
-    check_dtype(dtype_a)
-    check_dtype(dtype_b)
     # Equal widths among these: BF16/F16 pairs, F32 pairs, F64 pairs (the kernel decodes all).
-    return (hasattr(os, "pread") and dtype_a in _FILE_DTYPES and dtype_b in _FILE_DTYPES
-            and ITEMSIZE[dtype_a] == ITEMSIZE[dtype_b])
+    return (hasattr(os, "pread") and dtype_info(dtype_a).name in _FILE_DTYPES and dtype_info(dtype_b).name in _FILE_DTYPES
+            and itemsize(dtype_a) == itemsize(dtype_b))
 
 
 _FILE_DTYPES = ("BF16", "F16", "F32", "F64")
@@ -147,22 +135,15 @@ def accumulate_delta_from_files(stats: DeltaStats, fd_a: int, pos_a: int, dtype_
     wide = dt is np.float64
     consts, edges = _histogram_constants(stats.bins, stats.clip, dt)
     code_a, code_b = _file_code(dtype_a, wide), _file_code(dtype_b, wide)
-    width = ITEMSIZE[dtype_a]
-    fast = native.kernel()
-    with _LAUNCH:
-        if fast is not None:
-            sums, counts, hists, failed = fast.file_delta(width, fd_a, pos_a, code_a, fd_b, pos_b, code_b, numel,
-                                                          consts, edges)
-        else:
-            compiled = _compiled()
-            import numba  # loaded by _compiled() already, its way
+    like = _LIKE[itemsize(dtype_a)]
+    import numba  # loaded by _compiled() already
 
-            sums, counts, hists, failed = compiled.delta_file(fd_a, pos_a, _LIKE[width], code_a, fd_b, pos_b,
-                                                              _LIKE[width], code_b, numel, consts, edges,
-                                                              numba.get_num_threads())
-        if failed:
-            return False
-        fold_parts(stats, sums, counts, hists, numel)  # inside the lock: native results are views of reused buffers
+    with _LAUNCH:
+        sums, counts, hists, failed = _compiled().delta_file(fd_a, pos_a, like, code_a, fd_b, pos_b, like, code_b,
+                                                             numel, consts, edges, numba.get_num_threads())
+    if failed:
+        return False
+    fold_parts(stats, sums, counts, hists, numel)
     return True
 
 
@@ -172,39 +153,41 @@ def fold_parts(stats: DeltaStats, sums: np.ndarray, counts: np.ndarray, hists: n
     The parts depend on the chunk length only, never on the thread count, so these sums
     come out the same, bit for bit, however many threads ran the kernel.
     """
-    stats.sum_sq_delta += float(sums[:, abi.SUM_SQ_DELTA].sum())
-    stats.sum_sq_a += float(sums[:, abi.SUM_SQ_A].sum())
-    stats.sum_sq_b += float(sums[:, abi.SUM_SQ_B].sum())
-    stats.dot_ab += float(sums[:, abi.DOT_AB].sum())
-    stats.sum_delta += float(sums[:, abi.SUM_DELTA].sum())
-    stats.max_abs_delta = max(stats.max_abs_delta, float(sums[:, abi.MAX_ABS_DELTA].max()))
-    n_finite = int(counts[:, abi.N_FINITE].sum())
+    k = _compiled()
+    stats.sum_sq_delta += float(sums[:, k.SUM_SQ_DELTA].sum())
+    stats.sum_sq_a += float(sums[:, k.SUM_SQ_A].sum())
+    stats.sum_sq_b += float(sums[:, k.SUM_SQ_B].sum())
+    stats.dot_ab += float(sums[:, k.DOT_AB].sum())
+    stats.sum_delta += float(sums[:, k.SUM_DELTA].sum())
+    stats.max_abs_delta = max(stats.max_abs_delta, float(sums[:, k.MAX_ABS_DELTA].max()))
+    n_finite = int(counts[:, k.N_FINITE].sum())
     stats.n += n_finite
     stats.n_nonfinite += numel - n_finite
-    stats.n_base_zero += int(counts[:, abi.N_BASE_ZERO].sum())
+    stats.n_base_zero += int(counts[:, k.N_BASE_ZERO].sum())
     stats.hist += hists.sum(axis=0)
 
 
 def count_nonfinite(x: np.ndarray, dtype: str) -> int:
-    """NaN/inf count of one chunk in stored representation; integer dtypes have none."""
-    check_dtype(dtype)
-    mask = _NONFINITE_MASK.get(dtype)
-    if mask is None:
+    """NaN/Inf count of one chunk in stored representation (the table's NaN pattern); integers have none."""
+    info = dtype_info(dtype)
+    if info.kind == "complex":  # NaN/Inf in either half: no single bit pattern, numpy says it
+        return int(x.size - np.count_nonzero(np.isfinite(np.asarray(x).view(info.storage))))
+    if info.nan is None:
         return 0
     bits = as_bits(x, dtype)
     if bits.size == 0:
         return 0
+    uint = _UINT[info.width]
+    mask, value = info.nan
     with _LAUNCH:
-        return int(_compiled().count_masked(bits, _UINT[ITEMSIZE[dtype]](mask)))
+        return int(_compiled().count_matching(bits, uint(mask), uint(value)))
 
 
 def warmup() -> None:
-    """Compile, or load from numba's cache, the kernels for the common dtypes once, and
-    build the native kernel where it is missing."""
-    native.kernel()
+    """Compile, or load from numba's cache, the kernels for the common dtypes once."""
     stats = DeltaStats.empty()
     for dtype in ("BF16", "F32", "F64"):
-        width = _UINT[ITEMSIZE[dtype]]
+        width = _UINT[itemsize(dtype)]
         z = np.zeros(8, dtype=width)
         accumulate_delta(stats, z, z, dtype, dtype)
         count_nonfinite(z, dtype)

@@ -7,16 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from weightsurgeon.kernels.decode import decode_to_float32, decode_to_float64
-from weightsurgeon.kernels.dtypes import WIDE_DTYPES, check_dtype
+from weightsurgeon.kernels.decode import decode_to_float32, decode_to_float64, work_dtype
 from weightsurgeon.kernels.stats import DEFAULT_BINS, DEFAULT_CLIP, DeltaStats
-
-
-def work_dtype(dtype_a: str, dtype_b: str) -> type:
-    """float64 when either side holds values float32 cannot (F64, 32/64-bit ints), else float32."""
-    check_dtype(dtype_a)
-    check_dtype(dtype_b)
-    return np.float64 if dtype_a in WIDE_DTYPES or dtype_b in WIDE_DTYPES else np.float32
 
 
 def reference_delta_stats(
