@@ -385,7 +385,7 @@ def test_default_labels(tmp_path: Path) -> None:
 def test_kernel_reads_and_python_reads_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Same-width pairs are read by the kernel itself; the Python-read path (mixed widths,
     F8, a failed read) must give the same report."""
-    import weightsurgeon.kernels as kernels
+    import weightsurgeon.kernels.delta as kernels
 
     base = make_checkpoint(tmp_path / "base", dtype="bf16", **TINY)
     tuned = make_tuned(base, tmp_path / "ft")

@@ -15,7 +15,9 @@ import pytest
 
 from weightsurgeon.checkpoint import open_checkpoint
 from weightsurgeon.format import build_header
-from weightsurgeon.kernels import TABLE, decode_to_float64, encode_from_float32, reference_delta_stats
+from weightsurgeon.kernels.decode import decode_to_float64, encode_from_float32
+from weightsurgeon.kernels.dtypes import TABLE
+from weightsurgeon.kernels.reference import reference_delta_stats
 
 O_PROJ = "self_attn.o_proj.weight"
 

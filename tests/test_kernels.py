@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -16,16 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from weightsurgeon.kernels import (
-    DeltaStats,
-    accumulate_delta,
-    count_nonfinite,
-    decode_to_float32,
-    decode_to_float64,
-    encode_from_float32,
-    reference_delta_stats,
-    warmup,
-)
+from weightsurgeon.kernels.decode import decode_to_float32, decode_to_float64, encode_from_float32
+from weightsurgeon.kernels.delta import accumulate_delta, count_nonfinite, warmup
+from weightsurgeon.kernels.reference import reference_delta_stats
+from weightsurgeon.kernels.stats import DeltaStats
 
 REL = 1e-12
 # The test data overflows and divides by zero on purpose.
@@ -103,7 +98,10 @@ def tricky_pair(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_import_does_not_load_numba():
-    code = "import sys, weightsurgeon.kernels; assert 'numba' not in sys.modules, 'numba imported'"
+    """numba loads on the first kernel call; the header parser's dtype table needs no numpy (--help)."""
+    code = "import sys, weightsurgeon.kernels.delta; assert 'numba' not in sys.modules, 'numba imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = "import sys, weightsurgeon.format; assert 'numpy' not in sys.modules, 'numpy imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -353,7 +351,7 @@ FILE_PAIRS = [("BF16", "BF16"), ("F16", "F16"), ("BF16", "F16"), ("F16", "BF16")
 
 @pytest.mark.parametrize("dtype_a,dtype_b", FILE_PAIRS)
 def test_reading_files_equals_reading_arrays(tmp_path, dtype_a, dtype_b):
-    from weightsurgeon.kernels import accumulate_delta_from_files
+    from weightsurgeon.kernels.delta import accumulate_delta_from_files
 
     a, b = tricky_pair(200_003, seed=21)  # several parallel parts and a ragged last one
     sa, sb = stored(a, dtype_a), stored(b, dtype_b)
@@ -366,7 +364,7 @@ def test_reading_files_equals_reading_arrays(tmp_path, dtype_a, dtype_b):
 
 
 def test_reading_files_in_pieces_equals_one_call(tmp_path):
-    from weightsurgeon.kernels import accumulate_delta_from_files
+    from weightsurgeon.kernels.delta import accumulate_delta_from_files
 
     a, b = tricky_pair(150_001, seed=3)
     sa, sb = stored(a, "BF16"), stored(b, "BF16")
@@ -382,7 +380,7 @@ def test_reading_files_in_pieces_equals_one_call(tmp_path):
 
 
 def test_a_short_read_leaves_the_stats_untouched(tmp_path):
-    from weightsurgeon.kernels import accumulate_delta_from_files
+    from weightsurgeon.kernels.delta import accumulate_delta_from_files
 
     a, b = tricky_pair(100_000, seed=4)
     sa, sb = stored(a, "F32"), stored(b, "F32")
@@ -398,7 +396,7 @@ def test_a_short_read_leaves_the_stats_untouched(tmp_path):
 
 
 def test_which_pairs_the_kernel_reads_itself():
-    from weightsurgeon.kernels import accumulate_delta_from_files, reads_files
+    from weightsurgeon.kernels.delta import accumulate_delta_from_files, reads_files
 
     for dtype_a, dtype_b in FILE_PAIRS:
         assert reads_files(dtype_a, dtype_b)
@@ -413,7 +411,7 @@ def test_which_pairs_the_kernel_reads_itself():
 def test_reading_files_does_not_depend_on_thread_count(tmp_path):
     import numba
 
-    from weightsurgeon.kernels import accumulate_delta_from_files
+    from weightsurgeon.kernels.delta import accumulate_delta_from_files
 
     a, b = tricky_pair(400_000, seed=8)
     sa, sb = stored(a, "BF16"), stored(b, "BF16")

@@ -58,7 +58,7 @@ print(base, peak, total, nonzero)
 DEEP = PEAK_RSS + """
 import resource, sys
 import numpy as np
-from weightsurgeon.kernels import count_nonfinite
+from weightsurgeon.kernels.delta import count_nonfinite
 count_nonfinite(np.zeros(8, np.uint16), "BF16")  # numba compiles or loads its cache: a one-off cost
 from weightsurgeon.checkpoint import open_checkpoint
 from weightsurgeon.verify import verify_checkpoint

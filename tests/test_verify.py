@@ -142,7 +142,9 @@ def test_deep_finds_nonfinite_and_names_the_tensor(tiny_model, surgeon, dtype: s
 
 def test_nonfinite_count_follows_the_dtype_table() -> None:
     """Every float dtype's NaN/Inf count equals the count of non-finite decoded values."""
-    from weightsurgeon.kernels import TABLE, count_nonfinite, decode_to_float64
+    from weightsurgeon.kernels.decode import decode_to_float64
+    from weightsurgeon.kernels.delta import count_nonfinite
+    from weightsurgeon.kernels.dtypes import TABLE
 
     rng = np.random.default_rng(0)
     for dtype, info in TABLE.items():

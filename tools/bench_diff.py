@@ -187,7 +187,8 @@ def kernel_alone(nbytes_pair: int, threads: int) -> dict:
     import numba
     import numpy as np
 
-    from weightsurgeon.kernels import DeltaStats, accumulate_delta, warmup
+    from weightsurgeon.kernels.delta import accumulate_delta, warmup
+    from weightsurgeon.kernels.stats import DeltaStats
     from weightsurgeon.synth import float32_to_bf16_bits
 
     warmup()

@@ -67,7 +67,7 @@ def single_thread_cpu_seconds(fn, repeat: int) -> float:
 
 def make_pair(n: int, dtype: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A weights-like base (N(0, 0.02)) and a tuned copy (relative change ~10%), stored as `dtype`."""
-    from weightsurgeon.kernels import encode_from_float32
+    from weightsurgeon.kernels.decode import encode_from_float32
 
     rng = np.random.default_rng(seed)
     a = np.empty(n, dtype=np.float32)
@@ -96,7 +96,7 @@ def read_bound_kernel():
 def compile_times() -> dict[str, float]:
     """Seconds to import + warm up the kernels with an empty cache, then with that cache."""
     code = (
-        "import time; t = time.perf_counter(); import weightsurgeon.kernels as k; k.warmup(); "
+        "import time; t = time.perf_counter(); import weightsurgeon.kernels.delta as k; k.warmup(); "
         "print(time.perf_counter() - t)"
     )
     out = {}
@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import numba
 
-    from weightsurgeon.kernels import DeltaStats, accumulate_delta, reference_delta_stats, warmup
+    from weightsurgeon.kernels.delta import accumulate_delta, warmup
+    from weightsurgeon.kernels.reference import reference_delta_stats
+    from weightsurgeon.kernels.stats import DeltaStats
 
     if args.threads:
         numba.set_num_threads(args.threads)

@@ -258,7 +258,7 @@ class _ChunkReader:
 
     def __init__(self, base: Checkpoint, others: list[Checkpoint], base_bytes: int, other_bytes: int,
                  consumers: int) -> None:
-        from weightsurgeon.kernels import accumulate_delta, accumulate_delta_from_files, reads_files
+        from weightsurgeon.kernels.delta import accumulate_delta, accumulate_delta_from_files, reads_files
 
         self.base, self.others = base, others
         self.sizes = (base_bytes, other_bytes, consumers)
@@ -389,7 +389,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
     """Stream every pair of the plan through the kernel, chunk by chunk in the base's
     on-disk order, and build the report. The kernel's threads read the files themselves
     (see _ChunkReader); `progress` gets ``advance(nbytes)`` calls."""
-    from weightsurgeon.kernels import DeltaStats
+    from weightsurgeon.kernels.stats import DeltaStats
     from weightsurgeon.report.model import DiffReport, TensorDiff, aggregate_modules, sort_key
 
     bins, clip = plan.options["bins"], plan.options["clip"]

@@ -22,7 +22,8 @@ import numpy as np
 
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import build_header
-from weightsurgeon.kernels import decode_to_float32, encode_from_float32, itemsize
+from weightsurgeon.kernels.decode import decode_to_float32, encode_from_float32
+from weightsurgeon.kernels.dtypes import itemsize
 
 ARCHS = ("qwen2", "llama", "qwen3", "qwen3_moe")
 SYNTH_DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32", "BF16": "BF16", "F16": "F16", "F32": "F32"}

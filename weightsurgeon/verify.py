@@ -205,7 +205,8 @@ def _check_shapes_alike(ckpt: Checkpoint, per_layer: dict[int, dict[str, str]]) 
 
 
 def _scan_nonfinite(ckpt: Checkpoint, result: VerifyResult, progress: object | None) -> None:
-    from weightsurgeon.kernels import count_nonfinite, dtype_info
+    from weightsurgeon.kernels.delta import count_nonfinite
+    from weightsurgeon.kernels.dtypes import dtype_info
 
     buffer = bytearray(DEFAULT_CHUNK_BYTES)
     for info in ckpt:

@@ -125,7 +125,7 @@ class SourceReader:
 
     def values(self, t: PlannedTensor, start: int, count: int) -> np.ndarray | memoryview:
         """Stored-representation bytes of elements [start, start+count) of `t`."""
-        from weightsurgeon.kernels import decode_to_float32, encode_from_float32
+        from weightsurgeon.kernels.decode import decode_to_float32, encode_from_float32
 
         src = t.source
         if src.kind == "copy":

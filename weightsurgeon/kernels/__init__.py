@@ -1,6 +1,9 @@
 """Numba kernels of the Delta stethoscope (installed as weightsurgeon.kernels).
 
-Imports nothing of the project, and numpy only: the compiled code (numba) loads on first use.
+Imports nothing of the project. Modules: dtypes (the one dtype table, plain data), decode
+(exact conversions, numpy), stats (DeltaStats), delta (entry points; numba loads on first
+call), _compiled (the numba kernel), reference (its numpy twin, the tests' oracle). This
+file imports none of them: the header parser reads the dtype table without numpy.
 
 Definitions, for a chunk pair A, B in their stored dtypes:
 
@@ -15,29 +18,3 @@ Definitions, for a chunk pair A, B in their stored dtypes:
 
 `reference_delta_stats` is the same in plain numpy and serves as the tests' oracle.
 """
-from __future__ import annotations
-
-from weightsurgeon.kernels.decode import decode_to_float32, decode_to_float64, encode_from_float32, storage_dtype, work_dtype
-from weightsurgeon.kernels.delta import accumulate_delta, accumulate_delta_from_files, count_nonfinite, reads_files, warmup
-from weightsurgeon.kernels.dtypes import TABLE, DType, dtype_info, itemsize
-from weightsurgeon.kernels.reference import reference_delta_stats
-from weightsurgeon.kernels.stats import DeltaStats
-
-__all__ = [
-    "TABLE",
-    "DType",
-    "DeltaStats",
-    "accumulate_delta",
-    "accumulate_delta_from_files",
-    "count_nonfinite",
-    "decode_to_float32",
-    "dtype_info",
-    "decode_to_float64",
-    "encode_from_float32",
-    "itemsize",
-    "reads_files",
-    "reference_delta_stats",
-    "storage_dtype",
-    "warmup",
-    "work_dtype",
-]

@@ -42,7 +42,7 @@ _BEFORE_LAYERS = ("embed_tokens", "embed_positions")
 
 
 def _stats_cls():
-    from weightsurgeon.kernels import DeltaStats
+    from weightsurgeon.kernels.stats import DeltaStats
 
     return DeltaStats
 
