@@ -13,7 +13,7 @@ from pathlib import Path
 from weightsurgeon.adapter import Adapter, open_adapter
 from weightsurgeon.checkpoint import Checkpoint
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.format import FLOAT_DTYPES
+from weightsurgeon.kernels.dtypes import dtype_info
 from weightsurgeon.layout import layout_of, select_names
 from weightsurgeon.surgery import Plan, PlannedTensor, Source, _problems, _refuse_partial
 
@@ -41,7 +41,7 @@ def plan_splice_adapter(base: Checkpoint, adapter_weights: Checkpoint, adapter_d
         if len(info.shape) != 2 or (b.shape[0], a.shape[1]) != tuple(info.shape):
             problems.append(f"{module}: BASE {list(info.shape)} vs adapter B@A [{b.shape[0]}, {a.shape[1]}]")
             continue
-        if info.dtype not in FLOAT_DTYPES or "F8" in info.dtype:
+        if not dtype_info(info.dtype).computes:
             problems.append(f"{weight}: {info.dtype} is not a dtype to add a float delta to")
             continue
         sources[weight] = Source("lora", role="base", name=weight, donor_name=rec.a_name, alpha=alpha * rec.scaling)
@@ -73,7 +73,7 @@ def lora_values(reader, t: PlannedTensor, start: int, count: int):
     """Stored bytes of elements [start, start+count) of W + scale * B @ A (or bias + scale * lora_B.bias)."""
     import numpy as np
 
-    from weightsurgeon.kernels import decode_to_float32, encode_from_float32
+    from weightsurgeon.kernels.decode import decode_to_float32, encode_from_float32
 
     src = t.source
     base_info = reader.inputs["base"][src.name]

@@ -20,7 +20,8 @@ from weightsurgeon.adapter import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, VLLM_MAX_LOR
                                    lora_names, module_of, smallest_vllm_rank, target_modules_for, vllm_problems)
 from weightsurgeon.checkpoint import Checkpoint
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.format import FLOAT_DTYPES, build_header
+from weightsurgeon.format import build_header
+from weightsurgeon.kernels.dtypes import dtype_info
 from weightsurgeon.layout import classify, layout_of, select_names
 from weightsurgeon.surgery import Plan, PlannedTensor, Source, _problems
 
@@ -92,7 +93,7 @@ def plan_lora(base: Checkpoint, donor: Checkpoint, take: str, layers: str | None
             problems.append(f"{n}: missing in DONOR")
         elif tuple(donor[n].shape) != tuple(base[n].shape):
             problems.append(f"{n}: BASE {list(base[n].shape)} vs DONOR {list(donor[n].shape)}")
-        elif base[n].dtype not in FLOAT_DTYPES or donor[n].dtype not in FLOAT_DTYPES or "F8" in base[n].dtype + donor[n].dtype:
+        elif not (dtype_info(base[n].dtype).computes and dtype_info(donor[n].dtype).computes):
             problems.append(f"{n}: {base[n].dtype} / {donor[n].dtype} is not a float dtype the SVD can decode")
     if problems:
         raise _problems("problem(s) between BASE and DONOR", problems)
@@ -139,7 +140,7 @@ def plan_lora(base: Checkpoint, donor: Checkpoint, take: str, layers: str | None
 
 def _read_float32(ckpt: Checkpoint, name: str, out, subtract: bool = False) -> None:
     """Decode tensor ``name`` chunk by chunk into the flat float32 array ``out`` (or subtract it from it)."""
-    from weightsurgeon.kernels import decode_to_float32
+    from weightsurgeon.kernels.decode import decode_to_float32
 
     info = ckpt[name]
     pos = 0
@@ -171,7 +172,7 @@ def write_lora(lp: LoraPlan, output: str | os.PathLike, force: bool = False, fsy
 
     from weightsurgeon.atomic import atomic_output_dir, check_output_path
     from weightsurgeon.card import write_card
-    from weightsurgeon.kernels import encode_from_float32
+    from weightsurgeon.kernels.decode import encode_from_float32
     from weightsurgeon.lowrank import factor
     from weightsurgeon.progress import ByteProgress
     from weightsurgeon.surgery import input_paths

@@ -336,7 +336,7 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
             changed = True
         else:
             for dt, who in ((out_dtype, "BASE"), (d.dtype, "DONOR")):
-                if not dtype_info(dt).encodable or dtype_info(dt).f8 is not None:
+                if not dtype_info(dt).computes:
                     raise SurgeonError(f"--alpha {alpha:g}: cannot interpolate {n} ({who} dtype {dt}); use --alpha 1")
             if base_name is None:
                 raise SurgeonError(f"--alpha {alpha:g}: BASE has no {n} nor an embedding to interpolate it with")

@@ -42,6 +42,12 @@ class DType:
         return self.kind == "float" and self.name != "F8_E8M0"
 
     @property
+    def computes(self) -> bool:
+        """Values may be computed with (interpolation, LoRA factors and merges): 16-bit and
+        wider real floats. 8-bit floats are storage formats that round each result away."""
+        return self.encodable and self.f8 is None
+
+    @property
     def has_zero(self) -> bool:
         """All-zero bytes are the value 0 (`surgeon zero` writes zero bytes). E8M0's are 2**-127."""
         return self.name != "F8_E8M0"
