@@ -171,7 +171,8 @@ def count_nonfinite(x: np.ndarray, dtype: str) -> int:
     """NaN/Inf count of one chunk in stored representation (the table's NaN pattern); integers have none."""
     info = dtype_info(dtype)
     if info.kind == "complex":  # NaN/Inf in either half: no single bit pattern, numpy says it
-        return int(x.size - np.count_nonzero(np.isfinite(np.asarray(x).view(info.storage))))
+        values = np.asarray(x).reshape(-1).view(info.storage)
+        return int(values.size - np.count_nonzero(np.isfinite(values)))
     if info.nan is None:
         return 0
     bits = as_bits(x, dtype)
