@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Iterator
 
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import ShardHeader, TensorInfo, json_bomb_reason, parse_header
-from weightsurgeon.kernels.decode import storage_dtype
 
 if TYPE_CHECKING:  # numpy is imported where data is read: opening and planning need none
     import numpy as np
@@ -122,6 +121,8 @@ class Checkpoint:
         """
         import numpy as np
 
+        from weightsurgeon.kernels.decode import storage_dtype
+
         size = info.itemsize
         step = max(size, chunk_bytes - chunk_bytes % size)
         if buffer is None:
@@ -141,6 +142,8 @@ class Checkpoint:
     def read_tensor(self, name: str) -> np.ndarray:
         """The whole tensor, shaped, in its stored dtype. Memory = tensor size: for small tensors and tests."""
         import numpy as np
+
+        from weightsurgeon.kernels.decode import storage_dtype
 
         info = self.tensors[name]
         out = np.empty(info.numel, dtype=storage_dtype(info.dtype))
