@@ -58,7 +58,7 @@ def test_any_window_and_thread_count_gives_the_same_values():
 
 
 def test_bf16_is_the_float32_values_rounded_to_nearest_even():
-    from weightsurgeon.kernels import encode_from_float32
+    from weightsurgeon.kernels.decode import encode_from_float32
 
     values = np.empty(50_000, np.float32)
     bits = gaussian_fill(values, 11, 3, 0.25, 3.0, bf16=np.empty(50_000, np.uint16))

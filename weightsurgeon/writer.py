@@ -155,7 +155,7 @@ class SourceReader:
 
     def _gaussian(self, t: PlannedTensor, start: int, count: int) -> np.ndarray:
         """Reinit values in the tensor's dtype; BF16 is rounded inside the kernel, part by part."""
-        from weightsurgeon.kernels import encode_from_float32
+        from weightsurgeon.kernels.decode import encode_from_float32
         from weightsurgeon.kernels.gaussian import gaussian_fill
 
         src = t.source
