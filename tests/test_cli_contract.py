@@ -281,7 +281,7 @@ VALID: dict[str, Callable] = {
     "qwen3_f16_layer_types": lambda make, tmp: make(arch="qwen3", dtype="f16", layer_types=True),
     "single_file_path": lambda make, tmp: make() / "model.safetensors",
     "index_json_path": lambda make, tmp: make(shard_bytes=60_000) / "model.safetensors.index.json",
-    "no_config": lambda make, tmp: ((make(name="nc") / "config.json").unlink(), tmp / "nc")[1],
+    "no_config_single_file": lambda make, tmp: ((make(name="nc") / "config.json").unlink(), tmp / "nc" / "model.safetensors")[1],
     "shards_without_index": lambda make, tmp: ((make(name="ni", shard_bytes=60_000) / "model.safetensors.index.json").unlink(),
                                                tmp / "ni")[1],
     "bin_beside_safetensors": lambda make, tmp: ((make(name="b") / "pytorch_model.bin").write_bytes(

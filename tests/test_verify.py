@@ -40,6 +40,7 @@ def test_valid_synthetic_models(tiny_model, surgeon, kw: dict) -> None:
     (dict(vocab_size=511), "vocab_size is 511"),
     (dict(layer_types=["full_attention"] * 3), "layer_types has 3 entries but num_hidden_layers is 2"),
     (dict(layer_types="full_attention"), "layer_types has str entries"),
+    (dict(mlp_layer_types=["dense"] * 3), "mlp_layer_types has 3 entries but num_hidden_layers is 2"),
     (dict(tie_word_embeddings=False), "tie_word_embeddings is false but there is no lm_head.weight"),
 ])
 def test_config_inconsistencies(tiny_model, surgeon, changes: dict, match: str) -> None:
@@ -53,14 +54,59 @@ def test_config_inconsistencies(tiny_model, surgeon, changes: dict, match: str) 
         assert "config.json" in result.stderr
 
 
+def test_folder_without_config_is_an_error(tiny_model, surgeon) -> None:
+    """transformers cannot load a folder without config.json; a single file needs none."""
+    path = tiny_model()
+    (path / "config.json").unlink()
+    result = surgeon("verify", path)
+    assert result.code == 1 and result.err_lines == [f"error: {path}: model folder has no config.json; transformers "
+                                                     "and vLLM cannot load it (copy the model's config.json into the folder)"]
+    single = surgeon("verify", path / "model.safetensors")
+    assert single.code == 0 and "no config.json" in single.stderr
+    assert surgeon("inspect", path).code == 0  # looking at it is fine
+
+
+@pytest.mark.parametrize("key,value", [("num_hidden_layers", "2"), ("num_hidden_layers", 2.0), ("hidden_size", "64"),
+                                       ("vocab_size", [512]), ("num_attention_heads", True)])
+def test_config_value_of_wrong_type_names_the_key(tiny_model, surgeon, key: str, value: object) -> None:
+    path = tiny_model()
+    edit_json(path / "config.json", **{key: value})
+    result = surgeon("verify", path)
+    assert result.code == 1 and len(result.err_lines) == 1
+    assert result.stderr.startswith(f"error: {path}/config.json: {key} must be an integer, not {type(value).__name__}")
+
+
+def test_config_value_of_wrong_type_in_text_config(tiny_model) -> None:
+    path = tiny_model()
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": {**config, "hidden_size": "64"}}))
+    with pytest.raises(SurgeonError, match="hidden_size must be an integer, not str"):
+        verify(path)
+
+
+@pytest.mark.parametrize("num_layers,layer", [(2, 0), (2, 1), (3, 1)])
+def test_extra_tensor_in_one_layer_is_a_warning(tiny_model, num_layers: int, layer: int) -> None:
+    """An extra (here zero-size) tensor in one layer: loaders ignore or accept it, the model is whole."""
+    path = tiny_model(num_layers=num_layers)
+    extra = f"model.layers.{layer}.self_attn.extra_scale"
+    with open_checkpoint(path) as ckpt:
+        tensors = {i.name: ckpt.read_tensor(i.name) for i in ckpt}
+    tensors[extra] = np.zeros((0,), dtype=np.float32)
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    result = verify(path)
+    assert any("layers differ" in w for w in result.warnings)
+
+
 def test_missing_layer(tiny_model) -> None:
     path = tiny_model(num_layers=3)
     rewrite_checkpoint(path, drop=lambda n: ".layers.1." in n)
     with pytest.raises(SurgeonError, match="layer 1 has no tensors"):
         verify(path)
-    # Without a config, a gap in the layers is a warning only.
+    # Without a config (a single file needs none), a gap in the layers is a warning only.
     (path / "config.json").unlink()
-    warnings = verify(path).warnings
+    warnings = verify(path / "model.safetensors").warnings
     assert any("layer 1 has no tensors" in w for w in warnings) and any("no config.json" in w for w in warnings)
 
 
@@ -71,7 +117,7 @@ def test_layer_missing_a_tensor_is_an_error(tiny_model) -> None:
         verify(path)
     (path / "config.json").unlink()  # also without a config
     with pytest.raises(SurgeonError, match="a tensor is missing"):
-        verify(path)
+        verify(path / "model.safetensors")
 
 
 def test_kv_sharing_layer_families_are_a_warning(tiny_model) -> None:
@@ -190,7 +236,7 @@ def test_no_tensors_at_all(tmp_path: Path, surgeon) -> None:
     model = tmp_path / "empty"
     model.mkdir()
     write_raw(model / "model.safetensors", b"{}      ")
-    result = surgeon("verify", model)
+    result = surgeon("verify", model / "model.safetensors")
     assert result.code == 0 and "no config.json" in result.stderr
     (model / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
     assert surgeon("verify", model).code == 1

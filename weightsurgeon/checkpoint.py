@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import ShardHeader, TensorInfo, json_bomb_reason, parse_header
+from weightsurgeon.layout import ConfigView
 
 if TYPE_CHECKING:  # numpy is imported where data is read: opening and planning need none
     import numpy as np
@@ -75,11 +76,14 @@ class Checkpoint:
         return bool(self.surgeon and self.surgeon.get("partial"))
 
     @property
-    def text_config(self) -> dict:
-        """The language model's config: ``text_config`` of multimodal models, else the config."""
-        cfg = self.config or {}
-        inner = cfg.get("text_config")
-        return inner if isinstance(inner, dict) else cfg
+    def path(self) -> Path:
+        """The folder, or the file of a single-file checkpoint: what messages and provenance name."""
+        return self.root if self.root is not None else self.shards[0].path
+
+    @property
+    def config_view(self) -> ConfigView:
+        """config.json through the one view of it (``text_config`` resolved, typed lookups)."""
+        return ConfigView(self.config)
 
     def header_digest(self, shard: ShardHeader) -> str:
         """sha256 of a shard's header bytes: identifies the checkpoint without hashing GBs."""

@@ -135,8 +135,8 @@ def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
     for (da, db), n in sorted(mixed.items()):
         notes.append(f"{label}: {n} tensor(s) stored as {da} in the base and {db} in the tuned model: values compared "
                      f"after exact decoding")
-    arch_a = ((base.config or {}).get("architectures") or [None])[0]
-    arch_b = ((other.config or {}).get("architectures") or [None])[0]
+    arch_a = base.config_view.architecture
+    arch_b = other.config_view.architecture
     if arch_a and arch_b and arch_a != arch_b:
         notes.append(f"{label}: architectures differ (base {arch_a}, tuned {arch_b}); compared tensors by name")
     return PairPlan(pairs, missing, notes)
@@ -180,8 +180,8 @@ def identify(ckpt: Checkpoint, label: str | None = None) -> ModelIdentity:
     for info in ckpt:
         by_dtype[info.dtype] += info.nbytes
     layout = layout_of(ckpt.tensors, ckpt.config)
-    arch = ((ckpt.config or {}).get("architectures") or [None])[0]
-    path = str(Path(ckpt.root if ckpt.root is not None else ckpt.files[0]).resolve())
+    arch = ckpt.config_view.architecture
+    path = str(ckpt.path.resolve())
     return ModelIdentity(source=ckpt.source, path=path, digest=checkpoint_digest(ckpt), architecture=arch,
                          num_layers=layout.num_layers, dtype=by_dtype.most_common(1)[0][0] if by_dtype else None,
                          label=label)

@@ -281,14 +281,103 @@ def layout_of(names: Iterable[str], config: dict | None) -> ModelLayout:
     """Classify every tensor; read num_layers and tying from the config, else from the tensors."""
     locations = {n: classify(n) for n in names}
     max_layer = max((loc.layer for loc in locations.values() if loc.layer is not None), default=-1)
-    cfg = config or {}
-    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
-    num_layers = text.get("num_hidden_layers", cfg.get("num_hidden_layers", cfg.get("n_layer")))
-    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 0:
+    view = ConfigView(config)
+    num_layers = view.num_layers
+    if num_layers is None or num_layers < 0:
         num_layers = max_layer + 1
     has_head = any(loc.module == "lm_head" for loc in locations.values())
     has_emb = any(loc.module == "embed_tokens" for loc in locations.values())
-    tie = text.get("tie_word_embeddings", cfg.get("tie_word_embeddings"))
+    tie = view.lookup("tie_word_embeddings")
     tied = (not has_head and has_emb) if tie is None else bool(tie) and not has_head
     other = tuple(n for n, loc in locations.items() if loc.module == "other")
     return ModelLayout(locations=locations, num_layers=num_layers, tied_embeddings=tied, other=other)
+
+
+# ---------------------------------------------------------------------------------------
+# The one view of config.json, and the architecture facts the engine relies on
+# ---------------------------------------------------------------------------------------
+
+# Config keys holding one entry per decoder layer (remove keeps the kept layers' entries; verify counts them).
+PER_LAYER_LISTS = ("layer_types", "mlp_layer_types", "no_rope_layers")
+# Config keys holding decoder-layer *indices* (remove renumbers them and drops removed layers).
+LAYER_INDEX_LISTS = ("mlp_only_layers", "moe_layers")
+# model_type -> how Qwen-style configs derive a layer's attention type from max_window_layers
+# (transformers 5: configuration_qwen2.py / qwen3 / qwen2_moe __post_init__).
+WINDOW_RULES = {"qwen2": "above", "qwen3": "above", "qwen3_moe": "above", "qwen2_vl": "above",
+                "qwen2_5_vl": "above", "qwen2_moe": "odd_below"}
+# model_types whose per-layer behaviour never derives from the layer index beyond the Qwen
+# max_window_layers rule above: no need to ask transformers how it expands their config.
+NO_DERIVED_LISTS = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "phi3",
+                              "granite", "olmo2", "deepseek_v3", "qwen2_vl", "qwen2_5_vl"})
+# Linear weights are [out, in]: these read the residual stream (in == hidden_size) ...
+READS_HIDDEN = frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "gate_proj", "up_proj", "gate_up_proj"})
+# ... and these write it (out == hidden_size).
+WRITES_HIDDEN = frozenset({"o_proj", "down_proj"})
+# Scalar keys a loader reads as integers: a string or float there is a broken config.
+# (Not intermediate_size: Gemma 3n gives one per layer.)
+INT_KEYS = ("num_hidden_layers", "n_layer", "hidden_size", "word_embed_proj_dim", "vocab_size",
+            "num_attention_heads", "num_key_value_heads", "num_nextn_predict_layers")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class ConfigView:
+    """config.json as the engine reads it; every command asks it instead of the raw dict.
+
+    Multimodal configs keep the language model's keys under ``text_config``: `text` is that
+    dict (else the whole config), `lookup` falls back to the top level for keys some
+    releases keep there (the layer count, tying), and `owner` says which dict an edit
+    belongs in, so a written config keeps its original shape.
+    """
+
+    def __init__(self, config: dict | None) -> None:
+        self.raw: dict = config if isinstance(config, dict) else {}
+        inner = self.raw.get("text_config")
+        self.text: dict = inner if isinstance(inner, dict) else self.raw
+
+    def get(self, key: str, default: object = None) -> object:
+        """A language-model key, from ``text`` only."""
+        return self.text.get(key, default)
+
+    def lookup(self, key: str) -> object:
+        """A language-model key from ``text``, else from the top level."""
+        return self.text.get(key, self.raw.get(key))
+
+    def int_value(self, key: str) -> int | None:
+        """An integer key from ``text``, None when absent or not an integer (`wrong_types` names those)."""
+        value = self.text.get(key)
+        return value if _is_int(value) else None
+
+    @property
+    def num_layers(self) -> int | None:
+        """The declared decoder layer count (``n_layer``: GPT-2 style configs), None when not an integer."""
+        value = self.text.get("num_hidden_layers", self.raw.get("num_hidden_layers", self.text.get("n_layer")))
+        return value if _is_int(value) else None
+
+    @property
+    def architecture(self) -> str | None:
+        """``architectures[0]``, tolerating whatever a hand-written config holds there."""
+        value = self.raw.get("architectures")
+        if isinstance(value, list) and value and isinstance(value[0], str):
+            return value[0]
+        return value if isinstance(value, str) else None
+
+    @property
+    def model_type(self) -> str | None:
+        value = self.raw.get("model_type")
+        return value if isinstance(value, str) else None
+
+    def wrong_types(self) -> list[str]:
+        """Integer keys holding anything else (a loader would fail or miscount): one message per key."""
+        return [f"{key} must be an integer, not {type(value).__name__} {value!r:.40}"
+                for key in INT_KEYS if (value := self.text.get(key)) is not None and not _is_int(value)]
+
+    def owner(self, key: str) -> tuple[dict, str]:
+        """The dict an edit of ``key`` goes to, and its dotted path: ``text_config`` when it holds the key
+        (or the top level does not), else the top level."""
+        inner = self.raw.get("text_config")
+        if isinstance(inner, dict) and (key in inner or key not in self.raw):
+            return inner, f"text_config.{key}"
+        return self.raw, key

@@ -25,18 +25,10 @@ import numpy as np
 from weightsurgeon.checkpoint import Checkpoint
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.kernels.dtypes import dtype_info, itemsize
-from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
+from weightsurgeon.layout import (LAYER_INDEX_LISTS, NO_DERIVED_LISTS, PER_LAYER_LISTS, WINDOW_RULES, ConfigView,
+                                  ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names)
 
 MAX_LISTED_PROBLEMS = 8
-
-# Config keys holding one entry per decoder layer (kept layers keep their entries).
-PER_LAYER_LISTS = ("layer_types", "mlp_layer_types", "no_rope_layers")
-# Config keys holding decoder-layer *indices* (renumbered; removed layers dropped).
-LAYER_INDEX_LISTS = ("mlp_only_layers", "moe_layers")
-# model_type -> how Qwen-style configs derive a layer's attention type from max_window_layers
-# (transformers 5: configuration_qwen2.py / qwen3 / qwen2_moe __post_init__).
-_WINDOW_RULES = {"qwen2": "above", "qwen3": "above", "qwen3_moe": "above", "qwen2_vl": "above",
-                 "qwen2_5_vl": "above", "qwen2_moe": "odd_below"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -210,18 +202,10 @@ def _copy(ckpt: Checkpoint, role: str, names: list[str], changed: set[str] | Non
     return [PlannedTensor(n, ckpt[n].dtype, ckpt[n].shape, Source("copy", role=role, name=n), n in changed) for n in names]
 
 
-def _config_key_owner(config: dict, key: str) -> tuple[dict, str]:
-    """The dict holding a text-model key (``text_config`` of multimodal configs, else the top level)."""
-    inner = config.get("text_config")
-    if isinstance(inner, dict) and (key in inner or key not in config):
-        return inner, f"text_config.{key}"
-    return config, key
-
-
 def _edit(config: dict, edits: dict[str, tuple[object, object]], key: str, value: object,
           owner: dict | None = None, path: str | None = None) -> None:
     if owner is None:
-        owner, path = _config_key_owner(config, key)
+        owner, path = ConfigView(config).owner(key)
     old = owner.get(key)
     if old != value or key not in owner:
         edits[path or key] = (copy.deepcopy(old), copy.deepcopy(value))
@@ -249,7 +233,11 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
                 layers: str | None = None, alpha: float = 1.0, cast: bool = False,
                 head_from_embeddings: bool = False, tokenizer_from: str = "base",
                 arguments: dict | None = None) -> Plan:
-    """Take the selected modules from DONOR and everything else from BASE (or interpolate them with alpha)."""
+    """Take the selected modules from DONOR and everything else from BASE (or interpolate them with alpha).
+
+    Four steps, each its own function: what is taken, where in the DONOR each taken tensor
+    comes from (all problems listed at once), each output tensor's source, the config edits.
+    """
     _refuse_partial(base, "BASE")
     if (take is None) == (exclude is None):
         raise SurgeonError("splice needs exactly one of --take MODULES or --exclude MODULES")
@@ -257,32 +245,60 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
         raise SurgeonError(f"--alpha must be between 0 and 1, got {alpha}")
     lay_b = layout_of(base.tensors, base.config)
     lay_d = layout_of(donor.tensors, donor.config if not donor.is_partial else (donor.config or base.config))
-    donor_heads = [n for n, loc in lay_d.locations.items() if loc.module == "lm_head"]
     base_heads = [n for n, loc in lay_b.locations.items() if loc.module == "lm_head"]
+    donor_heads = [n for n, loc in lay_d.locations.items() if loc.module == "lm_head"]
+    # A tied BASE stores no head: taking the DONOR's head writes one (the output is untied).
     untie_names = [n for n in donor_heads if n not in base.tensors] if (lay_b.tied_embeddings and not base_heads) else []
     candidates = list(base.tensors) + untie_names
-    warnings: list[str] = []
+    taken = _splice_selection(candidates, lay_b, take, exclude, layers, bool(untie_names))
+    donor_tied = lay_d.tied_embeddings and not donor_heads
+    sources = _donor_sources(base, donor, lay_d, taken, base_heads, donor_tied, head_from_embeddings, cast)
+    base_emb = _embedding_weight(lay_b)
+    taken_set = set(taken)
+    tensors: list[PlannedTensor] = []
+    for n in candidates:
+        if n in taken_set:
+            tensors.append(_spliced_tensor(base, donor, n, sources[n], base_emb, alpha))
+        elif n in base.tensors:  # an untaken DONOR head of a tied BASE is simply not written
+            tensors.extend(_copy(base, "base", [n]))
+    config, edits, warnings = _splice_config(base, lay_b, untied=any(n in taken_set for n in untie_names),
+                                             emb_taken=base_emb in taken_set)
+    if tokenizer_from not in ("base", "donor"):
+        raise SurgeonError(f"--tokenizer-from must be base or donor, not {tokenizer_from!r}")
+    if tokenizer_from == "donor" and donor.root is None:
+        raise SurgeonError("--tokenizer-from donor: the DONOR is a single file with no folder of tokenizer files")
+    return Plan(operation="splice", arguments=arguments or {}, inputs={"base": base, "donor": donor}, tensors=tensors,
+                config=config, config_edits=edits, files_from=tokenizer_from, warnings=warnings)
 
+
+def _embedding_weight(layout: ModelLayout) -> str | None:
+    return next((n for n, loc in layout.locations.items() if loc.module == "embed_tokens" and loc.param == "weight"), None)
+
+
+def _splice_selection(candidates: list[str], lay_b: ModelLayout, take: str | None, exclude: str | None,
+                      layers: str | None, untie: bool) -> list[str]:
+    """The names splice takes from the DONOR: --take's selection, or everything in --layers but --exclude's."""
     if take is not None:
-        if not untie_names and _wants_head_only(take, lay_b):
+        if not untie and _wants_head_only(take, lay_b):
             raise SurgeonError("BASE and DONOR both tie lm_head to embed_tokens (neither stores lm_head.weight): "
                                "the head IS the embedding matrix; take emb to transplant both")
-        taken = select_names(candidates, take, layers, lay_b.num_layers, flag="--take")
-    else:
-        layer_set = parse_layers(layers, lay_b.num_layers)
-        pool = [n for n in candidates if layer_set is None or classify(n).layer in layer_set]
-        excluded = set(select_names(pool, exclude, layer_set, lay_b.num_layers, flag="--exclude"))
-        taken = [n for n in pool if n not in excluded]
-        if not taken:
-            raise SurgeonError(f"--exclude {exclude!r} leaves nothing to take from the DONOR")
-    taken_set = set(taken)
+        return select_names(candidates, take, layers, lay_b.num_layers, flag="--take")
+    layer_set = parse_layers(layers, lay_b.num_layers)
+    pool = [n for n in candidates if layer_set is None or classify(n).layer in layer_set]
+    excluded = set(select_names(pool, exclude, layer_set, lay_b.num_layers, flag="--exclude"))
+    taken = [n for n in pool if n not in excluded]
+    if not taken:
+        raise SurgeonError(f"--exclude {exclude!r} leaves nothing to take from the DONOR")
+    return taken
 
-    # Validate every taken tensor against the DONOR before anything else; list every problem.
+
+def _donor_sources(base: Checkpoint, donor: Checkpoint, lay_d: ModelLayout, taken: list[str], base_heads: list[str],
+                   donor_tied: bool, head_from_embeddings: bool, cast: bool) -> dict[str, str]:
+    """Taken name -> the DONOR tensor it comes from, checked against BASE before anything else; lists every problem."""
     missing: list[str] = []
     mismatched: list[str] = []
     dtype_mismatch: list[str] = []
-    donor_name: dict[str, str] = {}
-    donor_tied = lay_d.tied_embeddings and not donor_heads
+    sources: dict[str, str] = {}
     for n in taken:
         src = n
         if n not in donor.tensors:
@@ -292,14 +308,14 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
                         f"DONOR {donor.source} ties lm_head to embed_tokens (no {n}) while BASE stores its own head: "
                         "pass --head-from-embeddings to write the DONOR's embed_tokens as the output's lm_head "
                         "(the DONOR's effective head; the output stays untied), or take emb instead")
-                src = next((e for e, loc in lay_d.locations.items() if loc.module == "embed_tokens" and loc.param == "weight"), None)
+                src = _embedding_weight(lay_d)
                 if src is None:
                     missing.append(n)
                     continue
             else:
                 missing.append(n)
                 continue
-        donor_name[n] = src
+        sources[n] = src
         expected = base[n] if n in base.tensors else donor[src]
         got = donor[src]
         if tuple(got.shape) != tuple(expected.shape):
@@ -316,52 +332,49 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
     if dtype_mismatch:
         raise _problems("dtype mismatch(es) between BASE and DONOR (pass --cast to round the DONOR's values to BASE's dtype)",
                         dtype_mismatch)
+    return sources
 
-    tensors: list[PlannedTensor] = []
-    base_emb = next((e for e, loc in lay_b.locations.items() if loc.module == "embed_tokens" and loc.param == "weight"), None)
-    for n in candidates:
-        if n not in taken_set:
-            if n in base.tensors:  # an untaken DONOR head of a tied BASE is simply not written
-                tensors.extend(_copy(base, "base", [n]))
-            continue
-        src = donor_name[n]
-        out_dtype = base[n].dtype if n in base.tensors else donor[src].dtype
-        base_name = n if n in base.tensors else base_emb  # a tied BASE's head is its embedding
-        d = donor[src]
-        if alpha == 0.0 and base_name is not None:
-            kind_src = Source("copy", role="base", name=base_name)
-            changed = n not in base.tensors
-        elif alpha == 1.0:
-            kind_src = Source("copy", role="donor", name=src) if d.dtype == out_dtype else Source("cast", role="donor", name=src)
-            changed = True
-        else:
-            for dt, who in ((out_dtype, "BASE"), (d.dtype, "DONOR")):
-                if not dtype_info(dt).computes:
-                    raise SurgeonError(f"--alpha {alpha:g}: cannot interpolate {n} ({who} dtype {dt}); use --alpha 1")
-            if base_name is None:
-                raise SurgeonError(f"--alpha {alpha:g}: BASE has no {n} nor an embedding to interpolate it with")
-            kind_src = Source("interpolate", role="base", name=base_name, donor_name=src, alpha=float(alpha))
-            changed = True
-        tensors.append(PlannedTensor(n, out_dtype, tuple(base[n].shape if n in base.tensors else d.shape), kind_src, changed))
 
+def _spliced_tensor(base: Checkpoint, donor: Checkpoint, n: str, src: str, base_emb: str | None,
+                    alpha: float) -> PlannedTensor:
+    """One taken tensor: BASE's bytes (alpha 0), the DONOR's (alpha 1, cast to BASE's dtype if need be), or a mix."""
+    d = donor[src]
+    out_dtype = base[n].dtype if n in base.tensors else d.dtype
+    base_name = n if n in base.tensors else base_emb  # a tied BASE's head is its embedding
+    if alpha == 0.0 and base_name is not None:
+        source = Source("copy", role="base", name=base_name)
+        changed = n not in base.tensors
+    elif alpha == 1.0:
+        source = Source("copy", role="donor", name=src) if d.dtype == out_dtype else Source("cast", role="donor", name=src)
+        changed = True
+    else:
+        for dt, who in ((out_dtype, "BASE"), (d.dtype, "DONOR")):
+            if not dtype_info(dt).computes:
+                raise SurgeonError(f"--alpha {alpha:g}: cannot interpolate {n} ({who} dtype {dt}); use --alpha 1")
+        if base_name is None:
+            raise SurgeonError(f"--alpha {alpha:g}: BASE has no {n} nor an embedding to interpolate it with")
+        source = Source("interpolate", role="base", name=base_name, donor_name=src, alpha=float(alpha))
+        changed = True
+    return PlannedTensor(n, out_dtype, tuple(base[n].shape if n in base.tensors else d.shape), source, changed)
+
+
+def _splice_config(base: Checkpoint, lay_b: ModelLayout, untied: bool,
+                   emb_taken: bool) -> tuple[dict | None, dict[str, tuple[object, object]], list[str]]:
+    """BASE's config, untied when the DONOR's head was written into a tied BASE: (config, edits, warnings)."""
     config = copy.deepcopy(base.config) if base.config is not None else None
     edits: dict[str, tuple[object, object]] = {}
-    if untie_names and any(n in taken_set for n in untie_names):
+    warnings: list[str] = []
+    if untied:
         if config is not None:
             _edit(config, edits, "tie_word_embeddings", False)
-            inner = config.get("text_config")
-            if isinstance(inner, dict) and "tie_word_embeddings" in config and "tie_word_embeddings" in inner:
+            view = ConfigView(config)
+            if view.text is not config and "tie_word_embeddings" in config and "tie_word_embeddings" in view.text:
                 _edit(config, edits, "tie_word_embeddings", False, owner=config, path="tie_word_embeddings")
         warnings.append("BASE ties lm_head to embed_tokens and the DONOR does not: the output is untied "
                         "(lm_head.weight written, tie_word_embeddings: false)")
-    elif lay_b.tied_embeddings and base_emb in taken_set:
+    elif lay_b.tied_embeddings and emb_taken:
         warnings.append("BASE ties lm_head to embed_tokens: the output's head is the DONOR's embed_tokens too")
-    if tokenizer_from not in ("base", "donor"):
-        raise SurgeonError(f"--tokenizer-from must be base or donor, not {tokenizer_from!r}")
-    if tokenizer_from == "donor" and donor.root is None:
-        raise SurgeonError("--tokenizer-from donor: the DONOR is a single file with no folder of tokenizer files")
-    return Plan(operation="splice", arguments=arguments or {}, inputs={"base": base, "donor": donor}, tensors=tensors,
-                config=config, config_edits=edits, files_from=tokenizer_from, warnings=warnings)
+    return config, edits, warnings
 
 
 # ---------------------------------------------------------------------------------------
@@ -459,7 +472,7 @@ def layer_types_of(cfg: dict, num_layers: int) -> list[str] | None:
     window = cfg.get("sliding_window", 4096)
     if not use or (window is None and cfg.get("model_type") != "qwen2_moe"):
         return ["full_attention"] * num_layers
-    rule = _WINDOW_RULES.get(cfg.get("model_type", ""))
+    rule = WINDOW_RULES.get(cfg.get("model_type", ""))
     if rule is None or not isinstance(mwl, int):
         raise SurgeonError(f"config has use_sliding_window with max_window_layers for model_type "
                            f"{cfg.get('model_type')!r}, whose per-layer rule is unknown: add an explicit layer_types list first")
@@ -467,11 +480,6 @@ def layer_types_of(cfg: dict, num_layers: int) -> list[str] | None:
         return ["sliding_attention" if i >= mwl else "full_attention" for i in range(num_layers)]
     return ["sliding_attention" if (i + 1) % 2 and i < mwl else "full_attention" for i in range(num_layers)]
 
-
-# model_types whose per-layer behaviour never derives from the layer index beyond the Qwen
-# max_window_layers rule above: no need to ask transformers how it expands their config.
-_NO_DERIVED_LISTS = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "phi3",
-                               "granite", "olmo2", "deepseek_v3", "qwen2_vl", "qwen2_5_vl"})
 
 
 def derived_per_layer_lists(config: dict, num_layers: int) -> dict[str, list] | None:
@@ -484,7 +492,7 @@ def derived_per_layer_lists(config: dict, num_layers: int) -> dict[str, list] | 
     installed (or does not know the model type).
     """
     model_type = config.get("model_type")
-    if not isinstance(model_type, str) or model_type in _NO_DERIVED_LISTS:
+    if not isinstance(model_type, str) or model_type in NO_DERIVED_LISTS:
         return {}
     try:
         from transformers import AutoConfig
@@ -508,7 +516,8 @@ def remove_config(config: dict, kept: list[int], num_layers: int) -> tuple[dict,
     out = copy.deepcopy(config)
     edits: dict[str, tuple[object, object]] = {}
     warnings: list[str] = []
-    owner, prefix = (out["text_config"], "text_config.") if isinstance(out.get("text_config"), dict) else (out, "")
+    view = ConfigView(out)
+    owner, prefix = view.text, ("text_config." if view.text is not out else "")
 
     def put(key: str, value: object) -> None:
         _edit(out, edits, key, value, owner=owner, path=prefix + key)
@@ -536,7 +545,7 @@ def remove_config(config: dict, kept: list[int], num_layers: int) -> tuple[dict,
         if isinstance(old, int):
             put("max_window_layers", sum(1 for i in kept if i < old))
     if not any(isinstance(owner.get(k), list) for k in PER_LAYER_LISTS) and "max_window_layers" not in owner:
-        original = config.get("text_config") if owner is not out else config  # before the edits above
+        original = ConfigView(config).text  # before the edits above
         if owner is not out and "model_type" not in original:
             original = {**original, "model_type": config.get("model_type")}
         derived = derived_per_layer_lists(original, num_layers)
@@ -622,5 +631,5 @@ def input_paths(plan: Plan) -> list[Path]:
     """The folders (or files) of a plan's inputs: the output may not be inside any of them."""
     paths = []
     for ckpt in plan.inputs.values():
-        paths.append(ckpt.root if ckpt.root is not None else ckpt.files[0])
+        paths.append(ckpt.path)
     return paths

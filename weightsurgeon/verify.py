@@ -12,10 +12,7 @@ from dataclasses import dataclass, field
 
 from weightsurgeon.checkpoint import Checkpoint, DEFAULT_CHUNK_BYTES
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.layout import ModelLayout, layout_of, split_layer
-
-# Config keys that hold one entry per decoder layer.
-PER_LAYER_KEYS = ("layer_types", "no_rope_layers")
+from weightsurgeon.layout import PER_LAYER_LISTS, READS_HIDDEN, WRITES_HIDDEN, ConfigView, ModelLayout, layout_of, split_layer
 
 
 @dataclass
@@ -25,12 +22,18 @@ class VerifyResult:
     scanned_bytes: int = 0
 
 
-def verify_checkpoint(ckpt: Checkpoint, deep: bool = False, progress: object | None = None) -> VerifyResult:
+def verify_checkpoint(ckpt: Checkpoint, deep: bool = False, progress: object | None = None,
+                      require_config: bool = True) -> VerifyResult:
+    """Check the whole model; ``require_config``: a (whole) model folder without config.json is an error,
+    since loaders cannot build it (a single file needs none; `inspect` only warns)."""
     layout = layout_of(ckpt.tensors, ckpt.config)
     result = VerifyResult(layout=layout, warnings=list(ckpt.warnings))
     where = ckpt.root or ckpt.source
     if layout.other:
         result.warnings.append(f"{len(layout.other)} tensor name(s) not recognised as a known module, reported as 'other' (e.g. {layout.other[0]!r})")
+    if ckpt.config is None and require_config and ckpt.root is not None and not ckpt.is_partial:
+        raise SurgeonError(f"{ckpt.root}: model folder has no config.json; transformers and vLLM cannot load it "
+                           "(copy the model's config.json into the folder)")
     if ckpt.config is None:
         result.warnings.append(f"{where}: no config.json; config consistency not checked")
         if not ckpt.is_partial:
@@ -46,14 +49,18 @@ def verify_checkpoint(ckpt: Checkpoint, deep: bool = False, progress: object | N
 
 
 def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -> None:
-    cfg = ckpt.text_config
+    view = ckpt.config_view
+    cfg = view.text
     cfg_path = f"{ckpt.root}/config.json" if ckpt.root else "config.json"
+    wrong = view.wrong_types()
+    if wrong:
+        raise SurgeonError(f"{cfg_path}: {wrong[0]}")
     layers_present = sorted({loc.layer for loc in layout.locations.values() if loc.layer is not None})
-    declared = cfg.get("num_hidden_layers", cfg.get("n_layer"))  # n_layer: GPT-2 style configs
-    if isinstance(declared, int) and not isinstance(declared, bool):
+    declared = view.num_layers
+    if declared is not None:
         # DeepSeek-V3/GLM-4.5 store their multi-token-prediction layers after the decoder layers.
-        extra = cfg.get("num_nextn_predict_layers")
-        allowed = declared + (extra if isinstance(extra, int) and not isinstance(extra, bool) and extra > 0 else 0)
+        extra = view.int_value("num_nextn_predict_layers")
+        allowed = declared + (extra if extra is not None and extra > 0 else 0)
         beyond = [l for l in layers_present if l >= allowed]
         if beyond:
             raise SurgeonError(f"{cfg_path}: num_hidden_layers is {declared} but tensors exist for layer {beyond[0]}")
@@ -64,16 +71,14 @@ def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -
             missing = _first_missing(layers_present, declared)
             if missing is not None:
                 raise SurgeonError(f"{cfg_path}: num_hidden_layers is {declared} but layer {missing} has no tensors")
-        for key in PER_LAYER_KEYS:
+        for key in PER_LAYER_LISTS:
             value = cfg.get(key)
             if value is not None and (not isinstance(value, list) or len(value) != declared):
                 n = len(value) if isinstance(value, list) else type(value).__name__
                 raise SurgeonError(f"{cfg_path}: {key} has {n} entries but num_hidden_layers is {declared}")
     elif not ckpt.is_partial:
         _warn_layer_gaps(layout, result, f"{cfg_path}: no num_hidden_layers")
-    hidden = cfg.get("hidden_size")
-    if isinstance(hidden, bool) or not isinstance(hidden, int):
-        hidden = None
+    hidden = view.int_value("hidden_size")
     _check_linear_widths(ckpt, layout, hidden, cfg_path)
     # OPT-350m projects its embeddings: they are word_embed_proj_dim wide, not hidden_size.
     emb_dim = cfg.get("word_embed_proj_dim", hidden)
@@ -89,7 +94,7 @@ def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -
             raise SurgeonError(f"{cfg_path}: vocab_size is {vocab} but {head.name} has {head.shape[0]} rows")
         if isinstance(emb_dim, int) and head.shape[1] != emb_dim:
             raise SurgeonError(f"{cfg_path}: hidden_size is {emb_dim} but {head.name} has shape {list(head.shape)}")
-    tie = cfg.get("tie_word_embeddings", (ckpt.config or {}).get("tie_word_embeddings"))
+    tie = view.lookup("tie_word_embeddings")
     has_head = any(loc.module == "lm_head" for loc in layout.locations.values())
     if tie is False and not has_head and emb is not None and not ckpt.is_partial:
         raise SurgeonError(f"{cfg_path}: tie_word_embeddings is false but there is no lm_head.weight (the head would be random)")
@@ -127,18 +132,17 @@ def _first_missing(present: list[int], count: int) -> int | None:
 
 
 def _check_layers_alike(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -> None:
-    """One layer holding a strict subset of another layer's tensors has lost some: an error.
+    """One layer holding a strict subset of what several other layers hold has lost some: an error.
 
     Layers that differ by design are legitimate and only warned about: dense and MoE layers
     (DeepSeek), attention and Mamba layers (hybrids), and also *families* of layers that lack
     something, like the KV-sharing layers of cross-layer attention (half the layers have no
     k_proj/v_proj) or NAS models with per-layer block_configs. Hence the error needs the
-    smaller set of tensors to occur in exactly one layer.
+    smaller set of tensors to occur in exactly one layer, and the larger in at least two: with
+    one layer on each side, the larger may as well hold an extra tensor (a warning).
     """
-    cfg = ckpt.text_config
-    declared = cfg.get("num_hidden_layers", cfg.get("n_layer"))
-    if not isinstance(declared, int) or isinstance(declared, bool):
-        declared = None
+    cfg = ckpt.config_view.text
+    declared = ckpt.config_view.num_layers
     per_layer: dict[int, dict[str, str]] = {}  # layer -> {prefix|rest: full name}
     for name in layout.locations:
         split = split_layer(name)
@@ -152,7 +156,7 @@ def _check_layers_alike(ckpt: Checkpoint, layout: ModelLayout, result: VerifyRes
     if "block_configs" not in cfg:
         for small, layers in kinds.items():
             for big, others in kinds.items():
-                if len(layers) == 1 and small < big:
+                if len(layers) == 1 and len(others) >= 2 and small < big:
                     key = sorted(big - small)[0]
                     raise SurgeonError(f"{ckpt.root or ckpt.source}: layer {layers[0]} has no '{key.split('|', 1)[1]}' "
                                        f"but {per_layer[others[0]][key]} exists: a tensor is missing")
@@ -165,11 +169,6 @@ def _check_layers_alike(ckpt: Checkpoint, layout: ModelLayout, result: VerifyRes
                                "fine for hybrid, mixed dense/MoE or KV-sharing models")
 
 
-# Linear weights are [out, in]: these read the residual stream (in == hidden_size) ...
-_READS_HIDDEN = frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "gate_proj", "up_proj", "gate_up_proj"})
-# ... and these write it (out == hidden_size).
-_WRITES_HIDDEN = frozenset({"o_proj", "down_proj"})
-
 
 def _check_linear_widths(ckpt: Checkpoint, layout: ModelLayout, hidden: int | None, cfg_path: str) -> None:
     """Every dense projection touches the residual stream, whose width config.json states."""
@@ -181,7 +180,7 @@ def _check_linear_widths(ckpt: Checkpoint, layout: ModelLayout, hidden: int | No
         shape = ckpt[name].shape
         if len(shape) != 2:
             continue
-        if (loc.module in _READS_HIDDEN and shape[1] != hidden) or (loc.module in _WRITES_HIDDEN and shape[0] != hidden):
+        if (loc.module in READS_HIDDEN and shape[1] != hidden) or (loc.module in WRITES_HIDDEN and shape[0] != hidden):
             raise SurgeonError(f"{cfg_path}: hidden_size is {hidden} but {name} has shape {list(shape)}")
 
 

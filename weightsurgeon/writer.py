@@ -322,7 +322,7 @@ def _write_json(path: Path, obj: object) -> None:
 
 
 def _root_of(ckpt: Checkpoint) -> Path:
-    return ckpt.root if ckpt.root is not None else ckpt.files[0].parent
+    return ckpt.root if ckpt.root is not None else ckpt.path.parent
 
 
 def _write_side_files(plan: Plan, tmp: Path, mapping: dict[str, str]) -> dict:
@@ -352,7 +352,7 @@ def provenance(plan: Plan) -> dict:
         inputs.append({
             "role": role,
             "source": ckpt.source,
-            "path": str((ckpt.root if ckpt.root is not None else ckpt.files[0]).resolve()),
+            "path": str(ckpt.path.resolve()),
             "partial": ckpt.is_partial,
             "shards": [{"file": s.path.name, "header_sha256": ckpt.header_digest(s)} for s in ckpt.shards],
         })
@@ -440,7 +440,7 @@ def check_written(plan: Plan, folder: Path, mapping: dict[str, str]) -> list[str
             raise SurgeonError(f"{folder / INDEX_NAME}: metadata.total_size does not match the plan")
         if out.warnings:
             raise SurgeonError(f"{folder}: output inconsistent: {out.warnings[0]}")
-        return verify_checkpoint(out).warnings
+        return verify_checkpoint(out, require_config=plan.config is not None).warnings
 
 
 def compare_written(plan: Plan, folder: Path, reader: SourceReader, progress: ByteProgress | None = None) -> None:

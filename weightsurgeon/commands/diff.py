@@ -41,7 +41,7 @@ def write_report_folder(report: Any, folder: Path, plots: bool = True, every: in
 
 
 def _input_paths(checkpoints: Sequence[Any]) -> list[Path]:
-    return [c.root if c.root is not None else c.files[0] for c in checkpoints]
+    return [c.path for c in checkpoints]
 
 
 @click.command("diff")

@@ -10,22 +10,10 @@ from weightsurgeon.layout import layout_of
 from weightsurgeon.output import emit_json, human, print_warnings, stdout_console
 
 
-def _architecture(config: dict | None) -> str | None:
-    """``architectures[0]`` of a config, tolerating whatever a hand-written config holds there."""
-    value = (config or {}).get("architectures")
-    if isinstance(value, list) and value and isinstance(value[0], str):
-        return value[0]
-    return value if isinstance(value, str) else None
-
-
-def _string_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def describe(ckpt: Checkpoint, per_layer: bool = False, warnings: list[str] | None = None) -> dict:
     """The machine-readable inspection of a checkpoint (what `inspect --json` prints)."""
     layout = layout_of(ckpt.tensors, ckpt.config)
-    cfg = ckpt.text_config
+    view = ckpt.config_view
     params_by_group: Counter = Counter()
     bytes_by_dtype: Counter = Counter()
     tensors_by_dtype: Counter = Counter()
@@ -40,12 +28,12 @@ def describe(ckpt: Checkpoint, per_layer: bool = False, warnings: list[str] | No
     shards = [{"file": s.path.name, "bytes": s.file_size, "tensors": len(s.tensors)} for s in ckpt.shards]
     out = {
         "source": ckpt.source,
-        "path": str(ckpt.root) if ckpt.root else str(ckpt.files[0]),
-        "architecture": _architecture(ckpt.config),
-        "model_type": _string_or_none((ckpt.config or {}).get("model_type")),
+        "path": str(ckpt.path),
+        "architecture": view.architecture,
+        "model_type": view.model_type,
         "num_layers": layout.num_layers,
-        "hidden_size": cfg.get("hidden_size"),
-        "vocab_size": cfg.get("vocab_size"),
+        "hidden_size": view.get("hidden_size"),
+        "vocab_size": view.get("vocab_size"),
         "tied_embeddings": layout.tied_embeddings,
         "partial": ckpt.is_partial,
         "num_tensors": len(ckpt),
@@ -77,7 +65,7 @@ def inspect_cmd(model: str, verbose: bool, as_json: bool) -> None:
 
     with open_checkpoint(model) as ckpt:
         # The structural checks (not --deep) run first: inspecting a broken checkpoint is an error.
-        checked = verify_checkpoint(ckpt, deep=False)
+        checked = verify_checkpoint(ckpt, deep=False, require_config=False)
         info = describe(ckpt, per_layer=verbose, warnings=checked.warnings)
     print_warnings(info["warnings"])
     if as_json:
@@ -144,7 +132,7 @@ def verify_cmd(model: str, deep: bool, as_json: bool, quiet: bool) -> None:
             result = verify_checkpoint(ckpt, deep=deep, progress=progress)
         print_warnings(result.warnings)
         summary = {
-            "path": str(ckpt.root or ckpt.files[0]),
+            "path": str(ckpt.path),
             "valid": True,
             "partial": ckpt.is_partial,
             "shards": len(ckpt.shards),
