@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from weightsurgeon.errors import SurgeonError
+from weightsurgeon.layout import GROUPS
 from weightsurgeon.report.model import MODULE_ORDER as LAYER_MODULE_ORDER
 from weightsurgeon.report.model import SCHEMA
 
@@ -34,9 +35,6 @@ FIGURE_NAMES = ("l2_by_layer", "rel_change_hist", "rel_l2_heatmap", "delta_share
 # Display order of module kinds: the report's reading order inside a layer (one order for
 # tables, CSV and figures), then the tensors outside the layers.
 MODULE_ORDER = LAYER_MODULE_ORDER + ("embed_tokens", "embed_positions", "lm_head", "norm", "vision", "other")
-_ATTN = {"q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj"}
-_NORMS = {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-          "post_feedforward_layernorm", "q_norm", "k_norm", "norm"}
 # Modules the relative-change histograms show, when present (the paper's Fig. 3 panels).
 HIST_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj",
                 "down_proj", "expert_gate_proj", "expert_up_proj", "expert_gate_up_proj", "expert_down_proj")
@@ -220,9 +218,9 @@ def _tuned_colors(labels: Sequence[str]) -> dict[str, Any]:
 
 
 def _linestyle(module: str) -> str:
-    if module in _ATTN:
+    if module in GROUPS["attn"]:
         return "-"
-    if module in _NORMS:
+    if module in GROUPS["norm"]:
         return ":"
     return "--"
 
