@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.report.figures import FIGURE_NAMES, draw_all, hist_layers, parse_formats, read_view
-from weightsurgeon.report.html import module_summaries, render_html, write_html
+from weightsurgeon.report.figures import FIGURE_NAMES, as_report, draw_all, hist_layers, parse_formats
+from weightsurgeon.report.html import ranked_kinds, render_html, write_html
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Planted relative scale per module: o_proj largest, post_attention_layernorm exactly unchanged.
@@ -40,6 +40,20 @@ def _gauss_hist(edges: np.ndarray, sd: float, n: int) -> list[int]:
     return counts.tolist()
 
 
+def set_change(row: dict, rel: float | None) -> dict:
+    """Give a hand-made row relative change ``rel`` (None: not measured), raw sums and derived numbers alike:
+    a report's numbers are rebuilt from its sums."""
+    base = row["l2_base"]
+    if rel is None:
+        row.update(l2_delta=None, rel_l2=None, sum_sq_delta=None, dot_base_tuned=None)
+        return row
+    delta, tuned = rel * base, base * (1 + rel)
+    row.update(l2_delta=delta, rel_l2=rel, l2_tuned=tuned, n=row["numel"], sum_sq_delta=delta ** 2,
+               sum_sq_base=base ** 2, sum_sq_tuned=tuned ** 2, dot_base_tuned=(base ** 2 + tuned ** 2 - delta ** 2) / 2,
+               sum_delta=0.0, max_abs_delta=0.08 * rel)
+    return row
+
+
 def make_report(tuned=("distill", "math"), num_layers=6, bins=40, clip=1.0, hidden=64, inter=128, every=2,
                 modules: tuple[str, ...] | None = None) -> dict:
     """A plausible report.json dict (the diff helper's contract) with a planted, known pattern.
@@ -58,15 +72,14 @@ def make_report(tuned=("distill", "math"), num_layers=6, bins=40, clip=1.0, hidd
             for module, n in numel.items():
                 rel = SCALE[module] * float(profile[layer])
                 base = 0.02 * math.sqrt(n)
-                rows.append({"tuned": label, "layer": layer, "module": module, "numel": n,
-                                "l2_delta": rel * base, "l2_base": base, "l2_tuned": base * (1 + rel), "rel_l2": rel,
-                                "cosine": 1 - rel ** 2 / 2, "max_abs_delta": 0.08 * rel, "mean_delta": 0.0,
-                                "n_base_zero": 0, "n_nonfinite": 0, "hist": _gauss_hist(edges, rel, n)})
+                rows.append(set_change({"tuned": label, "layer": layer, "module": module, "numel": n, "l2_base": base,
+                                        "cosine": 1 - rel ** 2 / 2, "mean_delta": 0.0, "n_base_zero": 0,
+                                        "n_nonfinite": 0, "hist": _gauss_hist(edges, rel, n)}, rel))
         for module, n, rel in (("embed_tokens", 512 * hidden, 0.0), ("norm", hidden, 0.01), ("lm_head", 512 * hidden, 0.05)):
             base = 0.02 * math.sqrt(n)
-            rows.append({"tuned": label, "layer": None, "module": module, "numel": n, "l2_delta": rel * base,
-                            "l2_base": base, "l2_tuned": base, "rel_l2": rel, "cosine": 1.0, "max_abs_delta": rel,
-                            "mean_delta": 0.0, "n_base_zero": 0, "n_nonfinite": 0, "hist": _gauss_hist(edges, rel, n)})
+            rows.append(set_change({"tuned": label, "layer": None, "module": module, "numel": n, "l2_base": base,
+                                    "cosine": 1.0, "mean_delta": 0.0, "n_base_zero": 0, "n_nonfinite": 0,
+                                    "hist": _gauss_hist(edges, rel, n)}, rel))
 
     def ident(src: str) -> dict:
         return {"source": src, "path": f"/models/{src}", "digest": "sha256:" + "ab" * 32,
@@ -185,7 +198,7 @@ def test_identical_models_and_partial_selections_draw_without_errors(tmp_path):
     # Nothing changed at all: no log scale, no share figure (0 of 0 is no share), nothing crashes.
     same = make_report(tuned=("same",), num_layers=3, modules=("o_proj", "up_proj", "input_layernorm"))
     for m in same["modules"]:
-        m.update(l2_delta=0.0, rel_l2=0.0, max_abs_delta=0.0)
+        set_change(m, 0.0)
         m["hist"] = _gauss_hist(np.asarray(same["bin_edges"]), 0.0, m["numel"])
     files = draw_all(same, tmp_path / "same", formats="png")
     assert {p.stem for p in files} == {"l2_by_layer", "rel_change_hist", "rel_l2_heatmap"}
@@ -199,7 +212,7 @@ def test_identical_models_and_partial_selections_draw_without_errors(tmp_path):
     # --module norm with NaN-derived nulls and rows without histograms: still drawn.
     norms = make_report(tuned=("a",), num_layers=4, modules=("input_layernorm", "post_attention_layernorm"))
     norms["modules"] = [m for m in norms["modules"] if m["module"].endswith("layernorm")]
-    norms["modules"][0].update(rel_l2=None, l2_delta=None, hist=None)
+    set_change(norms["modules"][1], None)["hist"] = None  # an unchanged module's row: the share stays drawn
     files = draw_all(norms, tmp_path / "norms", formats="png")
     assert {p.stem for p in files} == {"l2_by_layer", "rel_change_hist", "rel_l2_heatmap", "delta_share"}
 
@@ -231,19 +244,20 @@ def test_html_is_self_contained_with_summary_and_every_figure(drawn):
     assert text.count("Most changed: <b>o_proj</b>") == 2
 
 
-def test_module_summaries_rank_and_median():
-    view = read_view(make_report(tuned=("t",), num_layers=5))
-    rows = module_summaries(view, "t")
-    assert rows[0].module == "o_proj"
-    assert [r.total_l2_delta for r in rows] == sorted((r.total_l2_delta for r in rows), reverse=True)
-    assert math.isclose(sum(r.share for r in rows), 100.0)
+def test_html_ranks_module_kinds_by_total_l2_with_shares_as_fractions():
+    data = make_report(tuned=("t",), num_layers=5)
+    rows = ranked_kinds(as_report(data), "t")
+    assert rows[0]["module"] == "o_proj"
+    assert [r["l2_delta"] for r in rows] == sorted((r["l2_delta"] for r in rows), reverse=True)
+    assert math.isclose(sum(r["share"] for r in rows), 1.0)
     o = rows[0]
-    per_layer = sorted(m["rel_l2"] for m in view.raw["modules"] if m["module"] == "o_proj")
-    assert o.layers == 5 and math.isclose(o.median_rel_l2, per_layer[2])
-    assert math.isclose(o.total_l2_delta, math.sqrt(sum(
-        m["l2_delta"] ** 2 for m in view.raw["modules"] if m["module"] == "o_proj")))
-    unchanged = next(r for r in rows if r.module == "post_attention_layernorm")
-    assert unchanged.total_l2_delta == 0 and unchanged.max_rel_layer is None
+    per_layer = sorted(m["rel_l2"] for m in data["modules"] if m["module"] == "o_proj")
+    assert o["layers"] == 5 and math.isclose(o["median_rel_l2"], per_layer[2])
+    assert math.isclose(o["l2_delta"], math.sqrt(sum(m["l2_delta"] ** 2 for m in data["modules"] if m["module"] == "o_proj")))
+    unchanged = next(r for r in rows if r["module"] == "post_attention_layernorm")
+    assert unchanged["l2_delta"] == 0 and unchanged["max_rel_l2_layer"] is None
+    head = next(r for r in rows if r["module"] == "lm_head")
+    assert head["layers"] == 0  # layerless modules count no layer, in every view
 
 
 def test_html_without_figure_files_draws_in_memory_and_escapes_labels(tmp_path):
@@ -374,9 +388,54 @@ def test_l2_legend_has_one_entry_per_module_and_panels_name_their_unchanged_ones
     data = make_report(tuned=("distill", "math"), num_layers=3, modules=("q_proj", "o_proj", "post_attention_layernorm"))
     for row in data["modules"]:
         if row["tuned"] == "math" and row["module"] == "q_proj":
-            row["l2_delta"], row["rel_l2"] = 0.0, 0.0
-    fig = figure_l2_by_layer(read_view(data))
+            set_change(row, 0.0)
+    fig = figure_l2_by_layer(as_report(data))
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["q_proj", "o_proj", "post_attention_layernorm (unchanged)"]  # unchanged in both: said once
     notes = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in fig.axes if ax.get_visible()}
     assert notes == {"distill": [], "math": ["unchanged: q_proj"]}
+
+
+def test_table_csv_html_and_figures_show_the_same_numbers(tmp_path, run_cli):
+    """One model: the terminal table, report.csv, report.html and the share figure's data all read DiffReport."""
+    import csv
+
+    from weightsurgeon.report.figures import share_data
+    from weightsurgeon.report.html import _num, _percent
+    from weightsurgeon.report.model import DiffReport
+    from weightsurgeon.report.summary import fmt
+    from weightsurgeon.synth import make_checkpoint, make_tuned
+
+    base = make_checkpoint(tmp_path / "base", num_layers=3, hidden_size=32, intermediate_size=64, vocab_size=300, dtype="bf16")
+    make_tuned(base, tmp_path / "ft", seed=1)
+    from conftest import cli_env
+
+    done = run_cli("diff", base, tmp_path / "ft", "-o", tmp_path / "rep", "--every", "1", "-q", env=cli_env(COLUMNS="250"))
+    assert done.returncode == 0, done.stderr
+    report = DiffReport.from_json(tmp_path / "rep" / "report.json")
+    kinds = report.module_kinds("ft")
+    table = {}  # the per-module table's rows: module -> its cells
+    for line in done.stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if cells[0] in {k["module"] for k in kinds} and len(cells) == 6:
+            table[cells[0]] = cells
+    page = (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
+    modules, pct, absolute = share_data(report)
+    for k in kinds:
+        share = f"{100 * k['share']:.2f}%"
+        median = "unchanged" if k["unchanged"] else fmt(k["median_rel_l2"])
+        assert table[k["module"]][1:] == ["-" if not k["layers"] else str(k["layers"]), median,
+                                          f"{fmt(k['max_rel_l2'])} ({'-' if k['max_rel_l2_layer'] is None else k['max_rel_l2_layer']})",
+                                          fmt(k["median_l2_delta"]), share], (k, table[k["module"]])
+        assert (_num(k["l2_delta"]) + "</td>") in page and (_percent(100 * k["share"]) + "</td>") in page
+        i = modules.index(k["module"])
+        assert pct["ft"][i] == 100 * k["share"] and absolute["ft"][i] == k["sum_sq_delta"]
+    with open(tmp_path / "rep" / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == [t.name for t in report.tensors]
+    for row, t in zip(rows, report.tensors):
+        assert float(row["l2_delta"]) == t.stats.l2_delta and float(row["rel_l2"]) == t.stats.rel_l2
+    # The module rows are the exact merge of the CSV's tensor rows (squared L2 adds up).
+    for k in kinds:
+        csv_sq = sum(float(r["l2_delta"]) ** 2 for r in rows if r["module"] == k["module"])
+        assert math.isclose(csv_sq, k["sum_sq_delta"], rel_tol=1e-9)

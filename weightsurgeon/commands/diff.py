@@ -22,21 +22,20 @@ def write_report_folder(report: Any, folder: Path, plots: bool = True, every: in
     warnings: list[str] = []
     if not plots:
         return written, warnings
-    data = report.to_dict()
-    every = every or int(report.options.get("every") or 5)
+    every = every or report.every or 5
     try:
         from weightsurgeon.report.figures import draw_all
     except ImportError as e:
         warnings.append(f"figures not drawn ({e}); report.json and report.csv are complete")
         return written, warnings
-    figures = draw_all(data, folder, every=every)
+    figures = draw_all(report, folder, every=every)
     written += [Path(f).name for f in figures]
     try:
         from weightsurgeon.report.html import write_html
     except ImportError as e:
         warnings.append(f"report.html not written ({e})")
         return written, warnings
-    written.append(Path(write_html(data, folder, figures=figures)).name)
+    written.append(Path(write_html(report, folder, figures=figures)).name)
     return written, warnings
 
 

@@ -5,7 +5,6 @@ a newer version's figures) without reading a checkpoint again.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -14,30 +13,14 @@ from weightsurgeon.commands.diff import REPORT_JSON
 from weightsurgeon.errors import SurgeonError
 
 
-def load_report(path: Path) -> dict:
-    """Read a saved report.json (or a folder holding one) as a dict; one clear error for anything else."""
+def report_path(path: Path) -> Path:
+    """report.json itself, or the one in a report folder."""
     path = Path(path).expanduser()
     if path.is_dir():
         if not (path / REPORT_JSON).is_file():
             raise SurgeonError(f"{path}: folder has no {REPORT_JSON}")
-        path = path / REPORT_JSON
-    if not path.exists():
-        raise SurgeonError(f"{path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SurgeonError(f"{path}: not a JSON report (the file is not UTF-8 text)") from None
-    except OSError as e:
-        raise SurgeonError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SurgeonError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except RecursionError:
-        raise SurgeonError(f"{path}: not valid JSON (nested too deeply)") from None
-    if not isinstance(data, dict):
-        raise SurgeonError(f"{path}: not a diff report (the JSON is a {type(data).__name__}, not an object)")
-    return data
+        return path / REPORT_JSON
+    return path
 
 
 @click.command("plot")
@@ -61,24 +44,23 @@ def plot_cmd(report: Path, output: Path | None, every: int | None, formats: str,
       delta_share       each module kind's share of the squared delta (percent, absolute)
       report.html       one self-contained page with the summary tables and every figure
     """
-    from weightsurgeon.report.figures import draw_all, parse_formats, read_view
+    from weightsurgeon.report.figures import draw_all, parse_formats
+    from weightsurgeon.report.model import DiffReport
 
     fmts = parse_formats(formats)
-    data = load_report(report)
-    source = str(report / REPORT_JSON if report.is_dir() else report)
-    view = read_view(data, source=source)
+    loaded = DiffReport.from_json(report_path(report))
     out_dir = output if output is not None else (report if report.is_dir() else report.parent)
     out_dir = out_dir.expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise SurgeonError(f"{out_dir}: exists and is not a folder")
     if not out_dir.parent.is_dir():
         raise SurgeonError(f"{out_dir.parent}: the output's parent folder does not exist")
-    figures = draw_all(view, out_dir, every=every, formats=fmts)
+    figures = draw_all(loaded, out_dir, every=every, formats=fmts)
     written = [str(p) for p in figures]
     if not no_html:
         from weightsurgeon.report.html import write_html
 
-        written.append(str(write_html(view, out_dir, figures=figures, every=every)))
+        written.append(str(write_html(loaded, out_dir, figures=figures, every=every)))
     if not quiet:
         if not figures:
             click.echo("no figure drawn: the report has no per-layer module or histogram to show", err=True)

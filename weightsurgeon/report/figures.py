@@ -1,8 +1,8 @@
-"""The Delta stethoscope's pictures, drawn from report.json alone.
+"""The Delta stethoscope's pictures, drawn from a DiffReport.
 
-Figures are a second reading of the machine-readable report: everything here takes the
-report dict (or an object that turns into it), so `surgeon plot report.json` redraws
-exactly what `surgeon diff` drew. matplotlib is imported inside the functions that draw
+Figures are a second reading of the machine-readable report: everything here reads the
+same `DiffReport` the terminal table and the CSV read (a report.json dict is loaded into
+one first), so `surgeon plot report.json` redraws exactly what `surgeon diff` drew. matplotlib is imported inside the functions that draw
 (Agg, no pyplot: no global figure state, nothing to close), so importing this module
 stays cheap for the CLI.
 
@@ -20,21 +20,15 @@ The four figures:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.layout import GROUPS
-from weightsurgeon.report.model import MODULE_ORDER as LAYER_MODULE_ORDER
-from weightsurgeon.report.model import SCHEMA
+from weightsurgeon.report.model import DiffReport, finite
 
 FORMATS = ("png", "svg")
 FIGURE_NAMES = ("l2_by_layer", "rel_change_hist", "rel_l2_heatmap", "delta_share")
-
-# Display order of module kinds: the report's reading order inside a layer (one order for
-# tables, CSV and figures), then the tensors outside the layers.
-MODULE_ORDER = LAYER_MODULE_ORDER + ("embed_tokens", "embed_positions", "lm_head", "norm", "vision", "other")
 # Modules the relative-change histograms show, when present (the paper's Fig. 3 panels).
 HIST_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj",
                 "down_proj", "expert_gate_proj", "expert_up_proj", "expert_gate_up_proj", "expert_down_proj")
@@ -43,161 +37,17 @@ LOG_SPAN = 30.0
 DPI = 120
 
 
-def module_sort_key(module: str) -> tuple[int, str]:
-    try:
-        return (MODULE_ORDER.index(module), module)
-    except ValueError:
-        return (len(MODULE_ORDER), module)
-
-
-@dataclass
-class ModuleRow:
-    """One (tuned, layer, module) aggregate of the report, with None for NaN/inf/absent numbers."""
-
-    tuned: str
-    layer: int | None
-    module: str
-    numel: int | None
-    l2_delta: float | None
-    l2_base: float | None
-    rel_l2: float | None
-    cosine: float | None
-    max_abs_delta: float | None
-    hist: list[int] | None
-
-
-@dataclass
-class ReportView:
-    """The parts of a diff report the figures and the HTML page read, validated once."""
-
-    raw: dict
-    tuned: list[str]
-    rows: list[ModuleRow]
-    bin_edges: list[float] | None
-    base_label: str
-    every: int | None
-    by_key: dict[tuple[str, int | None, str], ModuleRow] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.by_key = {(r.tuned, r.layer, r.module): r for r in self.rows}
-
-    def modules(self, per_layer: bool | None = None) -> list[str]:
-        """Module kinds present, in display order (only per-layer ones, only global ones, or all)."""
-        found = {r.module for r in self.rows if per_layer is None or (r.layer is not None) == per_layer}
-        return sorted(found, key=module_sort_key)
-
-    def layers(self) -> list[int]:
-        return sorted({r.layer for r in self.rows if r.layer is not None})
-
-    def rows_of(self, tuned: str, module: str) -> list[ModuleRow]:
-        """A module kind's rows for one tuned model, per-layer ones in layer order."""
-        rows = [r for r in self.rows if r.tuned == tuned and r.module == module]
-        return sorted(rows, key=lambda r: -1 if r.layer is None else r.layer)
-
-    def squared_delta(self, tuned: str) -> dict[str, float]:
-        """Sum of squared L2 of the delta per module kind (the additive measure of 'how much changed')."""
-        out: dict[str, float] = {}
-        for r in self.rows:
-            if r.tuned == tuned and r.l2_delta is not None:
-                out[r.module] = out.get(r.module, 0.0) + r.l2_delta ** 2
-        return out
-
-
-def report_dict(report: Any) -> dict:
-    """The report as its JSON dict: a dict as is, or an object's ``to_dict()`` / ``to_json()``."""
-    if isinstance(report, dict):
+def as_report(report: Any) -> DiffReport:
+    """A DiffReport as is; a report.json dict (or an object with ``to_dict()``) loaded and checked."""
+    if isinstance(report, DiffReport):
         return report
-    for attr in ("to_dict", "to_json"):
-        fn = getattr(report, attr, None)
-        if callable(fn):
-            out = fn()
-            if isinstance(out, (str, bytes)):
-                import json
-
-                out = json.loads(out)
-            if isinstance(out, dict):
-                return out
-    raise SurgeonError(f"cannot draw a {type(report).__name__}: expected a diff report (dict, or an object with to_dict())")
+    if not isinstance(report, dict) and callable(getattr(report, "to_dict", None)):
+        report = report.to_dict()
+    return DiffReport.from_dict(report)
 
 
-def _number(value: Any, where: str, key: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SurgeonError(f"{where}: {key!r} must be a number or null, not {value!r:.40}")
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _count(value: Any, where: str, key: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SurgeonError(f"{where}: {key!r} must be an integer or null, not {value!r:.40}")
-    return value
-
-
-def read_view(report: Any, source: str = "report") -> ReportView:
-    """Check a report's schema and the fields the figures read; one clear error naming the first problem."""
-    data = report_dict(report)
-    schema = data.get("schema")
-    if schema != SCHEMA:
-        if isinstance(schema, str) and schema.startswith("weightsurgeon.diff/"):
-            raise SurgeonError(f"{source}: report schema {schema!r} is not supported by this version (expected {SCHEMA!r})")
-        raise SurgeonError(f"{source}: not a weightsurgeon diff report (schema {schema!r:.60}, expected {SCHEMA!r})")
-    for key in ("tuned", "modules"):
-        if not isinstance(data.get(key), list):
-            raise SurgeonError(f"{source}: {key!r} is missing or not a list")
-    labels: list[str] = []
-    for i, t in enumerate(data["tuned"]):
-        if not isinstance(t, dict) or not isinstance(t.get("label"), str):
-            raise SurgeonError(f"{source}: tuned[{i}] has no 'label'")
-        labels.append(t["label"])
-    if not labels:
-        raise SurgeonError(f"{source}: the report lists no tuned model")
-    edges = data.get("bin_edges")
-    if edges is not None:
-        if (not isinstance(edges, list) or len(edges) < 2
-                or any(isinstance(e, bool) or not isinstance(e, (int, float)) for e in edges)):
-            raise SurgeonError(f"{source}: 'bin_edges' must be a list of at least two numbers")
-        edges = [float(e) for e in edges]
-        if any(not math.isfinite(e) for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
-            raise SurgeonError(f"{source}: 'bin_edges' must be finite and increasing")
-    rows: list[ModuleRow] = []
-    for i, m in enumerate(data["modules"]):
-        where = f"{source}: modules[{i}]"
-        if not isinstance(m, dict):
-            raise SurgeonError(f"{where} is not an object")
-        tuned, module, layer = m.get("tuned"), m.get("module"), m.get("layer")
-        if tuned not in labels:
-            raise SurgeonError(f"{where}: 'tuned' is {tuned!r:.60}, not one of the report's tuned models {labels}")
-        if not isinstance(module, str) or not module:
-            raise SurgeonError(f"{where}: 'module' is missing")
-        layer = _count(layer, where, "layer")
-        hist = m.get("hist")
-        if hist is not None:
-            if not isinstance(hist, list) or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in hist):
-                raise SurgeonError(f"{where}: 'hist' must be a list of counts")
-            if edges is None:
-                raise SurgeonError(f"{source}: histograms without 'bin_edges'")
-            if len(hist) != len(edges) - 1:
-                raise SurgeonError(f"{where}: 'hist' has {len(hist)} bins but 'bin_edges' describes {len(edges) - 1}")
-        rows.append(ModuleRow(
-            tuned=tuned, layer=layer, module=module,
-            numel=_count(m.get("numel"), where, "numel"),
-            l2_delta=_number(m.get("l2_delta"), where, "l2_delta"),
-            l2_base=_number(m.get("l2_base"), where, "l2_base"),
-            rel_l2=_number(m.get("rel_l2"), where, "rel_l2"),
-            cosine=_number(m.get("cosine"), where, "cosine"),
-            max_abs_delta=_number(m.get("max_abs_delta"), where, "max_abs_delta"),
-            hist=hist,
-        ))
-    base = data.get("base") if isinstance(data.get("base"), dict) else {}
-    base_label = str(base.get("source") or base.get("path") or "base")
-    options = data.get("options") if isinstance(data.get("options"), dict) else {}
-    every = options.get("every")
-    every = every if isinstance(every, int) and not isinstance(every, bool) and every >= 1 else None
-    return ReportView(raw=data, tuned=labels, rows=rows, bin_edges=edges, base_label=base_label, every=every)
+def _base_label(report: DiffReport) -> str:
+    return str(report.base.source or report.base.path or "base")
 
 
 # ---------------------------------------------------------------- styling helpers
@@ -260,32 +110,34 @@ def lay_out(fig) -> None:
 
 # ---------------------------------------------------------------- the figures
 
-def figure_l2_by_layer(view: ReportView):
+def figure_l2_by_layer(report: DiffReport):
     """Paper Fig. 2: ||B - A|| per layer, one line per module kind, one panel per tuned model."""
-    modules = view.modules(per_layer=True)
-    layers = view.layers()
+    modules = report.module_names(per_layer=True)
+    layers = report.layers()
     if not modules or not layers:
         return None
-    colors = _module_colors(view.modules())
-    values = [r.l2_delta for r in view.rows if r.layer is not None]
+    colors = _module_colors(report.module_names())
+    values = [finite(m.stats.l2_delta) for m in report.modules if m.layer is not None]
     log = _spans_decades(values)
-    nrows, ncols = _grid(len(view.tuned), 3)
+    tuned_labels = report.labels
+    nrows, ncols = _grid(len(tuned_labels), 3)
     fig = _new_figure(min(5.2 * ncols, 17) + 2.2, 3.6 * nrows + 0.6)
     axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
     def unchanged_in(tuned: str, module: str) -> bool:
-        return all(r.l2_delta == 0 for r in view.rows_of(tuned, module) if r.layer is not None)
+        return all(r.stats.l2_delta == 0 for r in report.rows_of(tuned, module) if r.layer is not None)
 
     # One legend entry per module (same colour and style in every panel); "(unchanged)" only
     # where no tuned model changed it. A panel names its own unchanged modules instead: on
     # a log scale their lines are not drawn at all.
-    everywhere = {m for m in modules if all(unchanged_in(t, m) for t in view.tuned)}
+    everywhere = {m for m in modules if all(unchanged_in(t, m) for t in tuned_labels)}
     handles: dict[str, Any] = {}
-    for ax, tuned in zip(axes, view.tuned):
+    for ax, tuned in zip(axes, tuned_labels):
         here: list[str] = []
         for module in modules:
-            rows = [r for r in view.rows_of(tuned, module) if r.layer is not None]
+            rows = [r for r in report.rows_of(tuned, module) if r.layer is not None]
             xs = [r.layer for r in rows]
-            ys = [math.nan if r.l2_delta is None or (log and r.l2_delta <= 0) else r.l2_delta for r in rows]
+            l2 = [finite(r.stats.l2_delta) for r in rows]
+            ys = [math.nan if v is None or (log and v <= 0) else v for v in l2]
             if not xs:
                 continue
             if unchanged_in(tuned, module) and module not in everywhere:
@@ -303,14 +155,14 @@ def figure_l2_by_layer(view: ReportView):
         if log:
             ax.set_yscale("log")
         _integer_xaxis(ax, layers)
-    for ax in axes[len(view.tuned):]:
+    for ax in axes[len(tuned_labels):]:
         ax.set_visible(False)
     for ax in axes[::ncols]:
         ax.set_ylabel("L2 norm of delta  ‖B − A‖")
     # Centred on the right: at the top its title would run into the suptitle.
     fig.legend(list(handles.values()), list(handles.keys()), loc="outside right center", fontsize=9,
                title="module", title_fontsize=9, frameon=False)
-    fig.suptitle(f"Weight change per layer and module (base: {_short(view.base_label, 60)})", fontsize=12)
+    fig.suptitle(f"Weight change per layer and module (base: {_short(_base_label(report), 60)})", fontsize=12)
     return fig
 
 
@@ -336,15 +188,13 @@ def hist_layers(layers: Sequence[int], every: int) -> list[int]:
     return chosen if chosen else list(layers[::every])
 
 
-def figure_rel_change_hist(view: ReportView, every: int):
+def figure_rel_change_hist(report: DiffReport, every: int):
     """Paper Fig. 3: relative-change distributions every N layers; rows are tuned models, columns modules."""
-    if view.bin_edges is None:
-        return None
-    with_hist = {r.module for r in view.rows if r.layer is not None and r.hist is not None and sum(r.hist) > 0}
-    modules = [m for m in view.modules(per_layer=True) if m in with_hist and m in HIST_MODULES]
+    with_hist = {m.module for m in report.modules if m.layer is not None and m.stats.hist.sum() > 0}
+    modules = [m for m in report.module_names(per_layer=True) if m in with_hist and m in HIST_MODULES]
     if not modules:
-        modules = [m for m in view.modules(per_layer=True) if m in with_hist]
-    layers = hist_layers([l for l in view.layers()], every)
+        modules = [m for m in report.module_names(per_layer=True) if m in with_hist]
+    layers = hist_layers(report.layers(), every)
     if not modules or not layers:
         return None
     import numpy as np
@@ -353,25 +203,25 @@ def figure_rel_change_hist(view: ReportView, every: int):
     from matplotlib.colors import BoundaryNorm, Normalize
     from matplotlib.ticker import MaxNLocator
 
-    edges = np.asarray(view.bin_edges, dtype=float)
+    edges = np.asarray(report.bin_edges, dtype=float)
     cmap = colormaps["viridis"]
     if len(layers) == 1:
         norm = Normalize(layers[0] - 1, layers[0] + 1)
     else:
         norm = Normalize(layers[0], layers[-1])
-    nrows, ncols = len(view.tuned), len(modules)
+    nrows, ncols = len(report.labels), len(modules)
     fig = _new_figure(min(2.9 * ncols, 22) + 1.2, 2.5 * nrows + 0.9)
     axes = fig.subplots(nrows, ncols, sharex="col", sharey=True, squeeze=False)
     centre = 0.5 * (edges[0] + edges[-1])
     for j, module in enumerate(modules):
         reach = 0.0  # each column zooms to the bins that hold anything (edge bins hold the clipped tails)
-        for i, tuned in enumerate(view.tuned):
+        for i, tuned in enumerate(report.labels):
             ax = axes[i, j]
             for layer in layers:
-                row = view.by_key.get((tuned, layer, module))
-                if row is None or row.hist is None:
+                row = report.module_row(tuned, layer, module)
+                if row is None:
                     continue
-                counts = np.asarray(row.hist, dtype=float)
+                counts = np.asarray(row.stats.hist, dtype=float)
                 total = counts.sum()
                 if total <= 0:
                     continue
@@ -441,10 +291,10 @@ def _discrete(cmap, norm, layers: Sequence[int]):
     return ListedColormap([cmap(norm(l)) for l in layers])
 
 
-def figure_rel_l2_heatmap(view: ReportView):
+def figure_rel_l2_heatmap(report: DiffReport):
     """Layers x modules of ||B - A|| / ||A||, tuned models side by side on one colour scale."""
-    modules = view.modules(per_layer=True)
-    layers = view.layers()
+    modules = report.module_names(per_layer=True)
+    layers = report.layers()
     if not modules or not layers:
         return None
     import numpy as np
@@ -452,13 +302,13 @@ def figure_rel_l2_heatmap(view: ReportView):
     from matplotlib.colors import LogNorm, Normalize
 
     mats = []
-    for tuned in view.tuned:
+    for tuned in report.labels:
         mat = np.full((len(layers), len(modules)), np.nan)
         for i, layer in enumerate(layers):
             for j, module in enumerate(modules):
-                row = view.by_key.get((tuned, layer, module))
-                if row is not None and row.rel_l2 is not None:
-                    mat[i, j] = row.rel_l2
+                row = report.module_row(tuned, layer, module)
+                if row is not None and math.isfinite(row.stats.rel_l2):
+                    mat[i, j] = row.stats.rel_l2
         mats.append(mat)
     finite = np.concatenate([m[np.isfinite(m)] for m in mats]) if mats else np.array([])
     positive = finite[finite > 0]
@@ -470,13 +320,13 @@ def figure_rel_l2_heatmap(view: ReportView):
         vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
         norm = Normalize(vmin=0.0, vmax=vmax)
     cmap = colormaps["magma_r"].with_extremes(bad="#dddddd")
-    nrows, ncols = _grid(len(view.tuned), 4)
+    nrows, ncols = _grid(len(report.labels), 4)
     height = min(max(3.0, 0.22 * len(layers) + 1.6), 14)
     width_each = max(2.8, 0.45 * len(modules) + 1.0)
     fig = _new_figure(min(width_each * ncols, 22) + 1.4, height * nrows + 0.6)
     axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
     image = None
-    for ax, tuned, mat in zip(axes, view.tuned, mats):
+    for ax, tuned, mat in zip(axes, report.labels, mats):
         image = ax.imshow(mat, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm, origin="upper")
         ax.set_xticks(range(len(modules)), modules, rotation=55, ha="right", fontsize=8)
         step = max(1, math.ceil(len(layers) / 24))
@@ -484,39 +334,46 @@ def figure_rel_l2_heatmap(view: ReportView):
         ax.set_yticks(ticks, [str(layers[t]) for t in ticks], fontsize=8)
         ax.set_title(_short(tuned, 36), fontsize=10)
         ax.tick_params(length=2)
-    for ax in axes[len(view.tuned):]:
+    for ax in axes[len(report.labels):]:
         ax.set_visible(False)
     for ax in axes[::ncols]:
         ax.set_ylabel("layer")
-    cbar = fig.colorbar(image, ax=list(axes[:len(view.tuned)]), shrink=0.9, pad=0.02)
+    cbar = fig.colorbar(image, ax=list(axes[:len(report.labels)]), shrink=0.9, pad=0.02)
     cbar.set_label("relative L2  ‖B − A‖ / ‖A‖" + ("  (log scale)" if log else ""))
     note = "; grey: unchanged or not measured" if np.isnan(np.concatenate([m.ravel() for m in mats])).any() else ""
     fig.suptitle(f"Relative change per layer and module{note}", fontsize=12)
     return fig
 
 
-def figure_delta_share(view: ReportView):
+def share_data(report: DiffReport) -> tuple[list[str], dict[str, list[float]], dict[str, list[float]]]:
+    """The share figure's numbers, straight from `DiffReport.module_kinds`: (modules, percent, absolute) per tuned model."""
+    modules = report.module_names()
+    pct: dict[str, list[float]] = {}
+    absolute: dict[str, list[float]] = {}
+    for tuned in report.labels:
+        kinds = {k["module"]: k for k in report.module_kinds(tuned)}
+        pct[tuned] = [100.0 * kinds[m]["share"] if m in kinds else 0.0 for m in modules]
+        absolute[tuned] = [finite(kinds[m]["sum_sq_delta"]) or 0.0 if m in kinds else 0.0 for m in modules]
+    return modules, pct, absolute
+
+
+def figure_delta_share(report: DiffReport):
     """Each module kind's share of the total squared delta (percent, and absolute), tuned models grouped."""
-    modules = view.modules()
-    if not modules:
-        return None
-    sums = {t: view.squared_delta(t) for t in view.tuned}
-    if not any(v > 0 for s in sums.values() for v in s.values()):
+    modules, shares, sums = share_data(report)
+    if not modules or not any(v > 0 for s in sums.values() for v in s):
         return None
     import numpy as np
 
-    colors = _tuned_colors(view.tuned)
-    n = len(view.tuned)
+    colors = _tuned_colors(report.labels)
+    n = len(report.labels)
     x = np.arange(len(modules))
     width = 0.8 / n
     fig = _new_figure(min(max(6.5, 0.55 * len(modules) * max(1, n / 2) + 2.5), 22), 7.2)
     ax_pct, ax_abs = fig.subplots(2, 1, sharex=True)
     absolute_all = []
-    for k, tuned in enumerate(view.tuned):
-        s = sums[tuned]
-        total = sum(s.values())
-        absolute = np.array([s.get(m, 0.0) for m in modules])
-        pct = 100.0 * absolute / total if total > 0 else np.zeros_like(absolute)
+    for k, tuned in enumerate(report.labels):
+        absolute = np.array(sums[tuned])
+        pct = np.array(shares[tuned])
         absolute_all.extend(absolute.tolist())
         offs = x - 0.4 + width * (k + 0.5)
         bars = ax_pct.bar(offs, pct, width, color=colors[tuned], label=_short(tuned, 40), edgecolor="white", linewidth=0.4)
@@ -554,13 +411,13 @@ def caption(name: str, every: int = 5) -> str:
 
 def build_figures(report: Any, every: int | None = None) -> list[tuple[str, Any]]:
     """(name, matplotlib Figure) for every figure the report has data for, in FIGURE_NAMES order."""
-    view = report if isinstance(report, ReportView) else read_view(report)
-    every = every or view.every or 5
+    report = as_report(report)
+    every = every or report.every or 5
     drawn = [
-        ("l2_by_layer", figure_l2_by_layer(view)),
-        ("rel_change_hist", figure_rel_change_hist(view, every)),
-        ("rel_l2_heatmap", figure_rel_l2_heatmap(view)),
-        ("delta_share", figure_delta_share(view)),
+        ("l2_by_layer", figure_l2_by_layer(report)),
+        ("rel_change_hist", figure_rel_change_hist(report, every)),
+        ("rel_l2_heatmap", figure_rel_l2_heatmap(report)),
+        ("delta_share", figure_delta_share(report)),
     ]
     drawn = [(name, fig) for name, fig in drawn if fig is not None]
     for _name, fig in drawn:
@@ -614,12 +471,12 @@ def draw_all(report: Any, out_dir: Path, every: int | None = None, formats: str 
     per-layer modules, no histograms) are skipped rather than drawn empty.
     """
     fmts = parse_formats(formats)
-    view = report if isinstance(report, ReportView) else read_view(report)
+    report = as_report(report)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _configure_matplotlib()
     written: list[Path] = []
-    for name, fig in build_figures(view, every):
+    for name, fig in build_figures(report, every):
         for fmt in fmts:
             written.append(save_figure(fig, out_dir / f"{name}.{fmt}", fmt))
     return written
@@ -629,10 +486,9 @@ def render_png(report: Any, every: int | None = None) -> list[tuple[str, bytes]]
     """Every figure as PNG bytes, nothing written to disk (for a page built without figure files)."""
     import io
 
-    view = report if isinstance(report, ReportView) else read_view(report)
     _configure_matplotlib()
     out = []
-    for name, fig in build_figures(view, every):
+    for name, fig in build_figures(report, every):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=DPI, metadata=_metadata("png"))
         out.append((name, buf.getvalue()))

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import base64
 import html
-import math
-import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from weightsurgeon.atomic import replace_file
-from weightsurgeon.report.figures import FIGURE_NAMES, ReportView, caption, read_view, render_png
+from weightsurgeon.report.figures import FIGURE_NAMES, as_report, caption, render_png
+from weightsurgeon.report.model import DiffReport, finite
 
 PAGE_NAME = "report.html"
 MAX_MISSING_ROWS = 200
@@ -40,47 +38,15 @@ figcaption { color: #555; font-size: 0.9em; margin-top: 0.3em; }
 """
 
 
-@dataclass(frozen=True)
-class ModuleSummary:
-    """One module kind of one tuned model, all its layers taken together."""
-
-    module: str
-    layers: int
-    total_l2_delta: float | None  # sqrt of the summed squared L2 of the delta
-    share: float | None  # of the tuned model's total squared delta, in percent
-    median_rel_l2: float | None  # across layers
-    max_rel_l2: float | None
-    max_rel_layer: int | None
-
-
-def module_summaries(view: ReportView, tuned: str) -> list[ModuleSummary]:
-    """Module kinds of one tuned model, largest total L2 of the delta first."""
-    squared = view.squared_delta(tuned)
-    total = sum(squared.values())
-    out = []
-    for module in view.modules():
-        rows = view.rows_of(tuned, module)
-        if not rows:
-            continue
-        rel = [(r.rel_l2, r.layer) for r in rows if r.rel_l2 is not None]
-        top = max(rel, key=lambda x: x[0]) if rel else (None, None)
-        if top[0] == 0:
-            top = (0.0, None)  # nothing changed anywhere: no layer to point at
-        measured = any(r.l2_delta is not None for r in rows)
-        out.append(ModuleSummary(
-            module=module,
-            layers=sum(1 for r in rows if r.layer is not None),
-            total_l2_delta=math.sqrt(squared.get(module, 0.0)) if measured else None,
-            share=100.0 * squared.get(module, 0.0) / total if measured and total > 0 else None,
-            median_rel_l2=statistics.median(v for v, _ in rel) if rel else None,
-            max_rel_l2=top[0],
-            max_rel_layer=top[1],
-        ))
-    out.sort(key=lambda s: (s.total_l2_delta is None, -(s.total_l2_delta or 0.0)))
-    return out
+def ranked_kinds(report: DiffReport, tuned: str) -> list[dict]:
+    """`DiffReport.module_kinds` of one tuned model, largest total L2 of the delta first (unmeasured last)."""
+    kinds = report.module_kinds(tuned)
+    kinds.sort(key=lambda k: (finite(k["l2_delta"]) is None, -(finite(k["l2_delta"]) or 0.0)))
+    return kinds
 
 
 def _num(x: float | None) -> str:
+    x = finite(x)
     if x is None:
         return "–"
     if x == 0:
@@ -91,6 +57,7 @@ def _num(x: float | None) -> str:
 
 
 def _percent(x: float | None) -> str:
+    x = finite(x)
     if x is None:
         return "–"
     if 0 < x < 0.01:
@@ -140,31 +107,32 @@ def _inputs_section(data: dict) -> str:
     return "\n".join(out)
 
 
-def _summary_section(view: ReportView) -> str:
+def _summary_section(report: DiffReport) -> str:
     out = ["<h2>Summary</h2>",
            '<p class="meta">Per tuned model, module kinds ordered by the total L2 norm of their delta '
            "(√ of Σ‖B − A‖² over layers); the share is of the model's total squared delta; the relative L2 "
            "‖B − A‖ / ‖A‖ is summarised across layers.</p>"]
-    for tuned in view.tuned:
-        summaries = module_summaries(view, tuned)
+    for tuned in report.labels:
+        kinds = ranked_kinds(report, tuned)
         out.append(f"<h3>{_e(tuned)}</h3>")
-        if not summaries:
+        if not kinds:
             out.append("<p>No module was measured for this model.</p>")
             continue
-        top = summaries[0]
-        if top.share is not None and top.total_l2_delta:
-            out.append(f'<p class="headline">Most changed: <b>{_e(top.module)}</b>, {top.share:.1f}% of the squared '
-                       f"delta; median relative L2 across layers {_num(top.median_rel_l2)}.</p>")
-        elif all(s.total_l2_delta == 0 for s in summaries):
+        top = kinds[0]
+        if finite(top["l2_delta"]):
+            out.append(f'<p class="headline">Most changed: <b>{_e(top["module"])}</b>, {100 * top["share"]:.1f}% of the '
+                       f"squared delta; median relative L2 across layers {_num(top['median_rel_l2'])}.</p>")
+        elif all(k["l2_delta"] == 0 for k in kinds):
             out.append('<p class="headline">No weight changed: every measured module is identical to the base.</p>')
         rows = []
-        for rank, s in enumerate(summaries, 1):
-            width = 0 if s.share is None else max(0.0, min(100.0, s.share))
+        for rank, k in enumerate(kinds, 1):
+            share = 100.0 * k["share"] if finite(k["l2_delta"]) is not None else None
+            width = 0 if share is None else max(0.0, min(100.0, share))
             bar = f'<span class="barfill" style="width:{width * 0.8:.1f}px"></span>' if width else ""
             rows.append([
-                str(rank), f"<code>{_e(s.module)}</code>", str(s.layers) if s.layers else "–",
-                _num(s.total_l2_delta), _percent(s.share), bar,
-                _num(s.median_rel_l2), _num(s.max_rel_l2), "–" if s.max_rel_layer is None else str(s.max_rel_layer),
+                str(rank), f"<code>{_e(k['module'])}</code>", str(k["layers"]) if k["layers"] else "–",
+                _num(k["l2_delta"]), _percent(share), bar, _num(k["median_rel_l2"]), _num(k["max_rel_l2"]),
+                "–" if k["max_rel_l2_layer"] is None else str(k["max_rel_l2_layer"]),
             ])
         out.append(_table(["#", "module", "layers", "total L2 of delta", "share of ‖Δ‖²", "", "median rel. L2",
                            "max rel. L2", "at layer"], rows, numeric=(0, 2, 3, 4, 6, 7, 8)))
@@ -187,11 +155,11 @@ def _notes_section(data: dict) -> str:
     return "\n".join(out)
 
 
-def _embedded_images(figures: Sequence[Path] | None, view: ReportView, every: int) -> list[tuple[str, str]]:
+def _embedded_images(figures: Sequence[Path] | None, report: DiffReport, every: int) -> list[tuple[str, str]]:
     """(figure name, data: URI) per figure: PNG preferred over SVG; drawn in memory when no files are given."""
     if figures is None:
         return [(name, "data:image/png;base64," + base64.b64encode(png).decode("ascii"))
-                for name, png in render_png(view, every)]
+                for name, png in render_png(report, every)]
     chosen: dict[str, Path] = {}
     for path in map(Path, figures):
         kind = path.suffix.lower().lstrip(".")
@@ -209,11 +177,10 @@ def _embedded_images(figures: Sequence[Path] | None, view: ReportView, every: in
 
 def render_html(report: Any, figures: Sequence[Path] | None = None, every: int | None = None) -> str:
     """The page as a string (see write_html)."""
-    view = report if isinstance(report, ReportView) else read_view(report)
-    data = view.raw
-    every = every or view.every or 5
-    base = data.get("base") if isinstance(data.get("base"), dict) else {}
-    title = f"weightsurgeon diff: {base.get('source') or base.get('path') or 'base'} vs " + ", ".join(view.tuned)
+    report = as_report(report)
+    data = {**report.to_dict_header(), "timing": dict(report.timing)}  # identities and notes; no rows
+    every = every or report.every or 5
+    title = f"weightsurgeon diff: {report.base.source or report.base.path or 'base'} vs " + ", ".join(report.labels)
     meta = ", ".join(f"{k} {_e(data.get(k))}" for k in ("created", "version") if data.get(k))
     parts = [
         "<!DOCTYPE html>",
@@ -224,9 +191,9 @@ def render_html(report: Any, figures: Sequence[Path] | None = None, every: int |
         f'<p class="meta">Delta stethoscope report, schema <code>{_e(data.get("schema"))}</code>'
         + (f"; {meta}" if meta else "") + "</p>",
         _inputs_section(data),
-        _summary_section(view),
+        _summary_section(report),
     ]
-    images = _embedded_images(figures, view, every)
+    images = _embedded_images(figures, report, every)
     if images:
         parts.append("<h2>Figures</h2>")
         for name, uri in images:

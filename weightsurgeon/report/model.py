@@ -39,6 +39,12 @@ MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "q_norm", "k
                 "shared_expert_router", "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
                 "post_feedforward_layernorm")
 _BEFORE_LAYERS = ("embed_tokens", "embed_positions")
+# Display order of module kinds in tables and figures: inside a layer, then the tensors outside the layers.
+DISPLAY_ORDER = MODULE_ORDER + ("embed_tokens", "embed_positions", "lm_head", "norm", "vision", "other")
+
+
+def display_key(module: str) -> tuple[int, str]:
+    return (DISPLAY_ORDER.index(module), module) if module in DISPLAY_ORDER else (len(DISPLAY_ORDER), module)
 
 
 def _stats_cls():
@@ -120,12 +126,18 @@ def stats_fields(stats: Any) -> dict:
 
 
 def stats_from_fields(d: dict, bins: int, clip: float) -> Any:
-    """Inverse of `stats_fields` (+ the row's hist)."""
+    """Inverse of `stats_fields` (+ the row's hist; a row without one has an empty histogram)."""
     return _stats_cls()(bins=bins, clip=clip, n=int(d["n"]), n_nonfinite=int(d["n_nonfinite"]),
                         n_base_zero=int(d["n_base_zero"]), sum_sq_delta=_float(d["sum_sq_delta"]),
                         sum_sq_a=_float(d["sum_sq_base"]), sum_sq_b=_float(d["sum_sq_tuned"]),
                         dot_ab=_float(d["dot_base_tuned"]), sum_delta=_float(d["sum_delta"]),
-                        max_abs_delta=_float(d["max_abs_delta"]), hist=np.asarray(d["hist"], dtype=np.int64))
+                        max_abs_delta=_float(d["max_abs_delta"]),
+                        hist=None if d.get("hist") is None else np.asarray(d["hist"], dtype=np.int64))
+
+
+def finite(x: float) -> float | None:
+    """A number for display, None for NaN/inf (what report.json writes as null)."""
+    return x if x is not None and math.isfinite(x) else None
 
 
 @dataclass
@@ -226,6 +238,32 @@ class DiffReport:
     def labels(self) -> list[str]:
         return [t.label or "" for t in self.tuned]
 
+    @property
+    def every(self) -> int | None:
+        """The histogram figure's layer step the diff was run with, if any."""
+        every = self.options.get("every")
+        return every if isinstance(every, int) and not isinstance(every, bool) and every >= 1 else None
+
+    def module_row(self, tuned: str, layer: int | None, module: str) -> ModuleDiff | None:
+        """The (tuned, layer, module) row, or None."""
+        index = self.__dict__.get("_rows")
+        if index is None or len(index) != len(self.modules):
+            index = self.__dict__["_rows"] = {(m.tuned, m.layer, m.module): m for m in self.modules}
+        return index.get((tuned, layer, module))
+
+    def module_names(self, per_layer: bool | None = None) -> list[str]:
+        """Module kinds present in display order (only per-layer ones, only layerless ones, or all)."""
+        found = {m.module for m in self.modules if per_layer is None or (m.layer is not None) == per_layer}
+        return sorted(found, key=display_key)
+
+    def layers(self) -> list[int]:
+        return sorted({m.layer for m in self.modules if m.layer is not None})
+
+    def rows_of(self, tuned: str, module: str) -> list[ModuleDiff]:
+        """One module kind's rows for one tuned model: the layerless one first, then by layer."""
+        rows = [m for m in self.modules if m.tuned == tuned and m.module == module]
+        return sorted(rows, key=lambda m: -1 if m.layer is None else m.layer)
+
     def tensor(self, name: str, tuned: str | None = None) -> TensorDiff:
         """The row of one tensor (of the first tuned model unless `tuned` names one)."""
         tuned = self.labels[0] if tuned is None else tuned
@@ -237,8 +275,12 @@ class DiffReport:
     def module_kinds(self, tuned: str | None = None) -> list[dict]:
         """Per module kind across layers: median/max of rel_l2 and l2_delta, pooled rel_l2, share of the squared delta.
 
-        The median across layers is the paper-style summary (robust to one odd layer); the
-        pooled relative L2 is sqrt(sum ||B-A||^2 / sum ||A||^2) over every layer.
+        The one summary the terminal table, the HTML page and the share figure all show. The
+        median across layers is the paper-style summary (robust to one odd layer); the pooled
+        relative L2 is sqrt(sum ||B-A||^2 / sum ||A||^2) over every layer; ``share`` is a
+        fraction of the tuned model's total squared delta (0..1; displays multiply by 100);
+        ``layers`` counts per-layer rows (0 for embeddings, head and final norm); the peak's
+        layer is None where nothing changed.
         """
         tuned = self.labels[0] if tuned is None else tuned
         rows = [m for m in self.modules if m.tuned == tuned]
@@ -255,14 +297,15 @@ class DiffReport:
             peak = max(ms, key=lambda m: m.stats.rel_l2 if math.isfinite(m.stats.rel_l2) else -1.0)
             out.append({
                 "module": module,
-                "layers": len(ms),
+                "layers": sum(1 for m in ms if m.layer is not None),
                 "numel": sum(m.numel for m in ms),
                 "median_rel_l2": statistics.median(rel) if rel else math.nan,
                 "median_l2_delta": statistics.median(l2) if l2 else math.nan,
                 "max_rel_l2": peak.stats.rel_l2,
-                "max_rel_l2_layer": peak.layer,
+                "max_rel_l2_layer": peak.layer if peak.stats.rel_l2 > 0 else None,
                 "pooled_rel_l2": math.sqrt(sq_d / sq_a) if sq_a > 0 else math.nan,
                 "l2_delta": math.sqrt(sq_d) if math.isfinite(sq_d) else math.nan,
+                "sum_sq_delta": sq_d,
                 "share": (sq_d / total_sq) if total_sq > 0 and math.isfinite(sq_d) else 0.0,
                 "unchanged": all(m.stats.sum_sq_delta == 0.0 and m.stats.max_abs_delta == 0.0 for m in ms),
             })
@@ -315,12 +358,16 @@ class DiffReport:
         return path
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DiffReport":
-        """Rebuild a report from report.json's dict; SurgeonError on another schema or a damaged file."""
-        if not isinstance(d, dict) or not str(d.get("schema", "")).startswith("weightsurgeon.diff/"):
-            raise SurgeonError(f"not a surgeon diff report (schema {d.get('schema') if isinstance(d, dict) else None!r}, expected {SCHEMA!r})")
-        if d["schema"] != SCHEMA:
-            raise SurgeonError(f"report schema {d['schema']!r} is not supported by this version (expected {SCHEMA!r})")
+    def from_dict(cls, d: Any, source: str = "report") -> "DiffReport":
+        """Rebuild a report from report.json's dict, checked: one SurgeonError naming ``source`` and the first problem."""
+        if not isinstance(d, dict):
+            raise SurgeonError(f"{source}: not a diff report (the JSON is a {type(d).__name__}, not an object)")
+        schema = d.get("schema")
+        if schema != SCHEMA:
+            if isinstance(schema, str) and schema.startswith("weightsurgeon.diff/"):
+                raise SurgeonError(f"{source}: report schema {schema!r} is not supported by this version (expected {SCHEMA!r})")
+            raise SurgeonError(f"{source}: not a weightsurgeon diff report (schema {schema!r:.60}, expected {SCHEMA!r})")
+        _check_rows(d, source)
         try:
             options = dict(d["options"])
             bins, clip = int(options["bins"]), float(options["clip"])
@@ -328,7 +375,7 @@ class DiffReport:
                 base=ModelIdentity.from_dict(d["base"]),
                 tuned=[ModelIdentity.from_dict(t) for t in d["tuned"]],
                 options=options,
-                tensors=[TensorDiff.from_dict(t, bins, clip) for t in d["tensors"]],
+                tensors=[TensorDiff.from_dict(t, bins, clip) for t in d.get("tensors") or []],
                 modules=[ModuleDiff.from_dict(m, bins, clip) for m in d["modules"]],
                 notes=list(d.get("notes", [])),
                 missing=list(d.get("missing", [])),
@@ -338,25 +385,31 @@ class DiffReport:
                 created=d.get("created", ""),
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise SurgeonError(f"damaged diff report: {type(e).__name__}: {str(e)[:120]}") from e
+            raise SurgeonError(f"{source}: damaged diff report: {type(e).__name__}: {str(e)[:120]}") from e
 
     @classmethod
     def from_json(cls, source: str | Path) -> "DiffReport":
-        """Load report.json (a path, or JSON text starting with '{')."""
+        """Load report.json (a path, or JSON text starting with '{'); one SurgeonError naming the file for anything else."""
         text = str(source)
+        where = "report"
         if not text.lstrip().startswith("{"):
-            path = Path(source)
+            path = Path(source).expanduser()
+            if not path.exists():
+                raise SurgeonError(f"{path}: no such file")
+            where = str(path)
             try:
                 text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise SurgeonError(f"{path}: not a JSON report (the file is not UTF-8 text)") from None
             except OSError as e:
-                raise SurgeonError(f"{path}: cannot read: {e.strerror or e}") from e
-            except UnicodeDecodeError as e:
-                raise SurgeonError(f"{path}: not a JSON report (not UTF-8)") from e
+                raise SurgeonError(f"{path}: cannot read ({e.strerror or e})") from None
         try:
             d = json.loads(text)
-        except ValueError as e:
-            raise SurgeonError(f"not a JSON report ({str(e)[:100]})") from e
-        return cls.from_dict(d)
+        except json.JSONDecodeError as e:
+            raise SurgeonError(f"{where}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        except RecursionError:
+            raise SurgeonError(f"{where}: not valid JSON (nested too deeply)") from None
+        return cls.from_dict(d, source=where)
 
     # -- CSV -----------------------------------------------------------------------------
     def write_csv(self, path: str | Path) -> Path:
@@ -378,3 +431,48 @@ def _csv_cell(value: Any) -> str:
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else ""
     return str(value)
+
+
+def _check_rows(d: dict, source: str) -> None:
+    """What a hand-edited or foreign report.json gets wrong, named before any row is built."""
+    for key in ("tuned", "modules"):
+        if not isinstance(d.get(key), list):
+            raise SurgeonError(f"{source}: {key!r} is missing or not a list")
+    labels = []
+    for i, t in enumerate(d["tuned"]):
+        if not isinstance(t, dict) or not isinstance(t.get("label"), str):
+            raise SurgeonError(f"{source}: tuned[{i}] has no 'label'")
+        labels.append(t["label"])
+    if not labels:
+        raise SurgeonError(f"{source}: the report lists no tuned model")
+    options = d.get("options")
+    if not isinstance(options, dict) or isinstance(options.get("bins"), bool) or not isinstance(options.get("bins"), int):
+        raise SurgeonError(f"{source}: 'options' has no integer 'bins'")
+    bins = options["bins"]
+    edges = d.get("bin_edges")
+    if edges is not None:
+        if (not isinstance(edges, list) or len(edges) < 2
+                or any(isinstance(e, bool) or not isinstance(e, (int, float)) for e in edges)):
+            raise SurgeonError(f"{source}: 'bin_edges' must be a list of at least two numbers")
+        if any(not math.isfinite(e) for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise SurgeonError(f"{source}: 'bin_edges' must be finite and increasing")
+        if len(edges) != bins + 1:
+            raise SurgeonError(f"{source}: 'bin_edges' describes {len(edges) - 1} bins but options.bins is {bins}")
+    for kind, rows in (("modules", d["modules"]), ("tensors", d.get("tensors") or [])):
+        for i, m in enumerate(rows):
+            where = f"{source}: {kind}[{i}]"
+            if not isinstance(m, dict):
+                raise SurgeonError(f"{where} is not an object")
+            if m.get("tuned") not in labels:
+                raise SurgeonError(f"{where}: 'tuned' is {m.get('tuned')!r:.60}, not one of the report's tuned models {labels}")
+            if not isinstance(m.get("module"), str) or not m["module"]:
+                raise SurgeonError(f"{where}: 'module' is missing")
+            layer = m.get("layer")
+            if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+                raise SurgeonError(f"{where}: 'layer' must be an integer or null, not {layer!r:.40}")
+            hist = m.get("hist")
+            if hist is not None:
+                if not isinstance(hist, list) or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in hist):
+                    raise SurgeonError(f"{where}: 'hist' must be a list of counts")
+                if len(hist) != bins:
+                    raise SurgeonError(f"{where}: 'hist' has {len(hist)} bins but 'bin_edges' describes {bins}")

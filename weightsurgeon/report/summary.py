@@ -80,7 +80,7 @@ def print_summary(report: DiffReport, console: Any = None, top: int = 10, files:
         for r in rows:
             peak = f"{fmt(r['max_rel_l2'])} ({_layer(r['max_rel_l2_layer'])})"
             median = "unchanged" if r["unchanged"] else fmt(r["median_rel_l2"])
-            kinds.add_row(r["module"], str(r["layers"]), median, peak, fmt(r["median_l2_delta"]),
+            kinds.add_row(r["module"], _layer(r["layers"] or None), median, peak, fmt(r["median_l2_delta"]),
                           f"{100 * r['share']:.2f}%")
         console.print(kinds)
 
