@@ -125,7 +125,7 @@ def input_record(role: str, source: str) -> dict:
     from weightsurgeon.checkpoint import open_checkpoint
 
     with open_checkpoint(source) as ckpt:
-        where = ckpt.root if ckpt.root is not None else ckpt.files[0]
+        where = ckpt.path
         return {"role": role, "source": source, "path": str(where.resolve()),
                 "shards": [{"file": s.path.name, "header_sha256": ckpt.header_digest(s)} for s in ckpt.shards]}
 

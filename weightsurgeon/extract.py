@@ -123,7 +123,7 @@ def plan_lora(base: Checkpoint, donor: Checkpoint, take: str, layers: str | None
             tensors.append(PlannedTensor(lora_bias_name(t.module), out_dtype, tuple(base[t.bias].shape),
                                          Source("lowrank", role="donor", name=t.bias), True))
     all_modules = [module_of(n) for n in base.tensors if n.endswith(".weight") and len(base[n].shape) == 2]
-    base_id = hub_id(base.source, base.root) or str((base.root or base.files[0]).resolve())
+    base_id = hub_id(base.source, base.root) or str(base.path.resolve())
     config = lora_config(base_id, rank, rank, target_modules_for([t.module for t in targets], all_modules),
                          lora_bias=any(t.bias for t in targets))
     plan = Plan(operation="extract", arguments=arguments or {}, inputs={"base": base, "donor": donor},
