@@ -101,9 +101,12 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
             cwd: str | Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``surgeon ARGS`` as a user would (a fresh interpreter), offline."""
+    """Run ``surgeon ARGS`` as a user would (a fresh interpreter), offline.
+
+    The timeout only catches hangs: the first run compiles the kernels, and a loaded machine is slow.
+    """
     return subprocess.run([sys.executable, "-m", "weightsurgeon", *map(str, args)], capture_output=True, text=True,
                           env=env or cli_env(), timeout=timeout, cwd=cwd)
 
