@@ -142,3 +142,38 @@ def test_repeated_ctrl_c_still_cleans_up(models, tmp_path):
         # No temporary folder, and no output or a complete one. (A signal landing after our cleanup, while
         # the interpreter exits with the default handlers back in place, may still add to stderr or set the status.)
         check_outcome(proc.returncode, stderr, out, reference, one_line=False)
+
+
+def _disk_usage(path: Path) -> int:
+    return sum(p.lstat().st_blocks * 512 for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def test_sigkill_leftovers_are_removed_by_the_next_run(models, tmp_path):
+    """SIGKILL cannot be caught: the temporary folder stays, and the next run writing beside it removes it
+    (its lock is no longer held), says so in one line with the space freed, and leaves only the output."""
+    root, base, donor, reference, inputs, duration = models
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "weightsurgeon", SPLICE[0], str(base), str(donor), *SPLICE[1:], "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        temps = [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+        if temps and _disk_usage(temps[0]) > 8_000_000:
+            break
+        time.sleep(0.002)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the splice finished before it could be killed"
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert len(left) == 1 and not out.exists()
+    leftover = _disk_usage(left[0])
+    assert leftover > 8_000_000
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    lines = [l for l in again.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "removed 1 temporary folder" in lines[0], again.stderr
+    assert left[0].name in lines[0] and " MB freed" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert _disk_usage(tmp_path) == _disk_usage(out)
+    assert digest_files(out, skip=("surgeon.json",)) == reference
+    assert digest_files(base) == inputs["base"] and digest_files(donor) == inputs["donor"]
