@@ -42,6 +42,8 @@ class Checkpoint:
     warnings: list[str] = field(default_factory=list)
     surgeon: dict | None = None
     _fds: dict[Path, int] = field(default_factory=dict, repr=False)
+    # Each file read, as it was when opened (see check_unchanged).
+    identities: dict[Path, FileIdentity] = field(default_factory=dict, repr=False)
 
     # -- container protocol -------------------------------------------------------------
     def __contains__(self, name: object) -> bool:
@@ -84,6 +86,19 @@ class Checkpoint:
     def config_view(self) -> ConfigView:
         """config.json through the one view of it (``text_config`` resolved, typed lookups)."""
         return ConfigView(self.config)
+
+    def check_unchanged(self) -> None:
+        """Fail if a file of this checkpoint changed since it was opened.
+
+        A checkpoint that a training job or a download is still writing would give a result
+        made of bytes that never existed together. Runs call this on each new shard and once
+        more before anything is written; a few ``stat`` calls, no reading.
+        """
+        for path, before in self.identities.items():
+            now = file_identity(path)
+            if now != before:
+                raise SurgeonError(f"{path}: {before.change_to(now)} while this run was reading it; the result would "
+                                   "mix bytes that never existed together, so nothing was written: rerun once it is complete")
 
     def header_digest(self, shard: ShardHeader) -> str:
         """sha256 of a shard's header bytes: identifies the checkpoint without hashing GBs."""
@@ -161,6 +176,40 @@ class Checkpoint:
         self._fds.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """What says a file is still the one that was opened: device, inode, size, modification time."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    def change_to(self, now: "FileIdentity | None") -> str:
+        if now is None:
+            return "was deleted"
+        if (now.device, now.inode) != (self.device, self.inode):
+            return "was replaced by another file"
+        if now.size != self.size:
+            return f"changed size ({self.size} -> {now.size} bytes)"
+        return "was modified"
+
+
+def file_identity(path: Path) -> FileIdentity | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise SurgeonError(f"{path}: cannot access: {e.strerror}") from e
+    return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _identities(files: list[Path]) -> dict[Path, FileIdentity]:
+    """Taken before the files are parsed: a change during parsing is caught too."""
+    return {f: ident for f in files if (ident := file_identity(f)) is not None}
+
+
 def open_sequential(path: Path) -> int:
     """A read-only descriptor with the kernel told we read front to back (more read-ahead)."""
     try:
@@ -228,10 +277,12 @@ def _open_single_file(text: str, path: Path) -> Checkpoint:
         raise _pickle_error(path)
     if path.name == INDEX_NAME:
         return _open_directory(str(path.parent), path.parent)
+    identities = _identities([path, path.parent / "config.json"])
     header = parse_header(path)
     _refuse_quantised(header)
     config = _read_config(path.parent)
-    return Checkpoint(source=text, root=None, shards=(header,), tensors=_tensor_infos([header]), config=config, index=None)
+    return Checkpoint(source=text, root=None, shards=(header,), tensors=_tensor_infos([header]), config=config, index=None,
+                      identities=identities)
 
 
 def _open_directory(text: str, root: Path) -> Checkpoint:
@@ -258,6 +309,7 @@ def _open_directory(text: str, root: Path) -> Checkpoint:
         files = sorted(p for p in root.glob("*.safetensors") if p.name != "adapter_model.safetensors")
         if not files:
             raise _empty_directory_error(root)
+    identities = _identities([*files, index_path, root / "config.json"])
     headers = []
     for f in files:
         if not f.is_file():
@@ -273,7 +325,7 @@ def _open_directory(text: str, root: Path) -> Checkpoint:
     if surgeon is not None and not isinstance(surgeon, dict):
         surgeon = None
     return Checkpoint(source=text, root=root, shards=tuple(headers), tensors=tensors, config=config, index=index,
-                      warnings=warnings, surgeon=surgeon)
+                      warnings=warnings, surgeon=surgeon, identities=identities)
 
 
 def _tensor_infos(headers: list[ShardHeader]) -> dict[str, TensorInfo]:

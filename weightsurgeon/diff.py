@@ -297,6 +297,11 @@ class _ChunkReader:
         return nbytes
 
 
+def _check_unchanged(base: Checkpoint, others: list[Checkpoint]) -> None:
+    for ckpt in (base, *others):
+        ckpt.check_unchanged()
+
+
 # ---------------------------------------------------------------------------------------
 # The API
 # ---------------------------------------------------------------------------------------
@@ -399,7 +404,11 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
     elems, base_bytes, other_bytes, consumers = _chunk_plan(work, max(MIN_CHUNK_BYTES, int(chunk_bytes)), bins)
     reader = _ChunkReader(plan.base, plan.others, base_bytes, other_bytes, consumers)
     bytes_read = 0
+    shard = None
     for info, pairs, start, stop in _schedule(work, elems):
+        if info.file != shard:  # a new base shard: did any input change so far?
+            shard = info.file
+            _check_unchanged(plan.base, plan.others)
         try:
             nbytes = reader.run(info, pairs, start, stop, stats)
         except SystemError as e:  # Ctrl-C/SIGTERM arrived inside compiled code: surface it as itself
@@ -411,6 +420,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
         if progress is not None:
             progress.advance(nbytes)
     seconds = time.perf_counter() - started
+    _check_unchanged(plan.base, plan.others)  # the last shard too: no report of bytes that never existed together
 
     rows = []
     for p in plan.pairs:

@@ -45,6 +45,7 @@ def verify_checkpoint(ckpt: Checkpoint, deep: bool = False, progress: object | N
         _check_embedding_present(ckpt, layout)
     if deep:
         _scan_nonfinite(ckpt, result, progress)
+        ckpt.check_unchanged()  # "every value finite" of a file still being written would be a guess
     return result
 
 

@@ -317,6 +317,11 @@ def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: S
         os.close(fd)
 
 
+def _check_inputs_unchanged(plan: Plan) -> None:
+    for ckpt in plan.inputs.values():
+        ckpt.check_unchanged()
+
+
 def _write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -401,6 +406,7 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
             with ByteProgress(plan.total_bytes, f"{plan.operation}: writing", quiet=options.quiet) as progress:
                 for fname, shard in zip(names, shards):
                     progress.describe(f"{plan.operation}: {fname}")
+                    _check_inputs_unchanged(plan)
                     _write_shard(tmp / fname, shard, plan, reader, copier, progress, result, write_behind=options.fsync)
             doc = _write_side_files(plan, tmp, mapping)
             write_card(tmp, {**doc, "output": str(output)})
@@ -409,6 +415,7 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
                 with ByteProgress(plan.total_bytes, f"{plan.operation}: verifying", quiet=options.quiet) as progress:
                     compare_written(plan, tmp, reader, progress)
                 result.verified = True
+            _check_inputs_unchanged(plan)  # last, before the rename: an input written to meanwhile gives no output
     finally:
         copier.close()
     result.seconds = time.perf_counter() - started
