@@ -8,11 +8,19 @@ tensor in bounded memory. Problems that make a model wrong or unloadable raise
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from weightsurgeon.checkpoint import Checkpoint, DEFAULT_CHUNK_BYTES
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.layout import PER_LAYER_LISTS, READS_HIDDEN, WRITES_HIDDEN, ConfigView, ModelLayout, layout_of, split_layer
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_HUB_REPO_DIR = re.compile(r"^(models|datasets|spaces)--(.+)$")
 
 
 @dataclass
@@ -20,6 +28,7 @@ class VerifyResult:
     layout: ModelLayout
     warnings: list[str] = field(default_factory=list)
     scanned_bytes: int = 0
+    checksums: dict[str, str] = field(default_factory=dict)  # file name -> what its sha256 matched ("surgeon.json", ...)
 
 
 def verify_checkpoint(ckpt: Checkpoint, deep: bool = False, progress: object | None = None,
@@ -205,19 +214,104 @@ def _check_shapes_alike(ckpt: Checkpoint, per_layer: dict[int, dict[str, str]]) 
 
 
 def _scan_nonfinite(ckpt: Checkpoint, result: VerifyResult, progress: object | None) -> None:
+    """Count NaN/Inf in every float tensor; where a shard's sha256 is known (see expected_checksums),
+    hash it in the same pass, so a file is read once."""
     from weightsurgeon.kernels.delta import count_nonfinite
     from weightsurgeon.kernels.dtypes import dtype_info
 
     buffer = bytearray(DEFAULT_CHUNK_BYTES)
-    for info in ckpt:
-        bad = 0
-        if dtype_info(info.dtype).is_float and info.nbytes:
-            for chunk in ckpt.iter_chunks(info, buffer=buffer):
-                bad += count_nonfinite(chunk, info.dtype)
-                if progress is not None:
-                    progress.advance(len(chunk) * info.itemsize)
-        elif progress is not None:
-            progress.advance(info.nbytes)
-        result.scanned_bytes += info.nbytes
-        if bad:
-            raise SurgeonError(f"{info.file}: tensor {info.name!r} has {bad} NaN/Inf value(s) of {info.numel}")
+    expected = expected_checksums(ckpt)
+    changed: list[str] = []
+    for shard in ckpt.shards:
+        digest = hashlib.sha256() if shard.path in expected else None
+        if digest is not None:
+            with open(shard.path, "rb") as f:
+                digest.update(f.read(shard.data_start))
+        nonfinite: str | None = None
+        for entry in shard.tensors:
+            info = ckpt[entry.name]
+            bad = 0
+            is_float = dtype_info(info.dtype).is_float
+            if (is_float or digest is not None) and info.nbytes:
+                for chunk in ckpt.iter_chunks(info, buffer=buffer):
+                    if digest is not None:
+                        digest.update(chunk)
+                    if is_float:
+                        bad += count_nonfinite(chunk, info.dtype)
+                    if progress is not None:
+                        progress.advance(len(chunk) * info.itemsize)
+            elif progress is not None:
+                progress.advance(info.nbytes)
+            result.scanned_bytes += info.nbytes
+            if bad and nonfinite is None:
+                nonfinite = f"{info.file}: tensor {info.name!r} has {bad} NaN/Inf value(s) of {info.numel}"
+                if digest is None:
+                    raise SurgeonError(nonfinite)
+        if digest is not None:
+            problem = _compare(shard.path, digest.hexdigest(), expected.pop(shard.path), result)
+            if problem:
+                changed.append(problem)  # the root cause: reported before any NaN it may have brought
+            elif nonfinite:
+                raise SurgeonError(nonfinite)
+    for path, want in expected.items():  # the small files surgeon.json lists: config, index, tokenizer
+        if not path.is_file():
+            changed.append(f"{path}: listed in surgeon.json but missing; the output is incomplete: rewrite it")
+            continue
+        problem = _compare(path, sha256_file(path), want, result)
+        if problem:
+            changed.append(problem)
+    if changed:
+        more = f" (and {len(changed) - 1} more file(s) changed)" if len(changed) > 1 else ""
+        raise SurgeonError(changed[0] + more)
+
+
+def expected_checksums(ckpt: Checkpoint) -> dict[Path, tuple[str, str]]:
+    """file -> (sha256 it must have, where that comes from): surgeon.json's ``files`` (written by the
+    writer while writing), and for a model in the Hugging Face cache each shard's blob name."""
+    out: dict[Path, tuple[str, str]] = {}
+    files = (ckpt.surgeon or {}).get("files") if ckpt.root is not None else None
+    if isinstance(files, dict):
+        for name, entry in files.items():
+            digest = entry.get("sha256") if isinstance(entry, dict) else None
+            if isinstance(name, str) and "/" not in name and name not in ("", ".", "..") and isinstance(digest, str) \
+                    and _SHA256.fullmatch(digest):
+                out[ckpt.root / name] = (digest, "surgeon.json")
+    for path in ckpt.files:
+        blob = hub_blob(path)
+        if blob is not None and path not in out:
+            out[path] = blob
+    return out
+
+
+def hub_blob(path: Path) -> tuple[str, str] | None:
+    """(sha256, repo) of a shard in the Hugging Face cache: a snapshot file links to
+    ``models--ORG--NAME/blobs/<etag>``, and the etag of a file stored with Git LFS is its sha256.
+    Follows the links one by one, not resolve(): newer caches link that blob on to a shared
+    store named by another hash."""
+    p = Path(path)
+    for _ in range(8):
+        if not p.is_symlink():
+            return None
+        p = Path(os.path.normpath(p.parent / os.readlink(p)))
+        repo = _HUB_REPO_DIR.match(p.parent.parent.name)
+        if p.parent.name == "blobs" and repo and _SHA256.fullmatch(p.name):
+            return p.name, repo.group(2).replace("--", "/")
+    return None
+
+
+def _compare(path: Path, got: str, want: tuple[str, str], result: VerifyResult) -> str | None:
+    digest, origin = want
+    if got == digest:
+        result.checksums[path.name] = origin if origin == "surgeon.json" else "blob name"
+        return None
+    if origin == "surgeon.json":
+        return (f"{path}: sha256 is {got[:12]}..., not the {digest[:12]}... that surgeon.json recorded when surgeon "
+                "wrote it: the file changed since; restore it or write the output again")
+    return (f"{path}: sha256 is {got[:12]}..., not {digest[:12]}... as its Hugging Face cache blob name says: a "
+            f"corrupted or incomplete download; delete it and download again (hf download {origin})")
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+

@@ -12,6 +12,7 @@ full disk, SIGINT or SIGTERM.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -58,6 +59,7 @@ class WriteOptions:
     chunk_elems: int = CHUNK_ELEMS
     use_copy_file_range: bool = True
     fsync: bool = True
+    checksums: bool = True  # sha256 of every file written, into surgeon.json (bytes pass through user space)
 
 
 @dataclass
@@ -70,6 +72,7 @@ class WriteResult:
     verified: bool = False
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    checksums: dict[str, str] = field(default_factory=dict)  # file name -> sha256 of its bytes as written
 
     def to_dict(self) -> dict:
         return {"output": str(self.output), "shards": self.shards, "bytes": self.total_bytes,
@@ -186,12 +189,16 @@ class RawCopier:
             fd = self._fds[path] = open_sequential(path)
         return fd
 
-    def copy(self, src: Path, src_off: int, dst_fd: int, dst_off: int, length: int, progress: "WriteBehind | ByteProgress") -> None:
+    def copy(self, src: Path, src_off: int, dst_fd: int, dst_off: int, length: int, progress: "WriteBehind | ByteProgress",
+             digest: "hashlib._Hash | None" = None) -> None:
+        """With ``digest``, the bytes pass through the one buffer and are hashed on their way (no copy_file_range)."""
         src_fd = self.source_fd(src)
         done = 0
         while done < length:
             want = min(COPY_SLICE, length - done)
-            if self.use_cfr:
+            if digest is not None:
+                n = self._copy_buffered(src_fd, src_off + done, dst_fd, dst_off + done, want, digest)
+            elif self.use_cfr:
                 try:
                     n = os.copy_file_range(src_fd, dst_fd, want, src_off + done, dst_off + done)
                 except OSError as e:
@@ -206,12 +213,15 @@ class RawCopier:
             done += n
             progress.advance(n)
 
-    def _copy_buffered(self, src_fd: int, src_off: int, dst_fd: int, dst_off: int, want: int) -> int:
+    def _copy_buffered(self, src_fd: int, src_off: int, dst_fd: int, dst_off: int, want: int,
+                       digest: "hashlib._Hash | None" = None) -> int:
         if self._buffer is None:
             self._buffer = bytearray(COPY_BUFFER)
         view = memoryview(self._buffer)[:min(want, len(self._buffer))]
         got = pread_into(src_fd, view, src_off)
         if got:
+            if digest is not None:
+                digest.update(view[:got])
             pwrite_all(dst_fd, view[:got], dst_off)
         return got
 
@@ -275,11 +285,15 @@ def _check_plan(plan: Plan) -> None:
 
 
 def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: SourceReader, copier: RawCopier,
-                 progress: ByteProgress, result: WriteResult, write_behind: bool = True) -> None:
+                 progress: ByteProgress, result: WriteResult, write_behind: bool = True, checksum: bool = False) -> None:
+    """Write one shard front to back; with ``checksum`` its sha256 is taken from the bytes as they are written."""
     prefix, sizes = build_header([(t.name, t.dtype, t.shape) for t in tensors], {"format": "pt"})
+    digest = hashlib.sha256() if checksum else None
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         pos = pwrite_all(fd, prefix, 0)
+        if digest is not None:
+            digest.update(prefix)
         behind = WriteBehind(fd, pos, progress, enabled=write_behind)
         i = 0
         while i < len(tensors):
@@ -295,7 +309,7 @@ def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: S
                     length += nxt.nbytes
                     j += 1
                 try:
-                    copier.copy(info.file, info.begin, fd, pos, length, behind)
+                    copier.copy(info.file, info.begin, fd, pos, length, behind, digest)
                 except OSError as e:
                     raise SurgeonError(f"{path}: writing failed while copying {t.name}: {e.strerror or e}") from e
                 pos += length
@@ -304,6 +318,8 @@ def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: S
                 continue
             try:
                 for _start, data in reader.chunks(t):
+                    if digest is not None:
+                        digest.update(memoryview(data).cast("B"))
                     n = pwrite_all(fd, data, pos)
                     pos += n
                     result.computed_bytes += n
@@ -315,6 +331,8 @@ def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: S
             raise SurgeonError(f"internal: {path.name} has {pos} bytes, the plan says {len(prefix) + sum(sizes)}")
     finally:
         os.close(fd)
+    if digest is not None:
+        result.checksums[path.name] = digest.hexdigest()
 
 
 def _check_inputs_unchanged(plan: Plan) -> None:
@@ -331,6 +349,7 @@ def _root_of(ckpt: Checkpoint) -> Path:
 
 
 def _write_side_files(plan: Plan, tmp: Path, mapping: dict[str, str]) -> dict:
+    """The index, config.json and tokenizer files; returns surgeon.json's document, written last (_write_provenance)."""
     total = plan.total_bytes
     _write_json(tmp / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": mapping})
     base = plan.inputs["base"]
@@ -346,8 +365,19 @@ def _write_side_files(plan: Plan, tmp: Path, mapping: dict[str, str]) -> dict:
             if (entry.name in AUX_FILES or entry.name.endswith(AUX_SUFFIXES)) and entry.is_file():
                 shutil.copyfile(entry, tmp / entry.name)
     doc = provenance(plan)
-    _write_json(tmp / "surgeon.json", doc)
     return doc
+
+
+def _write_provenance(tmp: Path, doc: dict, checksums: dict[str, str] | None) -> None:
+    """surgeon.json, the last file: with checksums it lists the sha256 of every file before it (the
+    shards' taken while writing them; the small files beside them are read back to hash them)."""
+    if checksums is not None:
+        from weightsurgeon.verify import sha256_file
+
+        small = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())
+                 if p.is_file() and not p.name.startswith(".") and p.name not in checksums}
+        doc = {**doc, "files": {name: {"sha256": digest} for name, digest in sorted({**checksums, **small}.items())}}
+    _write_json(tmp / "surgeon.json", doc)
 
 
 def provenance(plan: Plan) -> dict:
@@ -407,9 +437,11 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
                 for fname, shard in zip(names, shards):
                     progress.describe(f"{plan.operation}: {fname}")
                     _check_inputs_unchanged(plan)
-                    _write_shard(tmp / fname, shard, plan, reader, copier, progress, result, write_behind=options.fsync)
+                    _write_shard(tmp / fname, shard, plan, reader, copier, progress, result, write_behind=options.fsync,
+                                 checksum=options.checksums)
             doc = _write_side_files(plan, tmp, mapping)
             write_card(tmp, {**doc, "output": str(output)})
+            _write_provenance(tmp, doc, result.checksums if options.checksums else None)
             result.warnings.extend(check_written(plan, tmp, mapping))
             if options.verify:
                 with ByteProgress(plan.total_bytes, f"{plan.operation}: verifying", quiet=options.quiet) as progress:

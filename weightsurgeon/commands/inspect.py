@@ -139,6 +139,7 @@ def verify_cmd(model: str, deep: bool, as_json: bool, quiet: bool) -> None:
             "tensors": len(ckpt),
             "bytes": ckpt.total_bytes,
             "deep": deep,
+            "checksums": result.checksums,
             "warnings": result.warnings,
         }
     if as_json:
@@ -146,5 +147,8 @@ def verify_cmd(model: str, deep: bool, as_json: bool, quiet: bool) -> None:
     else:
         kind = "partial checkpoint" if summary["partial"] else "checkpoint"
         scanned = ", every value finite" if deep else ""
+        if summary["checksums"]:
+            origins = " and ".join(sorted(set(summary["checksums"].values())))
+            scanned += f", {len(summary['checksums'])} file(s) match the sha256 of their {origins}"
         click.echo(f"ok: {summary['path']}: valid {kind}, {summary['tensors']} tensors in {summary['shards']} shard(s), "
                    f"{human(summary['bytes'])}{scanned}")
