@@ -38,7 +38,7 @@ def test_surgeon_json_lists_the_sha256_of_every_file(tiny_model, tmp_path, surge
     donor = tiny_model(name="donor", seed=3, **SMALL)
     out = tmp_path / "out"
     args = [a.format(base=base, donor=donor) for a in command]
-    r = surgeon(*args, "--max-shard-size", "60KB", "-o", out, "-q")
+    r = surgeon(*args, "--checksums", "--max-shard-size", "60KB", "-o", out, "-q")
     assert r.code == 0, r.stderr
     files = json.loads((out / "surgeon.json").read_text())["files"]
     on_disk = sorted(p.name for p in out.iterdir() if p.name != "surgeon.json")
@@ -51,7 +51,7 @@ def test_surgeon_json_lists_the_sha256_of_every_file(tiny_model, tmp_path, surge
 def test_verify_deep_names_a_file_changed_since_it_was_written(tiny_model, tmp_path, surgeon):
     base = tiny_model(name="base", shard_bytes=40_000, **SMALL)
     out = tmp_path / "out"
-    assert surgeon("zero", base, "--module", "o_proj", "--max-shard-size", "60KB", "-o", out, "-q").code == 0
+    assert surgeon("zero", base, "--module", "o_proj", "--checksums", "--max-shard-size", "60KB", "-o", out, "-q").code == 0
     assert surgeon("verify", out).code == 0  # structure alone cannot see it
     shard = sorted(out.glob("*.safetensors"))[1]
     flip_first_data_byte(shard)
@@ -68,10 +68,11 @@ def test_verify_deep_names_a_file_changed_since_it_was_written(tiny_model, tmp_p
     assert r.code == 1 and "(and 2 more file(s) changed)" in r.stderr
 
 
-def test_no_checksums_records_none(tiny_model, tmp_path, surgeon):
+def test_without_checksums_none_are_recorded(tiny_model, tmp_path, surgeon):
+    """Off by default: hashing costs more than 5% of a splice (tools/bench_surgery.py)."""
     base = tiny_model(name="base", **SMALL)
     out = tmp_path / "out"
-    assert surgeon("zero", base, "--module", "o_proj", "--no-checksums", "-o", out, "-q").code == 0
+    assert surgeon("zero", base, "--module", "o_proj", "-o", out, "-q").code == 0
     assert "files" not in json.loads((out / "surgeon.json").read_text())
     r = surgeon("verify", out, "--deep")
     assert r.code == 0 and "sha256" not in r.stdout

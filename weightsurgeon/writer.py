@@ -59,7 +59,7 @@ class WriteOptions:
     chunk_elems: int = CHUNK_ELEMS
     use_copy_file_range: bool = True
     fsync: bool = True
-    checksums: bool = True  # sha256 of every file written, into surgeon.json (bytes pass through user space)
+    checksums: bool = False  # sha256 of every file written, into surgeon.json: off by default (it costs more than 5%)
 
 
 @dataclass

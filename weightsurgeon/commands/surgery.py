@@ -22,9 +22,9 @@ def _output_options(f: Callable) -> Callable:
         click.option("--verify", is_flag=True, help="After writing, re-read every tensor and compare its bytes with its source."),
         click.option("--no-fsync", is_flag=True,
                      help="Skip flushing the output to disk before the rename (faster; not safe against a power loss)."),
-        click.option("--checksums/--no-checksums", default=True, show_default=True,
-                     help="Record the sha256 of every file written in surgeon.json (taken while writing; "
-                          "`surgeon verify --deep` checks them later)."),
+        click.option("--checksums/--no-checksums", default=False, show_default=True,
+                     help="Record the sha256 of every file written in surgeon.json, taken while writing (copies then "
+                          "pass through memory instead of copy_file_range); `surgeon verify --deep` checks them later."),
         click.option("--max-shard-size", default="5GB", show_default=True, help="Largest shard (5GB, 500MB, 2GiB, bytes)."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
         click.option("--json", "as_json", is_flag=True, help="Print the plan (--dry-run) or the result as JSON on stdout."),
