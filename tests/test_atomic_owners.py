@@ -102,3 +102,19 @@ def test_an_output_that_is_a_file_or_link_gets_the_true_message_first(tiny_model
         assert r.code == 1 and r.err_lines == [f"error: {link}: is a symbolic link; outputs never replace a link (even "
                                                "with --force): choose another path"], r.stderr
     assert f.read_text() == "keep me" and link.resolve() == (tmp_path / "elsewhere").resolve()
+
+
+def test_messages_say_what_to_do(tiny_model, tmp_path, surgeon):
+    model = tiny_model(name="m")
+    r = surgeon("zero", model, "--module", "o_proj", "-o", tmp_path / "no" / "out", "-q")
+    assert r.err_lines == [f"error: {tmp_path / 'no'}: the output's parent directory does not exist; create it first"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = surgeon("inspect", empty)
+    assert r.err_lines == [f"error: {empty}: no .safetensors files found; give the model's folder (model.safetensors, "
+                           "or model-*-of-*.safetensors with model.safetensors.index.json)"]
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        r = surgeon("zero", model, "--module", "o_proj", "-o", locked / "out", "-q")
+        assert r.err_lines == [f"error: {locked}: not writable; choose an output folder you can write to"]

@@ -63,9 +63,9 @@ def check_output_path(final: Path, inputs: Sequence[Path] = (), force: bool = Fa
         raise SurgeonError(f"{final}: already exists; pass --force to replace it")
     parent = resolved.parent
     if not parent.is_dir():
-        raise SurgeonError(f"{parent}: the output's parent directory does not exist")
+        raise SurgeonError(f"{parent}: the output's parent directory does not exist; create it first")
     if not os.access(parent, os.W_OK):
-        raise SurgeonError(f"{parent}: not writable")
+        raise SurgeonError(f"{parent}: not writable; choose an output folder you can write to")
     return final
 
 

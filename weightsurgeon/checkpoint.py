@@ -295,7 +295,8 @@ def _open_directory(text: str, root: Path) -> Checkpoint:
         files = [root / n for n in shard_names]
         for f in files:
             if not f.exists():
-                raise SurgeonError(f"{index_path}: names shard {f.name!r}, which does not exist")
+                raise SurgeonError(f"{index_path}: names shard {f.name!r}, which does not exist; the download is "
+                                   "incomplete: download the model again")
         listed = set(shard_names)
         for extra in sorted(p.name for p in root.glob("*.safetensors")):
             if extra not in listed and extra != "adapter_model.safetensors":
@@ -333,7 +334,8 @@ def _tensor_infos(headers: list[ShardHeader]) -> dict[str, TensorInfo]:
     for h in headers:
         for e in h.tensors:
             if e.name in tensors:
-                raise SurgeonError(f"tensor {e.name!r} is stored twice: in {tensors[e.name].file.name} and in {h.path.name}")
+                raise SurgeonError(f"{h.path}: tensor {e.name!r} is also stored in {tensors[e.name].file.name}; "
+                                   "two files of the model hold it: remove the stray one")
             tensors[e.name] = e
     return tensors
 
@@ -381,7 +383,7 @@ def _validate_index(index_path: Path, index: object) -> list[str]:
         raise SurgeonError(f"{index_path}: must be a JSON object")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
-        raise SurgeonError(f"{index_path}: missing or empty 'weight_map'")
+        raise SurgeonError(f"{index_path}: missing or empty 'weight_map'; the index is damaged: download it again")
     names: dict[str, None] = {}
     for tensor, file in weight_map.items():
         if not _plain_file_name(file):
@@ -398,9 +400,11 @@ def _cross_check_index(index_path: Path, index: dict, headers: list[ShardHeader]
     for tensor, file in index["weight_map"].items():
         actual = where.get(tensor)
         if actual is None:
-            raise SurgeonError(f"{index_path}: lists tensor {tensor[:80]!r} in {file}, but no shard listed in the index contains it")
+            raise SurgeonError(f"{index_path}: lists tensor {tensor[:80]!r} in {file}, but no shard listed in the index "
+                               "contains it; the index and the shards disagree: download the model again")
         if actual != file:
-            raise SurgeonError(f"{index_path}: lists tensor {tensor[:80]!r} in {file}, but it is stored in {actual}")
+            raise SurgeonError(f"{index_path}: lists tensor {tensor[:80]!r} in {file}, but it is stored in {actual}; "
+                               "the index and the shards disagree: download the model again")
     unlisted = [n for n in where if n not in index["weight_map"]]
     if unlisted:
         warnings.append(f"{index_path}: {len(unlisted)} tensor(s) in shards are not in the weight_map (e.g. {unlisted[0]!r}); transformers would ignore them")
@@ -433,4 +437,5 @@ def _empty_directory_error(root: Path) -> SurgeonError:
     pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES) if root.is_dir() else []
     if pickles:
         return _pickle_error(root / pickles[0])
-    return SurgeonError(f"{root}: no .safetensors files found")
+    return SurgeonError(f"{root}: no .safetensors files found; give the model's folder (model.safetensors, or "
+                        "model-*-of-*.safetensors with model.safetensors.index.json)")

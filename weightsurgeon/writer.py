@@ -281,7 +281,7 @@ def _check_plan(plan: Plan) -> None:
             if tuple(info.shape) != tuple(t.shape) or (src.kind == "copy" and info.dtype != t.dtype):
                 raise SurgeonError(f"internal: plan for {t.name} does not match its source {src.name}")
     if not plan.tensors:
-        raise SurgeonError("the plan writes no tensor")
+        raise SurgeonError("nothing to write: the plan holds no tensor; check the selection (--take, --module, --layers)")
 
 
 def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: SourceReader, copier: RawCopier,
