@@ -232,11 +232,12 @@ def _wants_head_only(spec: str, layout: ModelLayout) -> bool:
 def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, exclude: str | None = None,
                 layers: str | None = None, alpha: float = 1.0, cast: bool = False,
                 head_from_embeddings: bool = False, tokenizer_from: str = "base",
-                arguments: dict | None = None) -> Plan:
+                arguments: dict | None = None, drop_donor_only: bool = False) -> Plan:
     """Take the selected modules from DONOR and everything else from BASE (or interpolate them with alpha).
 
-    Four steps, each its own function: what is taken, where in the DONOR each taken tensor
-    comes from (all problems listed at once), each output tensor's source, the config edits.
+    Five steps, each its own function: what is taken, where in the DONOR each taken tensor
+    comes from (all problems listed at once), what the DONOR has there that the output would
+    not hold, each output tensor's source, the config edits.
     """
     _refuse_partial(base, "BASE")
     if (take is None) == (exclude is None):
@@ -253,6 +254,7 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
     taken = _splice_selection(candidates, lay_b, take, exclude, layers, bool(untie_names))
     donor_tied = lay_d.tied_embeddings and not donor_heads
     sources = _donor_sources(base, donor, lay_d, taken, base_heads, donor_tied, head_from_embeddings, cast)
+    left_out = _donor_leftovers(donor, lay_b, lay_d, take, exclude, layers, taken, sources, drop_donor_only)
     base_emb = _embedding_weight(lay_b)
     taken_set = set(taken)
     tensors: list[PlannedTensor] = []
@@ -263,6 +265,7 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
             tensors.extend(_copy(base, "base", [n]))
     config, edits, warnings = _splice_config(base, lay_b, untied=any(n in taken_set for n in untie_names),
                                              emb_taken=base_emb in taken_set)
+    warnings += left_out
     if tokenizer_from not in ("base", "donor"):
         raise SurgeonError(f"--tokenizer-from must be base or donor, not {tokenizer_from!r}")
     if tokenizer_from == "donor" and donor.root is None:
@@ -375,6 +378,53 @@ def _splice_config(base: Checkpoint, lay_b: ModelLayout, untied: bool,
     elif lay_b.tied_embeddings and emb_taken:
         warnings.append("BASE ties lm_head to embed_tokens: the output's head is the DONOR's embed_tokens too")
     return config, edits, warnings
+
+
+def _donor_leftovers(donor: Checkpoint, lay_b: ModelLayout, lay_d: ModelLayout, take: str | None,
+                     exclude: str | None, layers: str | None, taken: list[str], sources: dict[str, str],
+                     drop: bool) -> list[str]:
+    """The DONOR's tensors in the taken modules that the output would not hold; returns the warnings.
+
+    BASE's tensor names decide what is written, so a DONOR tensor BASE has no place for (a
+    bias BASE lacks, a layer past BASE's last) would vanish without a word, and the output's
+    module would not be the DONOR's. Refused, unless the user asks for it: --drop-donor-only,
+    or --layers naming layers both have; then said in a warning.
+    """
+    count = max(lay_b.num_layers, lay_d.num_layers)
+    names = list(donor.tensors)
+    try:
+        if take is not None:
+            picked = select_names(names, take, layers, count, flag="--take")
+        else:
+            layer_set = parse_layers(layers, count)
+            pool = [n for n in names if layer_set is None or classify(n).layer in layer_set]
+            try:
+                excluded = set(select_names(pool, exclude, layer_set, count, flag="--exclude"))
+            except SurgeonError:  # --exclude matches nothing in the DONOR: it excludes nothing
+                excluded = set()
+            picked = [n for n in pool if n not in excluded]
+    except SurgeonError:  # the selection matches nothing in the DONOR: nothing is left out
+        picked = []
+    used = set(taken) | set(sources.values())
+    left = [n for n in picked if n not in used]
+    beyond = [n for n in left if (layer := classify(n).layer) is not None and layer >= lay_b.num_layers]
+    extra = [n for n in left if n not in set(beyond)]
+    warnings: list[str] = []
+    first, last = lay_b.num_layers, lay_d.num_layers - 1
+    span = f"layer {first}" if first == last else f"layers {first}-{last}"
+    if beyond:  # with --layers this cannot happen: a layer BASE lacks is refused before
+        raise SurgeonError(f"DONOR {donor.source} has {lay_d.num_layers} layers and BASE {lay_b.num_layers}: its {span} "
+                           f"would be left out ({len(beyond)} tensor(s), e.g. {beyond[0]}); pass --layers "
+                           f"0-{lay_b.num_layers - 1} to take only the layers both have")
+    if layers is not None and lay_d.num_layers > lay_b.num_layers and not donor.is_partial:
+        warnings.append(f"DONOR has {lay_d.num_layers} layers and BASE {lay_b.num_layers}: the DONOR's {span} not taken")
+    if extra and not drop:
+        raise _problems("DONOR tensor(s) in the taken modules that BASE lacks: the output would not hold them, so "
+                        "those modules would not be the DONOR's (pass --drop-donor-only to leave them out)", extra)
+    if extra:
+        shown = ", ".join(extra[:MAX_LISTED_PROBLEMS]) + (" ..." if len(extra) > MAX_LISTED_PROBLEMS else "")
+        warnings.append(f"left out {len(extra)} DONOR tensor(s) that BASE has no place for (--drop-donor-only): {shown}")
+    return warnings
 
 
 # ---------------------------------------------------------------------------------------

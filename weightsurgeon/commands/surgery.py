@@ -141,10 +141,13 @@ def _show_plan(plan, output: Path | None, max_shard: int, as_json: bool) -> None
               help="DONOR ties its head to its embeddings: write its embed_tokens as the output's lm_head.")
 @click.option("--tokenizer-from", type=click.Choice(["base", "donor"]), default="base", show_default=True,
               help="Whose tokenizer, chat template and generation config to copy.")
+@click.option("--drop-donor-only", is_flag=True,
+              help="Leave out DONOR tensors of the taken modules that BASE lacks (a bias, say) instead of refusing.")
 @_output_options
 @click.pass_context
 def splice_cmd(ctx: click.Context, base: str, donor: str, take: str | None, exclude: str | None, layers: str | None,
-               alpha: float, cast: bool, head_from_embeddings: bool, tokenizer_from: str, **_: object) -> None:
+               alpha: float, cast: bool, head_from_embeddings: bool, tokenizer_from: str, drop_donor_only: bool,
+               **_: object) -> None:
     """Transplant modules: DONOR's --take modules (weights and biases), BASE's everything else.
 
     \b
@@ -168,7 +171,7 @@ def splice_cmd(ctx: click.Context, base: str, donor: str, take: str | None, excl
         raise click.UsageError("give exactly one of --take MODULES or --exclude MODULES")
     _run(ctx, lambda b, d: plan_splice(b, d, take=take, exclude=exclude, layers=layers, alpha=alpha, cast=cast,
                                        head_from_embeddings=head_from_embeddings, tokenizer_from=tokenizer_from,
-                                       arguments=_arguments(ctx)), [base, donor])
+                                       arguments=_arguments(ctx), drop_donor_only=drop_donor_only), [base, donor])
 
 
 @click.command("zero")
