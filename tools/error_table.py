@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

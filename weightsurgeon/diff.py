@@ -420,6 +420,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
         if progress is not None:
             progress.advance(nbytes)
     seconds = time.perf_counter() - started
+    nonfinite = _nonfinite_tensors(plan, stats)
     _check_unchanged(plan.base, plan.others)  # the last shard too: no report of bytes that never existed together
 
     rows = []
@@ -439,9 +440,35 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
         notes=list(plan.notes),
         missing=list(plan.missing),
         warnings=list(plan.warnings),
+        nonfinite=nonfinite,
         timing={"seconds": round(seconds, 6), "bytes_read": bytes_read,
                 "gb_per_s": round(bytes_read / seconds / 1e9, 4) if seconds > 0 else None},
     )
+
+
+def _nonfinite_tensors(plan: DiffPlan, stats: dict[tuple[int, str], Any]) -> list[dict]:
+    """Which model holds the NaN/Inf the kernel left out, tensor by tensor.
+
+    The kernel leaves out (and counts) every element where either side is NaN or Inf; to say
+    which side, the tensors it flagged are read again here, each side once. Only flagged
+    tensors: nothing is read again for a finite pair.
+    """
+    from weightsurgeon.verify import count_nonfinite_in
+
+    found: list[dict] = []
+    seen: set[tuple[str, str]] = set()
+    for p in plan.pairs:
+        if not stats[(p.tuned, p.name)].n_nonfinite:
+            continue
+        for model, ckpt, info in (("base", plan.base, p.base), (plan.labels[p.tuned], plan.others[p.tuned], p.other)):
+            if (model, info.name) in seen:
+                continue
+            seen.add((model, info.name))
+            count = count_nonfinite_in(ckpt, info)
+            if count:
+                found.append({"model": model, "name": info.name, "count": count, "numel": info.numel,
+                              "file": str(info.file)})
+    return found
 
 
 def diff_checkpoints(base: Any, tuned: Any, modules: str | None = None, layers: str | None = None, bins: int = 200,

@@ -315,3 +315,14 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
+
+
+def count_nonfinite_in(ckpt: Checkpoint, info, buffer: bytearray | None = None) -> int:
+    """NaN/Inf values in one stored tensor (0 for integer dtypes), read in bounded chunks."""
+    from weightsurgeon.kernels.delta import count_nonfinite
+    from weightsurgeon.kernels.dtypes import dtype_info
+
+    if not dtype_info(info.dtype).is_float or not info.nbytes:
+        return 0
+    buffer = buffer if buffer is not None else bytearray(min(DEFAULT_CHUNK_BYTES, info.nbytes))
+    return sum(count_nonfinite(chunk, info.dtype) for chunk in ckpt.iter_chunks(info, buffer=buffer))

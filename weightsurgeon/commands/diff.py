@@ -39,6 +39,16 @@ def write_report_folder(report: Any, folder: Path, plots: bool = True, every: in
     return written, warnings
 
 
+def _refuse_nonfinite(entries: list[dict]) -> None:
+    """--strict: the first tensor holding NaN/Inf, in the words of `verify --deep`."""
+    from weightsurgeon.errors import SurgeonError
+
+    e = entries[0]
+    more = f"; {len(entries)} tensor(s) in all" if len(entries) > 1 else ""
+    raise SurgeonError(f"{e['file']}: tensor {e['name']!r} has {e['count']} NaN/Inf value(s) of {e['numel']} "
+                       f"(--strict{more}); no report written")
+
+
 def _input_paths(checkpoints: Sequence[Any]) -> list[Path]:
     return [c.path for c in checkpoints]
 
@@ -67,10 +77,12 @@ def _input_paths(checkpoints: Sequence[Any]) -> list[Path]:
 @click.option("--chunk-mb", type=click.IntRange(min=1, max=1024), default=64, show_default=True,
               help="MiB per tensor side per kernel call; also the read buffers for pairs the kernel cannot read itself.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--strict", is_flag=True,
+              help="Any NaN/Inf in a compared tensor is an error (as in `verify --deep`): exit 1, no report.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: str | None, layers: str | None,
              bins: int, clip: float, every: int, labels: tuple[str, ...], allow_missing: bool, no_plots: bool,
-             as_json: bool, top: int, chunk_mb: int, force: bool, quiet: bool) -> None:
+             as_json: bool, top: int, chunk_mb: int, force: bool, strict: bool, quiet: bool) -> None:
     """Compare BASE with one or more fine-tunes TUNED..., tensor by tensor, streaming.
 
     Reports, per tensor and per (layer, module), the L2 norm of the weight delta, the L2 of
@@ -107,6 +119,8 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
         with target as folder:
             with ByteProgress(plan.total_bytes, "diff", quiet=quiet) as progress:
                 report = run_diff(plan, chunk_bytes=chunk_mb * 1024 * 1024, progress=progress)
+            if strict and report.nonfinite:
+                _refuse_nonfinite(report.nonfinite)
             if folder is not None:
                 written, extra_warnings = write_report_folder(report, Path(folder), plots=not no_plots, every=every)
     print_warnings(extra_warnings)

@@ -144,6 +144,13 @@ def _notes_section(data: dict) -> str:
     notes = [n for n in data.get("notes") or [] if isinstance(n, str)]
     if notes:
         out.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+    nonfinite = [e for e in data.get("nonfinite") or [] if isinstance(e, dict)]
+    if nonfinite:
+        rows = [[_e(e.get("model")), f"<code>{_e(e.get('name'))}</code>", _e(e.get("count")), _e(e.get("numel"))]
+                for e in nonfinite[:MAX_MISSING_ROWS]]
+        out.append(f"<h2>Tensors holding NaN/Inf ({len(nonfinite)})</h2>")
+        out.append("<p>Elements where either side is NaN/Inf are left out of L2, cosine, means and histograms.</p>")
+        out.append(_table(["model", "tensor", "NaN/Inf values", "elements"], rows))
     missing = [m for m in data.get("missing") or [] if isinstance(m, dict)]
     if missing:
         rows = [[_e(m.get("tuned")), f"<code>{_e(m.get('name'))}</code>", _e(m.get("where")), _e(m.get("detail"))]

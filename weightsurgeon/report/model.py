@@ -217,6 +217,8 @@ class DiffReport:
     notes: list[str] = field(default_factory=list)
     missing: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Tensors holding NaN/Inf, per model: {"model": "base" or a label, "name", "count", "numel", "file"}.
+    nonfinite: list[dict] = field(default_factory=list)
     timing: dict = field(default_factory=lambda: {"seconds": 0.0, "bytes_read": 0, "gb_per_s": None})
     version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -326,6 +328,7 @@ class DiffReport:
             "notes": list(self.notes),
             "missing": [dict(m) for m in self.missing],
             "warnings": list(self.warnings),
+            "nonfinite": [dict(e) for e in self.nonfinite],
         }
 
     def to_dict(self) -> dict:
@@ -380,6 +383,7 @@ class DiffReport:
                 notes=list(d.get("notes", [])),
                 missing=list(d.get("missing", [])),
                 warnings=list(d.get("warnings", [])),
+                nonfinite=[dict(e) for e in d.get("nonfinite", [])],
                 timing=dict(d.get("timing", {})),
                 version=d.get("version", ""),
                 created=d.get("created", ""),

@@ -28,6 +28,25 @@ def _layer(layer: int | None) -> str:
     return "-" if layer is None else str(layer)
 
 
+SHOWN_NONFINITE = 3  # tensors named per model; report.json lists them all
+
+
+def nonfinite_lines(report: DiffReport) -> list[str]:
+    """One line per model holding NaN/Inf: how many tensors, the worst few, and how they were treated."""
+    lines = []
+    for model in ["base", *report.labels]:
+        entries = sorted((e for e in report.nonfinite if e["model"] == model), key=lambda e: (-e["count"], e["name"]))
+        if not entries:
+            continue
+        worst = ", ".join(f"{e['name']} ({e['count']} of {e['numel']}, {100 * e['count'] / max(e['numel'], 1):.2f}%)"
+                          for e in entries[:SHOWN_NONFINITE])
+        more = f" and {len(entries) - SHOWN_NONFINITE} more" if len(entries) > SHOWN_NONFINITE else ""
+        lines.append(f"{model}: {len(entries)} tensor(s) hold NaN/Inf: {worst}{more}; elements where either side is "
+                     "NaN/Inf are left out of L2, cosine, means and histograms (counted as n_nonfinite in report.json; "
+                     "--strict makes them an error)")
+    return lines
+
+
 def top_cells(report: DiffReport, tuned: str, n: int = 10) -> list[Any]:
     """The n (layer, module) rows of one tuned model with the largest L2 of the delta."""
     rows = [m for m in report.modules if m.tuned == tuned and math.isfinite(m.stats.l2_delta) and m.stats.l2_delta > 0]
@@ -55,6 +74,8 @@ def print_summary(report: DiffReport, console: Any = None, top: int = 10, files:
         say(f"tuned {t.label}: {t.path}  ({t.dtype})")
     say(f"compared {len(report.tensors)} tensor pair(s), read {timing.get('bytes_read', 0) / 1e9:.2f} GB in "
                   f"{timing.get('seconds', 0):.1f} s" + (f" ({speed:.2f} GB/s)" if speed else ""))
+    for line in nonfinite_lines(report):
+        say(line)
 
     for label in report.labels:
         cells = Table(title=escape(f"{label}: top {top} (layer, module) by L2 of the delta"), title_justify="left")
@@ -67,6 +88,9 @@ def print_summary(report: DiffReport, console: Any = None, top: int = 10, files:
                           fmt(s.max_abs_delta))
         if cells.row_count:
             console.print(cells)
+        elif any(t.stats.n_nonfinite for t in report.tensors if t.tuned == label):
+            left = sum(t.stats.n_nonfinite for t in report.tensors if t.tuned == label)
+            say(f"{label}: no change in the finite values; {left} element(s) where either side is NaN/Inf were left out (above)")
         else:
             say(f"{label}: no change: every compared tensor equals the base exactly (delta 0)")
 
