@@ -61,12 +61,12 @@ def test_strict_makes_nan_an_error_like_verify_deep(tiny_model, tmp_path, surgeo
 
 def test_figures_say_nan_was_left_out(tiny_model, tmp_path):
     from weightsurgeon.diff import diff_checkpoints
-    from weightsurgeon.report.figures import build_figures, read_view
+    from weightsurgeon.report.figures import build_figures
 
     base = tiny_model(name="base", **SHAPE)
     tuned = rewrite_checkpoint(base, tmp_path / "tuned", patch={VICTIM: plant})
     report = diff_checkpoints(base, tuned)
-    figures = build_figures(read_view(report.to_dict()), 1)
+    figures = build_figures(report, 1)
     assert figures
     for name, fig in figures:
         texts = [fig._suptitle.get_text() if fig._suptitle else ""] + [t.get_text() for t in fig.texts]

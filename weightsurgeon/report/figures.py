@@ -420,7 +420,7 @@ def build_figures(report: Any, every: int | None = None) -> list[tuple[str, Any]
         ("delta_share", figure_delta_share(report)),
     ]
     drawn = [(name, fig) for name, fig in drawn if fig is not None]
-    left_out = sum(int(m.get("n_nonfinite") or 0) for m in view.raw.get("modules", []) if isinstance(m, dict))
+    left_out = sum(m.stats.n_nonfinite for m in report.modules)
     for _name, fig in drawn:
         if left_out and fig._suptitle is not None:  # a NaN-ridden fine-tune must not look merely unchanged here either
             fig._suptitle.set_text(f"{fig._suptitle.get_text()}\n{left_out} NaN/Inf value(s) left out of every "
