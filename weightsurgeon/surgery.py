@@ -239,6 +239,7 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
     comes from (all problems listed at once), each output tensor's source, the config edits.
     """
     _refuse_partial(base, "BASE")
+    _refuse_quantized_cast(base, donor, cast, alpha)
     if (take is None) == (exclude is None):
         raise SurgeonError("splice needs exactly one of --take MODULES or --exclude MODULES")
     if not (0.0 <= alpha <= 1.0) or alpha != alpha:
@@ -396,8 +397,8 @@ def _destruction_targets(model: Checkpoint, modules: str, layers: str | None) ->
 def plan_zero(model: Checkpoint, modules: str, layers: str | None = None, arguments: dict | None = None) -> Plan:
     """Set every parameter (weights and biases) of the selected modules to 0."""
     names, warnings = _destruction_targets(model, modules, layers)
-    chosen = set(names)
-    bad = [f"{n} ({model[n].dtype})" for n in names if not dtype_info(model[n].dtype).has_zero]
+    chosen = set(names) - model.quant.scales  # zero codes with their scales kept: valid and zero (FP8 0x00, E2M1 0)
+    bad = [f"{n} ({model[n].dtype})" for n in chosen if not dtype_info(model[n].dtype).has_zero]
     if bad:
         raise _problems("selected tensor(s) have no zero value (a scale format) and cannot be zeroed", bad)
     tensors = [PlannedTensor(t.name, t.dtype, t.shape, Source("zeros") if t.name in chosen else Source("copy", role="base", name=t.name),
@@ -413,6 +414,10 @@ def plan_reinit(model: Checkpoint, modules: str, layers: str | None = None, std:
         raise SurgeonError(f"--std must be a finite number >= 0 and --mean finite (got std={std}, mean={mean})")
     names, warnings = _destruction_targets(model, modules, layers)
     chosen = set(names)
+    quantized = [f"{n} ({model.quant.tensors[model.quant.parts[n]].label})" for n in names if n in model.quant.parts]
+    if quantized:
+        raise _problems("selected tensor(s) are quantized: re-initialising them would need fresh scales, which reinit "
+                        "does not write; re-initialise a bf16 copy of the model, or select unquantized modules", quantized)
     bad = [f"{n} ({model[n].dtype})" for n in names if not dtype_info(model[n].dtype).encodable]
     if bad:
         raise _problems("selected tensor(s) are not floating point and cannot be re-initialised", bad)
@@ -421,6 +426,16 @@ def plan_reinit(model: Checkpoint, modules: str, layers: str | None = None, std:
                              t.name in chosen) for t in model]
     return Plan(operation="reinit", arguments=arguments or {}, inputs={"base": model}, tensors=tensors,
                 config=copy.deepcopy(model.config), warnings=warnings)
+
+
+def _refuse_quantized_cast(base: Checkpoint, donor: Checkpoint, cast: bool, alpha: float) -> None:
+    """--cast and --alpha compute values, and a quantized weight's value needs its scale: refused, not guessed."""
+    quantized = base.quant.tensors or donor.quant.tensors
+    if quantized and (cast or alpha not in (0.0, 1.0)):
+        flag = "--cast" if cast else f"--alpha {alpha:g}"
+        raise SurgeonError(f"{flag}: {'BASE' if base.quant.tensors else 'DONOR'} holds FP8/MXFP4-quantized weights "
+                           f"(weight x scale); splicing them copies weight and scale bytes as they are, and {flag} "
+                           "cannot compute with them: use --alpha 1 without --cast, with a DONOR of the same format")
 
 
 def gaussian_key(seed: int, name: str) -> int:

@@ -1,0 +1,73 @@
+"""Dequantization of scaled formats: FP8 with block / per-channel / per-tensor scales, and MXFP4.
+
+The value of a quantized element is ``decode(stored) x scale``, computed in float32 and
+rounded to nearest there (as DeepSeek's ``weight_dequant`` kernel, transformers' FP8 and
+MXFP4 loaders and torch's ``float8_e4m3fn.float() * scale`` all compute it). The element
+codes decode through the one table of 8-bit formats (decode.py); MXFP4's 4-bit E2M1 codes
+through the table below. These functions work on one row-aligned slice of a tensor at a
+time (the caller streams), never on a whole tensor or an expanded scale.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from weightsurgeon.kernels.decode import _f8_table
+
+# OCP MX v1.0 E2M1: sign, 2 exponent bits (bias 1), 1 mantissa bit; no inf, no NaN.
+E2M1_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                        -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], dtype=np.float32)
+E2M1_VALUES.setflags(write=False)
+MX_BLOCK = 32  # values sharing one E8M0 scale
+MX_BLOCK_BYTES = MX_BLOCK // 2  # two E2M1 codes per byte, the even index in the low nibble
+
+
+def dequantize_fp8(codes: np.ndarray, dtype: str, scales: np.ndarray, block: tuple[int, int], row0: int,
+                   cols: int) -> np.ndarray:
+    """float32 values of whole rows ``row0 ..`` of a 2-D FP8 tensor with one scale per block.
+
+    `codes`: the rows' stored bytes (uint8, rows * cols of them); `scales`: float32
+    scales of the block rows that cover them, starting at block row ``row0 // block[0]``
+    (shape: those block rows x ceil(cols / block[1])). Per-channel scales are blocks of
+    (1, cols), a per-tensor scale one block of the whole tensor. Edge blocks may be
+    partial: a block's scale applies to the elements that exist.
+    """
+    br, bc = block
+    rows = codes.size // cols if cols else 0
+    values = _f8_table(dtype)[codes[:rows * cols]].reshape(rows, cols)
+    if rows == 0:
+        return values.reshape(-1)
+    srow0 = row0 // br
+    per_col = np.repeat(np.asarray(scales, dtype=np.float32).reshape(-1, scales.shape[-1]), bc, axis=1)[:, :cols]
+    with np.errstate(over="ignore", invalid="ignore"):  # a huge scale may overflow float32, as it does elsewhere
+        if br == 1:
+            values *= per_col[:rows]
+            return values.reshape(-1)
+        r = row0
+        end = row0 + rows
+        while r < end:
+            b = r // br
+            stop = min(end, (b + 1) * br)
+            values[r - row0:stop - row0] *= per_col[b - srow0]
+            r = stop
+    return values.reshape(-1)
+
+
+def e8m0_scales(codes: np.ndarray) -> np.ndarray:
+    """float32 value of E8M0 scale codes: 2**(code - 127); 0xFF is NaN (OCP MX v1.0)."""
+    return _f8_table("F8_E8M0")[np.asarray(codes, dtype=np.uint8)]
+
+
+def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float32 values of MXFP4 groups: 16 bytes (32 E2M1 codes) and one E8M0 scale per group.
+
+    Element 2k of a group is byte k's low nibble, element 2k+1 its high nibble (the layout
+    of GPT-OSS checkpoints, read the same way by transformers' convert_moe_packed_tensors).
+    """
+    groups = scales.size
+    raw = np.asarray(blocks, dtype=np.uint8).reshape(groups, MX_BLOCK_BYTES)
+    out = np.empty((groups, MX_BLOCK), dtype=np.float32)
+    out[:, 0::2] = E2M1_VALUES[raw & 0x0F]
+    out[:, 1::2] = E2M1_VALUES[raw >> 4]
+    with np.errstate(over="ignore", invalid="ignore"):
+        out *= e8m0_scales(scales).reshape(groups, 1)
+    return out.reshape(-1)
