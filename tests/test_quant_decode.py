@@ -137,3 +137,35 @@ def test_mxfp4_matches_transformers_unpacking() -> None:
     # transformers returns [experts, in, out] (transposed); ours is the stored [experts, rows, groups * 32]
     ours = dequantize_mxfp4(blocks.reshape(-1), scales.reshape(-1)).reshape(2, 6, 96)
     assert np.array_equal(ours.transpose(0, 2, 1), theirs.numpy())
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")])
+def test_fp8_encoding_matches_torch_on_every_midpoint(dtype: str, torch_dtype: str) -> None:
+    """Round to nearest even, including exact ties between neighbouring codes, saturation (E4M3) and inf (E5M2)."""
+    from weightsurgeon.kernels.decode import _f8_table, encode_from_float32
+
+    table = _f8_table(dtype).astype(np.float64)[:127]
+    finite = table[np.isfinite(table)]
+    mids = (finite[1:] + finite[:-1]) / 2
+    rng = np.random.default_rng(8)
+    x = np.concatenate([mids, -mids, np.nextafter(mids, 0), np.nextafter(mids, 1e9), finite, -finite,
+                        rng.standard_normal(50_000) * 10.0 ** rng.integers(-8, 6, 50_000), [0.0, -0.0, 1e6, -1e6, 61440.0]])
+    x = x.astype(np.float32)
+    theirs = torch.from_numpy(x).to(getattr(torch, torch_dtype)).view(torch.uint8).numpy()
+    assert np.array_equal(encode_from_float32(x, dtype), theirs)
+
+
+def test_fp8_block_quantizer_matches_torch() -> None:
+    """The synthetic checkpoints' quantizer: scale = block amax / 448, codes = (w / scale) cast as torch casts."""
+    from weightsurgeon.kernels.quant import quantize_fp8_blocks
+
+    w = (np.random.default_rng(9).standard_normal((200, 300)) * 0.02).astype(np.float32)
+    codes, scales = quantize_fp8_blocks(w, (128, 128))
+    t = torch.from_numpy(w)
+    for i in range(2):
+        for j in range(3):
+            blk = t[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128]
+            s = blk.abs().max() / 448.0
+            assert scales[i, j] == s.item()
+            want = (blk / s).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
+            assert np.array_equal(codes[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128], want)

@@ -71,3 +71,45 @@ def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         out *= e8m0_scales(scales).reshape(groups, 1)
     return out.reshape(-1)
+
+
+def quantize_fp8_blocks(values: np.ndarray, block: tuple[int, int], dtype: str = "F8_E4M3") -> tuple[np.ndarray, np.ndarray]:
+    """(codes, float32 scales) of a 2-D float32 array: one scale per block, amax / 448 (DeepSeek's scheme).
+
+    codes = round-to-nearest-even of value / scale on the E4M3 grid (saturating, as torch's
+    cast); an all-zero block gets scale 1. Holds the array in memory: for synthetic
+    checkpoints and single block rows, not for streaming whole tensors.
+    """
+    from weightsurgeon.kernels.decode import encode_from_float32
+
+    rows, cols = values.shape
+    br, bc = block
+    srows, scols = -(-rows // br), -(-cols // bc)
+    fmax = np.float32(np.nanmax(_f8_table(dtype)[np.isfinite(_f8_table(dtype))]))
+    pad = np.zeros((srows * br, scols * bc), dtype=np.float32)
+    pad[:rows, :cols] = np.abs(values)
+    amax = pad.reshape(srows, br, scols, bc).max(axis=(1, 3))
+    scales = np.where(amax > 0, amax / fmax, np.float32(1.0)).astype(np.float32)
+    expanded = np.repeat(np.repeat(scales, br, axis=0), bc, axis=1)[:rows, :cols]
+    return encode_from_float32(values / expanded, dtype).view(np.uint8), scales
+
+
+def quantize_mxfp4(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(blocks uint8 [groups, 16], scale codes uint8 [groups]) of float32 values in groups of 32.
+
+    The OCP MX v1.0 recipe: shared exponent floor(log2(amax)) - 2 (E2M1's largest exponent),
+    elements rounded to the nearest E2M1 value (ties away from zero here) and clamped to +-6.
+    """
+    groups = values.reshape(-1, MX_BLOCK).astype(np.float32)
+    amax = np.abs(groups).max(axis=1)
+    with np.errstate(divide="ignore"):
+        exp = np.where(amax > 0, np.floor(np.log2(np.where(amax > 0, amax, 1.0))) - 2, -127)
+    exp = np.clip(exp, -127, 127).astype(np.int32)
+    scaled = groups / np.ldexp(np.float32(1.0), exp)[:, None]
+    grid = E2M1_VALUES[:8]
+    mids = (grid[1:] + grid[:-1]) / 2
+    mag = np.minimum(np.abs(scaled), np.float32(6.0))
+    codes = np.searchsorted(mids, mag, side="left").astype(np.uint8)
+    codes |= np.where(np.signbit(scaled) & (codes > 0), np.uint8(8), np.uint8(0))
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+    return packed, (exp + 127).astype(np.uint8)
