@@ -26,7 +26,8 @@ from weightsurgeon.checkpoint import Checkpoint
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.kernels.dtypes import dtype_info, itemsize
 from weightsurgeon.layout import (LAYER_INDEX_LISTS, NO_DERIVED_LISTS, PER_LAYER_LISTS, WINDOW_RULES, ConfigView,
-                                  ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names)
+                                  ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names,
+                                  split_layer)
 
 MAX_LISTED_PROBLEMS = 8
 
@@ -283,10 +284,10 @@ def _splice_selection(candidates: list[str], lay_b: ModelLayout, take: str | Non
         if not untie and _wants_head_only(take, lay_b):
             raise SurgeonError("BASE and DONOR both tie lm_head to embed_tokens (neither stores lm_head.weight): "
                                "the head IS the embedding matrix; take emb to transplant both")
-        return select_names(candidates, take, layers, lay_b.num_layers, flag="--take")
+        return select_names(candidates, take, layers, lay_b.num_layers, flag="--take", layout=lay_b)
     layer_set = parse_layers(layers, lay_b.num_layers)
     pool = [n for n in candidates if layer_set is None or classify(n).layer in layer_set]
-    excluded = set(select_names(pool, exclude, layer_set, lay_b.num_layers, flag="--exclude"))
+    excluded = set(select_names(pool, exclude, layer_set, lay_b.num_layers, flag="--exclude", layout=lay_b))
     taken = [n for n in pool if n not in excluded]
     if not taken:
         raise SurgeonError(f"--exclude {exclude!r} leaves nothing to take from the DONOR")
@@ -387,7 +388,7 @@ def _destruction_targets(model: Checkpoint, modules: str, layers: str | None) ->
     lay = layout_of(model.tensors, model.config)
     if lay.tied_embeddings and _wants_head_only(modules, lay):
         raise _tied_head_error(f"MODEL {model.source}")
-    names = select_names(list(model.tensors), modules, layers, lay.num_layers, flag="--module")
+    names = select_names(list(model.tensors), modules, layers, lay.num_layers, flag="--module", layout=lay)
     warnings: list[str] = []
     if lay.tied_embeddings and any(lay.locations[n].module == "embed_tokens" for n in names):
         warnings.append("the model ties lm_head to embed_tokens: the head changes with the embeddings")
@@ -414,7 +415,8 @@ def plan_reinit(model: Checkpoint, modules: str, layers: str | None = None, std:
         raise SurgeonError(f"--std must be a finite number >= 0 and --mean finite (got std={std}, mean={mean})")
     names, warnings = _destruction_targets(model, modules, layers)
     chosen = set(names)
-    quantized = [f"{n} ({model.quant.tensors[model.quant.parts[n]].label})" for n in names if n in model.quant.parts]
+    quantized = [f"{n} ({model.quant.tensors[model.quant.parts[n]].scheme})" for n in names
+                 if n in model.quant.parts and model.quant.tensors[model.quant.parts[n]].data.name == n]
     if quantized:
         raise _problems("selected tensor(s) are quantized: re-initialising them would need fresh scales, which reinit "
                         "does not write; re-initialise a bf16 copy of the model, or select unquantized modules", quantized)
@@ -554,6 +556,8 @@ def remove_config(config: dict, kept: list[int], num_layers: int) -> tuple[dict,
         if isinstance(value, list) and all(isinstance(v, int) for v in value):
             new_index = {old: new for new, old in enumerate(kept)}
             put(key, [new_index[v] for v in value if v in new_index])
+    if isinstance(owner.get("first_k_dense_replace"), int):  # DeepSeek: the first k layers are dense, the rest MoE
+        put("first_k_dense_replace", sum(1 for i in kept if i < owner["first_k_dense_replace"]))
     if "max_window_layers" in owner and types is not None:
         old = owner["max_window_layers"]
         put("layer_types", [types[i] for i in kept])
@@ -593,6 +597,11 @@ def plan_remove(model: Checkpoint, layers: str, arguments: dict | None = None) -
     tensors: list[PlannedTensor] = []
     for t in model:
         loc = lay.locations[t.name]
+        if loc.module == "mtp":  # DeepSeek's MTP layers follow the decoder layers: they move down with them
+            old = split_layer(t.name)[0]  # type: ignore[index]
+            new_name = _renumber(t.name, old, len(kept) + old - n)
+            tensors.append(PlannedTensor(new_name, t.dtype, t.shape, Source("copy", role="base", name=t.name), False))
+            continue
         if loc.layer is None:
             tensors.append(PlannedTensor(t.name, t.dtype, t.shape, Source("copy", role="base", name=t.name), False))
             continue
@@ -620,7 +629,7 @@ def plan_remove(model: Checkpoint, layers: str, arguments: dict | None = None) -
 def plan_extract(model: Checkpoint, take: str, layers: str | None = None, arguments: dict | None = None) -> Plan:
     """Only the selected tensors: a partial checkpoint (a transplantable plugin for splice)."""
     lay = layout_of(model.tensors, model.config)
-    names = select_names(list(model.tensors), take, layers, lay.num_layers, flag="--take")
+    names = select_names(list(model.tensors), take, layers, lay.num_layers, flag="--take", layout=lay)
     source_model = model.surgeon.get("source_model") if model.is_partial and model.surgeon else None
     return Plan(operation="extract", arguments=arguments or {}, inputs={"base": model}, tensors=_copy(model, "base", names),
                 config=copy.deepcopy(model.config), files_from=None, partial=True,
