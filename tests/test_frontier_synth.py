@@ -120,7 +120,8 @@ def test_bf16_donor_into_fp8_base_is_refused(deepseek, surgeon, tmp_path: Path) 
     index["weight_map"] = {n: f for n, f in index["weight_map"].items() if n in tensors}
     (donor / "model.safetensors.index.json").write_text(json.dumps(index))
     result = surgeon("splice", base, donor, "--take", "o_proj", "-o", tmp_path / "out")
-    assert result.code == 1 and "o_proj" in result.stderr and not (tmp_path / "out").exists()
+    assert result.code == 1 and not (tmp_path / "out").exists()
+    assert "dtype mismatch" in result.stderr and "BASE F8_E4M3 block 128x128" in result.stderr and "DONOR BF16" in result.stderr
     # the diff compares a bf16 o_proj with an FP8 one by value
     report = _json(surgeon("diff", base, donor, "--json", "--module", "o_proj"))
     assert all(t["dtype_tuned"] == "BF16" and t["dtype"].startswith("F8_E4M3") for t in report["tensors"])
@@ -144,3 +145,20 @@ def test_moe_pairs(tmp_path: Path, surgeon, shape: str, dims: dict) -> None:
         with open_checkpoint(out) as o:
             assert not o.read_tensor("model.layers.0.mlp.experts.down_proj_blocks").any()
             assert o.read_tensor("model.layers.0.mlp.experts.down_proj_scales").any()
+
+
+def test_experts_option(deepseek, surgeon, tmp_path: Path) -> None:
+    base, tuned = deepseek
+    report = _json(surgeon("diff", base, tuned, "--json", "--module", "experts", "--experts", "0-2"))
+    experts = {int(t["name"].split(".")[5]) for t in report["tensors"]}
+    assert experts == {0, 1, 2} and report["options"]["experts"] == "0-2"
+    out = tmp_path / "zeroed"
+    assert surgeon("zero", base, "--module", "experts", "--experts", "5", "--layers", "3", "-o", out).code == 0
+    with open_checkpoint(out) as o:
+        assert not o.read_tensor("model.layers.3.mlp.experts.5.up_proj.weight").any()
+        assert o.read_tensor("model.layers.3.mlp.experts.4.up_proj.weight").any()
+    out = tmp_path / "plugin"
+    assert surgeon("extract", tuned, "--take", "experts", "--experts", "1", "-o", out).code == 0
+    with open_checkpoint(out) as o:
+        assert {n.split(".")[5] for n in o.tensors} == {"1"}
+        assert "model.layers.4.mlp.experts.1.down_proj.weight_scale_inv" in o.tensors

@@ -27,7 +27,7 @@ from weightsurgeon.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from weightsurgeon.errors import Interrupted, SurgeonError
 from weightsurgeon.kernels.dtypes import dtype_info
 from weightsurgeon.kernels.stats import PART, check_histogram
-from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
+from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_experts, parse_layers, parse_modules, select_names
 from weightsurgeon.quant import QuantTensor
 
 if TYPE_CHECKING:  # numpy and the report classes load when the data is read (run_diff)
@@ -482,7 +482,7 @@ class DiffPlan:
 
 def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | None = None, layers: str | None = None,
               bins: int = 200, clip: float = 1.0, allow_missing: bool = False, labels: Sequence[str] | None = None,
-              every: int = 5) -> DiffPlan:
+              every: int = 5, experts: str | None = None) -> DiffPlan:
     """Pair, select and check, from headers only; raises SurgeonError on mismatches unless allow_missing."""
     bins, clip = _check_histogram(bins, clip)
     others = list(others)
@@ -505,10 +505,12 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
         pairs += plan.pairs
         missing += plan.missing
         notes += plan.notes
-    if selector is not None or layer_set is not None:
+    expert_set = parse_experts(experts)
+    if selector is not None or layer_set is not None or expert_set is not None:
         candidates = list(dict.fromkeys([p.name for p in pairs] + [m["name"] for m in missing]))
         chosen = set(select_names(candidates, selector or parse_modules("re:."), layer_set, base_layout.num_layers,
-                                  flag="--module" if selector is not None else "--layers", layout=base_layout))
+                                  flag="--module" if selector is not None else "--layers", layout=base_layout,
+                                  experts=expert_set))
         pairs = [p for p in pairs if p.name in chosen]
         missing = [m for m in missing if m["name"] in chosen]
     if missing and not allow_missing:
@@ -524,7 +526,7 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
     if base_layout.other:
         warnings.append(f"{len(base_layout.other)} base tensor name(s) not recognised as a known module, "
                         f"reported as module 'other' (e.g. {base_layout.other[0]!r})")
-    options = {"bins": bins, "clip": clip, "modules": modules, "layers": layers, "every": every,
+    options = {"bins": bins, "clip": clip, "modules": modules, "layers": layers, "experts": experts, "every": every,
                "allow_missing": allow_missing}
     return DiffPlan(base, others, names, pairs, missing, notes, warnings, options, base_layout)
 
