@@ -373,7 +373,7 @@ class _ChunkReader:
             blocks, scales = self._scratch(role, (g1 - g0) * 16), self._scratch(role + "s", g1 - g0)
             ckpt.read_into(q.data, g0 * 16, blocks)
             ckpt.read_into(q.scale, g0, scales)
-            values = dequantize_mxfp4(blocks, scales)
+            values = dequantize_mxfp4(blocks, scales, self._scratch(role + "v", (stop - start) * 4).view(np.float32))
         else:
             codes = self._scratch(role, stop - start)
             ckpt.read_into(q.data, start, codes)
@@ -381,7 +381,8 @@ class _ChunkReader:
                 scale_raw = self._scratch(role + "s", q.scale.nbytes)
                 ckpt.read_into(q.scale, 0, scale_raw)
                 scales = decode_to_float32(scale_raw, q.scale.dtype).reshape(1, 1)
-                values = dequantize_fp8(codes, q.data.dtype, scales, (1 << 62, 1), 0, 1)
+                values = dequantize_fp8(codes, q.data.dtype, scales, (1 << 62, 1), 0, 1,
+                                        self._scratch(role + "v", (stop - start) * 4).view(np.float32))
             else:
                 br = q.block[0]
                 r0, r1 = start // q.cols, stop // q.cols
@@ -391,7 +392,8 @@ class _ChunkReader:
                 scale_raw = self._scratch(role + "s", (s1 - s0) * scols * width)
                 ckpt.read_into(q.scale, s0 * scols * width, scale_raw)
                 scales = decode_to_float32(scale_raw, q.scale.dtype).reshape(s1 - s0, scols)
-                values = dequantize_fp8(codes, q.data.dtype, scales, q.block, r0, q.cols)
+                values = dequantize_fp8(codes, q.data.dtype, scales, q.block, r0, q.cols,
+                                        self._scratch(role + "v", (stop - start) * 4).view(np.float32))
             blocks = codes
         nbytes = blocks.size + q.scale.nbytes * (stop - start) // max(q.numel, 1)
         return (values.astype(np.float64) if wide else values), nbytes

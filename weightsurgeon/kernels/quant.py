@@ -22,34 +22,37 @@ MX_BLOCK_BYTES = MX_BLOCK // 2  # two E2M1 codes per byte, the even index in the
 
 
 def dequantize_fp8(codes: np.ndarray, dtype: str, scales: np.ndarray, block: tuple[int, int], row0: int,
-                   cols: int) -> np.ndarray:
+                   cols: int, out: np.ndarray | None = None) -> np.ndarray:
     """float32 values of whole rows ``row0 ..`` of a 2-D FP8 tensor with one scale per block.
 
     `codes`: the rows' stored bytes (uint8, rows * cols of them); `scales`: float32
     scales of the block rows that cover them, starting at block row ``row0 // block[0]``
     (shape: those block rows x ceil(cols / block[1])). Per-channel scales are blocks of
     (1, cols), a per-tensor scale one block of the whole tensor. Edge blocks may be
-    partial: a block's scale applies to the elements that exist.
+    partial: a block's scale applies to the elements that exist. `out` (float32, at least
+    rows * cols) is filled and returned when given: the diff reuses one buffer.
     """
-    br, bc = block
     rows = codes.size // cols if cols else 0
-    values = _f8_table(dtype)[codes[:rows * cols]].reshape(rows, cols)
-    if rows == 0:
-        return values.reshape(-1)
-    srow0 = row0 // br
-    per_col = np.repeat(np.asarray(scales, dtype=np.float32).reshape(-1, scales.shape[-1]), bc, axis=1)[:, :cols]
-    with np.errstate(over="ignore", invalid="ignore"):  # a huge scale may overflow float32, as it does elsewhere
-        if br == 1:
-            values *= per_col[:rows]
-            return values.reshape(-1)
-        r = row0
-        end = row0 + rows
-        while r < end:
-            b = r // br
-            stop = min(end, (b + 1) * br)
-            values[r - row0:stop - row0] *= per_col[b - srow0]
-            r = stop
-    return values.reshape(-1)
+    n = rows * cols
+    target = np.empty(n, dtype=np.float32) if out is None else out[:n]
+    if n:
+        table = _f8_table(dtype)
+        grid = np.ascontiguousarray(np.asarray(scales, dtype=np.float32).reshape(-1, scales.shape[-1]))
+        _compiled().fp8_rows(np.ascontiguousarray(codes[:n]), table, grid, block[0], block[1], row0, cols, target)
+    return target
+
+
+def _compiled():
+    """The compiled loops (numba, imported and compiled or loaded from its cache on first use)."""
+    global _LOOPS
+    if _LOOPS is None:
+        from weightsurgeon.kernels import _quant_loops
+
+        _LOOPS = _quant_loops
+    return _LOOPS
+
+
+_LOOPS = None
 
 
 def e8m0_scales(codes: np.ndarray) -> np.ndarray:
@@ -57,20 +60,19 @@ def e8m0_scales(codes: np.ndarray) -> np.ndarray:
     return _f8_table("F8_E8M0")[np.asarray(codes, dtype=np.uint8)]
 
 
-def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float32 values of MXFP4 groups: 16 bytes (32 E2M1 codes) and one E8M0 scale per group.
 
     Element 2k of a group is byte k's low nibble, element 2k+1 its high nibble (the layout
     of GPT-OSS checkpoints, read the same way by transformers' convert_moe_packed_tensors).
+    The product is rounded to float32 (6 x 2**127 overflows to inf, as float32 arithmetic does).
     """
     groups = scales.size
-    raw = np.asarray(blocks, dtype=np.uint8).reshape(groups, MX_BLOCK_BYTES)
-    out = np.empty((groups, MX_BLOCK), dtype=np.float32)
-    out[:, 0::2] = E2M1_VALUES[raw & 0x0F]
-    out[:, 1::2] = E2M1_VALUES[raw >> 4]
-    with np.errstate(over="ignore", invalid="ignore"):
-        out *= e8m0_scales(scales).reshape(groups, 1)
-    return out.reshape(-1)
+    target = np.empty(groups * MX_BLOCK, dtype=np.float32) if out is None else out[:groups * MX_BLOCK]
+    if groups:
+        raw = np.ascontiguousarray(np.asarray(blocks, dtype=np.uint8).reshape(-1)[:groups * MX_BLOCK_BYTES])
+        _compiled().mxfp4_groups(raw, np.ascontiguousarray(e8m0_scales(scales).reshape(-1)), E2M1_VALUES, target)
+    return target
 
 
 def quantize_fp8_blocks(values: np.ndarray, block: tuple[int, int], dtype: str = "F8_E4M3") -> tuple[np.ndarray, np.ndarray]:
