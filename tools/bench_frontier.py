@@ -38,7 +38,8 @@ def decode_throughput(elements: int = 7168 * 16384, repeat: int = 3) -> float:
     """GB/s of FP8 bytes (both sides counted) dequantized and folded into the statistics, in memory."""
     import numpy as np
 
-    from weightsurgeon.kernels import DeltaStats, accumulate_delta
+    from weightsurgeon.kernels.delta import accumulate_delta
+    from weightsurgeon.kernels.stats import DeltaStats
     from weightsurgeon.kernels.quant import dequantize_fp8
 
     rows, cols = 7168, elements // 7168
