@@ -192,8 +192,10 @@ BROKEN: dict[str, tuple[dict, Callable[[Path], None]]] = {
                                     (p / "adapter_config.json").write_text('{"peft_type": "LORA"}'))),
     "gptq": ({}, lambda p: _replace_header(
         p, lambda h: h.update({"model.layers.0.mlp.up_proj.qweight": h.pop("model.layers.0.mlp.up_proj.weight")}))),
-    "fp8_scale_inv": ({}, lambda p: _replace_header(
-        p, lambda h: h.update({"model.layers.0.mlp.up_proj.weight_scale_inv": h.pop("model.norm.weight")}))),
+    "fp8_weight_without_scale": ({}, lambda p: (edit_json(p / "config.json", quantization_config={"quant_method": "fp8"}),
+                                                 _replace_header(p, lambda h: h["model.layers.0.mlp.up_proj.weight"].update(
+                                                     dtype="F8_E4M3", shape=[4 * h["model.layers.0.mlp.up_proj.weight"]["shape"][0],
+                                                                             h["model.layers.0.mlp.up_proj.weight"]["shape"][1]])))),
     "quantization_config": ({}, lambda p: edit_json(p / "config.json", quantization_config={"quant_method": "gptq"})),
     "config_not_json": ({}, lambda p: (p / "config.json").write_text("{'a': 1}")),
     "config_not_object": ({}, lambda p: (p / "config.json").write_text("[]")),

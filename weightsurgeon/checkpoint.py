@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import ShardHeader, TensorInfo, json_bomb_reason, parse_header
 from weightsurgeon.layout import ConfigView
+from weightsurgeon.quant import NONE as NOT_QUANTIZED, Quantization, refusal as quant_refusal, scan as scan_quantized
 
 if TYPE_CHECKING:  # numpy is imported where data is read: opening and planning need none
     import numpy as np
@@ -41,6 +42,7 @@ class Checkpoint:
     index: dict | None
     warnings: list[str] = field(default_factory=list)
     surgeon: dict | None = None
+    quant: Quantization = NOT_QUANTIZED  # FP8/MXFP4 weights and their scales (weightsurgeon.quant)
     _fds: dict[Path, int] = field(default_factory=dict, repr=False)
     # Each file read, as it was when opened (see check_unchanged).
     identities: dict[Path, FileIdentity] = field(default_factory=dict, repr=False)
@@ -281,8 +283,9 @@ def _open_single_file(text: str, path: Path) -> Checkpoint:
     header = parse_header(path)
     _refuse_quantised(header)
     config = _read_config(path.parent)
-    return Checkpoint(source=text, root=None, shards=(header,), tensors=_tensor_infos([header]), config=config, index=None,
-                      identities=identities)
+    tensors = _tensor_infos([header])
+    return Checkpoint(source=text, root=None, shards=(header,), tensors=tensors, config=config, index=None,
+                      identities=identities, quant=scan_quantized(tensors, config, str(path)))
 
 
 def _open_directory(text: str, root: Path) -> Checkpoint:
@@ -326,7 +329,8 @@ def _open_directory(text: str, root: Path) -> Checkpoint:
     if surgeon is not None and not isinstance(surgeon, dict):
         surgeon = None
     return Checkpoint(source=text, root=root, shards=tuple(headers), tensors=tensors, config=config, index=index,
-                      warnings=warnings, surgeon=surgeon, identities=identities)
+                      warnings=warnings, surgeon=surgeon, identities=identities,
+                      quant=scan_quantized(tensors, config, str(root)))
 
 
 def _tensor_infos(headers: list[ShardHeader]) -> dict[str, TensorInfo]:
@@ -341,14 +345,14 @@ def _tensor_infos(headers: list[ShardHeader]) -> dict[str, TensorInfo]:
 
 
 def _read_config(root: Path) -> dict | None:
-    """config.json beside the weights: must be an object; a quantization_config is refused."""
+    """config.json beside the weights: must be an object; a quantization_config the engine cannot decode is refused."""
     path = root / "config.json"
     config = _read_json_if_present(path)
     if config is not None and not isinstance(config, dict):
         raise SurgeonError(f"{path}: must be a JSON object")
-    if isinstance(config, dict) and isinstance(config.get("quantization_config"), dict):
-        method = str(config["quantization_config"].get("quant_method", "unknown"))[:40]
-        raise SurgeonError(f"{root}: quantized checkpoint (quantization_config: {method}); the engine works on plain float weights: dequantize it first")
+    why = quant_refusal(config) if isinstance(config, dict) else None
+    if why:
+        raise SurgeonError(f"{root}: quantized checkpoint ({why}); the engine decodes FP8 and MXFP4 weights only: dequantize it first")
     return config
 
 
@@ -418,8 +422,6 @@ def _refuse_quantised(header: ShardHeader) -> None:
     for e in header.tensors:
         if e.name.endswith((".qweight", ".qzeros", ".g_idx")):
             raise SurgeonError(f"{header.path}: GPTQ/AWQ-quantized weights ({e.name}); the engine works on plain float weights: use the unquantized model")
-        if e.name.endswith((".weight_scale_inv", ".weight_scale")):
-            raise SurgeonError(f"{header.path}: FP8 block-quantized weights ({e.name}); the engine works on plain float weights: use the bf16 release of the model")
         if e.name.endswith((".absmax", ".quant_map", ".quant_state.bitsandbytes__nf4", ".SCB")):
             raise SurgeonError(f"{header.path}: bitsandbytes-quantized weights ({e.name}); use the unquantized model")
 

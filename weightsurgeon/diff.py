@@ -15,6 +15,7 @@ buffers allocated once.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections import Counter
@@ -26,7 +27,8 @@ from weightsurgeon.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from weightsurgeon.errors import Interrupted, SurgeonError
 from weightsurgeon.kernels.dtypes import dtype_info
 from weightsurgeon.kernels.stats import PART, check_histogram
-from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names
+from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_experts, parse_layers, parse_modules, select_names
+from weightsurgeon.quant import QuantTensor
 
 if TYPE_CHECKING:  # numpy and the report classes load when the data is read (run_diff)
     import numpy as np
@@ -37,6 +39,7 @@ DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024  # per tensor side and kernel call (and p
 MAX_BUFFER_BYTES = 64 * 1024 * 1024  # all read buffers together, whatever the number of tuned models
 HIST_BUDGET_BYTES = 16 * 1024 * 1024  # the kernel's per-part histograms in one call
 MIN_CHUNK_BYTES = 4096  # a guard only: tests use tiny chunks to cross many chunk boundaries
+DECODED_CHUNK_ELEMS = 4 * 1024 * 1024  # elements per slice of a quantized pair (decoded to float32 in numpy)
 _SHOWN_MISSING = 4  # mismatches named in the error message
 
 
@@ -50,6 +53,46 @@ class Pair:
     other: TensorInfo
     numel: int
     added_rows: int = 0
+    base_q: QuantTensor | None = None  # set where that side is quantized (FP8 + scale, MXFP4): `base`/`other` is its data
+    other_q: QuantTensor | None = None
+
+    @property
+    def decoded(self) -> bool:
+        """Whether this pair is dequantized on the way (read here, slice by slice, not by the file kernel)."""
+        return self.base_q is not None or self.other_q is not None
+
+
+def _side_label(info: TensorInfo, q: QuantTensor | None) -> str:
+    return q.label if q is not None else info.dtype
+
+
+def _side_bytes(info: TensorInfo, q: QuantTensor | None, numel: int) -> int:
+    """Bytes read for the first `numel` elements of one side (data and scale of a quantized tensor)."""
+    return q.stored_bytes if q is not None else numel * info.itemsize
+
+
+def _side(ckpt: Checkpoint, name: str) -> tuple[TensorInfo, QuantTensor | None] | None:
+    """The stored data of a logical tensor and its quantization; None if absent (scales are no tensors of their own)."""
+    q = ckpt.quant.tensors.get(name)
+    if q is not None:
+        return q.data, q
+    info = ckpt.tensors.get(name)
+    if info is None or name in ckpt.quant.parts:
+        return None
+    return info, None
+
+
+def _logical_names(ckpt: Checkpoint) -> list[str]:
+    """Every logical tensor in on-disk order: a quantized tensor once, at its data; scales never."""
+    parts, quantized = ckpt.quant.parts, ckpt.quant.tensors
+    out = []
+    for info in ckpt:
+        logical = parts.get(info.name)
+        if logical is None:
+            out.append(info.name)
+        elif quantized[logical].data.name == info.name:
+            out.append(logical)
+    return out
 
 
 @dataclass
@@ -77,21 +120,24 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 
 def _match(t: int, label: str, name: str, base: TensorInfo, other: TensorInfo, module: str,
-           pairs: list[Pair], missing: list[dict], notes: list[str]) -> None:
-    """Pair two tensors of the same role, or record why they cannot be compared."""
-    if base.shape == other.shape:
-        pairs.append(Pair(t, name, base, other, base.numel))
+           pairs: list[Pair], missing: list[dict], notes: list[str], base_q: QuantTensor | None = None,
+           other_q: QuantTensor | None = None) -> None:
+    """Pair two tensors of the same role (logical shapes: a quantized side's values), or record why they cannot be compared."""
+    shape_a = base_q.shape if base_q is not None else base.shape
+    shape_b = other_q.shape if other_q is not None else other.shape
+    if shape_a == shape_b:
+        pairs.append(Pair(t, name, base, other, math.prod(shape_a), base_q=base_q, other_q=other_q))
         return
-    grew = (module in ("embed_tokens", "lm_head") and len(base.shape) == 2 and len(other.shape) == 2
-            and base.shape[1] == other.shape[1] and other.shape[0] > base.shape[0])
+    grew = (module in ("embed_tokens", "lm_head") and len(shape_a) == 2 and len(shape_b) == 2 and base_q is None
+            and other_q is None and shape_a[1] == shape_b[1] and shape_b[0] > shape_a[0])
     if grew:
-        added = other.shape[0] - base.shape[0]
+        added = shape_b[0] - shape_a[0]
         pairs.append(Pair(t, name, base, other, base.numel, added_rows=added))
-        notes.append(f"{label}: {name} has {added} added row(s) (vocabulary {base.shape[0]} -> {other.shape[0]}): "
-                     f"compared the {base.shape[0]} shared rows; the added rows are not in the statistics")
+        notes.append(f"{label}: {name} has {added} added row(s) (vocabulary {shape_a[0]} -> {shape_b[0]}): "
+                     f"compared the {shape_a[0]} shared rows; the added rows are not in the statistics")
         return
     missing.append({"tuned": label, "name": name, "where": "shape",
-                    "detail": f"base {_shape_text(base.shape)} vs tuned {_shape_text(other.shape)}"})
+                    "detail": f"base {_shape_text(shape_a)} vs tuned {_shape_text(shape_b)}"})
 
 
 def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
@@ -117,24 +163,34 @@ def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
         notes.append(f"{label}: tied embeddings on the tuned model only: compared base {base_head} against tuned "
                      f"{other_emb} (its effective output head)")
 
-    for info in base:
-        if head is not None and info.name == head[0]:
+    base_names = _logical_names(base)
+    for name in base_names:
+        if head is not None and name == head[0]:
             continue  # the base's own head, paired below with the tuned model's embedding
-        twin = other.tensors.get(info.name)
+        info, base_q = _side(base, name)  # type: ignore[misc]
+        twin = _side(other, name)
         if twin is None:
-            missing.append({"tuned": label, "name": info.name, "where": "base_only", "detail": "not in the tuned model"})
+            missing.append({"tuned": label, "name": name, "where": "base_only", "detail": "not in the tuned model"})
             continue
-        _match(t, label, info.name, info, twin, base_layout.locations[info.name].module, pairs, missing, notes)
+        loc = base_layout.locations.get(name) or classify(name)
+        _match(t, label, name, info, twin[0], loc.module, pairs, missing, notes, base_q, twin[1])
     if head is not None:  # streamed in the base tensor's on-disk place (see _order_pairs)
         _match(t, label, head[0], head[1], head[2], "lm_head", pairs, missing, notes)
-    for name in other.tensors:
-        if name not in base.tensors and name not in consumed:
+    known = set(base_names)
+    for name in _logical_names(other):
+        if name not in known and name not in consumed:
             missing.append({"tuned": label, "name": name, "where": "tuned_only", "detail": "not in the base model"})
 
-    mixed = Counter((p.base.dtype, p.other.dtype) for p in pairs if p.base.dtype != p.other.dtype)
+    mixed = Counter((_side_label(p.base, p.base_q), _side_label(p.other, p.other_q)) for p in pairs
+                    if _side_label(p.base, p.base_q) != _side_label(p.other, p.other_q))
     for (da, db), n in sorted(mixed.items()):
         notes.append(f"{label}: {n} tensor(s) stored as {da} in the base and {db} in the tuned model: values compared "
                      f"after exact decoding")
+    for side, key in (("base", "base_q"), ("tuned", "other_q")):
+        kinds = Counter(getattr(p, key).label for p in pairs if getattr(p, key) is not None)
+        for kind, n in sorted(kinds.items()):
+            notes.append(f"{label}: {n} {side} tensor(s) stored as {kind} were dequantized (value = decode(weight) x "
+                         f"scale, in float32); their scale tensors are read with them, not reported")
     arch_a = base.config_view.architecture
     arch_b = other.config_view.architecture
     if arch_a and arch_b and arch_a != arch_b:
@@ -214,11 +270,27 @@ def unique_labels(wanted: Sequence[str]) -> list[str]:
 # Streaming
 # ---------------------------------------------------------------------------------------
 
+def _decoded_chunk(pairs: list[Pair]) -> int:
+    """Elements per slice of a group with a quantized side: whole FP8 rows and MXFP4 groups on every side."""
+    quantum = 1
+    for p in pairs:
+        for q in (p.base_q, p.other_q):
+            if q is not None:
+                quantum = math.lcm(quantum, q.quantum)
+    return max(quantum, DECODED_CHUNK_ELEMS // quantum * quantum)
+
+
 def _schedule(work: list[tuple[TensorInfo, list[Pair]]], chunk_elems: int) -> Iterator[tuple[TensorInfo, list[Pair], int, int]]:
-    """The chunks in reading order: (base tensor, its pairs, first element, end element)."""
+    """The chunks in reading order: (base tensor, its pairs, first element, end element).
+
+    Elements are logical ones: a quantized tensor's values, whose slices hold whole rows or groups.
+    """
     for info, pairs in work:
-        for start in range(0, info.numel, chunk_elems):
-            yield info, pairs, start, min(info.numel, start + chunk_elems)
+        numel, step = info.numel, chunk_elems
+        if any(p.decoded for p in pairs):
+            numel, step = pairs[0].numel, _decoded_chunk(pairs)
+        for start in range(0, numel, step):
+            yield info, pairs, start, min(numel, start + step)
 
 
 def _signal_cause(error: BaseException) -> BaseException | None:
@@ -273,8 +345,81 @@ class _ChunkReader:
             self.buffers = (np.empty(base_bytes, dtype=np.uint8), [np.empty(other_bytes, dtype=np.uint8) for _ in range(consumers)])
         return self.buffers
 
+    def _scratch(self, key: str, nbytes: int) -> np.ndarray:
+        """A reused byte buffer for the decoded path (one per role, grown when a larger slice needs it)."""
+        import numpy as np
+
+        if not hasattr(self, "scratch"):
+            self.scratch: dict[str, np.ndarray] = {}
+        buf = self.scratch.get(key)
+        if buf is None or buf.size < nbytes:
+            buf = self.scratch[key] = np.empty(max(nbytes, 1), dtype=np.uint8)
+        return buf[:nbytes]
+
+    def _values(self, ckpt: Checkpoint, info: TensorInfo, q: QuantTensor | None, start: int, stop: int, wide: bool,
+                role: str) -> tuple[np.ndarray, int]:
+        """Elements [start, stop) of one side as float32 (float64 when `wide`) values, and the bytes read."""
+        import numpy as np
+
+        from weightsurgeon.kernels.decode import decode_to_float32, decode_to_float64
+        from weightsurgeon.kernels.quant import dequantize_fp8, dequantize_mxfp4
+
+        if q is None:
+            raw = self._scratch(role, (stop - start) * info.itemsize)
+            ckpt.read_into(info, start * info.itemsize, raw)
+            return (decode_to_float64 if wide else decode_to_float32)(raw, info.dtype), raw.size
+        if q.scheme == "mxfp4":
+            g0, g1 = start // 32, stop // 32
+            blocks, scales = self._scratch(role, (g1 - g0) * 16), self._scratch(role + "s", g1 - g0)
+            ckpt.read_into(q.data, g0 * 16, blocks)
+            ckpt.read_into(q.scale, g0, scales)
+            values = dequantize_mxfp4(blocks, scales, self._scratch(role + "v", (stop - start) * 4).view(np.float32))
+        else:
+            codes = self._scratch(role, stop - start)
+            ckpt.read_into(q.data, start, codes)
+            if q.scheme == "fp8-tensor":
+                scale_raw = self._scratch(role + "s", q.scale.nbytes)
+                ckpt.read_into(q.scale, 0, scale_raw)
+                scales = decode_to_float32(scale_raw, q.scale.dtype).reshape(1, 1)
+                values = dequantize_fp8(codes, q.data.dtype, scales, (1 << 62, 1), 0, 1,
+                                        self._scratch(role + "v", (stop - start) * 4).view(np.float32))
+            else:
+                br = q.block[0]
+                r0, r1 = start // q.cols, stop // q.cols
+                s0, s1 = r0 // br, -(-r1 // br)
+                scols = q.scale.shape[-1]
+                width = q.scale.itemsize
+                scale_raw = self._scratch(role + "s", (s1 - s0) * scols * width)
+                ckpt.read_into(q.scale, s0 * scols * width, scale_raw)
+                scales = decode_to_float32(scale_raw, q.scale.dtype).reshape(s1 - s0, scols)
+                values = dequantize_fp8(codes, q.data.dtype, scales, q.block, r0, q.cols,
+                                        self._scratch(role + "v", (stop - start) * 4).view(np.float32))
+            blocks = codes
+        nbytes = blocks.size + q.scale.nbytes * (stop - start) // max(q.numel, 1)
+        return (values.astype(np.float64) if wide else values), nbytes
+
+    def run_decoded(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int,
+                    stats: dict[tuple[int, str], Any]) -> int:
+        """`run` for a group with a quantized side: each side decoded to values here, then the kernel on the values."""
+        nbytes = 0
+        base_values: dict[bool, np.ndarray] = {}
+        for p in pairs:
+            wide = ((p.base_q is None and dtype_info(p.base.dtype).work == "f8")
+                    or (p.other_q is None and dtype_info(p.other.dtype).work == "f8"))
+            if wide not in base_values:
+                first = not base_values
+                base_values[wide], n = self._values(self.base, p.base, p.base_q, start, stop, wide, "base")
+                nbytes += n if first else 0
+            other, n = self._values(self.others[p.tuned], p.other, p.other_q, start, stop, wide, "other")
+            nbytes += n
+            work = "F64" if wide else "F32"
+            self.accumulate(stats[(p.tuned, p.name)], base_values[wide], other, work, work)
+        return nbytes
+
     def run(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int, stats: dict[tuple[int, str], Any]) -> int:
         """Fold elements [start, stop) of every pair into its stats; returns bytes read."""
+        if any(p.decoded for p in pairs):
+            return self.run_decoded(info, pairs, start, stop, stats)
         count = stop - start
         nbytes = count * info.itemsize
         base_view: np.ndarray | None = None
@@ -333,17 +478,18 @@ class DiffPlan:
     notes: list[str]
     warnings: list[str]
     options: dict
+    layout: ModelLayout | None = None  # the base's, from its config (DeepSeek's MTP layers are not decoder layers)
 
     @property
     def total_bytes(self) -> int:
         """Bytes the diff reads: each paired base tensor once, plus every tuned side."""
-        base = {p.base.name: p.base.nbytes for p in self.pairs}
-        return sum(base.values()) + sum(p.numel * p.other.itemsize for p in self.pairs)
+        base = {p.base.name: _side_bytes(p.base, p.base_q, p.base.numel) for p in self.pairs}
+        return sum(base.values()) + sum(_side_bytes(p.other, p.other_q, p.numel) for p in self.pairs)
 
 
 def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | None = None, layers: str | None = None,
               bins: int = 200, clip: float = 1.0, allow_missing: bool = False, labels: Sequence[str] | None = None,
-              every: int = 5) -> DiffPlan:
+              every: int = 5, experts: str | None = None) -> DiffPlan:
     """Pair, select and check, from headers only; raises SurgeonError on mismatches unless allow_missing."""
     bins, clip = _check_histogram(bins, clip)
     others = list(others)
@@ -366,10 +512,12 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
         pairs += plan.pairs
         missing += plan.missing
         notes += plan.notes
-    if selector is not None or layer_set is not None:
+    expert_set = parse_experts(experts)
+    if selector is not None or layer_set is not None or expert_set is not None:
         candidates = list(dict.fromkeys([p.name for p in pairs] + [m["name"] for m in missing]))
         chosen = set(select_names(candidates, selector or parse_modules("re:."), layer_set, base_layout.num_layers,
-                                  flag="--module" if selector is not None else "--layers"))
+                                  flag="--module" if selector is not None else "--layers", layout=base_layout,
+                                  experts=expert_set))
         pairs = [p for p in pairs if p.name in chosen]
         missing = [m for m in missing if m["name"] in chosen]
     if missing and not allow_missing:
@@ -385,9 +533,9 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
     if base_layout.other:
         warnings.append(f"{len(base_layout.other)} base tensor name(s) not recognised as a known module, "
                         f"reported as module 'other' (e.g. {base_layout.other[0]!r})")
-    options = {"bins": bins, "clip": clip, "modules": modules, "layers": layers, "every": every,
+    options = {"bins": bins, "clip": clip, "modules": modules, "layers": layers, "experts": experts, "every": every,
                "allow_missing": allow_missing}
-    return DiffPlan(base, others, names, pairs, missing, notes, warnings, options)
+    return DiffPlan(base, others, names, pairs, missing, notes, warnings, options, base_layout)
 
 
 def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Any = None) -> DiffReport:
@@ -424,10 +572,13 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
     _check_unchanged(plan.base, plan.others)  # the last shard too: no report of bytes that never existed together
 
     rows = []
+    locations = plan.layout.locations if plan.layout is not None else {}
     for p in plan.pairs:
-        loc = classify(p.name)
+        loc = locations.get(p.name) or classify(p.name)
         rows.append(TensorDiff(tuned=plan.labels[p.tuned], name=p.name, layer=loc.layer, module=loc.module,
-                               param=loc.param, dtype=p.base.dtype, dtype_tuned=p.other.dtype, shape=p.base.shape,
+                               param=loc.param, dtype=_side_label(p.base, p.base_q),
+                               dtype_tuned=_side_label(p.other, p.other_q),
+                               shape=p.base_q.shape if p.base_q is not None else p.base.shape,
                                numel=p.numel, stats=stats[(p.tuned, p.name)], added_rows=p.added_rows))
     index = {label: i for i, label in enumerate(plan.labels)}
     rows.sort(key=lambda r: sort_key(index[r.tuned], r.layer, r.module, r.name))

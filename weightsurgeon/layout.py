@@ -31,6 +31,14 @@ LAYER_RULES: tuple[tuple[str, str], ...] = (
     (r"(self_attn|attention|self_attention)\.(o_proj|wo|dense|out_proj)", "o_proj"),
     (r"attn\.(o_proj|c_proj|out_proj|dense)", "o_proj"),
     (r"(self_attn|attn|attention|self_attention)\.(qkv_proj|W_pack|c_attn|query_key_value|Wqkv)", "qkv_proj"),
+    # DeepSeek-V2/V3 multi-head latent attention: low-rank q (q_a -> norm -> q_b), joint kv (kv_a -> norm -> kv_b).
+    (r"(self_attn|attn|attention)\.q_a_proj", "q_a_proj"),
+    (r"(self_attn|attn|attention)\.q_b_proj", "q_b_proj"),
+    (r"(self_attn|attn|attention)\.kv_a_proj_with_mqa", "kv_a_proj_with_mqa"),
+    (r"(self_attn|attn|attention)\.kv_b_proj", "kv_b_proj"),
+    (r"(self_attn|attn|attention)\.q_a_layernorm", "q_a_layernorm"),
+    (r"(self_attn|attn|attention)\.kv_a_layernorm", "kv_a_layernorm"),
+    (r"self_attn", "sinks"),  # GPT-OSS: per-head attention sink logits, self_attn.sinks
     (r"(self_attn|attn|attention)\.(q_norm|q_layernorm)", "q_norm"),
     (r"(self_attn|attn|attention)\.(k_norm|k_layernorm)", "k_norm"),
     (r"(mlp|block_sparse_moe|feed_forward)\.experts\.(?P<expert>\d+)\.(gate_proj|w1)", "expert_gate_proj"),
@@ -67,24 +75,33 @@ GLOBAL_RULES: tuple[tuple[str, str], ...] = (
 )
 # Experts stored as one 3-D parameter per layer, with no ".weight" (GPT-OSS, transformers 5 MoE):
 # "mlp.experts.gate_up_proj", "mlp.experts.gate_up_proj_bias".
-_STACKED_EXPERTS = re.compile(r"^(mlp|block_sparse_moe|feed_forward)\.experts\.(?P<module>gate_up_proj|down_proj)(?P<bias>_bias)?$")
+# MXFP4 stores them as "..._blocks" and "..._scales" (weightsurgeon.quant reads them as the one weight).
+_STACKED_EXPERTS = re.compile(r"^(mlp|block_sparse_moe|feed_forward)\.experts\.(?P<module>gate_up_proj|down_proj)"
+                              r"(?:_(?P<suffix>bias|blocks|scales))?$")
 _COMPILED_LAYER = tuple((re.compile(p + r"$"), m) for p, m in LAYER_RULES)
 _COMPILED_GLOBAL = tuple((re.compile(p + r"$"), m) for p, m in GLOBAL_RULES)
 
 NORM_MODULES = frozenset({"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                          "post_feedforward_layernorm", "q_norm", "k_norm", "norm"})
+                          "post_feedforward_layernorm", "q_norm", "k_norm", "norm", "q_a_layernorm", "kv_a_layernorm"})
+EXPERT_MODULES = frozenset({"expert_gate_proj", "expert_up_proj", "expert_down_proj", "expert_gate_up_proj"})
+SHARED_EXPERT_MODULES = frozenset({"shared_expert_gate_proj", "shared_expert_up_proj", "shared_expert_down_proj"})
 MLP_MODULES = frozenset({"gate_proj", "up_proj", "down_proj", "gate_up_proj", "router", "expert_gate_proj",
                          "expert_up_proj", "expert_down_proj", "expert_gate_up_proj", "shared_expert_gate_proj",
                          "shared_expert_up_proj", "shared_expert_down_proj", "shared_expert_router"})
 GROUPS: dict[str, frozenset[str]] = {
-    "attn": frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj"}),
+    "attn": frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa",
+                       "kv_b_proj", "sinks"}),
     "qkv": frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj"}),
     "mlp": MLP_MODULES,
     "norm": NORM_MODULES,
     "emb": frozenset({"embed_tokens", "embed_positions"}),
     "head": frozenset({"lm_head"}),
+    "experts": EXPERT_MODULES,  # routed experts
+    "shared_experts": SHARED_EXPERT_MODULES | {"shared_expert_router"},
+    "router": frozenset({"router", "shared_expert_router"}),  # DeepSeek's gate carries e_score_correction_bias
 }
-MODULES = tuple(sorted({m for _, m in LAYER_RULES} | {m for _, m in GLOBAL_RULES})) + ("vision", "other")
+# "mtp": DeepSeek-V3's multi-token-prediction layers, stored as layers num_hidden_layers.. (see layout_of).
+MODULES = tuple(sorted({m for _, m in LAYER_RULES} | {m for _, m in GLOBAL_RULES} | EXPERT_MODULES)) + ("mtp", "vision", "other")
 # Selecting one of these names part of a fused tensor when the model stores the fused one.
 FUSED_PARTS = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj")
@@ -144,7 +161,7 @@ def classify(name: str) -> Location:
         layer = int(m.group("layer"))
         stacked = _STACKED_EXPERTS.match(m.group("rest"))
         if stacked:
-            return Location(layer, "expert_" + stacked.group("module"), "bias" if stacked.group("bias") else "weight")
+            return Location(layer, "expert_" + stacked.group("module"), stacked.group("suffix") or "weight")
         rest_stem, _, rest_param = m.group("rest").rpartition(".")
         module, expert = _layer_module(rest_stem)
         return Location(layer, module, rest_param, expert)
@@ -235,16 +252,36 @@ def parse_layers(spec: str | None, num_layers: int) -> frozenset[int] | None:
     return frozenset(layers)
 
 
+def parse_experts(spec: str | None) -> frozenset[int] | None:
+    """'0-7', '0,3,8-15' or 'all'/None -> routed expert indices (no upper bound: models differ)."""
+    if spec is None or str(spec).strip().lower() == "all":
+        return None
+    return parse_layers(spec, 1 << 30)
+
+
 def select_names(names: Iterable[str], modules: str | ModuleSelector, layers: str | None | frozenset[int],
-                 num_layers: int, flag: str = "--take") -> list[str]:
+                 num_layers: int, flag: str = "--take", layout: "ModelLayout | None" = None,
+                 experts: frozenset[int] | None = None) -> list[str]:
     """Names (in the given order) that the selectors pick; errors when nothing or part of a fused tensor is picked.
 
     With a layer selection, only per-layer tensors are picked (embeddings and head have no layer).
+    `layout` (from layout_of) knows what the config says, such as which layers are DeepSeek's
+    multi-token-prediction layers; without it names are classified alone. `experts` keeps
+    only those routed experts (tensors of other modules are unaffected); experts stored
+    stacked in one tensor (GPT-OSS) cannot be split, and selecting some of them is an error.
     """
     names = list(names)
     selector = parse_modules(modules) if isinstance(modules, str) else modules
     layer_set = parse_layers(layers, num_layers) if (layers is None or isinstance(layers, str)) else layers
-    locations = {n: classify(n) for n in names}
+    known = layout.locations if layout is not None else {}
+    locations = {n: known.get(n) or classify(n) for n in names}
+    if experts is not None:
+        stacked = next((n for n, loc in locations.items() if loc.module in EXPERT_MODULES and loc.expert is None
+                        and selector.matches(n, loc)), None)
+        if stacked is not None:
+            raise SurgeonError(f"--experts: {stacked} holds every expert in one tensor; it cannot be split by expert")
+        locations = {n: loc for n, loc in locations.items() if loc.expert is None or loc.expert in experts}
+        names = [n for n in names if n in locations]
     present = {loc.module for loc in locations.values()}
     for part in sorted(selector.explicit):
         fused = FUSED_PARTS.get(part)
@@ -287,6 +324,12 @@ def layout_of(names: Iterable[str], config: dict | None) -> ModelLayout:
         num_layers = max_layer + 1
     has_head = any(loc.module == "lm_head" for loc in locations.values())
     has_emb = any(loc.module == "embed_tokens" for loc in locations.values())
+    mtp = view.int_value("num_nextn_predict_layers")
+    if mtp is not None and mtp > 0:
+        # DeepSeek-V3: layers num_hidden_layers.. are multi-token-prediction modules (a decoder block
+        # plus enorm/hnorm/eh_proj/shared_head), not decoder layers.
+        locations = {n: Location(None, "mtp", loc.param) if loc.layer is not None and loc.layer >= num_layers else loc
+                     for n, loc in locations.items()}
     tie = view.lookup("tie_word_embeddings")
     tied = (not has_head and has_emb) if tie is None else bool(tie) and not has_head
     other = tuple(n for n, loc in locations.items() if loc.module == "other")

@@ -26,7 +26,8 @@ from weightsurgeon.checkpoint import Checkpoint
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.kernels.dtypes import dtype_info, itemsize
 from weightsurgeon.layout import (LAYER_INDEX_LISTS, NO_DERIVED_LISTS, PER_LAYER_LISTS, WINDOW_RULES, ConfigView,
-                                  ModelLayout, classify, layout_of, parse_layers, parse_modules, select_names)
+                                  ModelLayout, classify, layout_of, parse_experts, parse_layers, parse_modules, select_names,
+                                  split_layer)
 
 MAX_LISTED_PROBLEMS = 8
 
@@ -232,7 +233,7 @@ def _wants_head_only(spec: str, layout: ModelLayout) -> bool:
 def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, exclude: str | None = None,
                 layers: str | None = None, alpha: float = 1.0, cast: bool = False,
                 head_from_embeddings: bool = False, tokenizer_from: str = "base",
-                arguments: dict | None = None, drop_donor_only: bool = False) -> Plan:
+                arguments: dict | None = None, experts: str | None = None, drop_donor_only: bool = False) -> Plan:
     """Take the selected modules from DONOR and everything else from BASE (or interpolate them with alpha).
 
     Five steps, each its own function: what is taken, where in the DONOR each taken tensor
@@ -240,6 +241,7 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
     not hold, each output tensor's source, the config edits.
     """
     _refuse_partial(base, "BASE")
+    _refuse_quantized_cast(base, donor, cast, alpha)
     if (take is None) == (exclude is None):
         raise SurgeonError("splice needs exactly one of --take MODULES or --exclude MODULES")
     if not (0.0 <= alpha <= 1.0) or alpha != alpha:
@@ -251,7 +253,8 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
     # A tied BASE stores no head: taking the DONOR's head writes one (the output is untied).
     untie_names = [n for n in donor_heads if n not in base.tensors] if (lay_b.tied_embeddings and not base_heads) else []
     candidates = list(base.tensors) + untie_names
-    taken = _splice_selection(candidates, lay_b, take, exclude, layers, bool(untie_names))
+    taken = _splice_selection(candidates, lay_b, take, exclude, layers, bool(untie_names), experts)
+    _refuse_quantization_mismatch(base, donor, taken)
     donor_tied = lay_d.tied_embeddings and not donor_heads
     sources = _donor_sources(base, donor, lay_d, taken, base_heads, donor_tied, head_from_embeddings, cast)
     left_out = _donor_leftovers(donor, lay_b, lay_d, take, exclude, layers, taken, sources, drop_donor_only)
@@ -279,16 +282,17 @@ def _embedding_weight(layout: ModelLayout) -> str | None:
 
 
 def _splice_selection(candidates: list[str], lay_b: ModelLayout, take: str | None, exclude: str | None,
-                      layers: str | None, untie: bool) -> list[str]:
+                      layers: str | None, untie: bool, experts: str | None = None) -> list[str]:
     """The names splice takes from the DONOR: --take's selection, or everything in --layers but --exclude's."""
     if take is not None:
         if not untie and _wants_head_only(take, lay_b):
             raise SurgeonError("BASE and DONOR both tie lm_head to embed_tokens (neither stores lm_head.weight): "
                                "the head IS the embedding matrix; take emb to transplant both")
-        return select_names(candidates, take, layers, lay_b.num_layers, flag="--take")
+        return select_names(candidates, take, layers, lay_b.num_layers, flag="--take", layout=lay_b,
+                            experts=parse_experts(experts))
     layer_set = parse_layers(layers, lay_b.num_layers)
     pool = [n for n in candidates if layer_set is None or classify(n).layer in layer_set]
-    excluded = set(select_names(pool, exclude, layer_set, lay_b.num_layers, flag="--exclude"))
+    excluded = set(select_names(pool, exclude, layer_set, lay_b.num_layers, flag="--exclude", layout=lay_b))
     taken = [n for n in pool if n not in excluded]
     if not taken:
         raise SurgeonError(f"--exclude {exclude!r} leaves nothing to take from the DONOR")
@@ -431,23 +435,26 @@ def _donor_leftovers(donor: Checkpoint, lay_b: ModelLayout, lay_d: ModelLayout, 
 # zero / reinit
 # ---------------------------------------------------------------------------------------
 
-def _destruction_targets(model: Checkpoint, modules: str, layers: str | None) -> tuple[list[str], list[str]]:
+def _destruction_targets(model: Checkpoint, modules: str, layers: str | None,
+                         experts: str | None = None) -> tuple[list[str], list[str]]:
     _refuse_partial(model, "MODEL")
     lay = layout_of(model.tensors, model.config)
     if lay.tied_embeddings and _wants_head_only(modules, lay):
         raise _tied_head_error(f"MODEL {model.source}")
-    names = select_names(list(model.tensors), modules, layers, lay.num_layers, flag="--module")
+    names = select_names(list(model.tensors), modules, layers, lay.num_layers, flag="--module", layout=lay,
+                         experts=parse_experts(experts))
     warnings: list[str] = []
     if lay.tied_embeddings and any(lay.locations[n].module == "embed_tokens" for n in names):
         warnings.append("the model ties lm_head to embed_tokens: the head changes with the embeddings")
     return names, warnings
 
 
-def plan_zero(model: Checkpoint, modules: str, layers: str | None = None, arguments: dict | None = None) -> Plan:
+def plan_zero(model: Checkpoint, modules: str, layers: str | None = None, arguments: dict | None = None,
+              experts: str | None = None) -> Plan:
     """Set every parameter (weights and biases) of the selected modules to 0."""
-    names, warnings = _destruction_targets(model, modules, layers)
-    chosen = set(names)
-    bad = [f"{n} ({model[n].dtype})" for n in names if not dtype_info(model[n].dtype).has_zero]
+    names, warnings = _destruction_targets(model, modules, layers, experts)
+    chosen = set(names) - model.quant.scales  # zero codes with their scales kept: valid and zero (FP8 0x00, E2M1 0)
+    bad = [f"{n} ({model[n].dtype})" for n in chosen if not dtype_info(model[n].dtype).has_zero]
     if bad:
         raise _problems("selected tensor(s) have no zero value (a scale format) and cannot be zeroed", bad)
     tensors = [PlannedTensor(t.name, t.dtype, t.shape, Source("zeros") if t.name in chosen else Source("copy", role="base", name=t.name),
@@ -457,12 +464,17 @@ def plan_zero(model: Checkpoint, modules: str, layers: str | None = None, argume
 
 
 def plan_reinit(model: Checkpoint, modules: str, layers: str | None = None, std: float = 0.02, mean: float = 0.0,
-                seed: int = 0, arguments: dict | None = None) -> Plan:
+                seed: int = 0, arguments: dict | None = None, experts: str | None = None) -> Plan:
     """Re-initialise the selected modules with a seeded Gaussian N(mean, std^2)."""
     if not (std >= 0.0) or not np.isfinite(std) or not np.isfinite(mean):
         raise SurgeonError(f"--std must be a finite number >= 0 and --mean finite (got std={std}, mean={mean})")
-    names, warnings = _destruction_targets(model, modules, layers)
+    names, warnings = _destruction_targets(model, modules, layers, experts)
     chosen = set(names)
+    quantized = [f"{n} ({model.quant.tensors[model.quant.parts[n]].scheme})" for n in names
+                 if n in model.quant.parts and model.quant.tensors[model.quant.parts[n]].data.name == n]
+    if quantized:
+        raise _problems("selected tensor(s) are quantized: re-initialising them would need fresh scales, which reinit "
+                        "does not write; re-initialise a bf16 copy of the model, or select unquantized modules", quantized)
     bad = [f"{n} ({model[n].dtype})" for n in names if not dtype_info(model[n].dtype).encodable]
     if bad:
         raise _problems("selected tensor(s) are not floating point and cannot be re-initialised", bad)
@@ -471,6 +483,41 @@ def plan_reinit(model: Checkpoint, modules: str, layers: str | None = None, std:
                              t.name in chosen) for t in model]
     return Plan(operation="reinit", arguments=arguments or {}, inputs={"base": model}, tensors=tensors,
                 config=copy.deepcopy(model.config), warnings=warnings)
+
+
+def _refuse_quantization_mismatch(base: Checkpoint, donor: Checkpoint, taken: list[str]) -> None:
+    """A taken weight quantized on one side only, or in another scheme, is a listed dtype mismatch.
+
+    Bytes of an FP8 weight mean nothing without their scale: copying a bf16 weight into an
+    FP8 slot (or an FP8 weight and its scale into a bf16 one) would need a quantizer or a
+    dequantizer, which splice does not run.
+    """
+    def kind(ckpt: Checkpoint, name: str) -> str:
+        q = ckpt.quant.tensors.get(ckpt.quant.logical(name))
+        if q is not None:
+            return f"{q.label}"
+        return ckpt.tensors[name].dtype if name in ckpt.tensors else "absent"
+
+    problems = []
+    for name in dict.fromkeys(base.quant.logical(n) for n in taken if n in base.tensors):
+        if name in base.quant.tensors or name in donor.quant.tensors:
+            a = kind(base, base.quant.tensors[name].data.name if name in base.quant.tensors else name)
+            b = kind(donor, donor.quant.tensors[name].data.name if name in donor.quant.tensors else name)
+            if a != b and b != "absent":
+                problems.append(f"{name}: BASE {a} vs DONOR {b}")
+    if problems:
+        raise _problems("dtype mismatch(es) between BASE and DONOR: quantized on one side only or in another scheme "
+                        "(--cast does not quantize or dequantize; take the module from a DONOR in BASE's format)", problems)
+
+
+def _refuse_quantized_cast(base: Checkpoint, donor: Checkpoint, cast: bool, alpha: float) -> None:
+    """--cast and --alpha compute values, and a quantized weight's value needs its scale: refused, not guessed."""
+    quantized = base.quant.tensors or donor.quant.tensors
+    if quantized and (cast or alpha not in (0.0, 1.0)):
+        flag = "--cast" if cast else f"--alpha {alpha:g}"
+        raise SurgeonError(f"{flag}: {'BASE' if base.quant.tensors else 'DONOR'} holds FP8/MXFP4-quantized weights "
+                           f"(weight x scale); splicing them copies weight and scale bytes as they are, and {flag} "
+                           "cannot compute with them: use --alpha 1 without --cast, with a DONOR of the same format")
 
 
 def gaussian_key(seed: int, name: str) -> int:
@@ -589,6 +636,8 @@ def remove_config(config: dict, kept: list[int], num_layers: int) -> tuple[dict,
         if isinstance(value, list) and all(isinstance(v, int) for v in value):
             new_index = {old: new for new, old in enumerate(kept)}
             put(key, [new_index[v] for v in value if v in new_index])
+    if isinstance(owner.get("first_k_dense_replace"), int):  # DeepSeek: the first k layers are dense, the rest MoE
+        put("first_k_dense_replace", sum(1 for i in kept if i < owner["first_k_dense_replace"]))
     if "max_window_layers" in owner and types is not None:
         old = owner["max_window_layers"]
         put("layer_types", [types[i] for i in kept])
@@ -628,6 +677,11 @@ def plan_remove(model: Checkpoint, layers: str, arguments: dict | None = None) -
     tensors: list[PlannedTensor] = []
     for t in model:
         loc = lay.locations[t.name]
+        if loc.module == "mtp":  # DeepSeek's MTP layers follow the decoder layers: they move down with them
+            old = split_layer(t.name)[0]  # type: ignore[index]
+            new_name = _renumber(t.name, old, len(kept) + old - n)
+            tensors.append(PlannedTensor(new_name, t.dtype, t.shape, Source("copy", role="base", name=t.name), False))
+            continue
         if loc.layer is None:
             tensors.append(PlannedTensor(t.name, t.dtype, t.shape, Source("copy", role="base", name=t.name), False))
             continue
@@ -652,10 +706,12 @@ def plan_remove(model: Checkpoint, layers: str, arguments: dict | None = None) -
 # extract
 # ---------------------------------------------------------------------------------------
 
-def plan_extract(model: Checkpoint, take: str, layers: str | None = None, arguments: dict | None = None) -> Plan:
+def plan_extract(model: Checkpoint, take: str, layers: str | None = None, arguments: dict | None = None,
+                 experts: str | None = None) -> Plan:
     """Only the selected tensors: a partial checkpoint (a transplantable plugin for splice)."""
     lay = layout_of(model.tensors, model.config)
-    names = select_names(list(model.tensors), take, layers, lay.num_layers, flag="--take")
+    names = select_names(list(model.tensors), take, layers, lay.num_layers, flag="--take", layout=lay,
+                         experts=parse_experts(experts))
     source_model = model.surgeon.get("source_model") if model.is_partial and model.surgeon else None
     return Plan(operation="extract", arguments=arguments or {}, inputs={"base": model}, tensors=_copy(model, "base", names),
                 config=copy.deepcopy(model.config), files_from=None, partial=True,

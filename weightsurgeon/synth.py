@@ -407,3 +407,38 @@ def write_tokenizer(path: str | os.PathLike) -> Path:
                "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]}
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Command line: python -m weightsurgeon.synth --shape deepseek-v3 OUT
+# ---------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    """Write a synthetic base/tuned pair: OUT/base and OUT/tuned (planted.json says what changed)."""
+    import argparse
+
+    from weightsurgeon.synth_frontier import SHAPES, make_frontier
+
+    parser = argparse.ArgumentParser(prog="python -m weightsurgeon.synth", description=main.__doc__)
+    parser.add_argument("out", help="folder for base/ and tuned/")
+    parser.add_argument("--shape", default="qwen2", choices=ARCHS + SHAPES,
+                        help="a small dense model (qwen2, llama, qwen3) or a frontier shape at its real tensor count")
+    parser.add_argument("--hidden", type=int, default=256, help="hidden size of frontier shapes (multiple of 64)")
+    parser.add_argument("--layers", type=int, default=None, help="decoder layers (default: the real model's)")
+    parser.add_argument("--experts", type=int, default=None, help="routed experts per layer (default: the real model's)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.shape in ARCHS:
+        make_checkpoint(out / "base", arch=args.shape, num_layers=args.layers or 2, hidden_size=args.hidden,
+                        intermediate_size=2 * args.hidden, dtype="bf16")
+        make_tuned(out / "base", out / "tuned")
+    else:
+        dims = {k: v for k, v in (("layers", args.layers), ("experts", args.experts)) if v is not None}
+        make_frontier(out / "base", args.shape, hidden=args.hidden, **dims)
+        make_frontier(out / "tuned", args.shape, hidden=args.hidden, tuned_seed=1, **dims)
+    print(f"wrote {out / 'base'} and {out / 'tuned'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -61,6 +61,8 @@ def _input_paths(checkpoints: Sequence[Any]) -> list[Path]:
 @click.option("--module", "modules", default=None, metavar="SPEC",
               help="Compare only these modules: o_proj, attn, mlp, norm, 'q_proj,k_proj', re:REGEX ...")
 @click.option("--layers", default=None, metavar="SPEC", help="Compare only these layers: 5-30 (inclusive), 0,2,5-9, all.")
+@click.option("--experts", default=None, metavar="SPEC",
+              help="Compare only these routed experts: 0-7, 0,3,8-15 (other tensors unaffected).")
 @click.option("--bins", type=int, default=200, show_default=True, help="Bins of the relative-change histogram.")
 @click.option("--clip", type=float, default=1.0, show_default=True,
               help="Histogram range is [-clip, clip]; relative changes beyond it land in the edge bins.")
@@ -81,8 +83,8 @@ def _input_paths(checkpoints: Sequence[Any]) -> list[Path]:
               help="Any NaN/Inf in a compared tensor is an error (as in `verify --deep`): exit 1, no report.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: str | None, layers: str | None,
-             bins: int, clip: float, every: int, labels: tuple[str, ...], allow_missing: bool, no_plots: bool,
-             as_json: bool, top: int, chunk_mb: int, force: bool, strict: bool, quiet: bool) -> None:
+             experts: str | None, bins: int, clip: float, every: int, labels: tuple[str, ...], allow_missing: bool,
+             no_plots: bool, as_json: bool, top: int, chunk_mb: int, force: bool, strict: bool, quiet: bool) -> None:
     """Compare BASE with one or more fine-tunes TUNED..., tensor by tensor, streaming.
 
     Reports, per tensor and per (layer, module), the L2 norm of the weight delta, the L2 of
@@ -111,7 +113,7 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
         if output is not None:
             check_output_path(output, inputs, force)  # fail before reading gigabytes
         plan = plan_diff(base_ckpt, others, modules=modules, layers=layers, bins=bins, clip=clip,
-                         allow_missing=allow_missing, labels=list(labels) or None, every=every)
+                         allow_missing=allow_missing, labels=list(labels) or None, every=every, experts=experts)
         print_warnings(plan.warnings)
         written: list[str] = []
         extra_warnings: list[str] = []

@@ -139,6 +139,7 @@ def _show_plan(plan, output: Path | None, max_shard: int, as_json: bool) -> None
 @click.option("--cast", is_flag=True, help="Round DONOR tensors of another dtype to BASE's dtype (nearest even).")
 @click.option("--head-from-embeddings", is_flag=True,
               help="DONOR ties its head to its embeddings: write its embed_tokens as the output's lm_head.")
+@click.option("--experts", default=None, metavar="SPEC", help="Only these routed experts: 0-7, 0,3,8-15 (other tensors unaffected).")
 @click.option("--tokenizer-from", type=click.Choice(["base", "donor"]), default="base", show_default=True,
               help="Whose tokenizer, chat template and generation config to copy.")
 @click.option("--drop-donor-only", is_flag=True,
@@ -146,7 +147,8 @@ def _show_plan(plan, output: Path | None, max_shard: int, as_json: bool) -> None
 @_output_options
 @click.pass_context
 def splice_cmd(ctx: click.Context, base: str, donor: str, take: str | None, exclude: str | None, layers: str | None,
-               alpha: float, cast: bool, head_from_embeddings: bool, tokenizer_from: str, drop_donor_only: bool,
+               alpha: float, cast: bool, head_from_embeddings: bool, tokenizer_from: str, experts: str | None,
+               drop_donor_only: bool,
                **_: object) -> None:
     """Transplant modules: DONOR's --take modules (weights and biases), BASE's everything else.
 
@@ -171,37 +173,41 @@ def splice_cmd(ctx: click.Context, base: str, donor: str, take: str | None, excl
         raise click.UsageError("give exactly one of --take MODULES or --exclude MODULES")
     _run(ctx, lambda b, d: plan_splice(b, d, take=take, exclude=exclude, layers=layers, alpha=alpha, cast=cast,
                                        head_from_embeddings=head_from_embeddings, tokenizer_from=tokenizer_from,
-                                       arguments=_arguments(ctx), drop_donor_only=drop_donor_only), [base, donor])
+                                       arguments=_arguments(ctx), experts=experts, drop_donor_only=drop_donor_only),
+         [base, donor])
 
 
 @click.command("zero")
 @click.argument("model")
 @click.option("--module", "modules", required=True, help="Modules to zero: o_proj, attn, mlp, norm, ...")
 @click.option("--layers", help="Only these layers: 5-30 (inclusive), 0,2,5-9, all.")
+@click.option("--experts", default=None, metavar="SPEC", help="Only these routed experts: 0-7, 0,3,8-15 (other tensors unaffected).")
 @_output_options
 @click.pass_context
-def zero_cmd(ctx: click.Context, model: str, modules: str, layers: str | None, **_: object) -> None:
+def zero_cmd(ctx: click.Context, model: str, modules: str, layers: str | None, experts: str | None, **_: object) -> None:
     """Set every parameter of the selected modules (weights and biases) to 0."""
     from weightsurgeon.surgery import plan_zero
 
-    _run(ctx, lambda m: plan_zero(m, modules, layers, arguments=_arguments(ctx)), [model])
+    _run(ctx, lambda m: plan_zero(m, modules, layers, arguments=_arguments(ctx), experts=experts), [model])
 
 
 @click.command("reinit")
 @click.argument("model")
 @click.option("--module", "modules", required=True, help="Modules to re-initialise: o_proj, attn, mlp, ...")
 @click.option("--layers", help="Only these layers: 5-30 (inclusive), 0,2,5-9, all.")
+@click.option("--experts", default=None, metavar="SPEC", help="Only these routed experts: 0-7, 0,3,8-15 (other tensors unaffected).")
 @click.option("--std", type=float, default=0.02, show_default=True, help="Standard deviation of the Gaussian.")
 @click.option("--mean", type=float, default=0.0, show_default=True, help="Mean of the Gaussian.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Values depend only on (seed, tensor name).")
 @_output_options
 @click.pass_context
 def reinit_cmd(ctx: click.Context, model: str, modules: str, layers: str | None, std: float, mean: float, seed: int,
-               **_: object) -> None:
+               experts: str | None, **_: object) -> None:
     """Re-initialise the selected modules with a seeded Gaussian, reproducibly."""
     from weightsurgeon.surgery import plan_reinit
 
-    _run(ctx, lambda m: plan_reinit(m, modules, layers, std=std, mean=mean, seed=seed, arguments=_arguments(ctx)), [model])
+    _run(ctx, lambda m: plan_reinit(m, modules, layers, std=std, mean=mean, seed=seed, arguments=_arguments(ctx),
+                                    experts=experts), [model])
 
 
 @click.command("remove")
@@ -220,6 +226,7 @@ def remove_cmd(ctx: click.Context, model: str, layers: str, **_: object) -> None
 @click.argument("model")
 @click.option("--take", required=True, help="Modules to extract: o_proj, attn, mlp, norm, emb, head, re:REGEX ...")
 @click.option("--layers", help="Only these layers: 5-30 (inclusive), 0,2,5-9, all.")
+@click.option("--experts", default=None, metavar="SPEC", help="Only these routed experts: 0-7, 0,3,8-15 (other tensors unaffected).")
 @click.option("--base", "base", help="With --lora: the model the delta is taken from (MODEL - BASE).")
 @click.option("--lora", "lora", type=click.IntRange(min=1), help="Write a PEFT LoRA adapter of rank R of MODEL - BASE.")
 @click.option("--dtype", type=click.Choice(["base", "f32", "bf16", "f16"]), default="base", show_default=True,
@@ -230,8 +237,8 @@ def remove_cmd(ctx: click.Context, model: str, layers: str, **_: object) -> None
               help="With --lora: what to do with bias deltas (Qwen2 q/k/v): refuse, leave out, or write lora_B.bias (not for vLLM).")
 @_output_options
 @click.pass_context
-def extract_cmd(ctx: click.Context, model: str, take: str, layers: str | None, base: str | None, lora: int | None,
-                dtype: str, svd: str, bias: str, **_: object) -> None:
+def extract_cmd(ctx: click.Context, model: str, take: str, layers: str | None, experts: str | None, base: str | None,
+                lora: int | None, dtype: str, svd: str, bias: str, **_: object) -> None:
     """Write only the selected tensors: a partial checkpoint ("plugin") for `splice BASE plugin/ --take ...`.
 
     \b
@@ -248,4 +255,4 @@ def extract_cmd(ctx: click.Context, model: str, take: str, layers: str | None, b
         return
     from weightsurgeon.surgery import plan_extract
 
-    _run(ctx, lambda m: plan_extract(m, take, layers, arguments=_arguments(ctx)), [model])
+    _run(ctx, lambda m: plan_extract(m, take, layers, arguments=_arguments(ctx), experts=experts), [model])
