@@ -139,3 +139,18 @@ print((peak_rss_bytes() // 1024 - base) // 1024)
     grew_mib = int(done.stdout.split()[-1])
     assert (tmp_path / "big" / "model.safetensors").stat().st_size > 128 * 2**20
     assert grew_mib < 64, f"peak RSS grew {grew_mib} MiB writing a 128 MiB tensor"
+
+
+def test_fast_values_follow_the_same_law(tmp_path) -> None:
+    """fast=True (benchmark models of many GB): reinit's generator, other values, the same scales and planted delta."""
+    slow = make_checkpoint(tmp_path / "slow", dtype="bf16", hidden_size=128, intermediate_size=256)
+    fast = make_checkpoint(tmp_path / "fast", dtype="bf16", hidden_size=128, intermediate_size=256, fast=True)
+    tuned = make_tuned(fast, tmp_path / "tuned", fast=True)
+    name = "model.layers.1.mlp.down_proj.weight"
+    with open_checkpoint(slow) as s, open_checkpoint(fast) as f, open_checkpoint(tuned) as t:
+        a, b = _floats(s, name), _floats(f, name)
+        assert not np.array_equal(a, b) and 0.018 < b.std() < 0.022
+        assert abs(_floats(f, "model.layers.0.input_layernorm.weight").mean() - 1.0) < 0.05
+        o = "model.layers.1.self_attn.o_proj.weight"
+        rel = np.linalg.norm(_floats(t, o) - _floats(f, o)) / np.linalg.norm(_floats(f, o))
+        assert 0.15 < rel < 0.4  # o_proj's planted scale 0.2 x the layer profile (1.5 in the last of 2 layers)

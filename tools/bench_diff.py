@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Benchmark `surgeon diff` side by side with its bounds and with the by-hand approach.
 
-On a synthetic bf16 base/fine-tune pair it generates (default about 1.3 GB per model),
-it measures in one run, on a cold and on a warm page cache:
+On a generated bf16 base and fine-tune(s) (tools/benchmodels.py: ``--shape`` a released
+model's shape, ``--size`` GB per model, ``--tuned N`` fine-tunes diffed in one pass; kept
+in ``--workdir`` for the next run), it measures in one run, on a cold and a warm page cache:
 
 - ``surgeon diff BASE TUNED -o DIR --no-plots`` (a subprocess, as a user runs it);
 - ``cat`` of the same shard files to /dev/null: the read bound;
@@ -10,7 +11,8 @@ it measures in one run, on a cold and on a warm page cache:
 - the by-hand approach: load both models with transformers' AutoModelForCausalLM and take
   ``torch.norm(b - a)`` per parameter (a subprocess; needs torch and transformers).
 
-Wall time and peak RSS (the child's own high-water mark, from wait4) of each, and the
+Wall time, CPU time (user + system: on a shared machine wall time mostly measures the
+load) and peak RSS (the child's own high-water mark) of each, and the
 ratios the issue sets goals for: diff / cat on a cold cache (<= 1.2), by-hand / diff
 time (>= 5) and peak memory (>= 10). A cold cache is made by fsync + posix_fadvise
 DONTNEED on every file of both models before each cold run. With --repeat N the tools
@@ -22,7 +24,8 @@ runs everything in a cgroup with a read limit on the disk: the goal's "1.6 GB/s 
 a machine whose virtual disk reads faster (or unevenly) from a host cache.
 
     python tools/bench_diff.py                   # ~1.3 GB per model in /tmp/bench-diff
-    python tools/bench_diff.py --size 4 --repeat 3 --skip-transformers --json out.json
+    python tools/bench_diff.py --shape qwen2.5-14b --size 12 --repeat 3 --skip-transformers
+    python tools/bench_diff.py --tuned 3 --size 4 --repeat 3 --skip-transformers --json out.json
     sudo python tools/bench_diff.py --throttle 1600 --repeat 3 --skip-transformers
 """
 from __future__ import annotations
@@ -35,11 +38,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, VOCAB = 1024, 2816, 16, 4, 32000
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmodels import add_model_arguments, drop_cached, ensure_models, load_average, model_files  # noqa: E402
 
 BY_HAND = r"""
 import sys, torch
@@ -50,50 +53,6 @@ pb = dict(b.named_parameters())
 norms = {n: torch.norm(pb[n] - p).item() for n, p in a.named_parameters()}
 print(len(norms))
 """
-
-
-def model_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.safetensors"))
-
-
-def layers_for(size_gb: float) -> int:
-    """Decoder layers that make a bf16 model of about size_gb (untied embeddings included)."""
-    kv = KV_HEADS * (HIDDEN // HEADS)
-    per_layer = 2 * HIDDEN * HIDDEN + 2 * kv * HIDDEN + 3 * HIDDEN * INTERMEDIATE + 2 * HIDDEN + 2 * kv + HIDDEN
-    fixed = 2 * VOCAB * HIDDEN + HIDDEN
-    return max(1, round((size_gb * 1e9 / 2 - fixed) / per_layer))
-
-
-def ensure_pair(workdir: Path, size_gb: float) -> tuple[Path, Path]:
-    """Generate (or reuse) the synthetic pair; the tuned model carries the planted change."""
-    from weightsurgeon.synth import make_checkpoint, make_tuned
-
-    layers = layers_for(size_gb)
-    stamp = {"layers": layers, "hidden": HIDDEN, "intermediate": INTERMEDIATE, "vocab": VOCAB, "dtype": "bf16"}
-    base, tuned, marker = workdir / "base", workdir / "tuned", workdir / "pair.json"
-    if marker.exists() and json.loads(marker.read_text()) == stamp and model_files(base) and model_files(tuned):
-        return base, tuned
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    started = time.perf_counter()
-    print(f"generating a {layers}-layer bf16 pair (~{size_gb:.1f} GB per model) in {workdir} ...", file=sys.stderr)
-    make_checkpoint(base, arch="qwen2", num_layers=layers, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                    num_heads=HEADS, num_kv_heads=KV_HEADS, vocab_size=VOCAB, dtype="bf16", shard_bytes=500_000_000)
-    make_tuned(base, tuned)
-    marker.write_text(json.dumps(stamp))
-    print(f"generated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return base, tuned
-
-
-def drop_cached(files: list[Path]) -> None:
-    """Make files cold: flush them and drop them from the page cache (Linux, BSD)."""
-    for path in files:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def warm_cache(files: list[Path]) -> None:
@@ -159,13 +118,13 @@ class Throttle:
 
 def run_child(cmd: list[str], stdout: int | None = subprocess.DEVNULL, env: dict | None = None,
               throttle: Throttle | None = None) -> dict:
-    """Run a command; wall time and the command's own peak RSS.
+    """Run a command; wall time, and the command's own CPU time (user + system) and peak RSS.
 
     A child forked from this (numpy-sized) process starts with our resident pages counted
     in its high-water mark, so the command runs under GNU time, a tiny parent, where
     available; otherwise wait4 on our own child (an upper bound for small commands).
     """
-    wrapped = ["/usr/bin/time", "-f", PEAK_MARK + " %M", *cmd] if GNU_TIME else cmd
+    wrapped = ["/usr/bin/time", "-f", PEAK_MARK + " %M %U %S", *cmd] if GNU_TIME else cmd
     started = time.perf_counter()
     proc = subprocess.Popen(wrapped, stdout=stdout, stderr=subprocess.PIPE, env=env,
                             preexec_fn=throttle.enter if throttle is not None else None)
@@ -175,11 +134,11 @@ def run_child(cmd: list[str], stdout: int | None = subprocess.DEVNULL, env: dict
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if code != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} ... failed (exit {code}): {err.strip()[-500:]}")
-    peak_kib = usage.ru_maxrss
+    peak_kib, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     for line in err.splitlines():
         if line.startswith(PEAK_MARK):
-            peak_kib = int(line.split()[1])
-    return {"seconds": seconds, "peak_rss_mib": peak_kib / 1024}
+            peak_kib, cpu = int(line.split()[1]), float(line.split()[2]) + float(line.split()[3])
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": peak_kib / 1024}
 
 
 def kernel_alone(nbytes_pair: int, threads: int) -> dict:
@@ -211,17 +170,11 @@ def kernel_alone(nbytes_pair: int, threads: int) -> dict:
     return {"seconds": nbytes_pair / 1e9 / gbps, "gb_per_s": gbps, "peak_rss_mib": None}
 
 
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", type=float, default=1.3, help="GB per model (default 1.3)")
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bench-diff")
+    add_model_arguments(ap, "bench-diff")
+    ap.add_argument("--tuned", type=int, default=1,
+                    help="fine-tunes diffed in one run (surgeon diff BASE T1 .. TN), against cat of all the models")
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs per tool and cache state, the tools taking turns in a shuffled order (median reported)")
     ap.add_argument("--skip-transformers", action="store_true", help="skip the by-hand transformers approach")
@@ -237,18 +190,19 @@ def main() -> None:
 
     import weightsurgeon
     compileall.compile_dir(str(Path(weightsurgeon.__file__).parent), quiet=1)
-    base, tuned = ensure_pair(args.workdir, args.size)
-    files = model_files(base) + model_files(tuned)
+    models = ensure_models(args.workdir, args.shape, args.size, tuned=args.tuned)
+    base, tuned = models["base"], [models[f"tuned{i}"] for i in range(1, args.tuned + 1)]
+    files = model_files(base) + [f for t in tuned for f in model_files(t)]
     total = sum(f.stat().st_size for f in files)
     report_dir = args.workdir / "report"
-    surgeon = [sys.executable, "-m", "weightsurgeon", "diff", str(base), str(tuned), "-o", str(report_dir),
+    surgeon = [sys.executable, "-m", "weightsurgeon", "diff", str(base), *map(str, tuned), "-o", str(report_dir),
                "--no-plots", "--force", "-q", *(["--chunk-mb", str(args.chunk_mb)] if args.chunk_mb else [])]
     tools: dict[str, tuple[list[str], dict | None]] = {
         "surgeon diff": (surgeon, None),
         "cat > /dev/null": (["cat", *map(str, files)], None),
     }
-    if not args.skip_transformers:
-        tools["transformers by hand"] = ([sys.executable, "-c", BY_HAND, str(base), str(tuned)], None)
+    if not args.skip_transformers and args.tuned == 1:
+        tools["transformers by hand"] = ([sys.executable, "-c", BY_HAND, str(base), str(tuned[0])], None)
     subprocess.run(surgeon, check=True, stdout=subprocess.DEVNULL)  # numba's cache filled; the report folder exists
     throttle = Throttle(files[0], args.throttle) if args.throttle else None
 
@@ -272,6 +226,7 @@ def main() -> None:
                 results[f"{name} ({cache})"] = {
                     "seconds": statistics.median(r["seconds"] for r in measured),
                     "best_seconds": min(r["seconds"] for r in measured),
+                    "cpu_seconds": statistics.median(r["cpu_seconds"] for r in measured),
                     "peak_rss_mib": max(r["peak_rss_mib"] for r in measured),
                     "runs": [round(r["seconds"], 3) for r in measured],
                 }
@@ -283,15 +238,16 @@ def main() -> None:
         results[f"kernel alone, {threads} thread(s)"] = kernel_alone(total, threads)
     load_after = load_average()
 
-    print(f"\npair: {base} + {tuned}: {total / 1e9:.2f} GB read in all ({len(files)} files); "
+    print(f"\n{args.shape}: {base} + {len(tuned)} tuned: {total / 1e9:.2f} GB read in all ({len(files)} files); "
           f"load average before {load_before}, after {load_after}; {os.cpu_count()} CPUs"
           + (f"; disk reads throttled to {args.throttle:g} MB/s" if args.throttle else ""))
-    print(f"{'tool':34s} {'seconds':>9s} {'best':>7s} {'GB/s':>7s} {'peak RSS MiB':>13s}")
+    print(f"{'tool':34s} {'seconds':>9s} {'best':>7s} {'GB/s':>7s} {'CPU s':>7s} {'peak RSS MiB':>13s}")
     for name, r in results.items():
         gbps = total / r["seconds"] / 1e9
         rss = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
         best = f"{r['best_seconds']:7.2f}" if "best_seconds" in r else f"{'-':>7s}"
-        print(f"{name:34s} {r['seconds']:9.2f} {best} {gbps:7.2f} {rss:>13s}")
+        cpu = f"{r['cpu_seconds']:7.2f}" if "cpu_seconds" in r else f"{'-':>7s}"
+        print(f"{name:34s} {r['seconds']:9.2f} {best} {gbps:7.2f} {cpu} {rss:>13s}")
     ratios = {}
     for cache in ("cold", "warm"):
         d, c = results[f"surgeon diff ({cache})"], results[f"cat > /dev/null ({cache})"]

@@ -39,25 +39,26 @@ SURGEON = [sys.executable, "-m", "weightsurgeon"]
 TIME = "/usr/bin/time"  # GNU time: reports its child's own peak RSS (%M, KiB)
 
 
-def run(cmd: list[str], env: dict | None = None) -> tuple[float, float, int, str]:
-    """(wall seconds, peak RSS MiB of the command's own process, exit status, stderr tail).
+def run(cmd: list[str], env: dict | None = None) -> tuple[float, float, float, int, str]:
+    """(wall seconds, peak RSS MiB and CPU seconds of the command's own process, exit status, stderr tail).
 
     A child forked from this (numpy-sized) Python would inherit its RSS as a floor of ru_maxrss,
     so the command runs under GNU time, a small process, when it is installed.
     """
-    wrapped = [TIME, "-f", "BENCH_MAXRSS_KB=%M", *cmd] if os.path.exists(TIME) else cmd
+    wrapped = [TIME, "-f", "BENCH_MAXRSS_KB=%M %U %S", *cmd] if os.path.exists(TIME) else cmd
     t0 = time.perf_counter()
     proc = subprocess.Popen(wrapped, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stderr = proc.stderr.read().decode(errors="replace")
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     rc = os.waitstatus_to_exitcode(status)
-    rss_kib = usage.ru_maxrss
+    rss_kib, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     lines = stderr.splitlines()
     if lines and lines[-1].startswith("BENCH_MAXRSS_KB="):
-        rss_kib = int(lines[-1].split("=", 1)[1])
+        kib, user, system = lines[-1].split("=", 1)[1].split()
+        rss_kib, cpu = int(kib), float(user) + float(system)
         stderr = "\n".join(lines[:-1])
-    return wall, rss_kib / 1024, rc, stderr[-800:]
+    return wall, rss_kib / 1024, cpu, rc, stderr[-800:]
 
 
 def mergekit_configs(work: Path, base: Path, donor: Path, num_layers: int, lo: int, hi: int) -> tuple[Path, Path]:
@@ -167,7 +168,7 @@ def main() -> None:
     subprocess.run(SURGEON + ["zero", str(base), "--module", "o_proj", "--layers", "0", "-q", "--no-fsync",
                               "-o", str(outs / "warmup")], check=True, env=env)  # numba's cache filled before timing
     shutil.rmtree(outs / "warmup")
-    results: dict[str, dict] = {name: {"walls": [], "rss_mib": 0.0} for name in jobs}
+    results: dict[str, dict] = {name: {"walls": [], "cpus": [], "rss_mib": 0.0} for name in jobs}
     load_before = load_average()
     for round_ in range(args.repeat):
         order = random.Random(f"{args.seed}-{round_}").sample(list(jobs), len(jobs))
@@ -175,11 +176,12 @@ def main() -> None:
             out = outs / f"r{round_}-{list(jobs).index(name)}"
             if args.cold:
                 drop_cached(inputs)
-            wall, rss, rc, err = run([c.replace("{out}", str(out)) for c in jobs[name]], env=env)
+            wall, rss, cpu, rc, err = run([c.replace("{out}", str(out)) for c in jobs[name]], env=env)
             shutil.rmtree(out, ignore_errors=True)
             if rc:
                 raise SystemExit(f"{name} failed (exit {rc}): {err.strip()[-400:]}")
             results[name]["walls"].append(wall)
+            results[name]["cpus"].append(cpu)
             results[name]["rss_mib"] = max(results[name]["rss_mib"], rss)
             print(f"  round {round_ + 1}: {name}: {wall:.2f} s, peak RSS {rss:.0f} MiB", file=sys.stderr, flush=True)
     load_after = load_average()
@@ -189,13 +191,14 @@ def main() -> None:
     print(f"\nmodel: {args.shape}, {model_bytes / 1e9:.2f} GB, {n} layers ({len(model_files(base))} files); "
           f"{'cold' if args.cold else 'warm'} inputs; {args.repeat} rounds; load average before {load_before}, "
           f"after {load_after}; {os.cpu_count()} CPUs")
-    print(f"{'job':44s} {'median s':>9s} {'best s':>7s} {'bound':>12s} {'x bound':>8s} {'peak RSS MiB':>13s}")
+    print(f"{'job':44s} {'median s':>9s} {'best s':>7s} {'bound':>12s} {'x bound':>8s} {'CPU s':>6s} {'peak RSS MiB':>13s}")
     for name, r in results.items():
         med, best = statistics.median(r["walls"]), min(r["walls"])
         syncs = not name.startswith("cp") and "--no-fsync" not in name and not name.startswith("mergekit")
         bound, bound_name = (cps, "cp -r + sync") if syncs else (cp, "cp -r")
         r.update({"median_s": med, "best_s": best, "bound": bound_name, "ratio": med / bound})
-        print(f"{name:44s} {med:9.2f} {best:7.2f} {bound_name:>12s} {med / bound:8.2f} {r['rss_mib']:13.0f}")
+        cpu = statistics.median(r["cpus"])
+        print(f"{name:44s} {med:9.2f} {best:7.2f} {bound_name:>12s} {med / bound:8.2f} {cpu:6.2f} {r['rss_mib']:13.0f}")
     for fsync in ("", " --no-fsync"):
         on, off = results[f"splice --take o_proj{fsync} --checksums"]["median_s"], results[f"splice --take o_proj{fsync}"]["median_s"]
         print(f"sha256 while writing{fsync or ' (with fsync)'}: {on / off:.3f}x the splice without it ({(on / off - 1) * 100:+.1f}%)")

@@ -41,6 +41,7 @@ SHAPES: dict[str, dict] = {
     "one-tensor": dict(dtype="bf16"),
 }
 SHARD_BYTES = 2_000_000_000  # shards of at most 2 GB, as releases ship 2-5 GB ones
+FAST_FROM_GB = 2.0  # from this size on, values come from reinit's parallel generator (synth's fast=True)
 
 
 def shape_args(shape: str, size_gb: float) -> dict:
@@ -88,7 +89,9 @@ def ensure_models(workdir: Path, shape: str, size_gb: float, tuned: int = 1, don
     from weightsurgeon.synth import make_checkpoint, make_tuned
 
     args = shape_args(shape, size_gb)
-    stamp = {"shape": shape, "size_gb": size_gb, "args": args, "tuned": tuned, "donor": donor, "version": 1}
+    fast = size_gb >= FAST_FROM_GB  # numpy's PCG64 on one thread makes ~100 MB/s: hours for a 2 x 12 GB pair
+    stamp = {"shape": shape, "size_gb": size_gb, "args": args, "tuned": tuned, "donor": donor, "fast": fast,
+             "version": 1}
     names = ["base", *(f"tuned{i}" for i in range(1, tuned + 1)), *(["donor"] if donor else [])]
     paths = {name: workdir / name for name in names}
     marker = workdir / "models.json"
@@ -106,9 +109,9 @@ def ensure_models(workdir: Path, shape: str, size_gb: float, tuned: int = 1, don
             else:
                 make_tuned(paths["base"], path, seed=int(name[5:]) if name.startswith("tuned") else 99)
         elif name == "base" or name == "donor":
-            make_checkpoint(path, seed=0 if name == "base" else 1, shard_bytes=SHARD_BYTES, **args)
+            make_checkpoint(path, seed=0 if name == "base" else 1, shard_bytes=SHARD_BYTES, fast=fast, **args)
         else:
-            make_tuned(paths["base"], path, seed=int(name[5:]))
+            make_tuned(paths["base"], path, seed=int(name[5:]), fast=fast)
     marker.write_text(json.dumps(stamp))
     print(f"generated in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return paths

@@ -151,19 +151,30 @@ def _seed_for(seed: int, name: str, salt: str = "") -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def _normal_chunks(seed: int, name: str, numel: int, salt: str = "") -> Iterator[np.ndarray]:
-    """Standard normals for one tensor, in fixed-size blocks keyed by block index."""
+def _normal_chunks(seed: int, name: str, numel: int, salt: str = "", fast: bool = False) -> Iterator[np.ndarray]:
+    """Standard normals for one tensor, in fixed-size blocks keyed by block index.
+
+    fast: reinit's parallel counter-based generator instead of PCG64 (other values, same
+    law), for benchmark models of many GB; the tests' and the demo's models keep PCG64.
+    """
     base = _seed_for(seed, name, salt)
+    if fast:
+        from weightsurgeon.kernels.gaussian import gaussian_fill
+
+        out = np.empty(min(numel, 16 * _CHUNK_ELEMS), np.float32)
+        for start in range(0, numel, len(out)):
+            yield gaussian_fill(out[:min(len(out), numel - start)], base, start, 0.0, 1.0)
+        return
     for block, start in enumerate(range(0, numel, _CHUNK_ELEMS)):
         n = min(_CHUNK_ELEMS, numel - start)
         rng = np.random.Generator(np.random.PCG64([base, block]))
         yield rng.standard_normal(n, dtype=np.float32)
 
 
-def _base_chunks(seed: int, name: str, numel: int) -> Iterator[np.ndarray]:
+def _base_chunks(seed: int, name: str, numel: int, fast: bool = False) -> Iterator[np.ndarray]:
     is_norm = "norm" in name.rsplit(".", 2)[-2] if "." in name else False
     is_bias = name.endswith(".bias")
-    for z in _normal_chunks(seed, name, numel):
+    for z in _normal_chunks(seed, name, numel, fast=fast):
         if is_norm:
             yield np.float32(1.0) + np.float32(0.05) * z
         elif is_bias:
@@ -234,20 +245,20 @@ def _write_shards(out: Path, shards: list[list[tuple[str, tuple[int, ...]]]], dt
 
 
 def write_weights(path: str | os.PathLike, specs: list[tuple[str, tuple[int, ...]]], dtype: str = "f32",
-                  seed: int = 0, shard_bytes: int | None = None) -> Path:
+                  seed: int = 0, shard_bytes: int | None = None, fast: bool = False) -> Path:
     """Only the safetensors files (and the index when sharded) of the tensors `specs`, with synthetic values."""
     st_dtype = SYNTH_DTYPES[dtype]
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     _write_shards(out, _plan_shards(specs, st_dtype, shard_bytes), st_dtype,
-                  lambda name, numel: _base_chunks(seed, name, numel))
+                  lambda name, numel: _base_chunks(seed, name, numel, fast))
     return out
 
 
 def make_checkpoint(path: str | os.PathLike, arch: str = "qwen2", num_layers: int = 2, hidden_size: int = 64,
                     intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2, vocab_size: int = 512,
                     dtype: str = "f32", tied: bool = False, seed: int = 0, shard_bytes: int | None = None,
-                    layer_types: bool = False, num_experts: int = 0) -> Path:
+                    layer_types: bool = False, num_experts: int = 0, fast: bool = False) -> Path:
     """Write a synthetic checkpoint directory and return its path (qwen3_moe: num_experts >= 1 per layer)."""
     if arch not in ARCHS:
         raise SurgeonError(f"synth: unknown arch {arch!r} (one of {', '.join(ARCHS)})")
@@ -262,7 +273,7 @@ def make_checkpoint(path: str | os.PathLike, arch: str = "qwen2", num_layers: in
     st_dtype = SYNTH_DTYPES[dtype]
     shape = ModelShape(arch, num_layers, hidden_size, intermediate_size, num_heads, num_kv_heads, vocab_size,
                        num_experts)
-    out = write_weights(path, tensor_specs(shape, tied), dtype, seed, shard_bytes)
+    out = write_weights(path, tensor_specs(shape, tied), dtype, seed, shard_bytes, fast)
     config = config_for(shape, tied, st_dtype, layer_types)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(
@@ -295,7 +306,7 @@ def layer_profile(num_layers: int) -> list[float]:
 
 
 def make_tuned(base: str | os.PathLike, path: str | os.PathLike, pattern: dict[str, float] | None = None,
-               seed: int = 1, dtype: str | None = None) -> Path:
+               seed: int = 1, dtype: str | None = None, fast: bool = False) -> Path:
     """Write a 'fine-tune' of a synthetic base with a planted delta, plus planted.json (the ground truth)."""
     from weightsurgeon.checkpoint import open_checkpoint
     from weightsurgeon.layout import classify, layout_of
@@ -314,8 +325,8 @@ def make_tuned(base: str | os.PathLike, path: str | os.PathLike, pattern: dict[s
             loc = classify(name)
             scale = pattern.get(loc.module, 0.0) * (profile[loc.layer] if loc.layer is not None else 1.0)
             info = infos[name]
-            noise = _normal_chunks(seed, name, numel, salt="delta")
-            buf = bytearray(_CHUNK_ELEMS * info.itemsize)
+            noise = _normal_chunks(seed, name, numel, salt="delta", fast=fast)
+            buf = bytearray((16 if fast else 1) * _CHUNK_ELEMS * info.itemsize)
             for raw, z in zip(ckpt.iter_chunks(info, chunk_bytes=len(buf), buffer=buf), noise):
                 a = _decode(raw, info.dtype)
                 yield a if scale == 0.0 else a * (np.float32(1.0) + np.float32(scale) * z)
