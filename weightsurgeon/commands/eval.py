@@ -181,15 +181,24 @@ def eval_compare(runs: tuple[str, ...], csv_path: str | None) -> None:
 @click.option("-o", "--output", help="Folder for probe.json (every output and its evidence).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print probe.json to stdout instead of the tables.")
+@click.option("--sweep", help="paper (Table 3: zero/reinit of 7 modules and remove, layers 5-30) or a sweep YAML: "
+                              "every destruction applied to ONE loaded MODEL in memory.")
 def probe_cmd(models: tuple[str, ...], backend: str, prompt_mode: str, max_new_tokens: int, device: str | None,
-              dtype: str | None, output: str | None, force: bool, as_json: bool) -> None:
+              dtype: str | None, output: str | None, force: bool, as_json: bool, sweep: str | None) -> None:
     """Sort each MODEL's answers to built-in chat and math prompts into levels I-IV (paper's Table 3).
 
     I nonsense, II fluent but off-topic, III on-topic but wrong, IV correct; each verdict
     prints the evidence (repetition, entropy, topic words, answer found) that decided it.
     With several MODELs (say a base and its zero/reinit/remove variants) a last table
-    counts the levels per model.
+    counts the levels per model. With --sweep, one MODEL is loaded once and each
+    destruction applied in memory (the same values zero/reinit/remove write) and undone:
+    surgeon probe BASE --sweep paper -o table3/  (table3.csv/.md/.png, generations.jsonl).
     """
+    if sweep is not None:
+        from weightsurgeon.commands.probe_sweep import run_sweep_command
+
+        run_sweep_command(models, sweep, backend, prompt_mode, max_new_tokens, device, dtype, output, force, as_json)
+        return
     import json
 
     from weightsurgeon.atomic import check_output_path
