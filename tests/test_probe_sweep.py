@@ -124,3 +124,36 @@ def test_yaml_sweeps_and_their_errors(model_dir, surgeon, tmp_path):
         assert not (tmp_path / "x").exists()
     res = surgeon("probe", model_dir, model_dir, "--sweep", "paper")
     assert res.code == 1 and "one MODEL" in res.stderr
+
+
+def test_merge_sweep_in_memory_equals_splice_and_scores_a_task(model_dir, surgeon, tmp_path):
+    """Table 1: the donor's o_proj / qkv / mlp in memory, bit for bit the splice, scored through eval's loop."""
+    from transformers import AutoModelForCausalLM
+
+    from weightsurgeon.checkpoint import open_checkpoint
+    from weightsurgeon.recipes.eval.sweep import REINIT_DEFAULTS
+
+    donor = make_checkpoint(tmp_path / "donor", arch="qwen2", num_layers=6, dtype="bf16", layer_types=True, seed=5)
+    assert surgeon("splice", model_dir, donor, "--take", "qkv", "-o", tmp_path / "spliced", "-q").code == 0
+    written = _written(tmp_path / "spliced")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    with open_checkpoint(model_dir) as ckpt, open_checkpoint(donor) as d:
+        restore = apply_cell(model, plan_for(ckpt, Cell("splice", "qkv", "all"), REINIT_DEFAULTS, d))
+    state = model.state_dict()
+    assert all(_same_bits(state[n], v) for n, v in written.items())
+    restore()
+    data = tmp_path / "m.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in (("1+1?", "2"), ("2+3?", "5"))))
+    out = tmp_path / "table1"
+    res = surgeon("probe", model_dir, "--sweep", "merge", "--donor", donor, "--tasks", "math500", "--data",
+                  f"math500={data}", "--limit", "2", "--max-new-tokens", "2", "-o", out)
+    assert res.code == 0, res.stderr
+    with open(out / "table1.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["module"]) for r in rows] == [("splice", "o_proj"), ("splice", "qkv"), ("splice", "mlp")]
+    assert all(r["math500 acc %"] in ("0.0", "50.0", "100.0") for r in rows)
+    doc = json.loads((out / "probe.json").read_text())
+    assert doc["donor"] == str(donor) and len(doc["cells"][0]["samples"]["math500"]) == 2
+    assert doc["baseline"]["tasks"]["math500"]["problems"] == 2
+    res = surgeon("probe", model_dir, "--sweep", "merge")
+    assert res.code == 1 and "--donor" in res.stderr

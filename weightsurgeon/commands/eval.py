@@ -183,8 +183,13 @@ def eval_compare(runs: tuple[str, ...], csv_path: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print probe.json to stdout instead of the tables.")
 @click.option("--sweep", help="paper (Table 3: zero/reinit of 7 modules and remove, layers 5-30) or a sweep YAML: "
                               "every destruction applied to ONE loaded MODEL in memory.")
+@click.option("--donor", help="--sweep merge (or a YAML sweep with splice): the model whose modules go into MODEL.")
+@click.option("--tasks", help="--sweep: also score every cell on these tasks (aime24, math500, gpqa_diamond).")
+@click.option("--data", "data", multiple=True, help="--sweep --tasks: TASK=FILE.jsonl or TASK=owner/dataset (repeatable).")
+@click.option("--limit", type=click.IntRange(min=1), help="--sweep --tasks: first N problems of each task.")
 def probe_cmd(models: tuple[str, ...], backend: str, prompt_mode: str, max_new_tokens: int, device: str | None,
-              dtype: str | None, output: str | None, force: bool, as_json: bool, sweep: str | None) -> None:
+              dtype: str | None, output: str | None, force: bool, as_json: bool, sweep: str | None,
+              donor: str | None, tasks: str | None, data: tuple[str, ...], limit: int | None) -> None:
     """Sort each MODEL's answers to built-in chat and math prompts into levels I-IV (paper's Table 3).
 
     I nonsense, II fluent but off-topic, III on-topic but wrong, IV correct; each verdict
@@ -192,13 +197,17 @@ def probe_cmd(models: tuple[str, ...], backend: str, prompt_mode: str, max_new_t
     With several MODELs (say a base and its zero/reinit/remove variants) a last table
     counts the levels per model. With --sweep, one MODEL is loaded once and each
     destruction applied in memory (the same values zero/reinit/remove write) and undone:
-    surgeon probe BASE --sweep paper -o table3/  (table3.csv/.md/.png, generations.jsonl).
+    surgeon probe BASE --sweep paper -o table3/  (table3.csv/.md/.png, generations.jsonl);
+    surgeon probe BASE --sweep merge --donor DONOR --tasks math500 --limit 50 -o table1/.
     """
     if sweep is not None:
         from weightsurgeon.commands.probe_sweep import run_sweep_command
 
-        run_sweep_command(models, sweep, backend, prompt_mode, max_new_tokens, device, dtype, output, force, as_json)
+        run_sweep_command(models, sweep, backend, prompt_mode, max_new_tokens, device, dtype, output, force, as_json,
+                          donor=donor, tasks=tasks, data=_parse_data(data), limit=limit)
         return
+    if donor or tasks or data or limit:
+        raise click.UsageError("--donor, --tasks, --data and --limit go with --sweep")
     import json
 
     from weightsurgeon.atomic import check_output_path

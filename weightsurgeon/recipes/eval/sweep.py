@@ -1,4 +1,4 @@
-"""`surgeon probe BASE --sweep paper -o table3/`: the paper's Table 3 from one model load.
+"""`surgeon probe BASE --sweep paper -o table3/`: the paper's Table 3 from one model load (and Table 1).
 
 Each cell of a sweep (zero or reinit of one module over a layer range, or removal of a
 layer range) is applied to the loaded model in memory with the very plans and value
@@ -16,6 +16,12 @@ describes any other sweep::
     modules: [o_proj, mlp]                # selectors, as --module takes them (not for remove)
     layers: ["5-30", "0-4"]               # one string or a list, as --layers takes them
     reinit: {std: 0.02, mean: 0.0, seed: 0}
+    donor: path/to/donor                  # for method splice: the donor's modules into BASE
+
+The merge table (the paper's Table 1) is ``--sweep merge --donor DONOR``: BASE with the
+donor's o_proj, its q/k/v projections, or its MLP (all layers), each in memory with the
+values `surgeon splice` writes; with ``--task`` each cell is also scored on that task
+through the evaluation loop of `surgeon eval` (accuracy and average generated tokens).
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ from weightsurgeon.recipes.eval.levels import LEVEL_NAMES
 SCHEMA = "weightsurgeon.probe-sweep/1"
 PAPER_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PAPER_LAYERS = (5, 30)
-METHODS = ("zero", "reinit", "remove")
+METHODS = ("zero", "reinit", "remove", "splice")
+MERGE_MODULES = ("o_proj", "qkv", "mlp")
 REINIT_DEFAULTS = {"std": 0.02, "mean": 0.0, "seed": 0}  # surgeon reinit's defaults
 
 
@@ -51,6 +58,12 @@ class Sweep:
     name: str
     cells: tuple[Cell, ...]
     reinit: dict[str, float]
+    donor: str | None = None
+
+    @property
+    def stem(self) -> str:
+        """Output file names: table1.* for a merge table, table3.* for destruction."""
+        return "table1" if all(c.method == "splice" for c in self.cells) else "table3"
 
 
 def paper_layers(num_layers: int) -> str:
@@ -66,10 +79,14 @@ def paper_sweep(num_layers: int) -> Sweep:
     return Sweep("paper", tuple(cells), dict(REINIT_DEFAULTS))
 
 
-def load_sweep(spec: str, num_layers: int) -> Sweep:
-    """``paper``, or a YAML file of methods x modules x layer ranges."""
+def load_sweep(spec: str, num_layers: int, donor: str | None = None) -> Sweep:
+    """``paper``, ``merge``, or a YAML file of methods x modules x layer ranges."""
     if spec == "paper":
         return paper_sweep(num_layers)
+    if spec == "merge":
+        if donor is None:
+            raise SurgeonError("--sweep merge needs --donor DONOR (whose modules go into MODEL)")
+        return Sweep("merge", tuple(Cell("splice", m, "all") for m in MERGE_MODULES), dict(REINIT_DEFAULTS), donor)
     import yaml
 
     path = Path(spec).expanduser()
@@ -81,9 +98,9 @@ def load_sweep(spec: str, num_layers: int) -> Sweep:
         raise SurgeonError(f"{path}: cannot read the sweep: {str(e).splitlines()[0]}") from e
     if not isinstance(raw, dict):
         raise SurgeonError(f"{path}: a sweep is a mapping with methods, modules and layers")
-    unknown = sorted(set(raw) - {"methods", "modules", "layers", "reinit"})
+    unknown = sorted(set(raw) - {"methods", "modules", "layers", "reinit", "donor"})
     if unknown:
-        raise SurgeonError(f"{path}: unknown key(s) {', '.join(unknown)} (methods, modules, layers, reinit)")
+        raise SurgeonError(f"{path}: unknown key(s) {', '.join(unknown)} (methods, modules, layers, reinit, donor)")
 
     def as_list(key: str, default: list | None = None) -> list[str]:
         value = raw.get(key, default)
@@ -97,7 +114,10 @@ def load_sweep(spec: str, num_layers: int) -> Sweep:
     methods = as_list("methods")
     bad = [m for m in methods if m not in METHODS]
     if bad:
-        raise SurgeonError(f"{path}: unknown method(s) {', '.join(bad)} (zero, reinit, remove)")
+        raise SurgeonError(f"{path}: unknown method(s) {', '.join(bad)} (zero, reinit, remove, splice)")
+    donor = donor or (str(raw["donor"]) if raw.get("donor") is not None else None)
+    if "splice" in methods and donor is None:
+        raise SurgeonError(f"{path}: method splice needs a donor (donor: in the file, or --donor)")
     layers = as_list("layers")
     modules = as_list("modules") if any(m != "remove" for m in methods) else []
     reinit = dict(REINIT_DEFAULTS)
@@ -111,13 +131,19 @@ def load_sweep(spec: str, num_layers: int) -> Sweep:
             cells.extend(Cell(m, None, l) for l in layers)
         else:
             cells.extend(Cell(m, mod, l) for mod in modules for l in layers)
-    return Sweep(path.stem, tuple(dict.fromkeys(cells)), reinit)
+    return Sweep(path.stem, tuple(dict.fromkeys(cells)), reinit, donor)
 
 
-def plan_for(ckpt: Any, cell: Cell, reinit: dict[str, float]) -> Any:
-    """The same plan `surgeon zero|reinit|remove` builds for this cell."""
-    from weightsurgeon.surgery import plan_remove, plan_reinit, plan_zero
+def plan_for(ckpt: Any, cell: Cell, reinit: dict[str, float], donor: Any = None) -> Any:
+    """The same plan `surgeon zero|reinit|remove|splice` builds for this cell."""
+    from weightsurgeon.surgery import plan_remove, plan_reinit, plan_splice, plan_zero
 
+    if cell.method == "splice":
+        plan = plan_splice(ckpt, donor, take=cell.module, layers=None if cell.layers == "all" else cell.layers)
+        if plan.config_edits or any(t.name not in ckpt.tensors for t in plan.tensors):
+            raise SurgeonError(f"{cell.label}: this splice edits config.json or adds tensors (an untied head); "
+                               "it cannot be done in memory: write it with surgeon splice")
+        return plan
     if cell.method == "zero":
         return plan_zero(ckpt, cell.module, cell.layers)
     if cell.method == "reinit":
@@ -212,66 +238,112 @@ def dominant_level(counts: dict[str, int]) -> str:
 
 
 def run_sweep(model: str, sweep_spec: str, backend_options: dict[str, Any] | None = None, prompt_mode: str = "chat",
-              max_new_tokens: int = 128, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    """Load once, probe the intact model, then every cell with its destruction applied and undone."""
+              max_new_tokens: int = 128, log: Callable[[str], None] = lambda _m: None, donor: str | None = None,
+              eval_cfg: Any = None) -> dict[str, Any]:
+    """Load once, probe the intact model, then every cell with its change applied and undone.
+
+    ``eval_cfg`` (an EvalConfig): also score every cell on its tasks, as `surgeon eval` does.
+    """
+    import contextlib
+
     from weightsurgeon.checkpoint import open_checkpoint
     from weightsurgeon.layout import layout_of
     from weightsurgeon.recipes.eval.backends import open_backend
     from weightsurgeon.recipes.eval.probe import run_probe
 
-    with open_checkpoint(model) as ckpt:
+    with contextlib.ExitStack() as stack:
+        ckpt = stack.enter_context(open_checkpoint(model))
         lay = layout_of(ckpt.tensors, ckpt.config)
-        sweep = load_sweep(sweep_spec, lay.num_layers)
-        plans = [plan_for(ckpt, c, sweep.reinit) for c in sweep.cells]  # every cell checked before the model loads
+        sweep = load_sweep(sweep_spec, lay.num_layers, donor)
+        donor_ckpt = None
+        if any(c.method == "splice" for c in sweep.cells):
+            donor_ckpt = stack.enter_context(open_checkpoint(sweep.donor))
+        plans = [plan_for(ckpt, c, sweep.reinit, donor_ckpt) for c in sweep.cells]  # all checked before the model loads
         backend = open_backend("hf", model, backend_options)
         log(f"probe sweep {sweep.name}: {len(sweep.cells)} cells on {model}")
-        baseline = run_probe(backend, prompt_mode, max_new_tokens)
+
+        def measure() -> dict[str, Any]:
+            result = run_probe(backend, prompt_mode, max_new_tokens)
+            if eval_cfg is not None:
+                result.update(_score(backend, eval_cfg))
+            return result
+
+        baseline = measure()
         cells = []
         for i, (cell, plan) in enumerate(zip(sweep.cells, plans), 1):
             restore = apply_cell(backend.model, plan)
             try:
-                result = run_probe(backend, prompt_mode, max_new_tokens)
+                result = measure()
             finally:
                 restore()
             level = dominant_level(result["levels"])
-            log(f"[{i}/{len(sweep.cells)}] {cell.label}: level {level} {result['levels']}")
+            scores = "".join(f", {t} {100 * m['accuracy']:.1f}%" for t, m in result.get("tasks", {}).items())
+            log(f"[{i}/{len(sweep.cells)}] {cell.label}: level {level} {result['levels']}{scores}")
             cells.append({"method": cell.method, "module": cell.module, "layers": cell.layers, "level": level, **result})
-    return {"schema": SCHEMA, "model": model, "sweep": sweep.name, "reinit": sweep.reinit,
-            "prompt_mode": prompt_mode, "max_new_tokens": max_new_tokens,
+    return {"schema": SCHEMA, "model": model, "sweep": sweep.name, "stem": sweep.stem, "reinit": sweep.reinit,
+            "donor": sweep.donor, "prompt_mode": prompt_mode, "max_new_tokens": max_new_tokens,
             "baseline": {"level": dominant_level(baseline["levels"]), **baseline}, "cells": cells}
+
+
+def _score(backend: Any, cfg: Any) -> dict[str, Any]:
+    """Accuracy and average tokens on each task, through `surgeon eval`'s own loop and grading."""
+    from weightsurgeon.recipes.eval.metrics import summarize
+    from weightsurgeon.recipes.eval.runner import evaluate_task
+
+    tasks, samples = {}, {}
+    for task in cfg.tasks:
+        records = evaluate_task(backend, task, cfg)
+        tasks[task] = summarize(records)
+        samples[task] = records
+    return {"tasks": tasks, "samples": samples}
+
+
+def table_header(result: dict[str, Any]) -> list[str]:
+    tasks = list(result["baseline"].get("tasks", {}))
+    return TABLE_HEADER + [h for t in tasks for h in (f"{t} acc %", f"{t} tokens")]
+
+
+def table_rows(result: dict[str, Any], with_baseline: bool = False) -> list[list[str]]:
+    cells = ([{"method": "none", "module": None, "layers": "-", **result["baseline"]}] if with_baseline else []) + result["cells"]
+    rows = []
+    for c in cells:
+        row = [c["method"], c["module"] or "-", c["layers"]] + [str(c["levels"][lvl]) for lvl in LEVEL_NAMES] + [c["level"]]
+        for m in c.get("tasks", {}).values():
+            row += [f"{100 * m['accuracy']:.1f}", f"{m['avg_total_tokens']:.0f}"]
+        rows.append(row)
+    return rows
 
 
 TABLE_HEADER = ["method", "module", "layers"] + [f"{lvl} {LEVEL_NAMES[lvl]}" for lvl in LEVEL_NAMES] + ["level"]
 
 
-def table_rows(result: dict[str, Any]) -> list[list[str]]:
-    return [[c["method"], c["module"] or "-", c["layers"]] + [str(c["levels"][lvl]) for lvl in LEVEL_NAMES] + [c["level"]]
-            for c in result["cells"]]
-
-
 def write_sweep(result: dict[str, Any], out_dir: str | Path, force: bool = False) -> Path:
-    """table3.csv, table3.md, table3.png, probe.json and generations.jsonl (every answer), atomically."""
+    """table3 (or table1, a merge table) .csv/.md/.png, probe.json and generations.jsonl (every answer), atomically."""
     from weightsurgeon.atomic import atomic_output_dir
     from weightsurgeon.recipes.eval.tables import to_csv
 
     out_dir = Path(out_dir)
     rows = table_rows(result)
+    header = table_header(result)
+    stem = result.get("stem", "table3")
     with atomic_output_dir(out_dir, [], force) as tmp:
-        (tmp / "table3.csv").write_text(to_csv(TABLE_HEADER, rows), encoding="utf-8")
+        (tmp / f"{stem}.csv").write_text(to_csv(header, rows), encoding="utf-8")
         base = result["baseline"]
         md = [f"Output levels of `{result['model']}` under each destruction (sweep `{result['sweep']}`, "
               f"{len(base['rows'])} probe prompts, {result['prompt_mode']} prompts, {result['max_new_tokens']} new tokens).",
               "", f"Intact model: level {base['level']} ({', '.join(f'{k}: {v}' for k, v in base['levels'].items())}).", "",
-              "| " + " | ".join(TABLE_HEADER) + " |", "|" + " --- |" * len(TABLE_HEADER)]
+              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         md += ["| " + " | ".join(r) + " |" for r in rows]
-        (tmp / "table3.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+        if base.get("tasks"):
+            md[2] = md[2][:-2] + "; " + ", ".join(f"{t} {100 * m['accuracy']:.1f}%" for t, m in base["tasks"].items()) + ")."
+        (tmp / f"{stem}.md").write_text("\n".join(md) + "\n", encoding="utf-8")
         (tmp / "probe.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
             for cell in [{"method": "none", "module": None, "layers": None, **base}] + result["cells"]:
                 for r in cell["rows"]:
                     f.write(json.dumps({"method": cell["method"], "module": cell["module"], "layers": cell["layers"],
                                         **r}, ensure_ascii=False) + "\n")
-        _figure(result, tmp / "table3.png")
+        _figure(result, tmp / f"{stem}.png")
     return out_dir
 
 
