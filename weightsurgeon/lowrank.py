@@ -51,13 +51,23 @@ def _split(u: np.ndarray, s: np.ndarray, vt: np.ndarray, rank: int) -> tuple[np.
     return b, a
 
 
+def squared_norm(x: np.ndarray, block: int = 1 << 20) -> float:
+    """||x||_F^2 summed in float64, a block at a time (a float64 copy of a whole delta would double its memory)."""
+    flat = x.reshape(-1)
+    total = 0.0
+    for i in range(0, flat.size, block):
+        part = flat[i:i + block].astype(np.float64)
+        total += float(part @ part)
+    return total
+
+
 def factor(delta: np.ndarray, rank: int, method: str = "auto", seed: int = 0) -> Factors:
     """Factors of ``delta`` (2-D float32) with ``rank`` columns/rows; unused ones are zero (padding)."""
     if rank < 1:
         raise ValueError("rank must be at least 1")
     m, n = delta.shape
     k = min(m, n)
-    energy = float(np.dot(delta.ravel().astype(np.float64), delta.ravel().astype(np.float64)))
+    energy = squared_norm(delta)
     if energy == 0.0:
         return Factors(np.zeros((m, rank), np.float32), np.zeros((rank, n), np.float32), 0.0, 0.0, "zero")
     if rank >= k:
