@@ -156,7 +156,7 @@ def _torch_tensor(reader: Any, t: Any) -> Any:
     import numpy as np
     import torch
 
-    from weightsurgeon.format import storage_dtype
+    from weightsurgeon.kernels.decode import storage_dtype
 
     sd = storage_dtype(t.dtype)
     out = np.empty(t.numel, dtype=sd)
