@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_surgery import run  # noqa: E402  (wall time and the command's own peak RSS)
+from bench_surgery import run  # noqa: E402  (wall time, the command's own peak RSS and CPU seconds)
 
 SURGEON = [sys.executable, "-m", "weightsurgeon"]
 
@@ -85,13 +85,15 @@ def main() -> None:
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
     rss: dict[str, float] = {k: 0.0 for k in cases}
+    cpus: dict[str, list[float]] = {k: [] for k in cases}
     kept: dict[str, str] = {}
     for i in range(args.repeat):
         for name, cmd in cases.items():
             out = work / f"out-{abs(hash(name)) % 10000}"
             shutil.rmtree(out, ignore_errors=True)
             full = cmd + ([str(out), r] if name.startswith("by hand") else ["-o", str(out)])
-            wall, peak, rc, err = run(full)
+            wall, peak, cpu, rc, err = run(full)
+            cpus[name].append(cpu)
             if rc != 0:
                 raise SystemExit(f"{name} failed: {err}")
             times[name].append(wall)
@@ -102,10 +104,10 @@ def main() -> None:
                 kept[name] = f"{json.loads((out / 'surgeon.json').read_text())['lora']['kept_share_total']:.4f}"
     ref = statistics.median(times["by hand: load both + torch.linalg.svd"])
     print(f"o_proj of {args.layers} layers, hidden {args.hidden}, bf16, rank {args.rank}, median of {args.repeat}")
-    print(f"{'':40s} {'time':>8s} {'vs by hand':>11s} {'peak RSS':>10s} {'kept':>8s}")
+    print(f"{'':40s} {'time':>8s} {'vs by hand':>11s} {'CPU s':>7s} {'peak RSS':>10s} {'kept':>8s}")
     for name in cases:
         med = statistics.median(times[name])
-        print(f"{name:40s} {med:7.2f}s {med / ref:10.2f}x {rss[name]:8.0f} MiB {kept[name]:>8s}")
+        print(f"{name:40s} {med:7.2f}s {med / ref:10.2f}x {statistics.median(cpus[name]):7.2f} {rss[name]:6.0f} MiB {kept[name]:>8s}")
     print("load average:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
