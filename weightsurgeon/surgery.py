@@ -410,8 +410,10 @@ def _donor_leftovers(donor: Checkpoint, lay_b: ModelLayout, lay_d: ModelLayout, 
     except SurgeonError:  # the selection matches nothing in the DONOR: nothing is left out
         picked = []
     used = set(taken) | set(sources.values())
-    left = [n for n in picked if n not in used]
-    beyond = [n for n in left if (layer := classify(n).layer) is not None and layer >= lay_b.num_layers]
+    # The DONOR's layout decides what is a decoder layer: DeepSeek-V3's MTP block is stored as
+    # layer num_hidden_layers but is not one, and --take o_proj does not take it.
+    left = [n for n in picked if n not in used and lay_d.locations[n].module != "mtp"]
+    beyond = [n for n in left if (layer := lay_d.locations[n].layer) is not None and layer >= lay_b.num_layers]
     extra = [n for n in left if n not in set(beyond)]
     warnings: list[str] = []
     first, last = lay_b.num_layers, lay_d.num_layers - 1
