@@ -340,11 +340,11 @@ def test_report_round_trips_and_writes_null_for_nan(tmp_path: Path) -> None:
     report = diff_checkpoints(base, tuned)
     text = report.to_json()
     data = json.loads(text)
-    assert data["schema"] == "weightsurgeon.diff/1" and len(data["bin_edges"]) == 201
+    assert data["schema"] == "weightsurgeon.diff/2" and len(data["bin_edges"]) == 201
     assert set(data) >= {"version", "created", "base", "tuned", "options", "notes", "missing", "tensors", "modules", "timing"}
     bias = next(t for t in data["tensors"] if t["name"].endswith("q_proj.bias"))
     assert bias["rel_l2"] is None and bias["n_base_zero"] == 8 and sum(bias["hist"]) == 0
-    assert data["tuned"][0]["label"] == "tuned" and len(data["base"]["digest"]) == 64
+    assert data["tuned"][0]["label"] == "tuned" and len(data["base"]["layout_digest"]) == 64
     again = DiffReport.from_json(text)
     assert again.to_json() == text
     path = report.write_json(tmp_path / "r.json")

@@ -82,10 +82,10 @@ def make_report(tuned=("distill", "math"), num_layers=6, bins=40, clip=1.0, hidd
                                     "hist": _gauss_hist(edges, rel, n)}, rel))
 
     def ident(src: str) -> dict:
-        return {"source": src, "path": f"/models/{src}", "digest": "sha256:" + "ab" * 32,
+        return {"source": src, "path": f"/models/{src}", "layout_digest": "sha256:" + "ab" * 32,
                 "architecture": "Qwen2ForCausalLM", "num_layers": num_layers, "dtype": "BF16"}
 
-    return {"schema": "weightsurgeon.diff/1", "version": "0.1.0", "created": "2026-11-22T03:00:00+00:00",
+    return {"schema": "weightsurgeon.diff/2", "version": "0.1.0", "created": "2026-11-22T03:00:00+00:00",
             "base": ident("Qwen/Qwen2.5-1.5B"), "tuned": [{"label": t, **ident(f"org/{t}")} for t in tuned],
             "options": {"bins": bins, "clip": clip, "modules": None, "layers": None, "every": every},
             "bin_edges": edges.tolist(), "notes": ["lm_head compared against the base's tied embed_tokens"],
@@ -317,7 +317,7 @@ def _bad_reports() -> dict[str, tuple[object, str]]:
         "not json": ("{", "not valid JSON (line 1, column 2"),
         "a list": ("[1, 2]", "not a diff report (the JSON is a list"),
         "wrong schema": ({"schema": "mergekit/1"}, "not a weightsurgeon diff report"),
-        "future schema": ({**good, "schema": "weightsurgeon.diff/2"}, "'weightsurgeon.diff/2' is not supported"),
+        "future schema": ({**good, "schema": "weightsurgeon.diff/9"}, "'weightsurgeon.diff/9' is not supported"),
         "no modules": (no_modules, "'modules' is missing or not a list"),
         "unknown tuned": (wrong_tuned, "modules[3]: 'tuned' is 'nobody'"),
         "short hist": (short_hist, "modules[0]: 'hist' has 3 bins but 'bin_edges' describes 10"),

@@ -13,12 +13,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import ShardHeader, TensorInfo, json_bomb_reason, parse_header
 from weightsurgeon.layout import ConfigView
 from weightsurgeon.quant import NONE as NOT_QUANTIZED, Quantization, refusal as quant_refusal, scan as scan_quantized
+from weightsurgeon.source import ByteSource, LocalFile, open_sequential, pread_into  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # numpy is imported where data is read: opening and planning need none
     import numpy as np
@@ -27,7 +28,8 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# A Hub id, optionally pinned to a revision: ORG/NAME@REVISION (a branch, tag or commit hash).
+_HUB_REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
 
 
 @dataclass
@@ -43,9 +45,13 @@ class Checkpoint:
     warnings: list[str] = field(default_factory=list)
     surgeon: dict | None = None
     quant: Quantization = NOT_QUANTIZED  # FP8/MXFP4 weights and their scales (weightsurgeon.quant)
-    _fds: dict[Path, int] = field(default_factory=dict, repr=False)
     # Each file read, as it was when opened (see check_unchanged).
     identities: dict[Path, FileIdentity] = field(default_factory=dict, repr=False)
+    # Where the bytes come from: None for local files, else a remote.HubRepo (read by range).
+    remote: Any = None
+    # "local" (a path), "cache" (a Hub id found in the local cache) or "remote" (read from the Hub).
+    origin: str = "local"
+    _sources: dict[Path, ByteSource] = field(default_factory=dict, repr=False)
 
     # -- container protocol -------------------------------------------------------------
     def __contains__(self, name: object) -> bool:
@@ -69,6 +75,15 @@ class Checkpoint:
     @property
     def files(self) -> list[Path]:
         return [s.path for s in self.shards]
+
+    @property
+    def is_remote(self) -> bool:
+        return self.remote is not None
+
+    @property
+    def location(self) -> str:
+        """Where the checkpoint is, for messages and reports: a folder, a file, or hf://REPO@COMMIT."""
+        return self.remote.label if self.remote is not None else str(self.path)
 
     @property
     def total_bytes(self) -> int:
@@ -103,37 +118,41 @@ class Checkpoint:
                                    "mix bytes that never existed together, so nothing was written: rerun once it is complete")
 
     def header_digest(self, shard: ShardHeader) -> str:
-        """sha256 of a shard's header bytes: identifies the checkpoint without hashing GBs."""
-        with open(shard.path, "rb") as f:
-            return hashlib.sha256(f.read(shard.data_start)).hexdigest()
+        """sha256 of a shard's header bytes: names the layout (names, dtypes, shapes, offsets), not the weights."""
+        head = bytearray(shard.data_start)
+        try:
+            got = self.byte_source(shard.path).read_into(0, memoryview(head))
+        except OSError as e:
+            raise SurgeonError(f"{shard.path}: cannot read: {e.strerror or e}") from e
+        if got != len(head):
+            raise SurgeonError(f"{shard.path}: file shrank below its header")
+        return hashlib.sha256(head).hexdigest()
 
     # -- reading --------------------------------------------------------------------------
-    def _fd(self, path: Path) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = open_sequential(path)
-        return fd
+    def byte_source(self, path: Path) -> ByteSource:
+        """The source of one shard's bytes (a local file, or a Hub file read by range), opened once."""
+        src = self._sources.get(path)
+        if src is None:
+            src = self._sources[path] = self.remote.source(path) if self.remote is not None else LocalFile(path)
+        return src
 
-    def locate(self, info: TensorInfo) -> tuple[int, int]:
-        """(open descriptor of the tensor's shard, byte position of its data) for readers of our own (the diff kernel)."""
-        return self._fd(info.file), info.begin
+    def locate(self, info: TensorInfo) -> tuple[int, int] | None:
+        """(open descriptor of the tensor's shard, byte position of its data) for readers of our own (the
+        diff kernel); None where the bytes have no local descriptor (a remote file): use read_into."""
+        fd = self.byte_source(info.file).fileno()
+        return None if fd is None else (fd, info.begin)
 
     def read_into(self, info: TensorInfo, offset: int, out: memoryview | bytearray | np.ndarray) -> None:
         """Fill ``out`` with the tensor's bytes starting ``offset`` bytes into the tensor."""
         view = memoryview(out).cast("B")
         if offset < 0 or offset + len(view) > info.nbytes:
             raise SurgeonError(f"internal: read of {len(view)} bytes at {offset} outside tensor {info.name!r}")
-        fd = self._fd(info.file)
-        pos = info.begin + offset
-        done = 0
-        while done < len(view):
-            try:
-                n = pread_into(fd, view[done:], pos + done)
-            except OSError as e:
-                raise SurgeonError(f"{info.file}: read failed in tensor {info.name!r}: {e.strerror}") from e
-            if n == 0:
-                raise SurgeonError(f"{info.file}: file is shorter than its header says (truncated while reading {info.name!r})")
-            done += n
+        try:
+            done = self.byte_source(info.file).read_into(info.begin + offset, view)
+        except OSError as e:
+            raise SurgeonError(f"{info.file}: read failed in tensor {info.name!r}: {e.strerror}") from e
+        if done != len(view):
+            raise SurgeonError(f"{info.file}: file is shorter than its header says (truncated while reading {info.name!r})")
 
     def iter_chunks(self, info: TensorInfo, chunk_bytes: int = DEFAULT_CHUNK_BYTES, buffer: bytearray | None = None) -> Iterator[np.ndarray]:
         """Yield the tensor as 1-D arrays of its stored dtype (BF16 as uint16 bits).
@@ -173,9 +192,11 @@ class Checkpoint:
         return out.reshape(info.shape)
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        for src in self._sources.values():
+            src.close()
+        self._sources.clear()
+        if self.remote is not None:
+            self.remote.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,35 +233,19 @@ def _identities(files: list[Path]) -> dict[Path, FileIdentity]:
     return {f: ident for f in files if (ident := file_identity(f)) is not None}
 
 
-def open_sequential(path: Path) -> int:
-    """A read-only descriptor with the kernel told we read front to back (more read-ahead)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as e:
-        raise SurgeonError(f"{path}: cannot open: {e.strerror}") from e
-    if hasattr(os, "posix_fadvise"):
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        except OSError:  # only a hint; some file systems refuse it
-            pass
-    return fd
-
-
-def pread_into(fd: int, view: memoryview, pos: int) -> int:
-    """One positioned read into ``view`` (no allocation where os.preadv exists); returns bytes read."""
-    if hasattr(os, "preadv"):
-        return os.preadv(fd, [view], pos)
-    data = os.pread(fd, len(view), pos)  # portable fallback (allocates)
-    view[: len(data)] = data
-    return len(data)
 
 
 # ---------------------------------------------------------------------------------------
 # Opening
 # ---------------------------------------------------------------------------------------
 
-def open_checkpoint(source: str | os.PathLike) -> Checkpoint:
-    """Open a model directory, a single .safetensors file, or a Hub id already in the local cache."""
+def open_checkpoint(source: str | os.PathLike, remote: bool = False, revision: str | None = None) -> Checkpoint:
+    """Open a model directory, a single .safetensors file, or a Hub id (ORG/NAME[@REVISION]).
+
+    A Hub id is read from the local cache when it is there. Otherwise, with `remote`, it is
+    opened on the Hub: config, index and shard headers are fetched (tens of kB per shard),
+    and tensor bytes are read by range later, only those a command asks for.
+    """
     text = str(source)
     if not text.strip() or "\x00" in text:
         raise SurgeonError(f"{text!r}: not a path or Hub id")
@@ -253,25 +258,43 @@ def open_checkpoint(source: str | os.PathLike) -> Checkpoint:
         if path.is_dir():
             return _open_directory(text, path)
         return _open_single_file(text, path)
-    if _HUB_ID.match(text) and not text.endswith((".safetensors", ".json")) and "/" in text:
-        return _open_directory(text, _resolve_hub_id(text))
+    ref = _HUB_REF.match(text)
+    if ref and not text.endswith((".safetensors", ".json")):
+        repo_id, rev = ref.group("repo"), ref.group("rev")
+        if rev is not None and revision is not None and rev != revision:
+            raise SurgeonError(f"{text}: names revision {rev!r} and --revision says {revision!r}: give one")
+        rev = rev or revision
+        cached = _resolve_hub_id(repo_id, rev, missing_ok=remote)
+        if cached is not None:
+            ckpt = _open_directory(text, cached)
+            ckpt.origin = "cache"
+            return ckpt
+        from weightsurgeon.remote import open_remote
+
+        return open_remote(text, repo_id, rev)
     raise SurgeonError(f"{text}: no such file or directory (and not a Hub id like 'Qwen/Qwen2.5-Math-1.5B')")
 
 
-def _resolve_hub_id(repo_id: str) -> Path:
-    """Find a Hub repo in the local cache, offline. Never downloads."""
+def _resolve_hub_id(repo_id: str, revision: str | None = None, missing_ok: bool = False) -> Path | None:
+    """Find a Hub repo in the local cache, offline; None if it is not there and `missing_ok`. Never downloads."""
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError as e:  # pragma: no cover - core dependency
         raise SurgeonError("huggingface_hub is not installed: pass a local path instead of a Hub id") from e
+    shown = repo_id if revision is None else f"{repo_id}@{revision}"
     try:
-        return Path(snapshot_download(repo_id=repo_id, local_files_only=True))
+        folder = Path(snapshot_download(repo_id=repo_id, revision=revision, local_files_only=True))
     except LocalEntryNotFoundError as e:
-        raise SurgeonError(f"{repo_id}: no such directory, and not in the local Hugging Face cache; "
-                           f"download it first with `hf download {repo_id}`") from e
+        if missing_ok:
+            return None
+        raise SurgeonError(f"{shown}: no such directory, and not in the local Hugging Face cache; download it first "
+                           f"with `hf download {repo_id}`, or pass --remote to fetch only the bytes the command needs") from e
     except Exception as e:  # invalid ids and cache oddities: report, never crash
-        raise SurgeonError(f"{repo_id}: cannot resolve from the local Hugging Face cache ({type(e).__name__}: {str(e)[:120]})") from e
+        raise SurgeonError(f"{shown}: cannot resolve from the local Hugging Face cache ({type(e).__name__}: {str(e)[:120]})") from e
+    if missing_ok and not any(folder.glob("*.safetensors")):
+        return None  # a snapshot with side files only (config, README): the weights are not cached
+    return folder
 
 
 def _open_single_file(text: str, path: Path) -> Checkpoint:
@@ -294,7 +317,7 @@ def _open_directory(text: str, root: Path) -> Checkpoint:
     index: dict | None = None
     if index_path.exists():
         index = _read_json_if_present(index_path)
-        shard_names = _validate_index(index_path, index)
+        shard_names = validate_index(index_path, index)
         files = [root / n for n in shard_names]
         for f in files:
             if not f.exists():
@@ -333,6 +356,25 @@ def _open_directory(text: str, root: Path) -> Checkpoint:
                       quant=scan_quantized(tensors, config, str(root)))
 
 
+def assemble_checkpoint(text: str, where: Path, headers: list[ShardHeader], index: dict | None, config: object,
+                        surgeon: object, remote: Any) -> Checkpoint:
+    """A checkpoint from headers and side files read elsewhere (the Hub), with a folder's checks.
+
+    `where` names the checkpoint in messages; `remote` reads the bytes (a remote.HubRepo).
+    """
+    warnings: list[str] = []
+    tensors = _tensor_infos(headers)
+    if index is not None:
+        _cross_check_index(where / INDEX_NAME, index, headers, warnings)
+    for h in headers:
+        _refuse_quantised(h)
+    check_config(where / "config.json", config)
+    return Checkpoint(source=text, root=None, shards=tuple(headers), tensors=tensors,
+                      config=config if isinstance(config, dict) else None, index=index, warnings=warnings,
+                      surgeon=surgeon if isinstance(surgeon, dict) else None, remote=remote, origin="remote",
+                      quant=scan_quantized(tensors, config if isinstance(config, dict) else None, str(where)))
+
+
 def _tensor_infos(headers: list[ShardHeader]) -> dict[str, TensorInfo]:
     tensors: dict[str, TensorInfo] = {}
     for h in headers:
@@ -348,12 +390,17 @@ def _read_config(root: Path) -> dict | None:
     """config.json beside the weights: must be an object; a quantization_config the engine cannot decode is refused."""
     path = root / "config.json"
     config = _read_json_if_present(path)
+    check_config(path, config)
+    return config
+
+
+def check_config(path: Path, config: object) -> None:
+    """config.json must be an object; a quantization_config is refused."""
     if config is not None and not isinstance(config, dict):
         raise SurgeonError(f"{path}: must be a JSON object")
     why = quant_refusal(config) if isinstance(config, dict) else None
     if why:
-        raise SurgeonError(f"{root}: quantized checkpoint ({why}); the engine decodes FP8 and MXFP4 weights only: dequantize it first")
-    return config
+        raise SurgeonError(f"{path.parent}: quantized checkpoint ({why}); the engine decodes FP8 and MXFP4 weights only: dequantize it first")
 
 
 def _read_json_if_present(path: Path) -> object | None:
@@ -363,17 +410,26 @@ def _read_json_if_present(path: Path) -> object | None:
         raise SurgeonError(f"{path}: not a regular file")
     try:
         with open(path, "rb") as f:
-            raw = f.read(64 * 1024 * 1024 + 1)
-        if len(raw) > 64 * 1024 * 1024:
-            raise SurgeonError(f"{path}: larger than 64 MB; not a checkpoint JSON file")
-        bomb = json_bomb_reason(raw)
-        if bomb:
-            raise SurgeonError(f"{path}: not a checkpoint JSON file: {bomb}")
+            raw = f.read(MAX_JSON_BYTES + 1)
+    except OSError as e:
+        raise SurgeonError(f"{path}: cannot read: {e.strerror}") from e
+    return parse_json_file(path, raw)
+
+
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
+def parse_json_file(path: Path, raw: bytes) -> object:
+    """A side-car JSON file's bytes (config, index, surgeon.json), with the size and JSON-bomb checks."""
+    if len(raw) > MAX_JSON_BYTES:
+        raise SurgeonError(f"{path}: larger than 64 MB; not a checkpoint JSON file")
+    bomb = json_bomb_reason(raw)
+    if bomb:
+        raise SurgeonError(f"{path}: not a checkpoint JSON file: {bomb}")
+    try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise SurgeonError(f"{path}: not valid JSON ({str(e)[:100]})") from e
-    except OSError as e:
-        raise SurgeonError(f"{path}: cannot read: {e.strerror}") from e
 
 
 def _plain_file_name(name: object) -> bool:
@@ -381,7 +437,7 @@ def _plain_file_name(name: object) -> bool:
             and "\x00" not in name and not os.path.isabs(name) and name.endswith(".safetensors"))
 
 
-def _validate_index(index_path: Path, index: object) -> list[str]:
+def validate_index(index_path: Path, index: object) -> list[str]:
     """The index's shape and file names; returns shard names sorted (model-00001-of-N first)."""
     if not isinstance(index, dict):
         raise SurgeonError(f"{index_path}: must be a JSON object")

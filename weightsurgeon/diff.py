@@ -14,10 +14,10 @@ buffers allocated once.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
+from contextlib import nullcontext
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,15 +221,9 @@ def _missing_error(missing: list[dict]) -> SurgeonError:
 # Identities
 # ---------------------------------------------------------------------------------------
 
-def checkpoint_digest(ckpt: Checkpoint) -> str:
-    """sha256 over the shards' header digests: names the exact tensors without hashing gigabytes."""
-    h = hashlib.sha256()
-    for shard in ckpt.shards:
-        h.update(ckpt.header_digest(shard).encode())
-    return h.hexdigest()
-
-
 def identify(ckpt: Checkpoint, label: str | None = None) -> ModelIdentity:
+    """The report's identity of one input: its layout digest, and its Hub identity where that is known."""
+    from weightsurgeon.identity import hub_identity, layout_digest
     from weightsurgeon.report.model import ModelIdentity
 
     by_dtype: Counter = Counter()
@@ -237,16 +231,17 @@ def identify(ckpt: Checkpoint, label: str | None = None) -> ModelIdentity:
         by_dtype[info.dtype] += info.nbytes
     layout = layout_of(ckpt.tensors, ckpt.config)
     arch = ckpt.config_view.architecture
-    path = str(ckpt.path.resolve())
-    return ModelIdentity(source=ckpt.source, path=path, digest=checkpoint_digest(ckpt), architecture=arch,
+    path = ckpt.location if ckpt.is_remote else str(ckpt.path.resolve())
+    hub = hub_identity(ckpt)
+    return ModelIdentity(source=ckpt.source, path=path, layout_digest=layout_digest(ckpt), architecture=arch,
                          num_layers=layout.num_layers, dtype=by_dtype.most_common(1)[0][0] if by_dtype else None,
-                         label=label)
+                         label=label, origin=ckpt.origin, repo=hub["repo"], commit=hub["commit"], shards=hub["shards"])
 
 
 def default_label(ckpt: Checkpoint) -> str:
     """The folder name; for a Hub id (a snapshot folder named by a commit hash) the repo name."""
     if not Path(ckpt.source).expanduser().exists() and "/" in ckpt.source:
-        return ckpt.source.rstrip("/").rsplit("/", 1)[-1]
+        return ckpt.source.rstrip("/").rsplit("/", 1)[-1].split("@", 1)[0]
     if ckpt.root is not None:
         return ckpt.root.name or str(ckpt.root)
     return Path(ckpt.files[0]).stem
@@ -427,10 +422,10 @@ class _ChunkReader:
             nbytes += count * p.other.itemsize
             target = stats[(p.tuned, p.name)]
             if self.reads_files(p.base.dtype, p.other.dtype):
-                fd_a, pos_a = self.base.locate(p.base)
-                fd_b, pos_b = self.others[p.tuned].locate(p.other)
-                if self.from_files(target, fd_a, pos_a + start * info.itemsize, p.base.dtype,
-                                   fd_b, pos_b + start * p.other.itemsize, p.other.dtype, count):
+                at_a, at_b = self.base.locate(p.base), self.others[p.tuned].locate(p.other)
+                if at_a is not None and at_b is not None and self.from_files(
+                        target, at_a[0], at_a[1] + start * info.itemsize, p.base.dtype,
+                        at_b[0], at_b[1] + start * p.other.itemsize, p.other.dtype, count):
                     continue
             base_buf, other_bufs = self._buffers()
             if base_view is None:
@@ -445,6 +440,24 @@ class _ChunkReader:
 def _check_unchanged(base: Checkpoint, others: list[Checkpoint]) -> None:
     for ckpt in (base, *others):
         ckpt.check_unchanged()
+
+
+def _fetches(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint,
+             others: list[Checkpoint]) -> Iterator[tuple[Checkpoint, Path, int, int]]:
+    """(checkpoint, file, begin, end) of every read, in reading order: what a remote input prefetches."""
+    for info, pairs in work:
+        yield base, info.file, info.begin, info.end
+        for p in pairs:
+            yield others[p.tuned], p.other.file, p.other.begin, p.other.begin + p.numel * p.other.itemsize
+
+
+def _prefetch(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others: list[Checkpoint]):
+    """Remote inputs fetch what the loop will read ahead of it, a bounded window in flight (remote.Prefetch)."""
+    if not (base.is_remote or any(c.is_remote for c in others)):
+        return nullcontext()
+    from weightsurgeon.remote import prefetching
+
+    return prefetching(_fetches(work, base, others))
 
 
 # ---------------------------------------------------------------------------------------
@@ -549,24 +562,29 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
     stats = {(p.tuned, p.name): DeltaStats.empty(bins, clip) for p in plan.pairs}
     work = _order_pairs(plan.pairs, plan.base)
     started = time.perf_counter()
+    if plan.base.is_remote or any(c.is_remote for c in plan.others):
+        from weightsurgeon.remote import CHUNK_BYTES
+
+        chunk_bytes = min(chunk_bytes, CHUNK_BYTES)  # the fetch window holds the rest
     elems, base_bytes, other_bytes, consumers = _chunk_plan(work, max(MIN_CHUNK_BYTES, int(chunk_bytes)), bins)
     reader = _ChunkReader(plan.base, plan.others, base_bytes, other_bytes, consumers)
     bytes_read = 0
-    shard = None
-    for info, pairs, start, stop in _schedule(work, elems):
-        if info.file != shard:  # a new base shard: did any input change so far?
-            shard = info.file
-            _check_unchanged(plan.base, plan.others)
-        try:
-            nbytes = reader.run(info, pairs, start, stop, stats)
-        except SystemError as e:  # Ctrl-C/SIGTERM arrived inside compiled code: surface it as itself
-            cause = _signal_cause(e)
-            if cause is None:
-                raise
-            raise cause from None
-        bytes_read += nbytes
-        if progress is not None:
-            progress.advance(nbytes)
+    with _prefetch(work, plan.base, plan.others):
+        shard = None
+        for info, pairs, start, stop in _schedule(work, elems):
+            if info.file != shard:  # a new base shard: did any input change so far?
+                shard = info.file
+                _check_unchanged(plan.base, plan.others)
+            try:
+                nbytes = reader.run(info, pairs, start, stop, stats)
+            except SystemError as e:  # Ctrl-C/SIGTERM arrived inside compiled code: surface it as itself
+                cause = _signal_cause(e)
+                if cause is None:
+                    raise
+                raise cause from None
+            bytes_read += nbytes
+            if progress is not None:
+                progress.advance(nbytes)
     seconds = time.perf_counter() - started
     nonfinite = _nonfinite_tensors(plan, stats)
     _check_unchanged(plan.base, plan.others)  # the last shard too: no report of bytes that never existed together

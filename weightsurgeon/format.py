@@ -194,17 +194,36 @@ def parse_header(path: Path) -> ShardHeader:
             file_size = _file_size(f)
             if file_size < 8:
                 raise SurgeonError(f"{where}: not a safetensors file (only {file_size} bytes; need an 8-byte header length)")
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len > MAX_HEADER_BYTES:
-                raise SurgeonError(f"{where}: header length {header_len} exceeds the 100 MB limit (corrupt or not safetensors)")
-            if 8 + header_len > file_size:
-                raise SurgeonError(f"{where}: header length {header_len} runs past the end of the file ({file_size} bytes): truncated or corrupt")
+            header_len = header_length(where, f.read(8), file_size)
             raw = f.read(header_len)
     except OSError as e:
         raise SurgeonError(f"{where}: cannot read: {e.strerror or e}") from e
     if len(raw) != header_len:
         raise SurgeonError(f"{where}: file shrank while reading its header")
     return _validate_header(path, raw, file_size)
+
+
+def header_length(where: str, first8: bytes, file_size: int) -> int:
+    """The JSON header's length from a file's first 8 bytes, checked against the limit and the file size."""
+    if file_size < 8 or len(first8) < 8:
+        raise SurgeonError(f"{where}: not a safetensors file (only {file_size} bytes; need an 8-byte header length)")
+    (header_len,) = struct.unpack("<Q", first8[:8])
+    if header_len > MAX_HEADER_BYTES:
+        raise SurgeonError(f"{where}: header length {header_len} exceeds the 100 MB limit (corrupt or not safetensors)")
+    if 8 + header_len > file_size:
+        raise SurgeonError(f"{where}: header length {header_len} runs past the end of the file ({file_size} bytes): truncated or corrupt")
+    return header_len
+
+
+def header_from_bytes(path: Path, head: bytes, file_size: int) -> ShardHeader:
+    """Validate a header read elsewhere (by range from the Hub): `head` holds at least the file's first 8+N bytes.
+
+    The same checks as parse_header, on the same code: a remote file gets no second parser.
+    """
+    header_len = header_length(str(path), head, file_size)
+    if len(head) < 8 + header_len:
+        raise SurgeonError(f"internal: {path}: {len(head)} header bytes, need {8 + header_len}")
+    return _validate_header(path, bytes(head[8:8 + header_len]), file_size)
 
 
 def _file_size(f) -> int:

@@ -736,8 +736,9 @@ def parse_size(text: str) -> int:
 
 
 def input_paths(plan: Plan) -> list[Path]:
-    """The folders (or files) of a plan's inputs: the output may not be inside any of them."""
+    """The folders (or files) of a plan's local inputs: the output may not be inside any of them."""
     paths = []
     for ckpt in plan.inputs.values():
-        paths.append(ckpt.path)
+        if not ckpt.is_remote:  # a Hub repository read by range holds no local path
+            paths.append(ckpt.path)
     return paths

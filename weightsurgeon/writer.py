@@ -11,6 +11,7 @@ full disk, SIGINT or SIGTERM.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -27,7 +28,8 @@ import numpy as np
 from weightsurgeon._version import __version__
 from weightsurgeon.atomic import atomic_output_dir, check_output_path
 from weightsurgeon.card import write_card
-from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint, open_sequential, pread_into
+from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint
+from weightsurgeon.source import ByteSource
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.format import build_header
 from weightsurgeon.kernels.decode import storage_dtype
@@ -176,28 +178,23 @@ class SourceReader:
 
 
 class RawCopier:
-    """Copies byte ranges between files: copy_file_range where it works, else one reused buffer."""
+    """Copies byte ranges into the output: copy_file_range from a local file where it works, else
+    through one reused buffer (a remote file is streamed straight into the output this way)."""
 
     def __init__(self, use_copy_file_range: bool = True) -> None:
         self.use_cfr = use_copy_file_range and hasattr(os, "copy_file_range")
         self._buffer: bytearray | None = None
-        self._fds: dict[Path, int] = {}
 
-    def source_fd(self, path: Path) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = open_sequential(path)
-        return fd
-
-    def copy(self, src: Path, src_off: int, dst_fd: int, dst_off: int, length: int, progress: "WriteBehind | ByteProgress",
-             digest: "hashlib._Hash | None" = None) -> None:
-        """With ``digest``, the bytes pass through the one buffer and are hashed on their way (no copy_file_range)."""
-        src_fd = self.source_fd(src)
+    def copy(self, src: ByteSource, src_off: int, dst_fd: int, dst_off: int, length: int,
+             progress: "WriteBehind | ByteProgress", digest: "hashlib._Hash | None" = None) -> None:
+        """With ``digest``, the bytes pass through the one buffer and are hashed on their way (no
+        copy_file_range); a source with no local descriptor (a remote file) always passes through it."""
+        src_fd = src.fileno()
         done = 0
         while done < length:
             want = min(COPY_SLICE, length - done)
-            if digest is not None:
-                n = self._copy_buffered(src_fd, src_off + done, dst_fd, dst_off + done, want, digest)
+            if digest is not None or src_fd is None:
+                n = self._copy_buffered(src, src_off + done, dst_fd, dst_off + done, want, digest)
             elif self.use_cfr:
                 try:
                     n = os.copy_file_range(src_fd, dst_fd, want, src_off + done, dst_off + done)
@@ -207,18 +204,18 @@ class RawCopier:
                         continue
                     raise
             else:
-                n = self._copy_buffered(src_fd, src_off + done, dst_fd, dst_off + done, want)
+                n = self._copy_buffered(src, src_off + done, dst_fd, dst_off + done, want)
             if n == 0:
-                raise SurgeonError(f"{src}: file is shorter than its header says (read past the end while copying)")
+                raise SurgeonError(f"{src.name}: file is shorter than its header says (read past the end while copying)")
             done += n
             progress.advance(n)
 
-    def _copy_buffered(self, src_fd: int, src_off: int, dst_fd: int, dst_off: int, want: int,
+    def _copy_buffered(self, src: ByteSource, src_off: int, dst_fd: int, dst_off: int, want: int,
                        digest: "hashlib._Hash | None" = None) -> int:
         if self._buffer is None:
             self._buffer = bytearray(COPY_BUFFER)
         view = memoryview(self._buffer)[:min(want, len(self._buffer))]
-        got = pread_into(src_fd, view, src_off)
+        got = src.read_into(src_off, view)
         if got:
             if digest is not None:
                 digest.update(view[:got])
@@ -226,9 +223,7 @@ class RawCopier:
         return got
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        self._buffer = None  # the sources' descriptors belong to their checkpoints
 
 
 def pwrite_all(fd: int, data: object, pos: int) -> int:
@@ -309,7 +304,7 @@ def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: S
                     length += nxt.nbytes
                     j += 1
                 try:
-                    copier.copy(info.file, info.begin, fd, pos, length, behind, digest)
+                    copier.copy(plan.inputs[t.source.role].byte_source(info.file), info.begin, fd, pos, length, behind, digest)
                 except OSError as e:
                     raise SurgeonError(f"{path}: writing failed while copying {t.name}: {e.strerror or e}") from e
                 pos += length
@@ -353,17 +348,13 @@ def _write_side_files(plan: Plan, tmp: Path, mapping: dict[str, str]) -> dict:
     total = plan.total_bytes
     _write_json(tmp / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": mapping})
     base = plan.inputs["base"]
-    config_src = _root_of(base) / "config.json"
     if plan.config is not None:
-        if not plan.config_edits and config_src.is_file():
-            shutil.copyfile(config_src, tmp / "config.json")  # byte for byte: nothing to change
-        else:
+        if plan.config_edits or not _copy_side_file(base, "config.json", tmp):  # byte for byte: nothing to change
             _write_json(tmp / "config.json", plan.config)
     if plan.files_from is not None:
-        root = _root_of(plan.inputs[plan.files_from])
-        for entry in sorted(root.iterdir()) if root.is_dir() else []:
-            if (entry.name in AUX_FILES or entry.name.endswith(AUX_SUFFIXES)) and entry.is_file():
-                shutil.copyfile(entry, tmp / entry.name)
+        for name in _side_file_names(plan.inputs[plan.files_from]):
+            if name in AUX_FILES or name.endswith(AUX_SUFFIXES):
+                _copy_side_file(plan.inputs[plan.files_from], name, tmp)
     doc = provenance(plan)
     return doc
 
@@ -380,16 +371,51 @@ def _write_provenance(tmp: Path, doc: dict, checksums: dict[str, str] | None) ->
     _write_json(tmp / "surgeon.json", doc)
 
 
+def _side_file_names(ckpt: Checkpoint) -> list[str]:
+    """The files beside a checkpoint's weights: its folder's, or the top of its Hub repository's."""
+    if ckpt.is_remote:
+        return sorted(n for n in ckpt.remote.files if "/" not in n)
+    root = _root_of(ckpt)
+    return sorted(p.name for p in root.iterdir() if p.is_file()) if root.is_dir() else []
+
+
+def _copy_side_file(ckpt: Checkpoint, name: str, folder: Path) -> bool:
+    """Copy one side file byte for byte (fetched whole from the Hub for a remote input); False if there is none."""
+    if ckpt.is_remote:
+        data = ckpt.remote.fetch(name)
+        if data is None:
+            return False
+        (folder / name).write_bytes(data)
+        return True
+    src = _root_of(ckpt) / name
+    if not src.is_file():
+        return False
+    shutil.copyfile(src, folder / name)
+    return True
+
+
 def provenance(plan: Plan) -> dict:
-    """surgeon.json: what was done, to what (header digests identify inputs without hashing GBs), by which version."""
+    """surgeon.json: what was done, to what, by which version.
+
+    Each input carries its layout (the header digests: names, dtypes, shapes, offsets; a base and
+    its fine-tune share them) and, where it costs nothing, the weights' own identity: the Hub
+    repository, commit and each shard's LFS sha256 (see identity.py).
+    """
+    from weightsurgeon.identity import hub_identity
+
     inputs = []
     for role, ckpt in plan.inputs.items():
+        hub = hub_identity(ckpt)
         inputs.append({
             "role": role,
             "source": ckpt.source,
-            "path": str(ckpt.path.resolve()),
+            "path": ckpt.location if ckpt.is_remote else str(ckpt.path.resolve()),
+            "origin": ckpt.origin,
+            "repo": hub["repo"],
+            "commit": hub["commit"],
             "partial": ckpt.is_partial,
-            "shards": [{"file": s.path.name, "header_sha256": ckpt.header_digest(s)} for s in ckpt.shards],
+            "shards": [{"file": s.path.name, "header_sha256": ckpt.header_digest(s), "sha256": h["sha256"]}
+                       for s, h in zip(ckpt.shards, hub["shards"])],
         })
     doc = {
         "schema_version": 1,
@@ -404,6 +430,28 @@ def provenance(plan: Plan) -> dict:
     }
     doc.update(plan.provenance)
     return doc
+
+
+def plan_reads(plan: Plan, shards: list[list[PlannedTensor]] | None = None) -> Iterator[tuple[Checkpoint, Path, int, int]]:
+    """(input, file, begin, end) of every input tensor the writer reads, in the order it reads them."""
+    for shard in shards if shards is not None else [plan.tensors]:
+        for t in shard:
+            src = t.source
+            roles = {"copy": [(src.role, src.name)], "cast": [(src.role, src.name)],
+                     "interpolate": [("base", src.name), ("donor", src.donor_name)]}.get(src.kind, [])
+            for role, name in roles:
+                ckpt = plan.inputs[role]
+                info = ckpt[name]
+                yield ckpt, info.file, info.begin, info.end
+
+
+def _prefetch(plan: Plan, shards: list[list[PlannedTensor]]):
+    """Remote inputs fetch what the plan reads ahead of the writer (a bounded window); nothing for local ones."""
+    if not any(c.is_remote for c in plan.inputs.values()):
+        return contextlib.nullcontext()
+    from weightsurgeon.remote import prefetching
+
+    return prefetching(plan_reads(plan, shards))
 
 
 def check_free_space(plan: Plan, output: Path, shards: int) -> None:
@@ -433,7 +481,8 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
     try:
         # atomic_output_dir holds signals pending until its cleanup is armed, and ignores repeats during cleanup.
         with atomic_output_dir(output, inputs, force=options.force, fsync=options.fsync) as tmp:
-            with ByteProgress(plan.total_bytes, f"{plan.operation}: writing", quiet=options.quiet) as progress:
+            with _prefetch(plan, shards), \
+                    ByteProgress(plan.total_bytes, f"{plan.operation}: writing", quiet=options.quiet) as progress:
                 for fname, shard in zip(names, shards):
                     progress.describe(f"{plan.operation}: {fname}")
                     _check_inputs_unchanged(plan)

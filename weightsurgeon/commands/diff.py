@@ -50,7 +50,42 @@ def _refuse_nonfinite(entries: list[dict]) -> None:
 
 
 def _input_paths(checkpoints: Sequence[Any]) -> list[Path]:
-    return [c.path for c in checkpoints]
+    """Local inputs' folders or files (the output may not be inside one); remote inputs have none."""
+    return [c.path for c in checkpoints if not c.is_remote]
+
+
+def input_reads(plan: Any) -> list[dict]:
+    """What each input of a diff plan reads (fetches, when remote), against its full size."""
+    per: dict[int, int] = {}
+    seen: set[str] = set()
+    for p in plan.pairs:
+        if p.base.name not in seen:
+            seen.add(p.base.name)
+            per[-1] = per.get(-1, 0) + p.base.nbytes
+        per[p.tuned] = per.get(p.tuned, 0) + p.numel * p.other.itemsize
+    rows = []
+    for i, (ckpt, label) in enumerate([(plan.base, "base"), *zip(plan.others, plan.labels)], start=-1):
+        row = {"input": label, "source": ckpt.source, "origin": ckpt.origin, "read_bytes": per.get(i, 0),
+               "total_bytes": ckpt.total_bytes}
+        if ckpt.is_remote:
+            row["path"] = ckpt.location
+            row["fetched_bytes"] = ckpt.remote.fetched
+        rows.append(row)
+    return rows
+
+
+def _say_reads(rows: list[dict], done: bool) -> None:
+    """One line per input read from the Hub or the cache: which, and how many bytes of how many."""
+    from weightsurgeon.output import human
+
+    for r in rows:
+        if r["origin"] == "remote":
+            what = (f"fetched {human(r['fetched_bytes'])}" if done
+                    else f"will fetch {human(r['read_bytes'])} of tensors")
+            click.echo(f"{r['input']}: read remotely from {r['path']}: {what} (the model is {human(r['total_bytes'])})",
+                       err=True)
+        elif r["origin"] == "cache":
+            click.echo(f"{r['input']}: {r['source']} read from the local Hugging Face cache", err=True)
 
 
 @click.command("diff")
@@ -81,10 +116,16 @@ def _input_paths(checkpoints: Sequence[Any]) -> list[Path]:
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--strict", is_flag=True,
               help="Any NaN/Inf in a compared tensor is an error (as in `verify --deep`): exit 1, no report.")
+@click.option("--remote", is_flag=True,
+              help="Hub ids (ORG/NAME[@REV]) not in the local cache are read from the Hub, only the compared tensors' "
+                   "bytes, by range, pinned to one commit. Remote bytes cannot be checked against the files' sha256 "
+                   "(that needs whole files); sizes are checked against the file list, headers and index.")
+@click.option("--dry-run", is_flag=True, help="Print how many bytes each input will read (fetch, when remote); compare nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: str | None, layers: str | None,
              experts: str | None, bins: int, clip: float, every: int, labels: tuple[str, ...], allow_missing: bool,
-             no_plots: bool, as_json: bool, top: int, chunk_mb: int, force: bool, strict: bool, quiet: bool) -> None:
+             no_plots: bool, as_json: bool, top: int, chunk_mb: int, force: bool, strict: bool, remote: bool,
+             dry_run: bool, quiet: bool) -> None:
     """Compare BASE with one or more fine-tunes TUNED..., tensor by tensor, streaming.
 
     Reports, per tensor and per (layer, module), the L2 norm of the weight delta, the L2 of
@@ -95,26 +136,38 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
     \b
     surgeon diff Qwen/Qwen2.5-Math-1.5B deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B -o report/
     surgeon diff base/ ft1/ ft2/ --module attn --layers 5-20 --json
+    surgeon diff Qwen/Qwen2.5-32B deepseek-ai/DeepSeek-R1-Distill-Qwen-32B --module o_proj --remote -o report/
     """
     from contextlib import ExitStack, nullcontext
 
     from weightsurgeon.atomic import atomic_output_dir, check_output_path
     from weightsurgeon.checkpoint import open_checkpoint
     from weightsurgeon.diff import plan_diff, run_diff
-    from weightsurgeon.output import print_warnings
+    from weightsurgeon.output import emit_json, human, print_warnings
     from weightsurgeon.progress import ByteProgress
 
     if labels and len(labels) != len(tuned):
         raise click.UsageError(f"{len(labels)} --label value(s) for {len(tuned)} tuned model(s): give one per tuned model")
     with ExitStack() as stack:
-        base_ckpt = stack.enter_context(open_checkpoint(base))
-        others = [stack.enter_context(open_checkpoint(t)) for t in tuned]
+        base_ckpt = stack.enter_context(open_checkpoint(base, remote=remote))
+        others = [stack.enter_context(open_checkpoint(t, remote=remote)) for t in tuned]
         inputs = _input_paths([base_ckpt, *others])
         if output is not None:
             check_output_path(output, inputs, force)  # fail before reading gigabytes
         plan = plan_diff(base_ckpt, others, modules=modules, layers=layers, bins=bins, clip=clip,
                          allow_missing=allow_missing, labels=list(labels) or None, every=every, experts=experts)
         print_warnings(plan.warnings)
+        if dry_run:
+            reads = input_reads(plan)
+            if as_json:
+                emit_json({"pairs": len(plan.pairs), "inputs": reads})
+            else:
+                for r in reads:
+                    verb = "fetch" if r["origin"] == "remote" else "read"
+                    click.echo(f"{r['input']}: {r['source']}: will {verb} {human(r['read_bytes'])} "
+                               f"of {human(r['total_bytes'])} ({r['origin']})")
+            return
+        _say_reads(input_reads(plan), done=False)
         written: list[str] = []
         extra_warnings: list[str] = []
         target = atomic_output_dir(output, inputs, force) if output is not None else nullcontext(None)
@@ -123,9 +176,14 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
                 report = run_diff(plan, chunk_bytes=chunk_mb * 1024 * 1024, progress=progress)
             if strict and report.nonfinite:
                 _refuse_nonfinite(report.nonfinite)
+            reads = input_reads(plan)
+            fetched = {r["input"]: r["fetched_bytes"] for r in reads if "fetched_bytes" in r}
+            if fetched:
+                report.timing["fetched_bytes"] = fetched
             if folder is not None:
                 written, extra_warnings = write_report_folder(report, Path(folder), plots=not no_plots, every=every)
     print_warnings(extra_warnings)
+    _say_reads(reads, done=True)
     if as_json:
         stdout = click.get_text_stream("stdout")
         report.dump(stdout)

@@ -6,6 +6,7 @@ from collections import Counter, defaultdict
 import click
 
 from weightsurgeon.checkpoint import Checkpoint, open_checkpoint
+from weightsurgeon.errors import SurgeonError
 from weightsurgeon.layout import layout_of
 from weightsurgeon.output import emit_json, human, print_warnings, stdout_console
 
@@ -25,10 +26,17 @@ def describe(ckpt: Checkpoint, per_layer: bool = False, warnings: list[str] | No
         tensors_by_dtype[info.dtype] += 1
         if loc.layer is not None:
             layers[loc.layer][loc.module] += info.numel
-    shards = [{"file": s.path.name, "bytes": s.file_size, "tensors": len(s.tensors)} for s in ckpt.shards]
+    from weightsurgeon.identity import hub_identity
+
+    identity = hub_identity(ckpt)
+    shards = [{"file": s.path.name, "bytes": s.file_size, "tensors": len(s.tensors), "sha256": i["sha256"]}
+              for s, i in zip(ckpt.shards, identity["shards"])]
     out = {
         "source": ckpt.source,
-        "path": str(ckpt.path),
+        "path": ckpt.location,
+        "origin": ckpt.origin,
+        "repo": identity["repo"],
+        "commit": identity["commit"],
         "architecture": view.architecture,
         "model_type": view.model_type,
         "num_layers": layout.num_layers,
@@ -48,7 +56,29 @@ def describe(ckpt: Checkpoint, per_layer: bool = False, warnings: list[str] | No
     }
     if per_layer:
         out["parameters_by_layer"] = {str(l): dict(sorted(c.items())) for l, c in sorted(layers.items())}
+    if ckpt.remote is not None:
+        out["fetched"] = fetched(ckpt)
     return out
+
+
+def fetched(ckpt: Checkpoint) -> dict:
+    """What reading a remote checkpoint has cost so far: bytes and requests."""
+    return {"bytes": ckpt.remote.fetched, "requests": ckpt.remote.requests}
+
+
+def origin_text(info: dict) -> str | None:
+    """One line on where a checkpoint was read from, for a Hub id: the cache, or the Hub itself."""
+    if info.get("origin") == "remote":
+        f = info["fetched"]
+        return (f"read remotely from {info['path']}: {human(f['bytes'])} fetched in {f['requests']} request(s) "
+                "(config, index, shard headers); no weights downloaded")
+    if info.get("origin") == "cache":
+        return f"read from the local Hugging Face cache: {info['path']}"
+    return None
+
+
+_REVISION = click.option("--revision", default=None, metavar="REV",
+                         help="Hub ids only: branch, tag or commit (also ORG/NAME@REV); resolved to a commit hash.")
 
 
 def _count(n: int) -> str:
@@ -59,11 +89,16 @@ def _count(n: int) -> str:
 @click.argument("model")
 @click.option("-v", "--verbose", is_flag=True, help="Also list parameters per layer and module.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")
-def inspect_cmd(model: str, verbose: bool, as_json: bool) -> None:
-    """Show a checkpoint's architecture, layers, dtypes, parameters per module group and shards."""
+@_REVISION
+def inspect_cmd(model: str, verbose: bool, as_json: bool, revision: str | None) -> None:
+    """Show a checkpoint's architecture, layers, dtypes, parameters per module group and shards.
+
+    A Hub id that is not in the local cache is read from the Hub (HF_ENDPOINT, HF_TOKEN):
+    config.json, the index and one ranged request per shard header, no weights.
+    """
     from weightsurgeon.verify import verify_checkpoint
 
-    with open_checkpoint(model) as ckpt:
+    with open_checkpoint(model, remote=True, revision=revision) as ckpt:
         # The structural checks (not --deep) run first: inspecting a broken checkpoint is an error.
         checked = verify_checkpoint(ckpt, deep=False, require_config=False)
         info = describe(ckpt, per_layer=verbose, warnings=checked.warnings)
@@ -71,6 +106,9 @@ def inspect_cmd(model: str, verbose: bool, as_json: bool) -> None:
     if as_json:
         emit_json(info)
         return
+    origin = origin_text(info)
+    if origin:
+        click.echo(origin)
     from rich.markup import escape
     from rich.table import Table
 
@@ -122,17 +160,28 @@ def inspect_cmd(model: str, verbose: bool, as_json: bool) -> None:
 @click.option("--deep", is_flag=True, help="Also scan every tensor for NaN/Inf (reads all bytes, bounded memory).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def verify_cmd(model: str, deep: bool, as_json: bool, quiet: bool) -> None:
-    """Check a checkpoint: headers, index, config against tensors; --deep scans values. Exit 0 if valid."""
+@_REVISION
+def verify_cmd(model: str, deep: bool, as_json: bool, quiet: bool, revision: str | None) -> None:
+    """Check a checkpoint: headers, index, config against tensors; --deep scans values. Exit 0 if valid.
+
+    A Hub id that is not in the local cache is checked remotely, from its headers (not with
+    --deep, which reads every byte: download the model for that). A remote check cannot
+    compare the bytes with each file's sha256 (that needs the whole file); it checks every
+    size against the file list, the headers and the index.
+    """
     from weightsurgeon.progress import ByteProgress
     from weightsurgeon.verify import verify_checkpoint
 
-    with open_checkpoint(model) as ckpt:
+    with open_checkpoint(model, remote=True, revision=revision) as ckpt:
+        if deep and ckpt.remote is not None:
+            raise SurgeonError(f"{model}: verify --deep reads every byte: download the model first "
+                               f"(`hf download {ckpt.remote.repo_id}`); without --deep it is checked remotely")
         with ByteProgress(ckpt.total_bytes if deep else 0, "scanning", quiet=quiet or not deep) as progress:
             result = verify_checkpoint(ckpt, deep=deep, progress=progress)
         print_warnings(result.warnings)
         summary = {
-            "path": str(ckpt.path),
+            "path": ckpt.location,
+            "origin": ckpt.origin,
             "valid": True,
             "partial": ckpt.is_partial,
             "shards": len(ckpt.shards),
@@ -142,6 +191,8 @@ def verify_cmd(model: str, deep: bool, as_json: bool, quiet: bool) -> None:
             "checksums": result.checksums,
             "warnings": result.warnings,
         }
+        if ckpt.remote is not None:
+            summary["fetched"] = fetched(ckpt)
     if as_json:
         emit_json(summary)
     else:
@@ -152,3 +203,6 @@ def verify_cmd(model: str, deep: bool, as_json: bool, quiet: bool) -> None:
             scanned += f", {len(summary['checksums'])} file(s) match the sha256 of their {origins}"
         click.echo(f"ok: {summary['path']}: valid {kind}, {summary['tensors']} tensors in {summary['shards']} shard(s), "
                    f"{human(summary['bytes'])}{scanned}")
+        origin = origin_text(summary)
+        if origin:
+            click.echo(origin)

@@ -37,8 +37,8 @@ def run_extract_lora(ctx: click.Context, donor: str, base: str, take: str, layer
     if output is None and not p["dry_run"]:
         raise click.UsageError("missing option -o/--output (or pass --dry-run)")
     with contextlib.ExitStack() as stack:
-        b = stack.enter_context(open_checkpoint(base))
-        d = stack.enter_context(open_checkpoint(donor))
+        b = stack.enter_context(open_checkpoint(base, remote=bool(ctx.params.get("remote"))))
+        d = stack.enter_context(open_checkpoint(donor, remote=bool(ctx.params.get("remote"))))
         for c in (b, d):
             print_warnings(c.warnings)
         lp = plan_lora(b, d, take, layers, rank, dtype=dtype, method=svd, bias=bias, arguments=_arguments(ctx))

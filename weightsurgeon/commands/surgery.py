@@ -28,6 +28,10 @@ def _output_options(f: Callable) -> Callable:
         click.option("--max-shard-size", default="5GB", show_default=True, help="Largest shard (5GB, 500MB, 2GiB, bytes)."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
         click.option("--json", "as_json", is_flag=True, help="Print the plan (--dry-run) or the result as JSON on stdout."),
+        click.option("--remote", is_flag=True,
+                     help="Hub ids (ORG/NAME[@REV]) not in the local cache are read from the Hub: only the tensors the "
+                          "output takes from them, by range, pinned to one commit, streamed into the output. Remote "
+                          "bytes cannot be checked against the files' sha256 (that needs whole files).")
     ]
     for option in reversed(options):
         f = option(f)
@@ -61,7 +65,7 @@ def _run(ctx: click.Context, build: Callable, sources: list[str]) -> None:
         raise click.UsageError("missing option -o/--output (or pass --dry-run)")
     max_shard = parse_size(p["max_shard_size"])
     with contextlib.ExitStack() as stack:
-        ckpts = [stack.enter_context(open_checkpoint(s)) for s in sources]
+        ckpts = [stack.enter_context(open_checkpoint(s, remote=p["remote"])) for s in sources]
         for c in ckpts:
             print_warnings(c.warnings)
         plan = build(*ckpts)
@@ -73,12 +77,15 @@ def _run(ctx: click.Context, build: Callable, sources: list[str]) -> None:
                 check_output_path(output, input_paths(plan), p["force"])
             _show_plan(plan, output, max_shard, p["as_json"])
             return
+        _say_reads(plan, done=False)
         result = write_plan(plan, output, WriteOptions(max_shard_bytes=max_shard, force=p["force"],
                                                        verify=p["verify"], quiet=p["quiet"],
                                                        fsync=not p["no_fsync"], checksums=p["checksums"]))
+        reads = input_reads(plan)
     print_warnings(result.warnings)
+    _say_reads(plan, done=True, reads=reads)
     if p["as_json"]:
-        emit_json({"result": result.to_dict(), "plan": plan.summary()})
+        emit_json({"result": result.to_dict(), "plan": plan.summary(), "inputs": reads})
         return
     s = plan.summary()
     kept = s["tensors"] - s["changed_tensors"]
@@ -98,16 +105,47 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def input_reads(plan) -> list[dict]:
+    """What the writer reads (fetches, when remote) from each input, against the input's size."""
+    from weightsurgeon.writer import plan_reads
+
+    per: dict[int, int] = {}
+    for ckpt, _file, begin, end in plan_reads(plan):
+        per[id(ckpt)] = per.get(id(ckpt), 0) + end - begin
+    rows = []
+    for role, ckpt in plan.inputs.items():
+        row = {"input": role, "source": ckpt.source, "origin": ckpt.origin, "read_bytes": per.get(id(ckpt), 0),
+               "total_bytes": ckpt.total_bytes}
+        if ckpt.is_remote:
+            row["path"] = ckpt.location
+            row["fetched_bytes"] = ckpt.remote.fetched
+        rows.append(row)
+    return rows
+
+
+def _say_reads(plan, done: bool, reads: list[dict] | None = None) -> None:
+    """On stderr, one line per input read from the Hub (what it will fetch, or fetched) or from the cache."""
+    for r in reads if reads is not None else input_reads(plan):
+        if r["origin"] == "remote":
+            what = f"fetched {human(r['fetched_bytes'])}" if done else f"will fetch {human(r['read_bytes'])} of tensors"
+            click.echo(f"{r['input']}: read remotely from {r['path']}: {what} (the model is {human(r['total_bytes'])})",
+                       err=True)
+        elif r["origin"] == "cache" and not done:
+            click.echo(f"{r['input']}: {r['source']} read from the local Hugging Face cache", err=True)
+
+
 def _show_plan(plan, output: Path | None, max_shard: int, as_json: bool) -> None:
     from rich.table import Table
 
     from weightsurgeon.writer import assign_shards
 
     shards = len(assign_shards(plan.tensors, max_shard))
+    reads = input_reads(plan)
     if as_json:
         doc = plan.to_dict()
         doc["output"] = str(output) if output else None
         doc["shards"] = shards
+        doc["inputs"] = reads
         emit_json(doc)
         return
     s = plan.summary()
@@ -126,6 +164,10 @@ def _show_plan(plan, output: Path | None, max_shard: int, as_json: bool) -> None
     for key, (old, new) in plan.config_edits.items():
         console.print(f"config.json {key}: {_short(old)} -> {_short(new)}")
     console.print(f"output: {output or '(none given)'}: {s['tensors']} tensors, {human(s['bytes'])} in {shards} shard(s)")
+    for r in reads:
+        verb = "fetch" if r["origin"] == "remote" else "read"
+        console.print(f"{r['input']}: {r['source']}: will {verb} {human(r['read_bytes'])} of {human(r['total_bytes'])} "
+                      f"({r['origin']})")
 
 
 @click.command("splice")

@@ -83,13 +83,15 @@ def _inputs_section(data: dict) -> str:
     base = data.get("base") if isinstance(data.get("base"), dict) else {}
     rows = []
     for role, ident in [("base", base)] + [("tuned", t) for t in data.get("tuned", []) if isinstance(t, dict)]:
-        digest = str(ident.get("digest") or "")
+        digest = str(ident.get("layout_digest") or ident.get("digest") or "")  # "digest" in schema 1
+        if ident.get("commit"):  # the weights' own identity, where known
+            digest = f"{digest} ({ident.get('repo')}@{str(ident['commit'])[:12]})"
         rows.append([
             role, _e(ident.get("label", "")), f"<code>{_e(ident.get('source'))}</code>", f"<code>{_e(ident.get('path'))}</code>",
             _e(ident.get("architecture")), _e(ident.get("num_layers")), _e(ident.get("dtype")),
             f'<code title="{_e(digest)}">{_e(digest[:19] + ("…" if len(digest) > 19 else ""))}</code>',
         ])
-    out = ["<h2>Inputs</h2>", _table(["role", "label", "source", "path", "architecture", "layers", "dtype", "digest"], rows)]
+    out = ["<h2>Inputs</h2>", _table(["role", "label", "source", "path", "architecture", "layers", "dtype", "layout digest"], rows)]
     options = data.get("options") if isinstance(data.get("options"), dict) else {}
     if options:
         out.append('<p class="meta">options: ' + ", ".join(

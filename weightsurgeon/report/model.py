@@ -5,9 +5,12 @@ is the exact merge of its tensors' rows and every derived number (L2, relative L
 cosine) is recomputed from sums, never averaged. report.json carries the raw sums beside
 the derived numbers, so `from_json` rebuilds the same report bit for bit.
 
-Schema ``weightsurgeon.diff/1`` (keys are only ever added, never renamed):
+Schema ``weightsurgeon.diff/2`` (within a version keys are only ever added, never renamed):
 base/tuned identities, options, bin_edges, notes, missing, tensors, modules, timing.
-JSON has no NaN: non-finite floats are written as null.
+JSON has no NaN: non-finite floats are written as null. Version 2 renamed an identity's
+``digest`` to ``layout_digest`` (it hashes the headers: a base and its fine-tune share it)
+and added the identity the weights really have where it is known: ``repo``, ``commit``,
+``shards[].sha256`` (LFS), and ``origin``. Version 1 reports still load.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ import numpy as np
 from weightsurgeon._version import __version__
 from weightsurgeon.errors import SurgeonError
 
-SCHEMA = "weightsurgeon.diff/1"
+SCHEMA = "weightsurgeon.diff/2"
+READABLE_SCHEMAS = ("weightsurgeon.diff/1", SCHEMA)
 
 # The CSV's first columns: scripts read these names.
 CSV_COLUMNS = ("tuned", "name", "layer", "module", "param", "dtype", "numel", "l2_delta", "l2_base", "l2_tuned",
@@ -85,22 +89,29 @@ class ModelIdentity:
 
     source: str
     path: str
-    digest: str
+    layout_digest: str  # sha256 over the shard headers: names the layout, not the weights
     architecture: str | None
     num_layers: int
     dtype: str | None
     label: str | None = None  # tuned models only
+    origin: str = "local"  # local (a path), cache (a Hub id found in the cache), remote (read from the Hub)
+    repo: str | None = None  # the Hub repository, where known
+    commit: str | None = None  # its commit hash
+    shards: tuple[dict, ...] = ()  # [{file, sha256}]: each shard's LFS sha256 where known (None elsewhere)
 
     def to_dict(self) -> dict:
-        out = {"source": self.source, "path": self.path, "digest": self.digest, "architecture": self.architecture,
-               "num_layers": self.num_layers, "dtype": self.dtype}
+        out = {"source": self.source, "path": self.path, "origin": self.origin, "layout_digest": self.layout_digest,
+               "repo": self.repo, "commit": self.commit, "shards": [dict(s) for s in self.shards],
+               "architecture": self.architecture, "num_layers": self.num_layers, "dtype": self.dtype}
         return out if self.label is None else {"label": self.label, **out}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelIdentity":
-        return cls(source=d.get("source", ""), path=d.get("path", ""), digest=d.get("digest", ""),
+        return cls(source=d.get("source", ""), path=d.get("path", ""),
+                   layout_digest=d.get("layout_digest", d.get("digest", "")),  # "digest" in schema 1
                    architecture=d.get("architecture"), num_layers=int(d.get("num_layers") or 0),
-                   dtype=d.get("dtype"), label=d.get("label"))
+                   dtype=d.get("dtype"), label=d.get("label"), origin=d.get("origin", "local"), repo=d.get("repo"),
+                   commit=d.get("commit"), shards=tuple(dict(s) for s in d.get("shards") or ()))
 
 
 def stats_fields(stats: Any) -> dict:
@@ -366,7 +377,7 @@ class DiffReport:
         if not isinstance(d, dict):
             raise SurgeonError(f"{source}: not a diff report (the JSON is a {type(d).__name__}, not an object)")
         schema = d.get("schema")
-        if schema != SCHEMA:
+        if schema not in READABLE_SCHEMAS:
             if isinstance(schema, str) and schema.startswith("weightsurgeon.diff/"):
                 raise SurgeonError(f"{source}: report schema {schema!r} is not supported by this version (expected {SCHEMA!r})")
             raise SurgeonError(f"{source}: not a weightsurgeon diff report (schema {schema!r:.60}, expected {SCHEMA!r})")
