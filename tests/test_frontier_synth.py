@@ -162,3 +162,16 @@ def test_experts_option(deepseek, surgeon, tmp_path: Path) -> None:
     with open_checkpoint(out) as o:
         assert {n.split(".")[5] for n in o.tensors} == {"1"}
         assert "model.layers.4.mlp.experts.1.down_proj.weight_scale_inv" in o.tensors
+
+
+def test_splice_of_some_experts(deepseek, surgeon, tmp_path: Path) -> None:
+    """--experts in splice: the DONOR's other experts are not 'left out', BASE keeps its own; MTP is no extra layer."""
+    base, tuned = deepseek
+    out = tmp_path / "spliced"
+    result = surgeon("splice", base, tuned, "--take", "experts", "--experts", "0-1", "-o", out)
+    assert result.code == 0, result.stderr
+    with open_checkpoint(out) as o, open_checkpoint(base) as b, open_checkpoint(tuned) as t:
+        name = "model.layers.4.mlp.experts.1.down_proj.weight"
+        assert np.array_equal(o.read_tensor(name), t.read_tensor(name))
+        other = "model.layers.4.mlp.experts.2.down_proj.weight"
+        assert np.array_equal(o.read_tensor(other), b.read_tensor(other))

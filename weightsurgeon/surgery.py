@@ -257,7 +257,7 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
     _refuse_quantization_mismatch(base, donor, taken)
     donor_tied = lay_d.tied_embeddings and not donor_heads
     sources = _donor_sources(base, donor, lay_d, taken, base_heads, donor_tied, head_from_embeddings, cast)
-    left_out = _donor_leftovers(donor, lay_b, lay_d, take, exclude, layers, taken, sources, drop_donor_only)
+    left_out = _donor_leftovers(donor, lay_b, lay_d, take, exclude, layers, taken, sources, drop_donor_only, experts)
     base_emb = _embedding_weight(lay_b)
     taken_set = set(taken)
     tensors: list[PlannedTensor] = []
@@ -386,7 +386,7 @@ def _splice_config(base: Checkpoint, lay_b: ModelLayout, untied: bool,
 
 def _donor_leftovers(donor: Checkpoint, lay_b: ModelLayout, lay_d: ModelLayout, take: str | None,
                      exclude: str | None, layers: str | None, taken: list[str], sources: dict[str, str],
-                     drop: bool) -> list[str]:
+                     drop: bool, experts: str | None = None) -> list[str]:
     """The DONOR's tensors in the taken modules that the output would not hold; returns the warnings.
 
     BASE's tensor names decide what is written, so a DONOR tensor BASE has no place for (a
@@ -398,12 +398,12 @@ def _donor_leftovers(donor: Checkpoint, lay_b: ModelLayout, lay_d: ModelLayout, 
     names = list(donor.tensors)
     try:
         if take is not None:
-            picked = select_names(names, take, layers, count, flag="--take")
+            picked = select_names(names, take, layers, count, flag="--take", layout=lay_d, experts=parse_experts(experts))
         else:
             layer_set = parse_layers(layers, count)
-            pool = [n for n in names if layer_set is None or classify(n).layer in layer_set]
+            pool = [n for n in names if layer_set is None or lay_d.locations[n].layer in layer_set]
             try:
-                excluded = set(select_names(pool, exclude, layer_set, count, flag="--exclude"))
+                excluded = set(select_names(pool, exclude, layer_set, count, flag="--exclude", layout=lay_d))
             except SurgeonError:  # --exclude matches nothing in the DONOR: it excludes nothing
                 excluded = set()
             picked = [n for n in pool if n not in excluded]
