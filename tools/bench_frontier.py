@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_surgery import run  # noqa: E402  (wall, peak RSS MiB, exit status, stderr tail)
+from bench_surgery import run  # noqa: E402  (wall, peak RSS MiB, CPU seconds, exit status, stderr tail)
 
 SURGEON = [sys.executable, "-m", "weightsurgeon"]
 R1_BYTES = 688.6e9  # one DeepSeek-R1 / V3 checkpoint, every shard (163 of them)
@@ -95,10 +95,10 @@ def main() -> int:
                                                        str(args.workdir / "removed"), "--force"], env=env)))
     for name in ("copy", "spliced", "removed"):
         subprocess.run(["rm", "-rf", str(args.workdir / name)])
-    print(f"{'command':34} {'wall s':>8} {'x cat':>7} {'x cp':>7} {'peak RSS MiB':>13}")
-    for label, (wall, rss, rc, err) in rows:
+    print(f"{'command':34} {'wall s':>8} {'CPU s':>8} {'x cat':>7} {'x cp':>7} {'peak RSS MiB':>13}")
+    for label, (wall, rss, cpu, rc, err) in rows:
         flag = "" if rc == 0 else f"  (exit {rc}: {err.strip()[-200:]})"
-        print(f"{label:34} {wall:8.2f} {wall / cat[0]:7.2f} {wall / cp[0]:7.2f} {rss:13.0f}{flag}")
+        print(f"{label:34} {wall:8.2f} {cpu:8.2f} {wall / cat[0]:7.2f} {wall / cp[0]:7.2f} {rss:13.0f}{flag}")
     pairs = R1_QUANTIZED + (R1_TENSORS - 2 * R1_QUANTIZED)  # logical tensors: a weight and its scale are one
     overhead = max(0.0, diff[0] - cat[0]) / pairs
     gbps = decode_throughput()
