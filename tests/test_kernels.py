@@ -75,6 +75,14 @@ def assert_same(got: DeltaStats, want: DeltaStats) -> None:
     # Signed sums may cancel: their error is relative to the sums of magnitudes.
     assert_close(got.dot_ab, want.dot_ab, math.sqrt(want.sum_sq_a * want.sum_sq_b))
     assert_close(got.sum_delta, want.sum_delta, math.sqrt(max(want.n, 1) * want.sum_sq_delta))
+    # Shape of the clipped relative change: from the kernel's shifted power sums, against numpy's
+    # moments of the clipped values themselves (the histogram's elements).
+    assert got.r_n == want.r_n
+    spread = want.r_std if want.r_n else 0.0
+    assert_close(got.r_mean, want.r_mean, spread)
+    assert_close(got.r_m2, want.r_m2)
+    assert_close(got.r_m3, want.r_m3, want.r_m2 ** 1.5 / max(want.r_n, 1) ** 0.5)
+    assert_close(got.r_m4, want.r_m4)
 
 
 def tricky_pair(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -299,19 +299,39 @@ DEFAULT_PATTERN: dict[str, float] = {
 }
 
 
+# Shape of z per module: "normal" (the default), or "bimodal": z = m * sign + BIMODAL_SPREAD * z'
+# with a fair random sign and m = sqrt(1 - BIMODAL_SPREAD^2), so z keeps unit variance (rel_l2
+# is unchanged) but the relative change has two modes at +-m * s * p[l] and none at 0: the
+# paper's finding that o_proj alone changes bimodally.
+DEFAULT_SHAPES: dict[str, str] = {"o_proj": "bimodal"}
+BIMODAL_SPREAD = 0.3
+
+
 def layer_profile(num_layers: int) -> list[float]:
     if num_layers <= 1:
         return [1.0] * num_layers
     return [0.5 + l / (num_layers - 1) for l in range(num_layers)]
 
 
+def _bimodal(z: np.ndarray, sign_source: np.ndarray) -> np.ndarray:
+    m = np.float32(np.sqrt(1.0 - BIMODAL_SPREAD ** 2))
+    return np.where(sign_source >= 0, m, -m) + np.float32(BIMODAL_SPREAD) * z
+
+
 def make_tuned(base: str | os.PathLike, path: str | os.PathLike, pattern: dict[str, float] | None = None,
-               seed: int = 1, dtype: str | None = None, fast: bool = False) -> Path:
-    """Write a 'fine-tune' of a synthetic base with a planted delta, plus planted.json (the ground truth)."""
+               seed: int = 1, dtype: str | None = None, fast: bool = False,
+               shapes: dict[str, str] | None = None) -> Path:
+    """Write a 'fine-tune' of a synthetic base with a planted delta, plus planted.json (the ground truth).
+
+    `shapes` maps modules to the shape of their relative change (DEFAULT_SHAPES: o_proj bimodal)."""
     from weightsurgeon.checkpoint import open_checkpoint
     from weightsurgeon.layout import classify, layout_of
 
     pattern = dict(DEFAULT_PATTERN if pattern is None else pattern)
+    shapes = dict(DEFAULT_SHAPES if shapes is None else shapes)
+    unknown = sorted(set(shapes.values()) - {"normal", "bimodal"})
+    if unknown:
+        raise SurgeonError(f"unknown delta shape(s) {unknown}: use normal or bimodal")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     with open_checkpoint(base) as ckpt:
@@ -326,9 +346,13 @@ def make_tuned(base: str | os.PathLike, path: str | os.PathLike, pattern: dict[s
             scale = pattern.get(loc.module, 0.0) * (profile[loc.layer] if loc.layer is not None else 1.0)
             info = infos[name]
             noise = _normal_chunks(seed, name, numel, salt="delta", fast=fast)
+            signs = (_normal_chunks(seed, name, numel, salt="sign", fast=fast)
+                     if shapes.get(loc.module) == "bimodal" else None)
             buf = bytearray((16 if fast else 1) * _CHUNK_ELEMS * info.itemsize)
             for raw, z in zip(ckpt.iter_chunks(info, chunk_bytes=len(buf), buffer=buf), noise):
                 a = _decode(raw, info.dtype)
+                if signs is not None:
+                    z = _bimodal(z, next(signs))
                 yield a if scale == 0.0 else a * (np.float32(1.0) + np.float32(scale) * z)
 
         specs = [(t.name, t.shape) for t in ckpt]
@@ -350,11 +374,14 @@ def make_tuned(base: str | os.PathLike, path: str | os.PathLike, pattern: dict[s
     write_tokenizer(out)
     ranking = sorted((m for m, s in pattern.items() if s > 0), key=lambda m: -pattern[m])
     truth = {
-        "definition": "B = A * (1 + s[module] * profile[layer] * z), z ~ N(0,1) per element (seeded); "
+        "definition": "B = A * (1 + s[module] * profile[layer] * z), z ~ N(0,1) per element (seeded), or for a "
+                      "'bimodal' module z = +-sqrt(1 - w^2) (fair sign) + w * N(0,1), w = bimodal_spread; "
                       "so rel_l2 = ||B-A||/||A|| ~= s * profile[layer] and (B-A)/A has std s * profile[layer]; "
                       "tensors without a layer use profile 1; modules with s = 0 are bitwise unchanged",
         "seed": seed,
         "scale": pattern,
+        "shapes": {m: shapes.get(m, "normal") for m in pattern},
+        "bimodal_spread": BIMODAL_SPREAD,
         "layer_profile": profile,
         "ranking": ranking,
         "unchanged": sorted(m for m, s in pattern.items() if s == 0),

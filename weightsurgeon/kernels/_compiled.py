@@ -13,7 +13,9 @@ block in five tight loops:
 3. bin the clipped r by arithmetic, 8 lanes, marking the few positions so close to an
    edge that rounding could put them on the wrong side (with bf16 inputs these are
    common: ratios such as 0.95 of two 8-bit mantissas);
-4. the float64 sums, as two independent accumulator chains (one chain is latency-bound);
+4. the float64 sums, as two independent accumulator chains (one chain is latency-bound),
+   and the float64 power sums of the clipped r shifted by the part's first counted r
+   (kernels/shape.py turns them into mean, std, skewness and kurtosis);
 5. count the bins into four interleaved sub-histograms (a run of equal bins would
    otherwise serialise on one counter), settling the marked ones against numpy's own
    bin edges, so that the counts equal np.histogram's exactly.
@@ -61,8 +63,10 @@ CODE_BF16, CODE_F16, CODE_F32, CODE_F64 = range(4)
 BLOCK = 8192  # elements per block: its scratch arrays (about 230 KiB) stay in L2; fewer calls
 SKEW = 16  # elements between scratch arrays (see _delta_part)
 
-# Columns of the per-part float results and integer counts (delta.fold_parts reads them).
-SUM_SQ_DELTA, SUM_SQ_A, SUM_SQ_B, DOT_AB, SUM_DELTA, MAX_ABS_DELTA = range(6)
+# Columns of the per-part float results and integer counts (delta.fold_parts reads them):
+# the sums of d, then the shift K and the power sums sum (c - K)^k, k = 1..4, of the clipped r.
+SUM_SQ_DELTA, SUM_SQ_A, SUM_SQ_B, DOT_AB, SUM_DELTA, MAX_ABS_DELTA, R_SHIFT, R_S1, R_S2, R_S3, R_S4 = range(11)
+N_SUMS = 11
 N_FINITE, N_BASE_ZERO = range(2)
 # Entries of the constants array (work dtype) that delta passes in: the histogram range,
 # bins / (hi - lo), the largest finite value, 0, 1/2, 1, how close (in bins) an
@@ -73,7 +77,7 @@ C_LO, C_HI, C_SCALE, C_BIG, C_ZERO, C_HALF, C_ONE, C_NEAR, C_ZERO_BIN = range(9)
 # Scratch one part needs, allocated once per thread and reused part after part:
 SCRATCH_SIZE = 6 * (BLOCK + SKEW)  # work-dtype elements: six block arrays, skewed
 CODES_SIZE = BLOCK + 8 * SKEW  # int32 bin codes, skewed
-ACC_SIZE = 10  # float64 accumulators: two chains of the five sums
+ACC_SIZE = 14  # float64 accumulators: two chains of the five sums, then the four power sums
 
 FASTMATH = {"reassoc", "nsz", "contract"}  # never "arcp", "afn", "nnan", "ninf": see above
 
@@ -388,6 +392,32 @@ def _sum_block(xs, ys, ds, count, acc):
     acc[5], acc[6], acc[7], acc[8], acc[9] = t_dd, t_aa, t_bb, t_ab, t_d
 
 
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _moment_block(clipped, count, shift, acc):
+    """Add sum (c - shift)^k, k = 1..4, over the counted (non-NaN) clipped ratios to acc[10:14]."""
+    s1, s2, s3, s4 = acc[10], acc[11], acc[12], acc[13]
+    zero = np.float64(0.0)
+    for i in range(count):
+        c = clipped[i]
+        t = np.float64(c) - shift if c == c else zero
+        t2 = t * t
+        s1 += t
+        s2 += t2
+        s3 += t2 * t
+        s4 += t2 * t2
+    acc[10], acc[11], acc[12], acc[13] = s1, s2, s3, s4
+
+
+@njit(inline="always")
+def _first_counted(clipped, count):
+    """The first non-NaN clipped ratio of a block, and whether there is one."""
+    for i in range(count):
+        c = clipped[i]
+        if c == c:
+            return np.float64(c), True
+    return np.float64(0.0), False
+
+
 @njit(inline="always")
 def _tie_bin(k, c, edges, last):
     """The bin of clipped c whose position lies near edge k: numpy's own edge k decides
@@ -450,6 +480,8 @@ def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist, scratch
         acc[k] = 0.0
     max_bits = magnitude_bits(consts[C_ZERO])
     n_ok = 0
+    shift = np.float64(0.0)  # the part's first counted r: power sums about it cancel little
+    shifted = False
     for block in range(0, a.size, BLOCK):
         block_a = a[block : block + BLOCK]
         block_b = b[block : block + BLOCK]
@@ -464,6 +496,9 @@ def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist, scratch
         max_bits = max(max_bits, max_bits_block)
         _bin_block(clipped, count, consts, nbins, codes)
         _sum_block(xs, ys, ds, count, acc)
+        if not shifted:
+            shift, shifted = _first_counted(clipped, count)
+        _moment_block(clipped, count, shift, acc)
         _count_block(codes, clipped, count, edges, sub)
     for k in range(nbins):
         hist[k] = sub[4 * k] + sub[4 * k + 1] + sub[4 * k + 2] + sub[4 * k + 3]
@@ -471,6 +506,9 @@ def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist, scratch
     for k in range(5):
         sums[k] = acc[k] + acc[5 + k]  # SUM_SQ_DELTA, SUM_SQ_A, SUM_SQ_B, DOT_AB, SUM_DELTA
     sums[MAX_ABS_DELTA] = from_magnitude_bits(max_bits, consts[C_ZERO])
+    sums[R_SHIFT] = shift
+    for k in range(4):
+        sums[R_S1 + k] = acc[10 + k]
     counts[N_FINITE] = n_ok
     counts[N_BASE_ZERO] = excluded - (a.size - n_ok)
 
@@ -484,11 +522,11 @@ def _part_scratch(consts, nbins):
 
 @njit(nogil=True, parallel=True, error_model="numpy", cache=True)
 def delta_chunk(a, code_a, b, code_b, consts, edges):
-    """Per-part statistics of a chunk pair: (sums[nparts, 6], counts[nparts, 2], hist[nparts, bins])."""
+    """Per-part statistics of a chunk pair: (sums[nparts, N_SUMS], counts[nparts, 2], hist[nparts, bins])."""
     n = a.size
     nparts = (n + PART - 1) // PART
     nbins = edges.size - 1
-    sums = np.zeros((nparts, 6), dtype=np.float64)
+    sums = np.zeros((nparts, N_SUMS), dtype=np.float64)
     counts = np.zeros((nparts, 2), dtype=np.int64)
     hists = np.zeros((nparts, nbins), dtype=np.int64)
     for p in prange(nparts):
@@ -530,7 +568,7 @@ def delta_file(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, cons
     """
     nparts = (n + PART - 1) // PART
     nbins = edges.size - 1
-    sums = np.zeros((nparts, 6), dtype=np.float64)
+    sums = np.zeros((nparts, N_SUMS), dtype=np.float64)
     counts = np.zeros((nparts, 2), dtype=np.int64)
     hists = np.zeros((nparts, nbins), dtype=np.int64)
     failed = np.zeros(nparts, dtype=np.int64)

@@ -13,6 +13,7 @@ import numpy as np
 
 from weightsurgeon.kernels.decode import as_bits, decode_to_float32, decode_to_float64, work_dtype
 from weightsurgeon.kernels.dtypes import dtype_info, itemsize
+from weightsurgeon.kernels.shape import central_sums
 from weightsurgeon.kernels.stats import DeltaStats
 
 # numba's portable "workqueue" threading layer aborts the process when two threads launch
@@ -164,6 +165,9 @@ def fold_parts(stats: DeltaStats, sums: np.ndarray, counts: np.ndarray, hists: n
     stats.n += n_finite
     stats.n_nonfinite += numel - n_finite
     stats.n_base_zero += int(counts[:, k.N_BASE_ZERO].sum())
+    n_r = hists.sum(axis=1)
+    stats.add_moments(n_r, *central_sums(n_r, sums[:, k.R_SHIFT], sums[:, k.R_S1], sums[:, k.R_S2],
+                                         sums[:, k.R_S3], sums[:, k.R_S4]))
     stats.hist += hists.sum(axis=0)
 
 

@@ -42,7 +42,10 @@ def reference_delta_stats(
         stats.dot_ab = float(np.sum(a64 * b64))
         stats.sum_delta = float(np.sum(d64))
         stats.max_abs_delta = float(np.max(np.abs(d64))) if d64.size else 0.0
-    stats.hist = np.histogram(np.clip(r, -stats.clip, stats.clip), bins=stats.bins, range=(-stats.clip, stats.clip))[
-        0
-    ].astype(np.int64)
+    c = np.clip(r, -stats.clip, stats.clip)
+    stats.hist = np.histogram(c, bins=stats.bins, range=(-stats.clip, stats.clip))[0].astype(np.int64)
+    c64 = c.astype(np.float64)
+    stats.r_mean = float(c64.mean()) if c64.size else 0.0
+    centred = c64 - stats.r_mean
+    stats.r_m2, stats.r_m3, stats.r_m4 = (float(np.sum(centred ** k)) for k in (2, 3, 4))
     return stats

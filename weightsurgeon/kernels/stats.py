@@ -1,14 +1,17 @@
 """DeltaStats: the statistics of B - A over a set of elements, additive across chunks.
 
-Every field is a sum, a count, a maximum or a histogram, so a tensor's statistics are the
-merge of its chunks' and a module's the merge of its tensors'. Derived numbers (norms,
-relative change, cosine) are properties computed from the sums, never stored.
+Every field is a sum, a count, a maximum or a histogram, or the mean and central sums of
+the clipped relative change (merged exactly by kernels/shape.combine), so a tensor's
+statistics are the merge of its chunks' and a module's the merge of its tensors'. Derived
+numbers (norms, relative change, cosine, std, skewness, kurtosis, bimodality, modes) are
+properties computed from those, never stored.
 """
 from __future__ import annotations
 
 import math
 import numbers
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +55,12 @@ class DeltaStats:
     sum_delta: float = 0.0
     max_abs_delta: float = 0.0
     hist: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    # The clipped relative change c over the histogram's elements (r_n of them): its mean
+    # and central sums M_k = sum (c - r_mean)^k; NaN when unknown (a report of schema 1).
+    r_mean: float = 0.0
+    r_m2: float = 0.0
+    r_m3: float = 0.0
+    r_m4: float = 0.0
 
     def __post_init__(self) -> None:
         self.bins, self.clip = check_histogram(self.bins, self.clip)
@@ -82,7 +91,54 @@ class DeltaStats:
         self.dot_ab += other.dot_ab
         self.sum_delta += other.sum_delta
         self.max_abs_delta = max(self.max_abs_delta, other.max_abs_delta)
+        self.add_moments(other.r_n, other.r_mean, other.r_m2, other.r_m3, other.r_m4)
         self.hist += other.hist
+
+    def add_moments(self, n: Any, mean: Any, m2: Any, m3: Any, m4: Any) -> None:
+        """Merge groups of clipped ratios (counts, means, central sums; scalars or arrays) into
+        r_mean/r_m*. Call before adding their counts to the histogram: r_n is read from it."""
+        from weightsurgeon.kernels.shape import combine
+
+        _, self.r_mean, self.r_m2, self.r_m3, self.r_m4 = combine(
+            np.append(self.r_n, n), np.append(self.r_mean, mean), np.append(self.r_m2, m2),
+            np.append(self.r_m3, m3), np.append(self.r_m4, m4))
+
+    @property
+    def r_n(self) -> int:
+        """Elements of the relative change: the histogram's count (finite, A != 0)."""
+        return int(self.hist.sum())
+
+    @property
+    def r_std(self) -> float:
+        from weightsurgeon.kernels.shape import moments
+
+        return moments(self.r_n, self.r_m2, self.r_m3, self.r_m4)[0]
+
+    @property
+    def r_skewness(self) -> float:
+        from weightsurgeon.kernels.shape import moments
+
+        return moments(self.r_n, self.r_m2, self.r_m3, self.r_m4)[1]
+
+    @property
+    def r_excess_kurtosis(self) -> float:
+        from weightsurgeon.kernels.shape import moments
+
+        return moments(self.r_n, self.r_m2, self.r_m3, self.r_m4)[2]
+
+    @property
+    def bimodality(self) -> float:
+        """Sarle's bimodality coefficient of the clipped relative change (> 5/9 hints at two modes)."""
+        from weightsurgeon.kernels.shape import bimodality
+
+        return bimodality(self.r_n, self.r_skewness, self.r_excess_kurtosis)
+
+    @property
+    def modes(self) -> list[float]:
+        """Positions of the modes of the smoothed histogram (kernels/shape.py states the smoothing)."""
+        from weightsurgeon.kernels.shape import histogram_modes
+
+        return histogram_modes(self.hist, self.clip, self.r_std)
 
     @property
     def numel(self) -> int:
@@ -145,6 +201,10 @@ class DeltaStats:
             "rel_l2": self.rel_l2,
             "cosine": self.cosine,
             "mean_delta": self.mean_delta,
+            "r_mean": self.r_mean,
+            "r_m2": self.r_m2,
+            "r_m3": self.r_m3,
+            "r_m4": self.r_m4,
         }
         out = {k: (_json_float(v) if isinstance(v, float) else v) for k, v in raw.items()}
         out["hist"] = [int(c) for c in self.hist]
@@ -166,4 +226,5 @@ class DeltaStats:
             sum_delta=_from_json_float(d["sum_delta"]),
             max_abs_delta=_from_json_float(d["max_abs_delta"]),
             hist=np.asarray(d["hist"], dtype=np.int64),
+            **{k: _from_json_float(d.get(k)) for k in ("r_mean", "r_m2", "r_m3", "r_m4")},
         )
