@@ -33,7 +33,7 @@ CORE = [
 TORCH = "torch>=2.4"
 TRAIN = [TORCH, "transformers>=4.56", "accelerate>=1.0", "trl>=0.24", "datasets>=3.0", "deepspeed>=0.19.3"]
 EVAL = [TORCH, "transformers>=4.56", "datasets>=3.0", "lm-eval>=0.4.8", "math-verify>=0.8"]
-TEST = sorted(set(["pytest>=8", "hypothesis>=6", "psutil>=5", "peft>=0.14"] + TRAIN + EVAL))
+TEST = sorted(set(["pytest>=8", "hypothesis>=6", "psutil>=5", "peft>=0.14", "scipy>=1.10"] + TRAIN + EVAL))
 
 setup(
     name="weightsurgeon",
