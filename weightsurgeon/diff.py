@@ -394,7 +394,7 @@ class _ChunkReader:
         return (values.astype(np.float64) if wide else values), nbytes
 
     def run_decoded(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int,
-                    stats: dict[tuple[int, str], Any]) -> int:
+                    stats: dict[tuple[int, str], Any], groups: dict[tuple[int, str], Any]) -> int:
         """`run` for a group with a quantized side: each side decoded to values here, then the kernel on the values."""
         nbytes = 0
         base_values: dict[bool, np.ndarray] = {}
@@ -408,24 +408,28 @@ class _ChunkReader:
             other, n = self._values(self.others[p.tuned], p.other, p.other_q, start, stop, wide, "other")
             nbytes += n
             work = "F64" if wide else "F32"
-            self.accumulate(stats[(p.tuned, p.name)], base_values[wide], other, work, work)
+            self.accumulate(stats[(p.tuned, p.name)], base_values[wide], other, work, work,
+                            groups.get((p.tuned, p.name)), start)
         return nbytes
 
-    def run(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int, stats: dict[tuple[int, str], Any]) -> int:
-        """Fold elements [start, stop) of every pair into its stats; returns bytes read."""
+    def run(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int, stats: dict[tuple[int, str], Any],
+            groups: dict[tuple[int, str], Any]) -> int:
+        """Fold elements [start, stop) of every pair into its stats (and its per-head/expert
+        sums where `groups` has them); returns bytes read."""
         if any(p.decoded for p in pairs):
-            return self.run_decoded(info, pairs, start, stop, stats)
+            return self.run_decoded(info, pairs, start, stop, stats, groups)
         count = stop - start
         nbytes = count * info.itemsize
         base_view: np.ndarray | None = None
         for k, p in enumerate(pairs):
             nbytes += count * p.other.itemsize
             target = stats[(p.tuned, p.name)]
+            units = groups.get((p.tuned, p.name))
             if self.reads_files(p.base.dtype, p.other.dtype):
                 at_a, at_b = self.base.locate(p.base), self.others[p.tuned].locate(p.other)
                 if at_a is not None and at_b is not None and self.from_files(
                         target, at_a[0], at_a[1] + start * info.itemsize, p.base.dtype,
-                        at_b[0], at_b[1] + start * p.other.itemsize, p.other.dtype, count):
+                        at_b[0], at_b[1] + start * p.other.itemsize, p.other.dtype, count, units, start):
                     continue
             base_buf, other_bufs = self._buffers()
             if base_view is None:
@@ -433,7 +437,7 @@ class _ChunkReader:
                 self.base.read_into(info, start * info.itemsize, base_view)
             view = other_bufs[k][:count * p.other.itemsize]
             self.others[p.tuned].read_into(p.other, start * p.other.itemsize, view)
-            self.accumulate(target, base_view, view, p.base.dtype, p.other.dtype)
+            self.accumulate(target, base_view, view, p.base.dtype, p.other.dtype, units, start)
         return nbytes
 
 
@@ -551,15 +555,32 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
     return DiffPlan(base, others, names, pairs, missing, notes, warnings, options, base_layout)
 
 
+def _unit_groups(plan: DiffPlan) -> dict[tuple[int, str], Any]:
+    """Per-head / per-stacked-expert accumulators of the pairs that have units (see units.py)."""
+    from weightsurgeon.kernels.delta import Groups
+    from weightsurgeon.units import units_of
+
+    out = {}
+    for p in plan.pairs:
+        # quantized sides (FP8 scales, MXFP4 blocks) keep a stored shape other than the values': no units yet
+        plain = not p.added_rows and p.base_q is None and p.other_q is None
+        units = units_of(classify(p.name), p.base.shape, plan.base.config) if plain else None
+        if units is not None:
+            out[(p.tuned, p.name)] = Groups(units.run, units.count, units.kind)
+    return out
+
+
 def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Any = None) -> DiffReport:
     """Stream every pair of the plan through the kernel, chunk by chunk in the base's
     on-disk order, and build the report. The kernel's threads read the files themselves
     (see _ChunkReader); `progress` gets ``advance(nbytes)`` calls."""
     from weightsurgeon.kernels.stats import DeltaStats
     from weightsurgeon.report.model import DiffReport, TensorDiff, aggregate_modules, sort_key
+    from weightsurgeon.report.units import unit_rows
 
     bins, clip = plan.options["bins"], plan.options["clip"]
     stats = {(p.tuned, p.name): DeltaStats.empty(bins, clip) for p in plan.pairs}
+    groups = _unit_groups(plan)
     work = _order_pairs(plan.pairs, plan.base)
     started = time.perf_counter()
     if plan.base.is_remote or any(c.is_remote for c in plan.others):
@@ -576,7 +597,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
                 shard = info.file
                 _check_unchanged(plan.base, plan.others)
             try:
-                nbytes = reader.run(info, pairs, start, stop, stats)
+                nbytes = reader.run(info, pairs, start, stop, stats, groups)
             except SystemError as e:  # Ctrl-C/SIGTERM arrived inside compiled code: surface it as itself
                 cause = _signal_cause(e)
                 if cause is None:
@@ -600,12 +621,14 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
                                numel=p.numel, stats=stats[(p.tuned, p.name)], added_rows=p.added_rows))
     index = {label: i for i, label in enumerate(plan.labels)}
     rows.sort(key=lambda r: sort_key(index[r.tuned], r.layer, r.module, r.name))
+    units = unit_rows(rows, {(plan.labels[t], name): g for (t, name), g in groups.items()}, plan.labels)
     return DiffReport(
         base=identify(plan.base),
         tuned=[identify(c, label) for c, label in zip(plan.others, plan.labels)],
         options=dict(plan.options),
         tensors=rows,
         modules=aggregate_modules(rows, plan.labels, bins, clip),
+        units=units,
         notes=list(plan.notes),
         missing=list(plan.missing),
         warnings=list(plan.warnings),

@@ -408,6 +408,28 @@ def _moment_block(clipped, count, shift, acc):
     acc[10], acc[11], acc[12], acc[13] = s1, s2, s3, s4
 
 
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _group_block(xs, ds, count, pos, run, ngroups, out):
+    """Add sum d^2 and sum A^2 of each run of `run` elements to out[(k // run) % ngroups] (k: the
+    element's index in the tensor, `pos` that of the block's first): attention heads (runs of
+    rows, or of head_dim columns) and stacked experts, streaming, in ngroups * 2 floats."""
+    i = 0
+    while i < count:
+        k = pos + i
+        end = min(count, i + (run - k % run))
+        sd = np.float64(0.0)
+        sa = np.float64(0.0)
+        for j in range(i, end):
+            d = np.float64(ds[j])
+            x = np.float64(xs[j])
+            sd += d * d
+            sa += x * x
+        g = (k // run) % ngroups
+        out[g, 0] += sd
+        out[g, 1] += sa
+        i = end
+
+
 @njit(inline="always")
 def _first_counted(clipped, count):
     """The first non-NaN clipped ratio of a block, and whether there is one."""
@@ -457,8 +479,10 @@ def _count_block(codes, clipped, count, edges, sub):
 
 
 @njit(nogil=True, error_model="numpy", cache=True)
-def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist, scratch, codes_buf, sub, acc):
-    """Statistics of one part (a and b are its slices) into this part's rows sums/counts/hist.
+def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist, scratch, codes_buf, sub, acc, grouping, groups):
+    """Statistics of one part (a and b are its slices) into this part's rows sums/counts/hist,
+    and per group (head, expert) into `groups` when grouping = (index of a[0] in its tensor,
+    run, ngroups) has ngroups > 0.
 
     The scratch arrays come from the caller (sizes: SCRATCH_SIZE, CODES_SIZE, sub_size,
     ACC_SIZE) and are reused part after part: nothing here allocates.
@@ -499,6 +523,8 @@ def _delta_part(a, code_a, b, code_b, consts, edges, sums, counts, hist, scratch
         if not shifted:
             shift, shifted = _first_counted(clipped, count)
         _moment_block(clipped, count, shift, acc)
+        if grouping[2] > 0:
+            _group_block(xs, ds, count, grouping[0] + block, grouping[1], grouping[2], groups)
         _count_block(codes, clipped, count, edges, sub)
     for k in range(nbins):
         hist[k] = sub[4 * k] + sub[4 * k + 1] + sub[4 * k + 2] + sub[4 * k + 3]
@@ -521,21 +547,24 @@ def _part_scratch(consts, nbins):
 
 
 @njit(nogil=True, parallel=True, error_model="numpy", cache=True)
-def delta_chunk(a, code_a, b, code_b, consts, edges):
-    """Per-part statistics of a chunk pair: (sums[nparts, N_SUMS], counts[nparts, 2], hist[nparts, bins])."""
+def delta_chunk(a, code_a, b, code_b, consts, edges, grouping):
+    """Per-part statistics of a chunk pair: (sums[nparts, N_SUMS], counts[nparts, 2], hist[nparts, bins],
+    groups[nparts, ngroups, 2]); grouping = (index of a[0] in its tensor, run, ngroups), ngroups 0 for none."""
     n = a.size
     nparts = (n + PART - 1) // PART
     nbins = edges.size - 1
     sums = np.zeros((nparts, N_SUMS), dtype=np.float64)
     counts = np.zeros((nparts, 2), dtype=np.int64)
     hists = np.zeros((nparts, nbins), dtype=np.int64)
+    groups = np.zeros((nparts, max(grouping[2], 1), 2), dtype=np.float64)
     for p in prange(nparts):
         start = p * PART
         stop = min(n, start + PART)
         scratch, codes, sub, acc = _part_scratch(consts, nbins)
+        part_grouping = np.array([grouping[0] + start, grouping[1], grouping[2]], dtype=np.int64)
         _delta_part(a[start:stop], code_a, b[start:stop], code_b, consts, edges, sums[p], counts[p], hists[p],
-                    scratch, codes, sub, acc)
-    return sums, counts, hists
+                    scratch, codes, sub, acc, part_grouping, groups[p])
+    return sums, counts, hists, groups
 
 
 @njit(nogil=True, error_model="numpy", cache=True)
@@ -554,7 +583,7 @@ def _read_full(fd, out, pos):
 
 
 @njit(nogil=True, parallel=True, error_model="numpy", cache=True)
-def delta_file(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, consts, edges, threads):
+def delta_file(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, consts, edges, threads, grouping):
     """delta_chunk on n elements read straight from two files at byte positions pos_a, pos_b.
 
     Each thread (a lane) takes parts lane, lane + lanes, ... round-robin, so the threads
@@ -572,6 +601,7 @@ def delta_file(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, cons
     counts = np.zeros((nparts, 2), dtype=np.int64)
     hists = np.zeros((nparts, nbins), dtype=np.int64)
     failed = np.zeros(nparts, dtype=np.int64)
+    groups = np.zeros((nparts, max(grouping[2], 1), 2), dtype=np.float64)
     lanes = max(1, min(threads, nparts))  # numba.get_num_threads() here would make the kernel uncacheable
     size_a = like_a.itemsize
     size_b = like_b.itemsize
@@ -579,16 +609,20 @@ def delta_file(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, cons
         a = np.empty(PART, dtype=like_a.dtype)
         b = np.empty(PART, dtype=like_b.dtype)
         scratch, codes, sub, acc = _part_scratch(consts, nbins)
+        part_grouping = np.empty(3, dtype=np.int64)
         for p in range(lane, nparts, lanes):
             start = p * PART
             count = min(n, start + PART) - start
             if (_read_full(fd_a, a[:count], pos_a + start * size_a)
                     and _read_full(fd_b, b[:count], pos_b + start * size_b)):
+                part_grouping[0] = grouping[0] + start
+                part_grouping[1] = grouping[1]
+                part_grouping[2] = grouping[2]
                 _delta_part(a[:count], code_a, b[:count], code_b, consts, edges, sums[p], counts[p], hists[p],
-                            scratch, codes, sub, acc)
+                            scratch, codes, sub, acc, part_grouping, groups[p])
             else:
                 failed[p] = 1
-    return sums, counts, hists, failed.sum()
+    return sums, counts, hists, groups, failed.sum()
 
 
 @njit(nogil=True, parallel=True, cache=True)

@@ -70,8 +70,35 @@ def _kernel_operand(x: np.ndarray, dtype: str, wide: bool) -> tuple[np.ndarray, 
     return decode_to_float32(x, dtype).view(np.uint32), k.CODE_F32
 
 
-def accumulate_delta(stats: DeltaStats, a: np.ndarray, b: np.ndarray, dtype_a: str, dtype_b: str) -> None:
-    """Fold one chunk pair (stored representation) into `stats`, in place.
+_NO_GROUPS = np.zeros(3, dtype=np.int64)
+
+
+def _grouping(groups: "Groups | None", start: int) -> np.ndarray:
+    if groups is None:
+        return _NO_GROUPS
+    return np.array([start, groups.run, groups.count], dtype=np.int64)
+
+
+class Groups:
+    """Per-group sums of one tensor: sum d^2 and sum A^2 of every run of `run` consecutive
+    elements, run k going to group k % count (attention heads by rows or by head_dim
+    columns, stacked experts). `sums` is (count, 2), added to chunk after chunk."""
+
+    def __init__(self, run: int, count: int, kind: str = "") -> None:
+        if run < 1 or count < 1:
+            raise ValueError(f"groups need run >= 1 and count >= 1, got run={run}, count={count}")
+        self.run, self.count, self.kind = int(run), int(count), kind
+        self.sums = np.zeros((self.count, 2), dtype=np.float64)
+
+    def add(self, part_sums: np.ndarray) -> None:
+        self.sums += part_sums.sum(axis=0)
+
+
+def accumulate_delta(stats: DeltaStats, a: np.ndarray, b: np.ndarray, dtype_a: str, dtype_b: str,
+                     groups: Groups | None = None, start: int = 0) -> None:
+    """Fold one chunk pair (stored representation) into `stats`, in place; with `groups`, the
+    chunk's per-group sums into groups.sums too (`start`: the chunk's first element's index
+    in its tensor).
 
     BF16/F16/F32 are decoded inside the kernel, which releases the GIL; other dtypes are
     decoded exactly with numpy first. Values are compared in float32, or float64 when
@@ -94,8 +121,11 @@ def accumulate_delta(stats: DeltaStats, a: np.ndarray, b: np.ndarray, dtype_a: s
         return
     consts, edges = _histogram_constants(stats.bins, stats.clip, dt)
     with _LAUNCH:
-        sums, counts, hists = _compiled().delta_chunk(bits_a, code_a, bits_b, code_b, consts, edges)
+        sums, counts, hists, group_sums = _compiled().delta_chunk(bits_a, code_a, bits_b, code_b, consts, edges,
+                                                                  _grouping(groups, start))
     fold_parts(stats, sums, counts, hists, bits_a.size)
+    if groups is not None:
+        groups.add(group_sums)
 
 
 _LIKE = {2: np.empty(0, np.uint16), 4: np.empty(0, np.uint32), 8: np.empty(0, np.uint64)}
@@ -119,7 +149,7 @@ _FILE_DTYPES = ("BF16", "F16", "F32", "F64")
 
 
 def accumulate_delta_from_files(stats: DeltaStats, fd_a: int, pos_a: int, dtype_a: str, fd_b: int, pos_b: int,
-                                dtype_b: str, numel: int) -> bool:
+                                dtype_b: str, numel: int, groups: Groups | None = None, start: int = 0) -> bool:
     """accumulate_delta on `numel` elements read by the kernel's own threads from two open files.
 
     `pos_a`/`pos_b` are byte positions in the files. Each thread reads the part it
@@ -140,11 +170,14 @@ def accumulate_delta_from_files(stats: DeltaStats, fd_a: int, pos_a: int, dtype_
     import numba  # loaded by _compiled() already
 
     with _LAUNCH:
-        sums, counts, hists, failed = _compiled().delta_file(fd_a, pos_a, like, code_a, fd_b, pos_b, like, code_b,
-                                                             numel, consts, edges, numba.get_num_threads())
+        sums, counts, hists, group_sums, failed = _compiled().delta_file(
+            fd_a, pos_a, like, code_a, fd_b, pos_b, like, code_b, numel, consts, edges, numba.get_num_threads(),
+            _grouping(groups, start))
     if failed:
         return False
     fold_parts(stats, sums, counts, hists, numel)
+    if groups is not None:
+        groups.add(group_sums)
     return True
 
 

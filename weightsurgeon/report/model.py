@@ -27,6 +27,7 @@ import numpy as np
 
 from weightsurgeon._version import __version__
 from weightsurgeon.errors import SurgeonError
+from weightsurgeon.report.units import UnitDiff
 
 SCHEMA = "weightsurgeon.diff/2"
 READABLE_SCHEMAS = ("weightsurgeon.diff/1", SCHEMA)
@@ -230,6 +231,7 @@ class DiffReport:
     warnings: list[str] = field(default_factory=list)
     # Tensors holding NaN/Inf, per model: {"model": "base" or a label, "name", "count", "numel", "file"}.
     nonfinite: list[dict] = field(default_factory=list)
+    units: list[Any] = field(default_factory=list)  # report/units.UnitDiff: per head and per expert
     timing: dict = field(default_factory=lambda: {"seconds": 0.0, "bytes_read": 0, "gb_per_s": None})
     version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -347,6 +349,7 @@ class DiffReport:
         return {**self.to_dict_header(),
                 "tensors": [t.to_dict() for t in self.tensors],
                 "modules": [m.to_dict() for m in self.modules],
+                "units": [u.to_dict() for u in self.units],
                 "timing": dict(self.timing)}
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -391,6 +394,7 @@ class DiffReport:
                 options=options,
                 tensors=[TensorDiff.from_dict(t, bins, clip) for t in d.get("tensors") or []],
                 modules=[ModuleDiff.from_dict(m, bins, clip) for m in d["modules"]],
+                units=[UnitDiff.from_dict(u) for u in d.get("units") or []],
                 notes=list(d.get("notes", [])),
                 missing=list(d.get("missing", [])),
                 warnings=list(d.get("warnings", [])),

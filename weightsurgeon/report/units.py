@@ -1,0 +1,110 @@
+"""Per-head and per-expert rows of a diff: ||B - A|| of each attention head and each expert.
+
+A row is one unit (head or expert) of one (tuned, layer, module): the sums of d^2 and A^2
+over its elements, so rows merge exactly (a q_proj head's weight rows and bias entries
+add) and L2 and relative L2 are derived. Heads come from the kernel's grouped sums (see
+weightsurgeon/units.py), experts stored one tensor each from their tensor rows.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+HEADS_CSV = "report_heads.csv"
+CSV_COLUMNS = ("tuned", "layer", "module", "kind", "index", "l2_delta", "l2_base", "rel_l2", "sum_sq_delta",
+               "sum_sq_base")
+
+
+@dataclass
+class UnitDiff:
+    """One head or expert of one (tuned, layer, module)."""
+
+    tuned: str
+    layer: int | None
+    module: str
+    kind: str  # "head" or "expert"
+    index: int
+    sum_sq_delta: float
+    sum_sq_base: float
+
+    @property
+    def l2_delta(self) -> float:
+        return math.sqrt(self.sum_sq_delta) if self.sum_sq_delta >= 0 else math.nan
+
+    @property
+    def l2_base(self) -> float:
+        return math.sqrt(self.sum_sq_base) if self.sum_sq_base >= 0 else math.nan
+
+    @property
+    def rel_l2(self) -> float:
+        return self.l2_delta / self.l2_base if self.sum_sq_base > 0 else math.nan
+
+    def to_dict(self) -> dict:
+        def num(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        return {"tuned": self.tuned, "layer": self.layer, "module": self.module, "kind": self.kind,
+                "index": self.index, "l2_delta": num(self.l2_delta), "l2_base": num(self.l2_base),
+                "rel_l2": num(self.rel_l2), "sum_sq_delta": num(self.sum_sq_delta),
+                "sum_sq_base": num(self.sum_sq_base)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UnitDiff":
+        def num(x: Any) -> float:
+            return math.nan if x is None else float(x)
+
+        return cls(tuned=d["tuned"], layer=d["layer"], module=d["module"], kind=d["kind"], index=int(d["index"]),
+                   sum_sq_delta=num(d["sum_sq_delta"]), sum_sq_base=num(d["sum_sq_base"]))
+
+
+def unit_rows(tensors: Iterable[Any], groups: dict[tuple[str, str], Any], labels: list[str]) -> list[UnitDiff]:
+    """Unit rows from the tensor rows (TensorDiff) and the kernel's grouped sums keyed (label, tensor name)."""
+    rows: dict[tuple, UnitDiff] = {}
+
+    def add(tuned: str, layer: int | None, module: str, kind: str, index: int, sd: float, sa: float) -> None:
+        key = (tuned, layer, module, kind, index)
+        row = rows.get(key)
+        if row is None:
+            rows[key] = UnitDiff(tuned, layer, module, kind, index, sd, sa)
+        else:
+            row.sum_sq_delta += sd
+            row.sum_sq_base += sa
+
+    from weightsurgeon.layout import classify
+
+    for t in tensors:
+        g = groups.get((t.tuned, t.name))
+        if g is not None:
+            for i, (sd, sa) in enumerate(g.sums.tolist()):
+                add(t.tuned, t.layer, t.module, g.kind, i, sd, sa)
+            continue
+        expert = classify(t.name).expert
+        if expert is not None:
+            add(t.tuned, t.layer, t.module, "expert", expert, t.stats.sum_sq_delta, t.stats.sum_sq_a)
+    order = {label: i for i, label in enumerate(labels)}
+    return sorted(rows.values(), key=lambda u: (order.get(u.tuned, len(order)), -1 if u.layer is None else u.layer,
+                                                u.module, u.kind, u.index))
+
+
+def write_units_csv(units: Iterable[UnitDiff], path: str | Path) -> Path:
+    """report_heads.csv: one row per head or expert of each (tuned, layer, module); empty cells for NaN."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for u in units:
+            row = u.to_dict()
+            writer.writerow(["" if row[c] is None else (repr(row[c]) if isinstance(row[c], float) else row[c])
+                             for c in CSV_COLUMNS])
+    return path
+
+
+def top_units(units: Iterable[UnitDiff], tuned: str, n: int = 5, kind: str | None = None) -> list[UnitDiff]:
+    """The n units of one tuned model with the largest relative L2 (ties by L2)."""
+    rows = [u for u in units if u.tuned == tuned and (kind is None or u.kind == kind) and math.isfinite(u.rel_l2)
+            and u.sum_sq_delta > 0]
+    rows.sort(key=lambda u: (-u.rel_l2, -u.sum_sq_delta))
+    return rows[:n]
