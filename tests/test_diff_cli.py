@@ -37,7 +37,7 @@ def test_diff_writes_the_report_folder(pair: tuple[Path, Path], tmp_path: Path, 
     assert res.returncode == 0, res.stderr
     assert (out / "report.json").is_file() and (out / "report.csv").is_file()
     data = json.loads((out / "report.json").read_text())
-    assert data["schema"] == "weightsurgeon.diff/2" and data["options"]["every"] == 2
+    assert data["schema"] == "weightsurgeon.diff/3" and data["options"]["every"] == 2
     assert data["tuned"][0]["label"] == "tuned" and data["base"]["num_layers"] == 3
     with open(out / "report.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -19,6 +19,11 @@ def write_report_folder(report: Any, folder: Path, plots: bool = True, every: in
     report.write_json(folder / REPORT_JSON)
     report.write_csv(folder / REPORT_CSV)
     written = [REPORT_JSON, REPORT_CSV]
+    if report.units:
+        from weightsurgeon.report.units import HEADS_CSV, write_units_csv
+
+        write_units_csv(report.units, folder / HEADS_CSV)
+        written.append(HEADS_CSV)
     warnings: list[str] = []
     if not plots:
         return written, warnings

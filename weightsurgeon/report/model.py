@@ -5,7 +5,7 @@ is the exact merge of its tensors' rows and every derived number (L2, relative L
 cosine) is recomputed from sums, never averaged. report.json carries the raw sums beside
 the derived numbers, so `from_json` rebuilds the same report bit for bit.
 
-Schema ``weightsurgeon.diff/2`` (within a version keys are only ever added, never renamed):
+Schema ``weightsurgeon.diff/3`` (within a version keys are only ever added, never renamed):
 base/tuned identities, options, bin_edges, notes, missing, tensors, modules, timing.
 JSON has no NaN: non-finite floats are written as null. Version 2 renamed an identity's
 ``digest`` to ``layout_digest`` (it hashes the headers: a base and its fine-tune share it)
@@ -29,13 +29,15 @@ from weightsurgeon._version import __version__
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.report.units import UnitDiff
 
-SCHEMA = "weightsurgeon.diff/2"
-READABLE_SCHEMAS = ("weightsurgeon.diff/1", SCHEMA)
+SCHEMA = "weightsurgeon.diff/3"
+# Older schemas still read: /1 and /2 lack the shape of the relative change (r_* become NaN) and units.
+READABLE_SCHEMAS = ("weightsurgeon.diff/1", "weightsurgeon.diff/2", SCHEMA)
 
 # The CSV's first columns: scripts read these names.
 CSV_COLUMNS = ("tuned", "name", "layer", "module", "param", "dtype", "numel", "l2_delta", "l2_base", "l2_tuned",
                "rel_l2", "cosine", "max_abs_delta", "mean_delta", "n_base_zero", "n_nonfinite")
-CSV_EXTRA = ("dtype_tuned", "shape", "added_rows", "n")
+CSV_EXTRA = ("dtype_tuned", "shape", "added_rows", "n", "r_mean", "r_std", "r_skewness", "r_excess_kurtosis",
+             "bimodality", "n_modes", "modes")
 
 # Reading order of modules inside a layer, and of the layerless ones around the layers.
 MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "q_norm", "k_norm", "gate_proj", "up_proj",
@@ -134,6 +136,16 @@ def stats_fields(stats: Any) -> dict:
         "sum_sq_tuned": _json_float(stats.sum_sq_b),
         "dot_base_tuned": _json_float(stats.dot_ab),
         "sum_delta": _json_float(stats.sum_delta),
+        # Shape of the clipped relative change (kernels/shape.py): derived, then the central sums it comes from.
+        "r_mean": _json_float(stats.r_mean),
+        "r_std": _json_float(stats.r_std),
+        "r_skewness": _json_float(stats.r_skewness),
+        "r_excess_kurtosis": _json_float(stats.r_excess_kurtosis),
+        "bimodality": _json_float(stats.bimodality),
+        "modes": [round(m, 12) for m in stats.modes],
+        "r_m2": _json_float(stats.r_m2),
+        "r_m3": _json_float(stats.r_m3),
+        "r_m4": _json_float(stats.r_m4),
     }
 
 
@@ -144,7 +156,8 @@ def stats_from_fields(d: dict, bins: int, clip: float) -> Any:
                         sum_sq_a=_float(d["sum_sq_base"]), sum_sq_b=_float(d["sum_sq_tuned"]),
                         dot_ab=_float(d["dot_base_tuned"]), sum_delta=_float(d["sum_delta"]),
                         max_abs_delta=_float(d["max_abs_delta"]),
-                        hist=None if d.get("hist") is None else np.asarray(d["hist"], dtype=np.int64))
+                        hist=None if d.get("hist") is None else np.asarray(d["hist"], dtype=np.int64),
+                        **{k: _float(d.get(k)) for k in ("r_mean", "r_m2", "r_m3", "r_m4")})
 
 
 def finite(x: float) -> float | None:
@@ -361,7 +374,7 @@ class DiffReport:
         fp.write("{")
         for i, (key, value) in enumerate(head.items()):
             fp.write(("" if i == 0 else ",") + "\n " + json.dumps(key) + ": " + json.dumps(value, allow_nan=False))
-        for key, rows in (("tensors", self.tensors), ("modules", self.modules)):
+        for key, rows in (("tensors", self.tensors), ("modules", self.modules), ("units", self.units)):
             fp.write(",\n " + json.dumps(key) + ": [")
             for i, row in enumerate(rows):
                 fp.write(("" if i == 0 else ",") + "\n  " + json.dumps(row.to_dict(), allow_nan=False))
@@ -440,6 +453,8 @@ class DiffReport:
             for t in self.tensors:
                 row = t.to_dict()
                 row["shape"] = "x".join(str(s) for s in t.shape)
+                row["n_modes"] = len(row["modes"])
+                row["modes"] = ";".join(repr(m) for m in row["modes"])
                 writer.writerow([_csv_cell(row[c]) for c in CSV_COLUMNS + CSV_EXTRA])
         return path
 
