@@ -54,6 +54,22 @@ def top_cells(report: DiffReport, tuned: str, n: int = 10) -> list[Any]:
     return rows[:n]
 
 
+def print_findings(report: DiffReport, say: Any) -> None:
+    """The findings block (report/findings.py): one line per finding, per tuned model, then their agreement."""
+    from weightsurgeon.report.findings import report_findings
+
+    blocks = report_findings(report)
+    say("findings:")
+    for label, lines in blocks.items():
+        if not lines:
+            continue
+        if len(report.labels) > 1:
+            say(f"  {label}:" if label else "  patterns compared:")
+        indent = "    " if len(report.labels) > 1 else "  "
+        for finding in lines:
+            say(f"{indent}- {finding.text}")
+
+
 def print_summary(report: DiffReport, console: Any = None, top: int = 10, files: Sequence[str] = ()) -> None:
     """Print the summary tables with rich (console: a rich Console; default stdout)."""
     from rich.markup import escape
@@ -76,6 +92,8 @@ def print_summary(report: DiffReport, console: Any = None, top: int = 10, files:
                   f"{timing.get('seconds', 0):.1f} s" + (f" ({speed:.2f} GB/s)" if speed else ""))
     for line in nonfinite_lines(report):
         say(line)
+
+    print_findings(report, say)
 
     for label in report.labels:
         cells = Table(title=escape(f"{label}: top {top} (layer, module) by L2 of the delta"), title_justify="left")
