@@ -11,6 +11,7 @@ def test_demo_recovers_the_planted_pattern(tmp_path: Path, run_cli) -> None:
     assert res.returncode == 0, res.stderr
     assert "planted pattern recovered: yes" in res.stdout
     assert "planted unchanged (embed_tokens): exactly zero" in res.stdout
+    assert "findings:" in res.stdout and "bimodal relative change: o_proj" in res.stdout
     report = json.loads((work / "report" / "report.json").read_text())
     assert report["schema"] == "weightsurgeon.diff/3" and report["tuned"][0]["label"] == "tuned"
     assert (work / "report" / "report.csv").is_file()
@@ -21,6 +22,9 @@ def test_demo_recovers_the_planted_pattern(tmp_path: Path, run_cli) -> None:
         pass
     else:
         assert list((work / "report").glob("*.png")), "figures module present but no figure drawn"
+        assert (work / "report" / "heads_o_proj.png").is_file() and (work / "report" / "report_heads.csv").is_file()
+        page = (work / "report" / "report.html").read_text()
+        assert page.index("<h2>Findings</h2>") < page.index("<h2>Figures</h2>") and "largest change: o_proj" in page
     # A second run replaces the demo's own folders instead of failing on them.
     again = run_cli("demo", "--workdir", work, "-q", "--no-plots")
     assert again.returncode == 0, again.stderr

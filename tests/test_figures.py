@@ -375,8 +375,10 @@ def test_plot_redraws_what_surgeon_diff_wrote(tmp_path, run_cli):
     page = (tmp_path / "again" / "report.html").read_text(encoding="utf-8")
     assert_self_contained(page)
     assert "ft1" in page and "ft2" in page
-    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == len(FIGURE_NAMES)
-    for name in FIGURE_NAMES:
+    heads = sorted(p.stem for p in (tmp_path / "again").glob("heads_*.png"))
+    assert heads == ["heads_k_proj", "heads_o_proj", "heads_q_proj", "heads_v_proj"]
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == len(FIGURE_NAMES) + len(heads)
+    for name in list(FIGURE_NAMES) + heads:
         assert_png(tmp_path / "again" / f"{name}.png")
 
 

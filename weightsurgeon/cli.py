@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "clean": "weightsurgeon.commands.clean:clean_cmd",
     "diff": "weightsurgeon.commands.diff:diff_cmd",
     "plot": "weightsurgeon.commands.plot:plot_cmd",
+    "compare-reports": "weightsurgeon.commands.compare:compare_cmd",
     "train": "weightsurgeon.commands.train:train_cmd",
     "recipe": "weightsurgeon.commands.train:recipe_group",
     "train-plot": "weightsurgeon.commands.train:train_plot_cmd",

@@ -501,12 +501,17 @@ class DiffPlan:
     def total_bytes(self) -> int:
         """Bytes the diff reads: each paired base tensor once, plus every tuned side."""
         base = {p.base.name: _side_bytes(p.base, p.base_q, p.base.numel) for p in self.pairs}
-        return sum(base.values()) + sum(_side_bytes(p.other, p.other_q, p.numel) for p in self.pairs)
+        total = sum(base.values()) + sum(_side_bytes(p.other, p.other_q, p.numel) for p in self.pairs)
+        if self.options.get("spectrum"):
+            from weightsurgeon.spectrum import spectrum_pairs
+
+            total += sum(p.numel * (p.base.itemsize + p.other.itemsize) for p in spectrum_pairs(self, self.options["spectrum"]))
+        return total
 
 
 def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | None = None, layers: str | None = None,
               bins: int = 200, clip: float = 1.0, allow_missing: bool = False, labels: Sequence[str] | None = None,
-              every: int = 5, experts: str | None = None) -> DiffPlan:
+              every: int = 5, experts: str | None = None, spectrum: str | None = None) -> DiffPlan:
     """Pair, select and check, from headers only; raises SurgeonError on mismatches unless allow_missing."""
     bins, clip = _check_histogram(bins, clip)
     others = list(others)
@@ -551,8 +556,14 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
         warnings.append(f"{len(base_layout.other)} base tensor name(s) not recognised as a known module, "
                         f"reported as module 'other' (e.g. {base_layout.other[0]!r})")
     options = {"bins": bins, "clip": clip, "modules": modules, "layers": layers, "experts": experts, "every": every,
-               "allow_missing": allow_missing}
-    return DiffPlan(base, others, names, pairs, missing, notes, warnings, options, base_layout)
+               "allow_missing": allow_missing, "spectrum": spectrum}
+    plan = DiffPlan(base, others, names, pairs, missing, notes, warnings, options, base_layout)
+    if spectrum is not None:
+        from weightsurgeon.spectrum import spectrum_pairs
+
+        if not spectrum_pairs(plan, spectrum):
+            raise SurgeonError(f"--spectrum {spectrum}: selects no 2-D tensor among the compared ones")
+    return plan
 
 
 def _unit_groups(plan: DiffPlan) -> dict[tuple[int, str], Any]:
@@ -606,6 +617,11 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
             bytes_read += nbytes
             if progress is not None:
                 progress.advance(nbytes)
+    spectra = []
+    if plan.options.get("spectrum"):
+        from weightsurgeon.spectrum import measure_spectra
+
+        spectra = measure_spectra(plan, plan.options["spectrum"], progress)
     seconds = time.perf_counter() - started
     nonfinite = _nonfinite_tensors(plan, stats)
     _check_unchanged(plan.base, plan.others)  # the last shard too: no report of bytes that never existed together
@@ -629,6 +645,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
         tensors=rows,
         modules=aggregate_modules(rows, plan.labels, bins, clip),
         units=units,
+        spectra=spectra,
         notes=list(plan.notes),
         missing=list(plan.missing),
         warnings=list(plan.warnings),
@@ -665,7 +682,8 @@ def _nonfinite_tensors(plan: DiffPlan, stats: dict[tuple[int, str], Any]) -> lis
 
 def diff_checkpoints(base: Any, tuned: Any, modules: str | None = None, layers: str | None = None, bins: int = 200,
                      clip: float = 1.0, allow_missing: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                     progress: Any = None, labels: Sequence[str] | None = None, every: int = 5) -> DiffReport:
+                     progress: Any = None, labels: Sequence[str] | None = None, every: int = 5,
+                     spectrum: str | None = None) -> DiffReport:
     """Compare a base checkpoint with one or more fine-tunes, streaming; returns the DiffReport.
 
     `base` and each of `tuned` are paths, Hub ids in the local cache, or open Checkpoints
@@ -680,7 +698,7 @@ def diff_checkpoints(base: Any, tuned: Any, modules: str | None = None, layers: 
         base_ckpt = _as_checkpoint(base, opened)
         others = [_as_checkpoint(t, opened) for t in tuned]
         plan = plan_diff(base_ckpt, others, modules=modules, layers=layers, bins=bins, clip=clip,
-                         allow_missing=allow_missing, labels=labels, every=every)
+                         allow_missing=allow_missing, labels=labels, every=every, spectrum=spectrum)
         return run_diff(plan, chunk_bytes=chunk_bytes, progress=progress)
     finally:
         for c in opened:

@@ -100,3 +100,27 @@ def factor(delta: np.ndarray, rank: int, method: str = "auto", seed: int = 0) ->
     b, a = _split(u.astype(np.float32), s.astype(np.float32), vt.astype(np.float32), rank)
     kept = float(np.sum(s.astype(np.float64) ** 2))
     return Factors(b, a, energy, kept, used)
+
+
+def singular_values(delta: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """The top min(k, rank) singular values of ``delta`` (2-D float32), largest first, float64.
+
+    The same choice as `factor`: LAPACK's SVD (values only) when k + OVERSAMPLE is over a
+    quarter of min(out, in), else the randomized range finder (oversampling 10, two power
+    iterations), whose values are those of the projection Q Q^T D: each at most the true
+    one, and close to it for the leading values of a decaying spectrum.
+    Memory: beside the delta, (out + in) * (k + 10) floats randomized, LAPACK's work arrays exact.
+    """
+    m, n = delta.shape
+    small = min(m, n)
+    width = min(small, k + OVERSAMPLE)
+    if 4 * width > small:
+        s = np.linalg.svd(delta, compute_uv=False)
+    else:
+        rng = np.random.default_rng(seed)
+        q, _ = np.linalg.qr(delta @ rng.standard_normal((n, width), dtype=np.float32))
+        for _ in range(POWER_ITERATIONS):
+            z, _ = np.linalg.qr(delta.T @ q)
+            q, _ = np.linalg.qr(delta @ z)
+        s = np.linalg.svd(q.T @ delta, compute_uv=False)
+    return np.asarray(s[:k], dtype=np.float64)

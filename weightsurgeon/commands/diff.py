@@ -24,6 +24,11 @@ def write_report_folder(report: Any, folder: Path, plots: bool = True, every: in
 
         write_units_csv(report.units, folder / HEADS_CSV)
         written.append(HEADS_CSV)
+    if report.spectra:
+        from weightsurgeon.report.spectrum import SPECTRUM_CSV, write_spectrum_csv
+
+        write_spectrum_csv(report.spectra, folder / SPECTRUM_CSV)
+        written.append(SPECTRUM_CSV)
     warnings: list[str] = []
     if not plots:
         return written, warnings
@@ -118,6 +123,11 @@ def _say_reads(rows: list[dict], done: bool) -> None:
               help="Rows of the 'top (layer, module)' table.")
 @click.option("--chunk-mb", type=click.IntRange(min=1, max=1024), default=64, show_default=True,
               help="MiB per tensor side per kernel call; also the read buffers for pairs the kernel cannot read itself.")
+@click.option("--spectrum", metavar="MODULES", default=None,
+              help="Also the top 1/8/64/256 singular values of each selected 2-D delta (e.g. o_proj) and the share of "
+                   "its squared norm they hold, by a randomized SVD: a second read of those tensors, holding one delta "
+                   "matrix in float32 at a time (4*out*in bytes, 256 MiB for 8192x8192) plus a sketch of "
+                   "(out+in)*266 floats (LAPACK's, about 3x the delta, under ~1064 on the short side).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--strict", is_flag=True,
               help="Any NaN/Inf in a compared tensor is an error (as in `verify --deep`): exit 1, no report.")
@@ -129,7 +139,8 @@ def _say_reads(rows: list[dict], done: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: str | None, layers: str | None,
              experts: str | None, bins: int, clip: float, every: int, labels: tuple[str, ...], allow_missing: bool,
-             no_plots: bool, as_json: bool, top: int, chunk_mb: int, force: bool, strict: bool, remote: bool,
+             no_plots: bool, as_json: bool, top: int, chunk_mb: int, spectrum: str | None, force: bool, strict: bool,
+             remote: bool,
              dry_run: bool, quiet: bool) -> None:
     """Compare BASE with one or more fine-tunes TUNED..., tensor by tensor, streaming.
 
@@ -160,7 +171,8 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
         if output is not None:
             check_output_path(output, inputs, force)  # fail before reading gigabytes
         plan = plan_diff(base_ckpt, others, modules=modules, layers=layers, bins=bins, clip=clip,
-                         allow_missing=allow_missing, labels=list(labels) or None, every=every, experts=experts)
+                         allow_missing=allow_missing, labels=list(labels) or None, every=every, experts=experts,
+                         spectrum=spectrum)
         print_warnings(plan.warnings)
         if dry_run:
             reads = input_reads(plan)

@@ -410,7 +410,8 @@ def caption(name: str, every: int = 5) -> str:
 
 
 def build_figures(report: Any, every: int | None = None) -> list[tuple[str, Any]]:
-    """(name, matplotlib Figure) for every figure the report has data for, in FIGURE_NAMES order."""
+    """(name, matplotlib Figure) for every figure the report has data for, in FIGURE_NAMES order, then the
+    layers x heads/experts heatmaps."""
     report = as_report(report)
     every = every or report.every or 5
     drawn = [
@@ -419,6 +420,9 @@ def build_figures(report: Any, every: int | None = None) -> list[tuple[str, Any]
         ("rel_l2_heatmap", figure_rel_l2_heatmap(report)),
         ("delta_share", figure_delta_share(report)),
     ]
+    from weightsurgeon.report.unit_figures import unit_figures
+
+    drawn += unit_figures(report)  # heads_<module>, experts_<module>: one per module kind with units
     drawn = [(name, fig) for name, fig in drawn if fig is not None]
     left_out = sum(m.stats.n_nonfinite for m in report.modules)
     for _name, fig in drawn:

@@ -9,6 +9,7 @@ Computed from the report's rows (never stored apart from them), per tuned model:
   their clipped relative change has two or more modes (kernels/shape.py), with the
   median of Sarle's coefficient over those layers;
 - the heads (or experts) with the largest relative L2;
+- with --spectrum, the median share of the squared delta the top 1, 8 and 64 singular values hold;
 - the module kinds that did not change at all.
 
 With several tuned models, `pattern_agreement` compares them: Spearman's rank
@@ -118,6 +119,18 @@ def findings(report: Any, tuned: str | None = None) -> list[Finding]:
             f"layer {u.layer} {u.module} {u.kind} {u.index} ({_fmt(u.rel_l2)})" for u in top_units)
         out.append(Finding("top_units", text, {"units": [(u.layer, u.module, u.kind, u.index, u.rel_l2)
                                                           for u in top_units]}))
+    spectra: dict[str, list[Any]] = {}
+    for r in getattr(report, "spectra", []):
+        if r.tuned == tuned and r.sigma:
+            spectra.setdefault(r.module, []).append(r)
+    if spectra:
+        parts, numbers = [], {}
+        for module, rs in sorted(spectra.items()):
+            shares = {k: statistics.median(r.share(k) for r in rs) for k in (1, 8, 64)}
+            numbers[module] = {"matrices": len(rs), **{f"median_share_top{k}": v for k, v in shares.items()}}
+            parts.append(f"{module} top 1/8/64 singular values hold {_fmt(100 * shares[1])}/{_fmt(100 * shares[8])}/"
+                         f"{_fmt(100 * shares[64])}% of the squared delta (median of {len(rs)})")
+        out.append(Finding("spectrum", "low rank: " + "; ".join(parts), numbers))
     kinds = {}
     for m in report.modules:
         if m.tuned == tuned:

@@ -141,6 +141,20 @@ def _summary_section(report: DiffReport) -> str:
     return "\n".join(out)
 
 
+def _findings_section(report: DiffReport) -> str:
+    """The findings block (report/findings.py) at the top of the page: one list per tuned model."""
+    from weightsurgeon.report.findings import report_findings
+
+    out = ["<h2>Findings</h2>"]
+    for label, lines in report_findings(report).items():
+        if not lines:
+            continue
+        if len(report.labels) > 1:
+            out.append(f"<h3>{_e(label) if label else 'Patterns compared'}</h3>")
+        out.append('<ul class="findings">' + "".join(f"<li>{_e(f.text)}</li>" for f in lines) + "</ul>")
+    return "\n".join(out) if len(out) > 1 else ""
+
+
 def _notes_section(data: dict) -> str:
     out = []
     notes = [n for n in data.get("notes") or [] if isinstance(n, str)]
@@ -199,6 +213,7 @@ def render_html(report: Any, figures: Sequence[Path] | None = None, every: int |
         f"<h1>{_e(title)}</h1>",
         f'<p class="meta">Delta stethoscope report, schema <code>{_e(data.get("schema"))}</code>'
         + (f"; {meta}" if meta else "") + "</p>",
+        _findings_section(report),
         _inputs_section(data),
         _summary_section(report),
     ]

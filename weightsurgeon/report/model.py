@@ -27,6 +27,7 @@ import numpy as np
 
 from weightsurgeon._version import __version__
 from weightsurgeon.errors import SurgeonError
+from weightsurgeon.report.spectrum import SpectrumRow
 from weightsurgeon.report.units import UnitDiff
 
 SCHEMA = "weightsurgeon.diff/3"
@@ -245,6 +246,7 @@ class DiffReport:
     # Tensors holding NaN/Inf, per model: {"model": "base" or a label, "name", "count", "numel", "file"}.
     nonfinite: list[dict] = field(default_factory=list)
     units: list[Any] = field(default_factory=list)  # report/units.UnitDiff: per head and per expert
+    spectra: list[Any] = field(default_factory=list)  # report/spectrum.SpectrumRow: diff --spectrum
     timing: dict = field(default_factory=lambda: {"seconds": 0.0, "bytes_read": 0, "gb_per_s": None})
     version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -363,6 +365,7 @@ class DiffReport:
                 "tensors": [t.to_dict() for t in self.tensors],
                 "modules": [m.to_dict() for m in self.modules],
                 "units": [u.to_dict() for u in self.units],
+                "spectra": [r.to_dict() for r in self.spectra],
                 "timing": dict(self.timing)}
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -374,7 +377,8 @@ class DiffReport:
         fp.write("{")
         for i, (key, value) in enumerate(head.items()):
             fp.write(("" if i == 0 else ",") + "\n " + json.dumps(key) + ": " + json.dumps(value, allow_nan=False))
-        for key, rows in (("tensors", self.tensors), ("modules", self.modules), ("units", self.units)):
+        for key, rows in (("tensors", self.tensors), ("modules", self.modules), ("units", self.units),
+                          ("spectra", self.spectra)):
             fp.write(",\n " + json.dumps(key) + ": [")
             for i, row in enumerate(rows):
                 fp.write(("" if i == 0 else ",") + "\n  " + json.dumps(row.to_dict(), allow_nan=False))
@@ -408,6 +412,7 @@ class DiffReport:
                 tensors=[TensorDiff.from_dict(t, bins, clip) for t in d.get("tensors") or []],
                 modules=[ModuleDiff.from_dict(m, bins, clip) for m in d["modules"]],
                 units=[UnitDiff.from_dict(u) for u in d.get("units") or []],
+                spectra=[SpectrumRow.from_dict(r) for r in d.get("spectra") or []],
                 notes=list(d.get("notes", [])),
                 missing=list(d.get("missing", [])),
                 warnings=list(d.get("warnings", [])),
