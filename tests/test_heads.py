@@ -100,3 +100,20 @@ def test_planted_heads_are_found_exactly(tiny_model, tmp_path) -> None:
         assert sum(u.sum_sq_delta for u in mine) == pytest.approx(m.stats.sum_sq_delta, rel=1e-12, abs=1e-30)
     round_trip = json.loads(report.to_json())
     assert len(round_trip["units"]) == len(report.units)
+
+
+def test_planted_experts_are_found_exactly(tiny_model, tmp_path) -> None:
+    """MoE: experts stored one tensor each (Qwen3-MoE): a change in experts 1 and 6 of layer 0 only."""
+    from weightsurgeon.diff import diff_checkpoints
+
+    base = tiny_model(arch="qwen3_moe", num_layers=2, hidden_size=32, intermediate_size=16, num_experts=8,
+                      dtype="f32")
+    p = "model.layers.0.mlp.experts.{}.{}.weight"
+    plant(base, tmp_path / "tuned", {p.format(1, "down_proj"): np.s_[:, :], p.format(6, "gate_proj"): np.s_[2:5, :]})
+    report = diff_checkpoints(base, tmp_path / "tuned")
+    experts = [u for u in report.units if u.kind == "expert"]
+    assert len(experts) == 2 * 3 * 8
+    assert {(u.layer, u.module, u.index) for u in experts if u.sum_sq_delta > 0} == {
+        (0, "expert_down_proj", 1), (0, "expert_gate_proj", 6)}
+    down = next(u for u in experts if (u.layer, u.module, u.index) == (0, "expert_down_proj", 1))
+    assert down.rel_l2 == pytest.approx(0.1, rel=1e-5)
