@@ -3,7 +3,7 @@
 
 The baseline is another checkout of the project (default: a temporary worktree of
 --baseline-ref, e.g. the commit before the statistics landed). On the synthetic bf16 pair
-of bench_diff.py (generated once, reused), in one run, tools taking turns in a seeded
+of tools/benchmodels.py (shape 'small', generated once, reused), in one run, tools taking turns in a seeded
 shuffled order per round:
 
 - ``surgeon diff BASE TUNED -o DIR --no-plots`` of this tree and of the baseline, cold
@@ -34,7 +34,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from bench_diff import drop_cached, ensure_pair, load_average, model_files, run_child, warm_cache  # noqa: E402
+from bench_diff import run_child, warm_cache  # noqa: E402
+from benchmodels import drop_cached, ensure_models, load_average, model_files  # noqa: E402
 
 KERNEL = r"""
 import sys, time, numpy as np
@@ -90,7 +91,8 @@ def main() -> None:
         baseline = made
     load_before = load_average()
     try:
-        base, tuned = ensure_pair(args.workdir, args.size)
+        models = ensure_models(args.workdir, "small", args.size)
+        base, tuned = models["base"], models["tuned1"]
         files = model_files(base) + model_files(tuned)
         nbytes = sum(f.stat().st_size for f in files)
         trees = {"this": ROOT, "baseline": baseline}
