@@ -140,26 +140,106 @@ def _match(t: int, label: str, name: str, base: TensorInfo, other: TensorInfo, m
                     "detail": f"base {_shape_text(shape_a)} vs tuned {_shape_text(shape_b)}"})
 
 
+# Prefixes a wrapper adds to every name: torch.compile (`_orig_mod.`), DataParallel and
+# DeepSpeed engines (`module.`). A model saved without its head class lacks `model.`.
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+_MODEL_PREFIX = "model."
+
+
+def _strip_wrappers(name: str) -> str:
+    while True:
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        else:
+            return name
+
+
+def _name_candidates(name: str) -> set[str]:
+    """Base names a tuned name may stand for when they differ only by wrapper or `model.` prefixes."""
+    core = _strip_wrappers(name)
+    out = {core, _MODEL_PREFIX + core}
+    if core.startswith(_MODEL_PREFIX):
+        out.add(core[len(_MODEL_PREFIX):])
+    return out
+
+
+def prefix_renames(base_names: Sequence[str] | dict, tuned_names: Sequence[str] | dict, label: str) -> tuple[dict[str, str], str | None]:
+    """Map tuned names onto base names that differ only by a prefix; ({tuned: base}, one-line note).
+
+    Applies only when some tuned names are not in the base. Every tuned name maps to the one
+    base name it can stand for; a tuned name with several candidates, or two tuned names
+    claiming one base name, is ambiguous: a SurgeonError lists them.
+    """
+    base_set = set(base_names)
+    if all(n in base_set for n in tuned_names):
+        return {}, None
+    renames: dict[str, str] = {}
+    ambiguous: list[str] = []
+    claimed: dict[str, list[str]] = {}
+    for name in tuned_names:
+        if name in base_set:  # the exact name wins
+            claimed.setdefault(name, []).append(name)
+            continue
+        hits = sorted(c for c in _name_candidates(name) if c in base_set)
+        if len(hits) > 1:
+            ambiguous.append(f"{name} -> {' or '.join(hits)}")
+        elif hits:
+            claimed.setdefault(hits[0], []).append(name)
+            if hits[0] != name:
+                renames[name] = hits[0]
+    ambiguous += [f"{' and '.join(sorted(names))} -> {target}" for target, names in sorted(claimed.items()) if len(names) > 1]
+    if ambiguous:
+        shown = "; ".join(ambiguous[:_SHOWN_MISSING]) + (f" and {len(ambiguous) - _SHOWN_MISSING} more"
+                                                          if len(ambiguous) > _SHOWN_MISSING else "")
+        raise SurgeonError(f"{label}: tensor names differ from the base's by a prefix, ambiguously: {shown}; "
+                           f"rename the tensors so each pairs with one base tensor")
+    if not renames:
+        return {}, None
+    kinds: Counter = Counter()
+    for tuned_name, base_name in renames.items():
+        core = _strip_wrappers(tuned_name)
+        change = [f"'{tuned_name[: len(tuned_name) - len(core)]}' removed"] if core != tuned_name else []
+        if base_name == _MODEL_PREFIX + core:
+            change.append(f"'{_MODEL_PREFIX}' added")
+        elif core == _MODEL_PREFIX + base_name:
+            change.append(f"'{_MODEL_PREFIX}' removed")
+        kinds[", ".join(change)] += 1
+    described = "; ".join(k for k, _ in kinds.most_common(3))
+    first = next(iter(renames))
+    return renames, (f"{label}: {len(renames)} tensor name(s) paired with the base's by prefix ({described}), "
+                     f"e.g. {first} -> {renames[first]}")
+
+
 def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
                base_layout: ModelLayout | None = None) -> PairPlan:
-    """Pair every base tensor with its counterpart in `other`, from the headers alone."""
+    """Pair every base tensor with its counterpart in `other`, from the headers alone.
+
+    Names that differ from the base's only by a wrapper prefix are paired (see prefix_renames).
+    """
     base_layout = base_layout or layout_of(base.tensors, base.config)
-    other_layout = layout_of(other.tensors, other.config)
     pairs: list[Pair] = []
     missing: list[dict] = []
     notes: list[str] = []
+    renames, note = prefix_renames(_logical_names(base), _logical_names(other), label)
+    back = {base_name: tuned_name for tuned_name, base_name in renames.items()}
+    other_tensors = {renames.get(n, n): info for n, info in other.tensors.items()}
+    if note:
+        notes.append(note)
+    other_layout = layout_of(other_tensors, other.config)
     consumed: set[str] = set()  # tuned names used by an effective-head pair
 
     base_emb, base_head = _weight_of(base_layout, "embed_tokens"), _weight_of(base_layout, "lm_head")
     other_emb, other_head = _weight_of(other_layout, "embed_tokens"), _weight_of(other_layout, "lm_head")
     head: tuple[str, TensorInfo, TensorInfo] | None = None  # (reported name, base side, tuned side)
     if base_head is None and other_head is not None and base_emb is not None and base_layout.tied_embeddings:
-        head = (other_head, base.tensors[base_emb], other.tensors[other_head])
+        head = (other_head, base.tensors[base_emb], other_tensors[other_head])
         consumed.add(other_head)
         notes.append(f"{label}: tied embeddings on the base only: compared base {base_emb} (its effective output head) "
                      f"against tuned {other_head}")
     elif base_head is not None and other_head is None and other_emb is not None and other_layout.tied_embeddings:
-        head = (base_head, base.tensors[base_head], other.tensors[other_emb])
+        head = (base_head, base.tensors[base_head], other_tensors[other_emb])
         notes.append(f"{label}: tied embeddings on the tuned model only: compared base {base_head} against tuned "
                      f"{other_emb} (its effective output head)")
 
@@ -168,7 +248,7 @@ def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
         if head is not None and name == head[0]:
             continue  # the base's own head, paired below with the tuned model's embedding
         info, base_q = _side(base, name)  # type: ignore[misc]
-        twin = _side(other, name)
+        twin = _side(other, back.get(name, name))
         if twin is None:
             missing.append({"tuned": label, "name": name, "where": "base_only", "detail": "not in the tuned model"})
             continue
@@ -177,7 +257,7 @@ def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
     if head is not None:  # streamed in the base tensor's on-disk place (see _order_pairs)
         _match(t, label, head[0], head[1], head[2], "lm_head", pairs, missing, notes)
     known = set(base_names)
-    for name in _logical_names(other):
+    for name in (renames.get(n, n) for n in _logical_names(other)):
         if name not in known and name not in consumed:
             missing.append({"tuned": label, "name": name, "where": "tuned_only", "detail": "not in the base model"})
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any
+
+COMPILE_NOTICE_AFTER_S = 2.0  # loading cached kernels takes well under this; compiling them takes ~20 s
 
 
 class ByteProgress:
@@ -39,3 +42,26 @@ class ByteProgress:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)
+
+
+def kernels_ready(quiet: bool = False) -> None:
+    """Compile (first run after an install) or load the numba kernels before a progress bar starts.
+
+    Compiling takes about 20 s once; numba caches the result for every later run. A
+    silent 20 s looks like a hang (`make demo` on a fresh machine), so when preparing
+    takes longer than a cache load a line on stderr says what is happening.
+    """
+    from weightsurgeon.kernels.delta import warmup
+
+    def notice() -> None:
+        print("compiling the numeric kernels (once after an install; later runs load them from the cache) ...",
+              file=sys.stderr, flush=True)
+
+    timer = threading.Timer(COMPILE_NOTICE_AFTER_S, notice)
+    timer.daemon = True
+    if not quiet:
+        timer.start()
+    try:
+        warmup()
+    finally:
+        timer.cancel()

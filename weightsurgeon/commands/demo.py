@@ -74,7 +74,7 @@ def demo_cmd(workdir: Path, no_plots: bool, quiet: bool) -> None:
     from weightsurgeon.diff import plan_diff, run_diff
     from weightsurgeon.errors import SurgeonError
     from weightsurgeon.output import print_warnings
-    from weightsurgeon.progress import ByteProgress
+    from weightsurgeon.progress import ByteProgress, kernels_ready
     from weightsurgeon.report.summary import print_summary
     from weightsurgeon.synth import make_checkpoint, make_tuned
 
@@ -89,6 +89,7 @@ def demo_cmd(workdir: Path, no_plots: bool, quiet: bool) -> None:
     with open_checkpoint(base_dir) as base, open_checkpoint(tuned_dir) as tuned:
         plan = plan_diff(base, [tuned])
         print_warnings(plan.warnings)
+        kernels_ready(quiet)
         with atomic_output_dir(report_dir, inputs=[base_dir, tuned_dir], force=True) as folder:
             with ByteProgress(plan.total_bytes, "diff", quiet=quiet) as progress:
                 report = run_diff(plan, progress=progress)

@@ -160,7 +160,7 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
     from weightsurgeon.checkpoint import open_checkpoint
     from weightsurgeon.diff import plan_diff, run_diff
     from weightsurgeon.output import emit_json, human, print_warnings
-    from weightsurgeon.progress import ByteProgress
+    from weightsurgeon.progress import ByteProgress, kernels_ready
 
     if labels and len(labels) != len(tuned):
         raise click.UsageError(f"{len(labels)} --label value(s) for {len(tuned)} tuned model(s): give one per tuned model")
@@ -185,6 +185,7 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
                                f"of {human(r['total_bytes'])} ({r['origin']})")
             return
         _say_reads(input_reads(plan), done=False)
+        kernels_ready(quiet)
         written: list[str] = []
         extra_warnings: list[str] = []
         target = atomic_output_dir(output, inputs, force) if output is not None else nullcontext(None)

@@ -222,10 +222,19 @@ def count_nonfinite(x: np.ndarray, dtype: str) -> int:
 
 
 def warmup() -> None:
-    """Compile, or load from numba's cache, the kernels for the common dtypes once."""
+    """Compile, or load from numba's cache, the kernels for the common dtypes once
+    (the in-memory and the file-reading variants)."""
+    import tempfile
+
     stats = DeltaStats.empty()
-    for dtype in ("BF16", "F32", "F64"):
-        width = _UINT[itemsize(dtype)]
-        z = np.zeros(8, dtype=width)
-        accumulate_delta(stats, z, z, dtype, dtype)
-        count_nonfinite(z, dtype)
+    with tempfile.TemporaryFile() as f:
+        f.write(bytes(64))
+        f.flush()
+        fd = f.fileno()
+        for dtype in ("BF16", "F32", "F64"):
+            width = _UINT[itemsize(dtype)]
+            z = np.zeros(8, dtype=width)
+            accumulate_delta(stats, z, z, dtype, dtype)
+            count_nonfinite(z, dtype)
+            if reads_files(dtype, dtype):
+                accumulate_delta_from_files(stats, fd, 0, dtype, fd, 0, dtype, 4)
