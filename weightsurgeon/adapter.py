@@ -158,6 +158,9 @@ class Adapter:
     config: dict
     weights: Path
     modules: dict[str, AdapterModule] = field(default_factory=dict)  # base module key -> record
+    # modules_to_save: base tensor name -> its whole replacement's name in the adapter file
+    # (PEFT saves ``<module>.modules_to_save.default.weight`` as ``base_model.model.<module>.weight``)
+    whole: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_model(self) -> str | None:
@@ -173,8 +176,12 @@ def _pattern_value(patterns: dict, module: str, default: float) -> float:
     return default
 
 
-def open_adapter(path: str | Path) -> Adapter:
-    """Read and check an adapter folder for merging; every problem is a SurgeonError naming it."""
+def open_adapter(path: str | Path, whole_modules: bool = False) -> Adapter:
+    """Read and check an adapter folder; every problem is a SurgeonError naming it.
+
+    For merging (splice) `modules_to_save` is refused; a diff (`whole_modules=True`) reads
+    those tensors as whole replacements of the base's (`Adapter.whole`).
+    """
     from weightsurgeon.format import parse_header
 
     root = Path(str(path)).expanduser()
@@ -193,22 +200,29 @@ def open_adapter(path: str | Path) -> Adapter:
         raise SurgeonError(f"{root}: has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}")
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise SurgeonError(f"{cfg_path}: peft_type {config.get('peft_type')!r}; only LoRA adapters can be merged")
-    for key, why in (("use_dora", "DoRA adapters"), ("fan_in_fan_out", "fan_in_fan_out (GPT-2 Conv1D) adapters"),
-                     ("modules_to_save", "adapters with modules_to_save (whole saved modules)")):
+    refused = [("use_dora", "DoRA adapters"), ("fan_in_fan_out", "fan_in_fan_out (GPT-2 Conv1D) adapters")]
+    if not whole_modules:
+        refused.append(("modules_to_save", "adapters with modules_to_save (whole saved modules)"))
+    for key, why in refused:
         if config.get(key):
-            raise SurgeonError(f"{cfg_path}: {why} are not supported by splice; merge with peft's merge_and_unload instead")
+            what = "diff" if whole_modules else "splice"
+            raise SurgeonError(f"{cfg_path}: {why} are not supported by {what}; merge with peft's merge_and_unload instead")
     for key in ("r", "lora_alpha"):
         if not isinstance(config.get(key), (int, float)) or config[key] <= 0:
             raise SurgeonError(f"{cfg_path}: {key} must be a positive number, got {config.get(key)!r}")
     header = parse_header(weights)
     found: dict[str, dict[str, str]] = {}
+    whole: dict[str, str] = {}
     for entry in header.tensors:
         parsed = parse_lora_name(entry.name)
+        if parsed is None and whole_modules and config.get("modules_to_save") and entry.name.startswith(PEFT_PREFIX):
+            whole[entry.name[len(PEFT_PREFIX):]] = entry.name
+            continue
         if parsed is None:
             raise SurgeonError(f"{weights}: tensor {entry.name!r} is not a LoRA tensor (.lora_A.weight, .lora_B.weight, .lora_B.bias)")
         module, which, param = parsed
         found.setdefault(module, {})[f"{which}.{param}"] = entry.name
-    if not found:
+    if not found and not whole:
         raise SurgeonError(f"{weights}: holds no LoRA tensors")
     rank_pattern = dict(config.get("rank_pattern") or {})
     alpha_pattern = dict(config.get("alpha_pattern") or {})
@@ -224,4 +238,4 @@ def open_adapter(path: str | Path) -> Adapter:
         alpha = float(_pattern_value(alpha_pattern, module, config["lora_alpha"]))
         scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         modules[module] = AdapterModule(module, rank, scaling, parts["A.weight"], parts["B.weight"], parts.get("B.bias"))
-    return Adapter(root=root, config=config, weights=weights, modules=modules)
+    return Adapter(root=root, config=config, weights=weights, modules=modules, whole=whole)

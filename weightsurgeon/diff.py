@@ -53,6 +53,8 @@ class Pair:
     other: TensorInfo
     numel: int
     added_rows: int = 0
+    kind: str = "file"  # "file": `other` read from the tuned file; "same": the base tensor is its own tuned value; "lora": W + s * B @ A
+    lora: Any = None  # adapter_diff.LoraFactors for kind "lora"
     base_q: QuantTensor | None = None  # set where that side is quantized (FP8 + scale, MXFP4): `base`/`other` is its data
     other_q: QuantTensor | None = None
 
@@ -408,6 +410,7 @@ class _ChunkReader:
         from weightsurgeon.kernels.delta import accumulate_delta, accumulate_delta_from_files, reads_files
 
         self.base, self.others = base, others
+        self.lora_blocks: Any = None  # adapter_diff.LoraBlocks on the first adapted tensor
         self.sizes = (base_bytes, other_bytes, consumers)
         self.buffers: tuple[np.ndarray, list[np.ndarray]] | None = None
         self.accumulate, self.from_files, self.reads_files = accumulate_delta, accumulate_delta_from_files, reads_files
@@ -502,11 +505,18 @@ class _ChunkReader:
         nbytes = count * info.itemsize
         base_view: np.ndarray | None = None
         for k, p in enumerate(pairs):
-            nbytes += count * p.other.itemsize
             target = stats[(p.tuned, p.name)]
             units = groups.get((p.tuned, p.name))
+            if p.kind == "lora":
+                from weightsurgeon.adapter_diff import LoraBlocks
+
+                self.lora_blocks = self.lora_blocks or LoraBlocks()
+                self.lora_blocks.run(target, self.base, self.others[p.tuned], info, p.lora, start, stop, self.accumulate, units)
+                continue
+            nbytes += 0 if p.kind == "same" else count * p.other.itemsize
+            source = self.base if p.kind == "same" else self.others[p.tuned]
             if self.reads_files(p.base.dtype, p.other.dtype):
-                at_a, at_b = self.base.locate(p.base), self.others[p.tuned].locate(p.other)
+                at_a, at_b = self.base.locate(p.base), source.locate(p.other)
                 if at_a is not None and at_b is not None and self.from_files(
                         target, at_a[0], at_a[1] + start * info.itemsize, p.base.dtype,
                         at_b[0], at_b[1] + start * p.other.itemsize, p.other.dtype, count, units, start):
@@ -516,7 +526,7 @@ class _ChunkReader:
                 base_view = base_buf[:count * info.itemsize]
                 self.base.read_into(info, start * info.itemsize, base_view)
             view = other_bufs[k][:count * p.other.itemsize]
-            self.others[p.tuned].read_into(p.other, start * p.other.itemsize, view)
+            source.read_into(p.other, start * p.other.itemsize, view)
             self.accumulate(target, base_view, view, p.base.dtype, p.other.dtype, units, start)
         return nbytes
 
@@ -581,7 +591,7 @@ class DiffPlan:
     def total_bytes(self) -> int:
         """Bytes the diff reads: each paired base tensor once, plus every tuned side."""
         base = {p.base.name: _side_bytes(p.base, p.base_q, p.base.numel) for p in self.pairs}
-        total = sum(base.values()) + sum(_side_bytes(p.other, p.other_q, p.numel) for p in self.pairs)
+        total = sum(base.values()) + sum(_side_bytes(p.other, p.other_q, p.numel) for p in self.pairs if p.kind == "file")
         if self.options.get("spectrum"):
             from weightsurgeon.spectrum import spectrum_pairs
 
@@ -591,8 +601,13 @@ class DiffPlan:
 
 def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | None = None, layers: str | None = None,
               bins: int = 200, clip: float = 1.0, allow_missing: bool = False, labels: Sequence[str] | None = None,
-              every: int = 5, experts: str | None = None, spectrum: str | None = None) -> DiffPlan:
-    """Pair, select and check, from headers only; raises SurgeonError on mismatches unless allow_missing."""
+              every: int = 5, experts: str | None = None, spectrum: str | None = None,
+              adapters: Sequence[Any] | None = None) -> DiffPlan:
+    """Pair, select and check, from headers only; raises SurgeonError on mismatches unless allow_missing.
+
+    `adapters`, one per tuned model, holds the `adapter.Adapter` of a tuned model that is a
+    PEFT LoRA adapter (its Checkpoint is then the adapter's weights file), else None.
+    """
     bins, clip = _check_histogram(bins, clip)
     others = list(others)
     if not others:
@@ -601,7 +616,9 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
         raise SurgeonError(f"{len(labels)} label(s) for {len(others)} tuned model(s): give one label per tuned model")
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise SurgeonError(f"--every must be a positive integer, got {every!r}")
-    names = unique_labels(list(labels) if labels is not None else [default_label(c) for c in others])
+    adapters = list(adapters) if adapters is not None else [None] * len(others)
+    names = unique_labels(list(labels) if labels is not None else
+                          [a.root.resolve().name if a is not None else default_label(c) for c, a in zip(others, adapters)])
     base_layout = layout_of(base.tensors, base.config)
     selector = parse_modules(modules) if modules is not None else None
     layer_set = parse_layers(layers, base_layout.num_layers) if layers is not None else None
@@ -610,7 +627,12 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
     missing: list[dict] = []
     notes: list[str] = []
     for t, (ckpt, label) in enumerate(zip(others, names)):
-        plan = plan_pairs(base, ckpt, t, label, base_layout)
+        if adapters[t] is not None:
+            from weightsurgeon.adapter_diff import plan_adapter_pairs
+
+            plan = plan_adapter_pairs(base, ckpt, adapters[t], t, label, base_layout)
+        else:
+            plan = plan_pairs(base, ckpt, t, label, base_layout)
         pairs += plan.pairs
         missing += plan.missing
         notes += plan.notes
@@ -624,6 +646,9 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
         missing = [m for m in missing if m["name"] in chosen]
     if missing and not allow_missing:
         raise _missing_error(missing)
+    if any(a is not None for a in adapters) and any(p.decoded for p in pairs):
+        raise SurgeonError("a LoRA adapter and a quantized (FP8/MXFP4) model cannot be diffed in one run: "
+                           "diff them against the base separately")
     if not pairs:
         raise SurgeonError("no tensor pairs to compare: the models share no tensor of the same shape")
     for p in pairs:
@@ -714,7 +739,8 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
                                param=loc.param, dtype=_side_label(p.base, p.base_q),
                                dtype_tuned=_side_label(p.other, p.other_q),
                                shape=p.base_q.shape if p.base_q is not None else p.base.shape,
-                               numel=p.numel, stats=stats[(p.tuned, p.name)], added_rows=p.added_rows))
+                               numel=p.numel, stats=stats[(p.tuned, p.name)], added_rows=p.added_rows,
+                               lora_rank=p.lora.rank if p.lora is not None else None))
     index = {label: i for i, label in enumerate(plan.labels)}
     rows.sort(key=lambda r: sort_key(index[r.tuned], r.layer, r.module, r.name))
     units = unit_rows(rows, {(plan.labels[t], name): g for (t, name), g in groups.items()}, plan.labels)
@@ -749,7 +775,8 @@ def _nonfinite_tensors(plan: DiffPlan, stats: dict[tuple[int, str], Any]) -> lis
     for p in plan.pairs:
         if not stats[(p.tuned, p.name)].n_nonfinite:
             continue
-        for model, ckpt, info in (("base", plan.base, p.base), (plan.labels[p.tuned], plan.others[p.tuned], p.other)):
+        tuned_ckpt = plan.others[p.tuned] if p.kind == "file" else plan.base  # an adapter's other tensors are the base's
+        for model, ckpt, info in (("base", plan.base, p.base), (plan.labels[p.tuned], tuned_ckpt, p.other)):
             if (model, info.name) in seen:
                 continue
             seen.add((model, info.name))
@@ -758,6 +785,16 @@ def _nonfinite_tensors(plan: DiffPlan, stats: dict[tuple[int, str], Any]) -> lis
                 found.append({"model": model, "name": info.name, "count": count, "numel": info.numel,
                               "file": str(info.file)})
     return found
+
+
+def open_tuned(source: Any, remote: bool = False) -> tuple[Checkpoint, Any]:
+    """(Checkpoint, Adapter or None): a local PEFT LoRA adapter folder opens as its weights file plus its config."""
+    from weightsurgeon.adapter import is_adapter_dir, open_adapter
+
+    if not isinstance(source, Checkpoint) and is_adapter_dir(source):
+        adapter = open_adapter(source, whole_modules=True)
+        return open_checkpoint(adapter.weights), adapter
+    return (source if isinstance(source, Checkpoint) else open_checkpoint(source, remote=remote)), None
 
 
 def diff_checkpoints(base: Any, tuned: Any, modules: str | None = None, layers: str | None = None, bins: int = 200,
@@ -776,9 +813,15 @@ def diff_checkpoints(base: Any, tuned: Any, modules: str | None = None, layers: 
     opened: list[Checkpoint] = []
     try:
         base_ckpt = _as_checkpoint(base, opened)
-        others = [_as_checkpoint(t, opened) for t in tuned]
+        others, adapters = [], []
+        for t in tuned:
+            ckpt, adapter = open_tuned(t)
+            if ckpt is not t:
+                opened.append(ckpt)
+            others.append(ckpt)
+            adapters.append(adapter)
         plan = plan_diff(base_ckpt, others, modules=modules, layers=layers, bins=bins, clip=clip,
-                         allow_missing=allow_missing, labels=labels, every=every, spectrum=spectrum)
+                         allow_missing=allow_missing, labels=labels, every=every, spectrum=spectrum, adapters=adapters)
         return run_diff(plan, chunk_bytes=chunk_bytes, progress=progress)
     finally:
         for c in opened:

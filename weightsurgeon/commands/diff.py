@@ -149,16 +149,22 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
     relative change (B - A) / A. Several fine-tunes are compared in one pass that reads
     BASE once. Memory stays at a few read chunks whatever the model size.
 
+    A TUNED that is a PEFT LoRA adapter folder is measured unmerged, exactly: each adapted
+    weight as W + scaling * B @ A (rsLoRA, rank_pattern, alpha_pattern), a block of rows at
+    a time in float64; modules_to_save are whole replacements. Names that differ from
+    BASE's only by a prefix (_orig_mod., module., a missing model.) are paired.
+
     \b
     surgeon diff Qwen/Qwen2.5-Math-1.5B deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B -o report/
     surgeon diff base/ ft1/ ft2/ --module attn --layers 5-20 --json
     surgeon diff Qwen/Qwen2.5-32B deepseek-ai/DeepSeek-R1-Distill-Qwen-32B --module o_proj --remote -o report/
+    surgeon diff base/ full-ft/ lora-adapter/ -o report/
     """
     from contextlib import ExitStack, nullcontext
 
     from weightsurgeon.atomic import atomic_output_dir, check_output_path
     from weightsurgeon.checkpoint import open_checkpoint
-    from weightsurgeon.diff import plan_diff, run_diff
+    from weightsurgeon.diff import open_tuned, plan_diff, run_diff
     from weightsurgeon.output import emit_json, human, print_warnings
     from weightsurgeon.progress import ByteProgress, kernels_ready
 
@@ -166,13 +172,16 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
         raise click.UsageError(f"{len(labels)} --label value(s) for {len(tuned)} tuned model(s): give one per tuned model")
     with ExitStack() as stack:
         base_ckpt = stack.enter_context(open_checkpoint(base, remote=remote))
-        others = [stack.enter_context(open_checkpoint(t, remote=remote)) for t in tuned]
-        inputs = _input_paths([base_ckpt, *others])
+        opened = [open_tuned(t, remote=remote) for t in tuned]  # (checkpoint, PEFT adapter or None)
+        others = [stack.enter_context(ckpt) for ckpt, _ in opened]
+        adapters = [adapter for _, adapter in opened]
+        inputs = _input_paths([base_ckpt]) + [a.root if a is not None else _input_paths([c])[0]
+                                              for c, a in zip(others, adapters)]
         if output is not None:
             check_output_path(output, inputs, force)  # fail before reading gigabytes
         plan = plan_diff(base_ckpt, others, modules=modules, layers=layers, bins=bins, clip=clip,
                          allow_missing=allow_missing, labels=list(labels) or None, every=every, experts=experts,
-                         spectrum=spectrum)
+                         spectrum=spectrum, adapters=adapters)
         print_warnings(plan.warnings)
         if dry_run:
             reads = input_reads(plan)

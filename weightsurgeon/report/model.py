@@ -38,7 +38,7 @@ READABLE_SCHEMAS = ("weightsurgeon.diff/1", "weightsurgeon.diff/2", SCHEMA)
 CSV_COLUMNS = ("tuned", "name", "layer", "module", "param", "dtype", "numel", "l2_delta", "l2_base", "l2_tuned",
                "rel_l2", "cosine", "max_abs_delta", "mean_delta", "n_base_zero", "n_nonfinite")
 CSV_EXTRA = ("dtype_tuned", "shape", "added_rows", "n", "r_mean", "r_std", "r_skewness", "r_excess_kurtosis",
-             "bimodality", "n_modes", "modes")
+             "bimodality", "n_modes", "modes", "lora_rank")
 
 # Reading order of modules inside a layer, and of the layerless ones around the layers.
 MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "q_norm", "k_norm", "gate_proj", "up_proj",
@@ -181,18 +181,20 @@ class TensorDiff:
     numel: int  # elements compared (the base tensor's; the shared rows when tokens were added)
     stats: Any  # DeltaStats
     added_rows: int = 0
+    lora_rank: int | None = None  # the adapter's rank when the tuned value is W + scaling * B @ A
 
     def to_dict(self) -> dict:
         return {"tuned": self.tuned, "name": self.name, "layer": self.layer, "module": self.module,
                 "param": self.param, "dtype": self.dtype, "dtype_tuned": self.dtype_tuned, "shape": list(self.shape),
                 "numel": int(self.numel), **stats_fields(self.stats), "added_rows": int(self.added_rows),
-                "hist": _ints(self.stats.hist)}
+                "lora_rank": self.lora_rank, "hist": _ints(self.stats.hist)}
 
     @classmethod
     def from_dict(cls, d: dict, bins: int, clip: float) -> "TensorDiff":
         return cls(tuned=d["tuned"], name=d["name"], layer=d["layer"], module=d["module"], param=d["param"],
                    dtype=d["dtype"], dtype_tuned=d.get("dtype_tuned", d["dtype"]), shape=tuple(d["shape"]),
-                   numel=int(d["numel"]), stats=stats_from_fields(d, bins, clip), added_rows=int(d.get("added_rows", 0)))
+                   numel=int(d["numel"]), stats=stats_from_fields(d, bins, clip), added_rows=int(d.get("added_rows", 0)),
+                   lora_rank=d.get("lora_rank"))
 
 
 @dataclass
