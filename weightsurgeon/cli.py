@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "extract": "weightsurgeon.commands.surgery:extract_cmd",
     "clean": "weightsurgeon.commands.clean:clean_cmd",
     "diff": "weightsurgeon.commands.diff:diff_cmd",
+    "lineage": "weightsurgeon.commands.lineage:lineage_cmd",
     "plot": "weightsurgeon.commands.plot:plot_cmd",
     "compare-reports": "weightsurgeon.commands.compare:compare_cmd",
     "train": "weightsurgeon.commands.train:train_cmd",
