@@ -77,10 +77,14 @@ def _reference(base: Path, adapter: Path) -> dict[str, tuple[dict, np.ndarray, i
     out = {}
     for name, w in _tensors(base).items():
         w64 = w.astype(np.float64)
-        module = name[: -len(".weight")]
+        module, param = name.rsplit(".", 1)
         a = weights.get(f"base_model.model.{module}.lora_A.weight")
         rank = None
-        if a is not None:
+        if a is not None and param == "bias":  # lora_B.bias: the bias moves by scaling * lora_B.bias
+            rank = a.shape[0]
+            scaling = cfg["lora_alpha"] / rank
+            t64 = w64 + scaling * weights[f"base_model.model.{module}.lora_B.bias"].astype(np.float64)
+        elif a is not None:
             b = weights[f"base_model.model.{module}.lora_B.weight"]
             rank = a.shape[0]
             leaf = module.rsplit(".", 1)[-1]
@@ -156,3 +160,29 @@ def test_adapter_that_does_not_fit_the_base_is_one_error_line(models, tmp_path: 
     assert res.code == 1 and res.stdout == ""
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: lora-adapter: ") and "adapter B@A" in lines[0]
+
+
+def test_lora_bias_moves_the_base_bias(tmp_path: Path, surgeon) -> None:
+    """PEFT's lora_bias (a lora_B.bias per module) on Qwen2's q/v projections, which have biases."""
+    from peft import LoraConfig, get_peft_model
+
+    base = make_checkpoint(tmp_path / "base", arch="qwen2", dtype="f32", **TINY)
+    torch.manual_seed(7)
+    model = get_peft_model(_load(base), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                   init_lora_weights=False, lora_bias=True))
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if "lora_B" in pname and pname.endswith("bias"):
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(str(tmp_path / "adapter"))
+    res = surgeon("diff", base, tmp_path / "adapter", "--json")
+    assert res.code == 0, res.stderr
+    got = _rows(json.loads(res.stdout), "adapter")
+    want = _reference(base, tmp_path / "adapter")
+    moved = {n for n, row in got.items() if row["l2_delta"] > 0}
+    assert moved == {n for n, (_, _, rank) in want.items() if rank is not None}
+    assert "model.layers.0.self_attn.q_proj.bias" in moved
+    for name, (fields, hist, rank) in want.items():
+        for f in FIELDS:
+            assert got[name][f] == pytest.approx(fields[f], rel=1e-9, abs=1e-12), (name, f)
+        assert got[name]["hist"] == hist.tolist() and got[name]["lora_rank"] == rank
