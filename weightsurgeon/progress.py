@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import sys
-import threading
 from typing import Any
-
-COMPILE_NOTICE_AFTER_S = 2.0  # loading cached kernels takes well under this; compiling them takes ~20 s
 
 
 class ByteProgress:
@@ -47,21 +44,14 @@ class ByteProgress:
 def kernels_ready(quiet: bool = False) -> None:
     """Compile (first run after an install) or load the numba kernels before a progress bar starts.
 
-    Compiling takes about 20 s once; numba caches the result for every later run. A
-    silent 20 s looks like a hang (`make demo` on a fresh machine), so when preparing
-    takes longer than a cache load a line on stderr says what is happening.
+    Compiling takes about 20 s once; numba caches the result for every later run. A silent
+    20 s looks like a hang (`make demo` on a fresh machine), so when numba's cache holds no
+    current kernels one line on stderr says what is happening. Elapsed time is no signal:
+    loading cached kernels takes over 10 s on a machine at load 18.
     """
-    from weightsurgeon.kernels.delta import warmup
+    from weightsurgeon.kernels.delta import needs_compiling, warmup
 
-    def notice() -> None:
+    if not quiet and needs_compiling():
         print("compiling the numeric kernels (once after an install; later runs load them from the cache) ...",
               file=sys.stderr, flush=True)
-
-    timer = threading.Timer(COMPILE_NOTICE_AFTER_S, notice)
-    timer.daemon = True
-    if not quiet:
-        timer.start()
-    try:
-        warmup()
-    finally:
-        timer.cancel()
+    warmup()

@@ -221,6 +221,19 @@ def count_nonfinite(x: np.ndarray, dtype: str) -> int:
         return int(_compiled().count_matching(bits, uint(mask), uint(value)))
 
 
+def needs_compiling() -> bool:
+    """Whether the next call of the file kernel compiles it (numba's cache holds no current entry).
+
+    Reads numba's cache index, which numba itself checks against the source file's stamp;
+    that index is numba's internal API, so any surprise answers False (say nothing).
+    """
+    try:
+        index = _compiled().delta_file._cache._cache_file._load_index()
+    except Exception:  # noqa: BLE001 - an internal API: a changed numba must not break a diff
+        return False
+    return not index
+
+
 def warmup() -> None:
     """Compile, or load from numba's cache, the kernels for the common dtypes once
     (the in-memory and the file-reading variants)."""
