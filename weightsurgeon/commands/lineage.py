@@ -12,9 +12,11 @@ import click
 @click.option("--layers", default=None, metavar="SPEC", help="Layers sampled (default: the first and the last).")
 @click.option("--elements", type=click.IntRange(min=1), default=65_536, show_default=True,
               help="Leading elements read of each sampled tensor.")
+@click.option("--remote", is_flag=True,
+              help="Hub ids not in the local cache are read from the Hub by range: only the sample's bytes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON to stdout.")
 def lineage_cmd(model: str, candidates: tuple[str, ...], modules: str, layers: str | None, elements: int,
-                as_json: bool) -> None:
+                remote: bool, as_json: bool) -> None:
     """Rank CANDIDATE... as the parent MODEL was fine-tuned from.
 
     Candidates whose tensor names or shapes cannot be the parent's are dropped with the
@@ -23,7 +25,7 @@ def lineage_cmd(model: str, candidates: tuple[str, ...], modules: str, layers: s
     read. The verdict states its rule.
 
     \b
-    surgeon lineage my-finetune/ Qwen/Qwen2.5-1.5B Qwen/Qwen2.5-Math-1.5B
+    surgeon lineage my-finetune/ Qwen/Qwen2.5-1.5B Qwen/Qwen2.5-Math-1.5B --remote
     """
     from contextlib import ExitStack
 
@@ -33,8 +35,8 @@ def lineage_cmd(model: str, candidates: tuple[str, ...], modules: str, layers: s
     from weightsurgeon.output import emit_json, human, print_warnings
 
     with ExitStack() as stack:
-        target = stack.enter_context(open_checkpoint(model))
-        others = [stack.enter_context(open_checkpoint(c)) for c in candidates]
+        target = stack.enter_context(open_checkpoint(model, remote=remote))
+        others = [stack.enter_context(open_checkpoint(c, remote=remote)) for c in candidates]
         print_warnings([w for c in [target, *others] for w in c.warnings])
         labels = unique_labels([default_label(c) for c in others])
         report = rank_candidates(target, others, labels, modules=modules, layers=layers, elements=elements)
