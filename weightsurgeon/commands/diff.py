@@ -175,8 +175,8 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
         opened = [open_tuned(t, remote=remote) for t in tuned]  # (checkpoint, PEFT adapter or None)
         others = [stack.enter_context(ckpt) for ckpt, _ in opened]
         adapters = [adapter for _, adapter in opened]
-        inputs = _input_paths([base_ckpt]) + [a.root if a is not None else _input_paths([c])[0]
-                                              for c, a in zip(others, adapters)]
+        inputs = _input_paths([base_ckpt, *(c for c, a in zip(others, adapters) if a is None)])
+        inputs += [a.root for a in adapters if a is not None]
         if output is not None:
             check_output_path(output, inputs, force)  # fail before reading gigabytes
         plan = plan_diff(base_ckpt, others, modules=modules, layers=layers, bins=bins, clip=clip,
