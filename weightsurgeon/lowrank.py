@@ -88,11 +88,7 @@ def factor(delta: np.ndarray, rank: int, method: str = "auto", seed: int = 0) ->
         u, s, vt = u[:, :rank], s[:rank], vt[:rank]
         used = "exact"
     else:
-        rng = np.random.default_rng(seed)
-        q, _ = np.linalg.qr(delta @ rng.standard_normal((n, width), dtype=np.float32))
-        for _ in range(POWER_ITERATIONS):
-            z, _ = np.linalg.qr(delta.T @ q)
-            q, _ = np.linalg.qr(delta @ z)
+        q = _range(delta, width, seed)
         ub, s, vt = np.linalg.svd(q.T @ delta, full_matrices=False)
         u = (q @ ub[:, :rank]).astype(np.float32)
         s, vt = s[:rank], vt[:rank]
@@ -100,6 +96,17 @@ def factor(delta: np.ndarray, rank: int, method: str = "auto", seed: int = 0) ->
     b, a = _split(u.astype(np.float32), s.astype(np.float32), vt.astype(np.float32), rank)
     kept = float(np.sum(s.astype(np.float64) ** 2))
     return Factors(b, a, energy, kept, used)
+
+
+def _range(delta: np.ndarray, width: int, seed: int) -> np.ndarray:
+    """An orthonormal basis Q (out x width) of delta's leading range: a seeded Gaussian sketch,
+    then POWER_ITERATIONS power iterations, re-orthonormalised each time (the randomized range finder)."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(delta @ rng.standard_normal((delta.shape[1], width), dtype=np.float32))
+    for _ in range(POWER_ITERATIONS):
+        z, _ = np.linalg.qr(delta.T @ q)
+        q, _ = np.linalg.qr(delta @ z)
+    return q
 
 
 def singular_values(delta: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
@@ -117,10 +124,5 @@ def singular_values(delta: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     if 4 * width > small:
         s = np.linalg.svd(delta, compute_uv=False)
     else:
-        rng = np.random.default_rng(seed)
-        q, _ = np.linalg.qr(delta @ rng.standard_normal((n, width), dtype=np.float32))
-        for _ in range(POWER_ITERATIONS):
-            z, _ = np.linalg.qr(delta.T @ q)
-            q, _ = np.linalg.qr(delta @ z)
-        s = np.linalg.svd(q.T @ delta, compute_uv=False)
+        s = np.linalg.svd(_range(delta, width, seed).T @ delta, compute_uv=False)
     return np.asarray(s[:k], dtype=np.float64)

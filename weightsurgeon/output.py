@@ -34,3 +34,13 @@ def human(n: float, unit: str = "B") -> str:
             return f"{n:.1f} {prefix}{unit}" if prefix else f"{int(n)} {unit}"
         n /= 1000
     return f"{n} {unit}"
+
+
+def input_read_row(label: str, ckpt: Any, read_bytes: int) -> dict:
+    """One input's line of --dry-run / the closing read summary: what it reads (fetches, when remote) of its size."""
+    row = {"input": label, "source": ckpt.source, "origin": ckpt.origin, "read_bytes": read_bytes,
+           "total_bytes": ckpt.total_bytes}
+    if ckpt.is_remote:
+        row["path"] = ckpt.location
+        row["fetched_bytes"] = ckpt.remote.fetched
+    return row

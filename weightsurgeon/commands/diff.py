@@ -73,15 +73,10 @@ def input_reads(plan: Any) -> list[dict]:
             seen.add(p.base.name)
             per[-1] = per.get(-1, 0) + p.base.nbytes
         per[p.tuned] = per.get(p.tuned, 0) + p.numel * p.other.itemsize
-    rows = []
-    for i, (ckpt, label) in enumerate([(plan.base, "base"), *zip(plan.others, plan.labels)], start=-1):
-        row = {"input": label, "source": ckpt.source, "origin": ckpt.origin, "read_bytes": per.get(i, 0),
-               "total_bytes": ckpt.total_bytes}
-        if ckpt.is_remote:
-            row["path"] = ckpt.location
-            row["fetched_bytes"] = ckpt.remote.fetched
-        rows.append(row)
-    return rows
+    from weightsurgeon.output import input_read_row
+
+    return [input_read_row(label, ckpt, per.get(i, 0))
+            for i, (ckpt, label) in enumerate([(plan.base, "base"), *zip(plan.others, plan.labels)], start=-1)]
 
 
 def _say_reads(rows: list[dict], done: bool) -> None:

@@ -112,15 +112,9 @@ def input_reads(plan) -> list[dict]:
     per: dict[int, int] = {}
     for ckpt, _file, begin, end in plan_reads(plan):
         per[id(ckpt)] = per.get(id(ckpt), 0) + end - begin
-    rows = []
-    for role, ckpt in plan.inputs.items():
-        row = {"input": role, "source": ckpt.source, "origin": ckpt.origin, "read_bytes": per.get(id(ckpt), 0),
-               "total_bytes": ckpt.total_bytes}
-        if ckpt.is_remote:
-            row["path"] = ckpt.location
-            row["fetched_bytes"] = ckpt.remote.fetched
-        rows.append(row)
-    return rows
+    from weightsurgeon.output import input_read_row
+
+    return [input_read_row(role, ckpt, per.get(id(ckpt), 0)) for role, ckpt in plan.inputs.items()]
 
 
 def _say_reads(plan, done: bool, reads: list[dict] | None = None) -> None:
