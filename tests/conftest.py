@@ -12,8 +12,10 @@ Kept small and generic so every test module can use them:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -176,3 +178,24 @@ def peak_rss_bytes():
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 """
+
+
+def hf_cache_entry(cache: Path, model: Path, repo: str = "someone/tiny",
+                   commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """A model folder laid out as huggingface_hub's cache holds it; returns the snapshot folder.
+
+    Blobs are named by their etag (an LFS file's sha256, a git file's sha1), the snapshot's
+    files are relative links to them (outside the snapshot folder), refs/main names the commit.
+    """
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    snap = folder / "snapshots" / commit
+    (folder / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    for f in sorted(model.iterdir()):
+        digest = hashlib.sha256 if f.suffix == ".safetensors" else hashlib.sha1
+        etag = digest(f.read_bytes()).hexdigest()
+        shutil.copyfile(f, folder / "blobs" / etag)
+        (snap / f.name).symlink_to(Path("../../blobs") / etag)
+    return snap

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cli_env, run_cli, tensor_entry, write_raw
+from conftest import cli_env, hf_cache_entry, run_cli, tensor_entry, write_raw
 from weightsurgeon.checkpoint import open_checkpoint
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.kernels.decode import storage_dtype
@@ -244,17 +244,7 @@ def test_total_size_mismatch_is_a_warning(sharded: Path) -> None:
 def test_hf_cache_layout_symlinks_outside_the_folder(tmp_path: Path, tiny_model) -> None:
     """snapshots/<sha>/model-*.safetensors -> ../../blobs/<hash>: followed, accepted."""
     src = tiny_model(name="src", shard_bytes=60_000)
-    repo = tmp_path / "hub" / "models--org--tiny"
-    sha = "0123456789abcdef0123456789abcdef01234567"
-    snap = repo / "snapshots" / sha
-    (repo / "blobs").mkdir(parents=True)
-    snap.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(sha)
-    for i, f in enumerate(sorted(src.iterdir())):
-        blob = repo / "blobs" / f"blob{i:03d}"
-        shutil.copy(f, blob)
-        (snap / f.name).symlink_to(Path("../../blobs") / blob.name)
+    snap = hf_cache_entry(tmp_path / "hub", src, repo="org/tiny")
     with open_checkpoint(snap) as ckpt:
         assert len(ckpt) == 27 and all(p.is_symlink() for p in ckpt.files)
         np.testing.assert_array_equal(ckpt.read_tensor("model.norm.weight"),

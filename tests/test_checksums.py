@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import struct
 from pathlib import Path
 
 import pytest
+
+from conftest import hf_cache_entry
 
 SMALL = dict(arch="qwen2", num_layers=2, hidden_size=64, intermediate_size=160, num_heads=4, num_kv_heads=2,
              vocab_size=300, dtype="bf16")
@@ -78,27 +79,10 @@ def test_without_checksums_none_are_recorded(tiny_model, tmp_path, surgeon):
     assert r.code == 0 and "sha256" not in r.stdout
 
 
-def _hub_cache(cache: Path, model: Path, repo: str = "someone/tiny") -> Path:
-    """A Hugging Face cache entry as huggingface_hub lays it out: blobs named by their etag (an LFS
-    file's sha256; a git file's sha1), snapshot files linking to them, refs/main naming the commit."""
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    snap = folder / "snapshots" / commit
-    (folder / "blobs").mkdir(parents=True)
-    snap.mkdir(parents=True)
-    (folder / "refs").mkdir()
-    (folder / "refs" / "main").write_text(commit)
-    for f in model.iterdir():
-        etag = sha256(f) if f.suffix == ".safetensors" else hashlib.sha1(f.read_bytes()).hexdigest()
-        shutil.copyfile(f, folder / "blobs" / etag)
-        (snap / f.name).symlink_to(Path("../../blobs") / etag)
-    return snap
-
-
 def test_verify_deep_checks_hub_cache_shards_against_their_blob_names(tiny_model, tmp_path, run_cli):
     model = tiny_model(name="m", shard_bytes=40_000, **SMALL)
     cache = tmp_path / "hub"
-    snap = _hub_cache(cache, model)
+    snap = hf_cache_entry(cache, model)
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     r = run_cli("verify", "someone/tiny", "--deep", env=env)
     shards = len(list(model.glob("*.safetensors")))
