@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "reinit": "weightsurgeon.commands.surgery:reinit_cmd",
     "remove": "weightsurgeon.commands.surgery:remove_cmd",
     "extract": "weightsurgeon.commands.surgery:extract_cmd",
+    "cast": "weightsurgeon.commands.surgery:cast_cmd",
     "clean": "weightsurgeon.commands.clean:clean_cmd",
     "diff": "weightsurgeon.commands.diff:diff_cmd",
     "lineage": "weightsurgeon.commands.lineage:lineage_cmd",

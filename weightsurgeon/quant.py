@@ -77,6 +77,28 @@ class QuantTensor:
         return self.data.nbytes + self.scale.nbytes
 
 
+def dequantized_shape(q: QuantTensor) -> tuple[int, ...]:
+    """The shape a dequantized copy holds, as transformers' bf16 models expect it.
+
+    MXFP4 expert stacks are stored [experts, out, in] (GPT-OSS ``gate_up_proj_blocks``
+    [E, 2 x intermediate, hidden / 32, 16]), while transformers' bf16 GptOssExperts holds
+    ``gate_up_proj`` [E, hidden, 2 x intermediate] and ``down_proj`` [E, intermediate, hidden]
+    (its loader, integrations/mxfp4.convert_moe_packed_tensors, ends in transpose(1, 2)); gate
+    and up stay interleaved, as the bf16 forward reads them ([..., ::2], [..., 1::2]).
+    FP8 weights keep their shape.
+    """
+    if q.scheme == "mxfp4" and len(q.shape) == 3:
+        return (q.shape[0], q.shape[2], q.shape[1])
+    return q.shape
+
+
+# The scheme `surgeon cast --dtype fp8` writes when neither the model nor --like has one:
+# DeepSeek-V3/R1's (quantization_config as published, F32 weight_scale_inv per 128 x 128 block).
+DEFAULT_FP8_CONFIG = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                      "weight_block_size": list(DEFAULT_BLOCK)}
+DEFAULT_SCALE = ("_scale_inv", "F32")
+
+
 @dataclass(frozen=True)
 class Quantization:
     """The quantized tensors of one checkpoint: by logical name, and every stored name that belongs to one."""

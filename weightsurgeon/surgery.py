@@ -42,7 +42,11 @@ class Source:
 
     kind: ``copy`` (raw bytes of ``role``'s tensor ``name``), ``cast`` (``role``'s tensor
     rounded to the output dtype), ``interpolate`` ((1-alpha)*base[name] + alpha*donor[donor_name],
-    float32, rounded to the output dtype), ``zeros``, ``gaussian`` (seed, key = tensor name, mean, std).
+    float32, rounded to the output dtype), ``zeros``, ``gaussian`` (seed, key = tensor name, mean, std),
+    and the format changes of `surgeon cast` (cast_values.py): ``dequantize`` (``role``'s quantized
+    logical tensor ``name``; ``overflow``: "inf" writes F16 overflow as inf instead of refusing),
+    ``quantize`` (``role``'s float tensor ``name`` as FP8 codes, one scale per ``block``, the
+    scale rounded to ``scale_dtype``) and ``quantize_scale`` (those scales).
     """
 
     kind: str
@@ -53,6 +57,9 @@ class Source:
     seed: int | None = None
     mean: float | None = None
     std: float | None = None
+    block: tuple[int, int] | None = None
+    scale_dtype: str | None = None
+    overflow: str | None = None
 
     def describe(self) -> str:
         if self.kind == "copy":
@@ -61,12 +68,18 @@ class Source:
             return f"{self.role} (cast)"
         if self.kind == "interpolate":
             return f"interpolate alpha={self.alpha:g}"
+        if self.kind == "dequantize":
+            return f"{self.role} (dequantized)"
+        if self.kind == "quantize":
+            return f"{self.role} (quantized, {self.block[0]}x{self.block[1]} blocks)"
+        if self.kind == "quantize_scale":
+            return f"{self.role} (block scales, {self.scale_dtype})"
         if self.kind == "gaussian":
             return f"gaussian(mean={self.mean:g}, std={self.std:g}, seed={self.seed})"
         return self.kind
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,7 @@ class Plan:
     partial: bool = False
     provenance: dict = field(default_factory=dict)  # extra keys for surgeon.json
     warnings: list[str] = field(default_factory=list)
+    shard_of: dict[str, int] | None = None  # output tensor -> shard number (cast: the input's); None: by size
 
     @property
     def total_bytes(self) -> int:
@@ -241,7 +255,6 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
     not hold, each output tensor's source, the config edits.
     """
     _refuse_partial(base, "BASE")
-    _refuse_quantized_cast(base, donor, cast, alpha)
     if (take is None) == (exclude is None):
         raise SurgeonError("splice needs exactly one of --take MODULES or --exclude MODULES")
     if not (0.0 <= alpha <= 1.0) or alpha != alpha:
@@ -254,15 +267,22 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
     untie_names = [n for n in donor_heads if n not in base.tensors] if (lay_b.tied_embeddings and not base_heads) else []
     candidates = list(base.tensors) + untie_names
     taken = _splice_selection(candidates, lay_b, take, exclude, layers, bool(untie_names), experts)
+    crossed = _format_casts(base, donor, taken) if cast and alpha == 1.0 else {}
+    _refuse_quantized_cast(base, donor, cast and not crossed, alpha)
+    taken = [n for n in taken if n not in crossed]
     _refuse_quantization_mismatch(base, donor, taken)
     donor_tied = lay_d.tied_embeddings and not donor_heads
     sources = _donor_sources(base, donor, lay_d, taken, base_heads, donor_tied, head_from_embeddings, cast)
-    left_out = _donor_leftovers(donor, lay_b, lay_d, take, exclude, layers, taken, sources, drop_donor_only, experts)
+    used = {n for t in crossed.values() for n in _donor_parts(donor, t)}
+    left_out = _donor_leftovers(donor, lay_b, lay_d, take, exclude, layers, taken + sorted(used), sources,
+                                drop_donor_only, experts)
     base_emb = _embedding_weight(lay_b)
     taken_set = set(taken)
     tensors: list[PlannedTensor] = []
     for n in candidates:
-        if n in taken_set:
+        if n in crossed:
+            tensors.append(crossed[n])
+        elif n in taken_set:
             tensors.append(_spliced_tensor(base, donor, n, sources[n], base_emb, alpha))
         elif n in base.tensors:  # an untaken DONOR head of a tied BASE is simply not written
             tensors.extend(_copy(base, "base", [n]))
@@ -491,8 +511,8 @@ def _refuse_quantization_mismatch(base: Checkpoint, donor: Checkpoint, taken: li
     """A taken weight quantized on one side only, or in another scheme, is a listed dtype mismatch.
 
     Bytes of an FP8 weight mean nothing without their scale: copying a bf16 weight into an
-    FP8 slot (or an FP8 weight and its scale into a bf16 one) would need a quantizer or a
-    dequantizer, which splice does not run.
+    FP8 slot (or an FP8 weight and its scale into a bf16 one) needs a quantizer or a
+    dequantizer, which splice runs only when asked (--cast, see _format_casts).
     """
     def kind(ckpt: Checkpoint, name: str) -> str:
         q = ckpt.quant.tensors.get(ckpt.quant.logical(name))
@@ -509,7 +529,43 @@ def _refuse_quantization_mismatch(base: Checkpoint, donor: Checkpoint, taken: li
                 problems.append(f"{name}: BASE {a} vs DONOR {b}")
     if problems:
         raise _problems("dtype mismatch(es) between BASE and DONOR: quantized on one side only or in another scheme "
-                        "(--cast does not quantize or dequantize; take the module from a DONOR in BASE's format)", problems)
+                        "(--cast quantizes a float DONOR weight into BASE's FP8 block scheme, or dequantizes a quantized "
+                        "DONOR weight into a float BASE; other pairs: take the module from a DONOR in BASE's format)", problems)
+
+
+def _format_casts(base: Checkpoint, donor: Checkpoint, taken: list[str]) -> dict[str, PlannedTensor]:
+    """Taken tensors quantized on one side only, planned as `surgeon cast` plans them (splice --cast).
+
+    A bf16/f16/f32 DONOR weight into an FP8 block-scaled BASE is quantized in BASE's scheme (its
+    block, FP8 dtype, scale name and scale dtype): weight and scale both planned. An FP8 or
+    MXFP4 DONOR weight into a float BASE is dequantized to BASE's dtype. Shapes must agree
+    (other problems are left to the usual checks, which list them).
+    """
+    out: dict[str, PlannedTensor] = {}
+    for n in taken:
+        logical = base.quant.logical(n)
+        q = base.quant.tensors.get(logical)
+        if q is not None:
+            if q.scheme != "fp8-block" or n != q.data.name or logical not in donor.tensors \
+                    or logical in donor.quant.parts or donor[logical].dtype not in ("BF16", "F16", "F32") \
+                    or donor[logical].shape != q.shape:
+                continue
+            src = dict(role="donor", name=logical, block=q.block, scale_dtype=q.scale.dtype)
+            out[q.data.name] = PlannedTensor(q.data.name, q.data.dtype, q.shape, Source("quantize", **src), True)
+            out[q.scale.name] = PlannedTensor(q.scale.name, q.scale.dtype, q.scale.shape, Source("quantize_scale", **src), True)
+        elif n in base.tensors and n in donor.quant.tensors:
+            d = donor.quant.tensors[n]
+            if base[n].dtype in ("BF16", "F16", "F32") and d.shape == base[n].shape:
+                out[n] = PlannedTensor(n, base[n].dtype, base[n].shape, Source("dequantize", role="donor", name=n), True)
+    return out
+
+
+def _donor_parts(donor: Checkpoint, t: PlannedTensor) -> list[str]:
+    """The DONOR's stored tensors a cross-format planned tensor reads."""
+    if t.source.kind == "dequantize":
+        q = donor.quant.tensors[t.source.name]
+        return [q.data.name, q.scale.name]
+    return [t.source.name]
 
 
 def _refuse_quantized_cast(base: Checkpoint, donor: Checkpoint, cast: bool, alpha: float) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -28,6 +29,7 @@ import numpy as np
 from weightsurgeon._version import __version__
 from weightsurgeon.atomic import atomic_output_dir, check_output_path
 from weightsurgeon.card import write_card
+from weightsurgeon.cast_values import CAST_KINDS
 from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint
 from weightsurgeon.source import ByteSource
 from weightsurgeon.errors import SurgeonError
@@ -86,8 +88,17 @@ def shard_names(count: int) -> list[str]:
     return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
 
 
-def assign_shards(tensors: list[PlannedTensor], max_bytes: int) -> list[list[PlannedTensor]]:
-    """Greedy, in plan order; a tensor larger than the limit gets a shard of its own (as Hugging Face does)."""
+def assign_shards(tensors: list[PlannedTensor], max_bytes: int,
+                  shard_of: dict[str, int] | None = None) -> list[list[PlannedTensor]]:
+    """Greedy, in plan order; a tensor larger than the limit gets a shard of its own (as Hugging Face does).
+
+    With `shard_of` (a plan that keeps its input's sharding), tensor t goes to shard shard_of[t],
+    empty shards left out."""
+    if shard_of is not None:
+        groups: dict[int, list[PlannedTensor]] = {}
+        for t in tensors:
+            groups.setdefault(shard_of[t.name], []).append(t)
+        return [groups[k] for k in sorted(groups)]
     shards: list[list[PlannedTensor]] = [[]]
     size = 0
     for t in tensors:
@@ -156,6 +167,10 @@ class SourceReader:
             from weightsurgeon.adapter_merge import lora_values
 
             return lora_values(self, t, start, count)
+        if src.kind in CAST_KINDS:
+            from weightsurgeon import cast_values
+
+            return cast_values.values(self, t, start, count)
         raise SurgeonError(f"internal: unknown source kind {src.kind!r} for {t.name}")
 
     def _gaussian(self, t: PlannedTensor, start: int, count: int) -> np.ndarray:
@@ -173,8 +188,13 @@ class SourceReader:
 
     def chunks(self, t: PlannedTensor) -> Iterator[tuple[int, np.ndarray | memoryview]]:
         """(element offset, bytes) over the whole tensor; each chunk is valid until the next one."""
-        for start in range(0, t.numel, self.chunk_elems):
-            yield start, self.values(t, start, min(self.chunk_elems, t.numel - start))
+        step = self.chunk_elems
+        if t.source.kind in CAST_KINDS:  # whole rows, groups or block rows
+            from weightsurgeon import cast_values
+
+            step = cast_values.step(self, t)
+        for start in range(0, t.numel, step):
+            yield start, self.values(t, start, min(step, t.numel - start))
 
 
 class RawCopier:
@@ -275,6 +295,10 @@ def _check_plan(plan: Plan) -> None:
             info = plan.inputs[src.role][src.name]
             if tuple(info.shape) != tuple(t.shape) or (src.kind == "copy" and info.dtype != t.dtype):
                 raise SurgeonError(f"internal: plan for {t.name} does not match its source {src.name}")
+        elif src.kind == "dequantize":
+            q = plan.inputs[src.role].quant.tensors.get(src.name)
+            if q is None or math.prod(q.shape) != t.numel:
+                raise SurgeonError(f"internal: plan for {t.name} does not match the quantized tensor {src.name}")
     if not plan.tensors:
         raise SurgeonError("nothing to write: the plan holds no tensor; check the selection (--take, --module, --layers)")
 
@@ -293,6 +317,18 @@ def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: S
         i = 0
         while i < len(tensors):
             t = tensors[i]
+            if t.source.kind == "dequantize":
+                from weightsurgeon.cast_values import batchable, write_dequant_run
+
+                if batchable(reader, t):
+                    try:
+                        taken, n = write_dequant_run(tensors[i:], reader, fd, pos, behind, digest)
+                    except OSError as e:
+                        raise SurgeonError(f"{path}: writing failed in {t.name}: {e.strerror or e}") from e
+                    pos += n
+                    result.computed_bytes += n
+                    i += taken
+                    continue
             if t.source.kind == "copy":
                 info = plan.inputs[t.source.role][t.source.name]
                 length = info.nbytes
@@ -437,12 +473,17 @@ def plan_reads(plan: Plan, shards: list[list[PlannedTensor]] | None = None) -> I
     for shard in shards if shards is not None else [plan.tensors]:
         for t in shard:
             src = t.source
-            roles = {"copy": [(src.role, src.name)], "cast": [(src.role, src.name)],
+            roles = {"copy": [(src.role, src.name)], "cast": [(src.role, src.name)], "quantize": [(src.role, src.name)],
                      "interpolate": [("base", src.name), ("donor", src.donor_name)]}.get(src.kind, [])
             for role, name in roles:
                 ckpt = plan.inputs[role]
                 info = ckpt[name]
                 yield ckpt, info.file, info.begin, info.end
+            if src.kind == "dequantize":
+                ckpt = plan.inputs[src.role]
+                q = ckpt.quant.tensors[src.name]
+                for info in (q.data, q.scale):
+                    yield ckpt, info.file, info.begin, info.end
 
 
 def _prefetch(plan: Plan, shards: list[list[PlannedTensor]]):
@@ -471,7 +512,7 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
     inputs = input_paths(plan)
     check_output_path(output, inputs, options.force)
     _check_plan(plan)
-    shards = assign_shards(plan.tensors, options.max_shard_bytes)
+    shards = assign_shards(plan.tensors, options.max_shard_bytes, plan.shard_of)
     names = shard_names(len(shards))
     check_free_space(plan, output, len(shards))
     mapping = {t.name: fname for fname, shard in zip(names, shards) for t in shard}

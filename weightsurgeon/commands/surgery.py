@@ -94,6 +94,11 @@ def _run(ctx: click.Context, build: Callable, sources: list[str]) -> None:
         what = f"{s['dropped_tensors']} tensor(s) of layers {plan.provenance['removed_layers']} dropped, {s['tensors']} kept"
     elif plan.operation == "extract":
         what = f"{s['tensors']} tensor(s) extracted (partial checkpoint)"
+    elif plan.operation == "cast":
+        c = plan.provenance["cast"]
+        did = (f"{c['dequantized']} weight(s) dequantized to {c['to']}" if "dequantized" in c
+               else f"{c['quantized']} weight(s) quantized to {c['to']} ({c['block'][0]}x{c['block'][1]} blocks)")
+        what = f"{did}, {kept} copied unchanged"
     click.echo(f"wrote {result.output}: {what}; {human(result.total_bytes)} in {len(result.shards)} shard(s) "
                f"in {result.seconds:.1f} s{', verified byte for byte' if result.verified else ''}")
     for key, (old, new) in plan.config_edits.items():
@@ -133,7 +138,7 @@ def _show_plan(plan, output: Path | None, max_shard: int, as_json: bool) -> None
 
     from weightsurgeon.writer import assign_shards
 
-    shards = len(assign_shards(plan.tensors, max_shard))
+    shards = len(assign_shards(plan.tensors, max_shard, plan.shard_of))
     reads = input_reads(plan)
     if as_json:
         doc = plan.to_dict()
@@ -292,3 +297,41 @@ def extract_cmd(ctx: click.Context, model: str, take: str, layers: str | None, e
     from weightsurgeon.surgery import plan_extract
 
     _run(ctx, lambda m: plan_extract(m, take, layers, arguments=_arguments(ctx), experts=experts), [model])
+
+
+@click.command("cast")
+@click.argument("model")
+@click.option("--dtype", "dtype", required=True, type=click.Choice(["bf16", "f16", "f32", "fp8"]),
+              help="bf16/f16/f32: dequantize FP8 and MXFP4 weights; fp8: quantize float weights (F8_E4M3, block scales).")
+@click.option("--module", "modules", default=None, help="Only these modules: o_proj, attn, mlp, experts, re:REGEX ...")
+@click.option("--layers", help="Only these layers: 5-30 (inclusive), 0,2,5-9, all.")
+@click.option("--experts", default=None, metavar="SPEC", help="Only these routed experts: 0-7, 0,3,8-15.")
+@click.option("--like", "like", default=None, metavar="QUANTIZED",
+              help="With --dtype fp8: copy this FP8 checkpoint's scheme (block, scale name and dtype, "
+                   "quantization_config) and, without --module, quantize what it quantizes.")
+@click.option("--allow-overflow", is_flag=True, help="With --dtype f16: write values beyond +-65504 as inf instead of refusing.")
+@_output_options
+@click.pass_context
+def cast_cmd(ctx: click.Context, model: str, dtype: str, modules: str | None, layers: str | None, experts: str | None,
+             like: str | None, allow_overflow: bool, **_: object) -> None:
+    """Change the format of weights: FP8/MXFP4 to bf16, f16 or f32, or bf16/f16/f32 to FP8.
+
+    \b
+    surgeon cast deepseek-ai/DeepSeek-V3 --dtype bf16 -o v3-bf16/
+    surgeon cast openai/gpt-oss-20b --dtype bf16 -o gpt-oss-bf16/   (experts in transformers' bf16 layout)
+    surgeon cast tuned-bf16/ --dtype fp8 --like deepseek-ai/DeepSeek-V3 -o tuned-fp8/
+    surgeon cast Qwen/Qwen3-8B --dtype fp8 --module o_proj -o oproj-fp8/
+
+    \b
+    Dequantized values are weight x scale in float32, rounded to nearest even; scales leave the
+    output and quantization_config leaves config.json (after a partial cast, the cast modules join
+    its modules_to_not_convert). Quantized weights get one scale per 128x128 block (amax / 448).
+    The output is sharded like the input; everything not cast is copied as raw bytes.
+    """
+    from weightsurgeon.cast import plan_cast
+
+    def build(m, l=None):
+        return plan_cast(m, dtype, modules=modules, layers=layers, experts=experts, like=l,
+                         allow_overflow=allow_overflow, arguments=_arguments(ctx))
+
+    _run(ctx, build, [model] + ([like] if like else []))

@@ -7,7 +7,10 @@ Each product is one float32 multiplication, rounded as numpy and torch round it.
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
+
+from weightsurgeon.kernels._compiled import as_f32, f16_to_f32, f32_bits
 
 
 @njit(cache=True, error_model="numpy")
@@ -35,3 +38,102 @@ def mxfp4_groups(raw, scales, e2m1, out):  # pragma: no cover - compiled
             byte = raw[g * 16 + k]
             out[g * 32 + 2 * k] = e2m1[byte & 15] * s
             out[g * 32 + 2 * k + 1] = e2m1[byte >> 4] * s
+
+
+# ---------------------------------------------------------------------------------------
+# surgeon cast: FP8 rows dequantized straight into the output's stored bytes
+# ---------------------------------------------------------------------------------------
+
+# Columns of one row of the `entries` table fp8_cast reads (one row per tensor slice).
+E_CODES, E_SCALES, E_SCALE_KIND, E_ROWS, E_COLS, E_BR, E_BC, E_TABLE, E_OUT, E_OUT_KIND, E_ROW0 = range(11)
+ENTRY_FIELDS = 11
+SCALE_KINDS = {"F32": 0, "BF16": 1, "F16": 2}
+OUT_KINDS = {"BF16": 0, "F16": 1, "F32": 2}
+
+
+@njit(inline="always")
+def _scale_at(window, pos, kind):  # pragma: no cover - compiled
+    """The float32 value of a stored scale (little-endian F32, BF16 or F16 bytes at `pos`)."""
+    if kind == 0:
+        return as_f32(np.uint32(window[pos]) | (np.uint32(window[pos + 1]) << np.uint32(8))
+                      | (np.uint32(window[pos + 2]) << np.uint32(16)) | (np.uint32(window[pos + 3]) << np.uint32(24)))
+    h = np.uint32(window[pos]) | (np.uint32(window[pos + 1]) << np.uint32(8))
+    if kind == 1:
+        return as_f32(h << np.uint32(16))
+    return f16_to_f32(h)
+
+
+@njit(inline="always")
+def _f16_bits(v):  # pragma: no cover - compiled
+    """float32 -> IEEE half bits, round to nearest even; beyond 65504 (from 65520 up) inf; NaN stays NaN."""
+    bits = f32_bits(v)
+    sign = np.uint32((bits >> np.uint32(16)) & np.uint32(0x8000))
+    mag = bits & np.uint32(0x7FFFFFFF)
+    if mag > np.uint32(0x7F800000):
+        h = np.uint32(0x7E00) | ((mag >> np.uint32(13)) & np.uint32(0x3FF))
+    elif mag >= np.uint32(0x477FF000):
+        h = np.uint32(0x7C00)
+    elif mag >= np.uint32(0x38800000):  # a normal half: rebias the exponent, round the 13 dropped bits
+        h = (mag - np.uint32(0x38000000) + np.uint32(0xFFF) + ((mag >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)
+    else:  # a subnormal half: |v| * 2**24 is exact, rint rounds half to even
+        h = np.uint32(np.rint(np.abs(v) * np.float32(16777216.0)))
+    return sign | h
+
+
+@njit(inline="always")
+def _put(out, p, h, width):  # pragma: no cover - compiled
+    """Store the low `width` bytes of h at out[p:], little-endian."""
+    for q in range(width):
+        out[p + q] = np.uint8((h >> np.uint32(8 * q)) & np.uint32(0xFF))
+
+
+@njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
+def fp8_cast(window, entries, tables, out, bad):  # pragma: no cover - compiled
+    """Dequantize row slices of FP8 tensors into stored output bytes, one table row per slice.
+
+    Each entry says where a slice's codes and its first scale row lie in `window`, its rows
+    (starting at row0 of the tensor) and columns, the block (br, bc) one scale covers, which
+    8-bit table decodes it, and where its output goes in `out` in which dtype (BF16, F16,
+    F32; little-endian, nearest even, NaN kept). value = table[code] * scale, one float32
+    product. `bad` receives (entry, element) of the first finite value that overflows F16.
+    """
+    for e in range(entries.shape[0]):
+        codes = entries[e, E_CODES]
+        sbase = entries[e, E_SCALES]
+        skind = entries[e, E_SCALE_KIND]
+        rows = entries[e, E_ROWS]
+        cols = entries[e, E_COLS]
+        br = entries[e, E_BR]
+        bc = entries[e, E_BC]
+        tab = entries[e, E_TABLE]
+        dst = entries[e, E_OUT]
+        okind = entries[e, E_OUT_KIND]
+        row0 = entries[e, E_ROW0]
+        swidth = 4 if skind == 0 else 2
+        nblocks = (cols + bc - 1) // bc
+        srow0 = row0 // br
+        for i in range(rows):
+            srow = (row0 + i) // br - srow0
+            for b in range(nblocks):
+                s = _scale_at(window, sbase + (srow * nblocks + b) * swidth, skind)
+                lo = i * cols + b * bc
+                hi = i * cols + min(cols, (b + 1) * bc)
+                if okind == 0:
+                    for k in range(lo, hi):
+                        x = f32_bits(tables[tab, window[codes + k]] * s)
+                        if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+                            h = (x >> np.uint32(16)) | np.uint32(0x40)
+                        else:
+                            h = (x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+                        _put(out, dst + 2 * k, h, 2)
+                elif okind == 1:
+                    for k in range(lo, hi):
+                        v = tables[tab, window[codes + k]] * s
+                        h = _f16_bits(v)
+                        if (h & np.uint32(0x7FFF)) == np.uint32(0x7C00) and np.isfinite(v) and bad[0] < 0:
+                            bad[0] = e
+                            bad[1] = k
+                        _put(out, dst + 2 * k, h, 2)
+                else:
+                    for k in range(lo, hi):
+                        _put(out, dst + 4 * k, f32_bits(tables[tab, window[codes + k]] * s), 4)

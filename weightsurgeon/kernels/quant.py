@@ -9,6 +9,8 @@ time (the caller streams), never on a whole tensor or an expanded scale.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from weightsurgeon.kernels.decode import _f8_table
@@ -75,14 +77,17 @@ def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray, out: np.ndarray | N
     return target
 
 
-def quantize_fp8_blocks(values: np.ndarray, block: tuple[int, int], dtype: str = "F8_E4M3") -> tuple[np.ndarray, np.ndarray]:
+def quantize_fp8_blocks(values: np.ndarray, block: tuple[int, int], dtype: str = "F8_E4M3",
+                        scale_dtype: str = "F32") -> tuple[np.ndarray, np.ndarray]:
     """(codes, float32 scales) of a 2-D float32 array: one scale per block, amax / 448 (DeepSeek's scheme).
 
-    codes = round-to-nearest-even of value / scale on the E4M3 grid (saturating, as torch's
-    cast); an all-zero block gets scale 1. Holds the array in memory: for synthetic
-    checkpoints and single block rows, not for streaming whole tensors.
+    The scale is rounded to `scale_dtype` (nearest even; Qwen3-FP8 stores BF16 scales)
+    before it divides, so that codes x stored scale is what a reader computes. codes =
+    round-to-nearest-even of value / scale on the E4M3 grid (saturating at 448, where a
+    scale rounded down pushes a value past it); an all-zero block gets scale 1. Holds the
+    array in memory: one block row at a time when streaming (surgeon cast), never a whole tensor.
     """
-    from weightsurgeon.kernels.decode import encode_from_float32
+    from weightsurgeon.kernels.decode import decode_to_float32, encode_from_float32
 
     rows, cols = values.shape
     br, bc = block
@@ -92,8 +97,32 @@ def quantize_fp8_blocks(values: np.ndarray, block: tuple[int, int], dtype: str =
     pad[:rows, :cols] = np.abs(values)
     amax = pad.reshape(srows, br, scols, bc).max(axis=(1, 3))
     scales = np.where(amax > 0, amax / fmax, np.float32(1.0)).astype(np.float32)
+    if scale_dtype != "F32":
+        scales = decode_to_float32(encode_from_float32(scales, scale_dtype), scale_dtype).reshape(scales.shape)
     expanded = np.repeat(np.repeat(scales, br, axis=0), bc, axis=1)[:rows, :cols]
     return encode_from_float32(values / expanded, dtype).view(np.uint8), scales
+
+
+FP8_TABLES = ("F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ")  # rows of fp8_tables(), by dtype
+
+
+@functools.lru_cache(maxsize=1)
+def fp8_tables() -> np.ndarray:
+    """float32 [len(FP8_TABLES), 256]: every code's value in each 8-bit float format."""
+    return np.stack([_f8_table(d) for d in FP8_TABLES]).astype(np.float32)
+
+
+def cast_fp8(window: np.ndarray, entries: np.ndarray, out: np.ndarray) -> tuple[int, int] | None:
+    """Dequantize FP8 row slices from `window` into stored BF16/F16/F32 bytes in `out` (see _quant_loops.fp8_cast).
+
+    One compiled call for a whole batch of tensors: the writer packs many small ones (a
+    DeepSeek-V3 layer holds 768 expert matrices) into one read, one call and one write.
+    Returns (entry, element) of the first finite value F16 cannot hold, or None.
+    """
+    bad = np.full(2, -1, dtype=np.int64)
+    if len(entries):
+        _compiled().fp8_cast(window, np.ascontiguousarray(entries, dtype=np.int64), fp8_tables(), out, bad)
+    return None if bad[0] < 0 else (int(bad[0]), int(bad[1]))
 
 
 def quantize_mxfp4(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,284 @@
+"""The bytes of `surgeon cast`'s sources: dequantized and quantized tensors, streamed.
+
+Three source kinds of a surgery plan (surgery.Source) mean a change of format:
+
+- ``dequantize``: the logical tensor ``name`` of a quantized input (quant.QuantTensor),
+  decode(data) x scale in float32, rounded to the planned dtype (BF16, F16, F32). FP8 goes
+  a slice of whole rows at a time, with only the scale rows it needs; MXFP4 a slice of whole
+  32-value groups, or, where the output is transposed (GPT-OSS expert stacks, see
+  quant.dequantized_shape), one expert at a time in bands of rows.
+- ``quantize``: the float tensor ``name`` as F8_E4M3 codes, one block row (block[0] rows)
+  at a time: scale = block amax / 448 rounded to ``scale_dtype``, code = value / scale.
+- ``quantize_scale``: those scales, kept from the codes' pass (the plan puts the scale right
+  after its weight), else computed by a pass of their own.
+
+Many small FP8 tensors in a row (a DeepSeek-V3 layer has 768 expert matrices) are written by
+`write_dequant_run`: one read of the input bytes they span, one compiled call, one write.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from weightsurgeon.errors import SurgeonError
+from weightsurgeon.kernels.dtypes import itemsize
+
+if TYPE_CHECKING:
+    from weightsurgeon.quant import QuantTensor
+    from weightsurgeon.surgery import PlannedTensor
+    from weightsurgeon.writer import SourceReader
+
+CAST_KINDS = ("dequantize", "quantize", "quantize_scale")
+RUN_INPUT_BYTES = 32 * 1024 * 1024  # input bytes one batched call may span
+RUN_TENSOR_BYTES = 4 * 1024 * 1024  # larger tensors stream by row slices instead
+F16_MAX = 65504.0
+
+
+def quant_of(reader: "SourceReader", t: "PlannedTensor") -> "QuantTensor":
+    src = t.source
+    return reader.inputs[src.role].quant.tensors[src.name]
+
+
+def is_transposed(q: "QuantTensor", t: "PlannedTensor") -> bool:
+    return tuple(t.shape) != tuple(q.shape)
+
+
+def step(reader: "SourceReader", t: "PlannedTensor") -> int:
+    """Elements per chunk of a cast source: whole rows, whole groups, one expert or whole block rows."""
+    src = t.source
+    if src.kind == "quantize_scale":
+        return max(t.numel, 1)
+    if src.kind == "quantize":
+        cols = t.shape[-1]
+        band = src.block[0] * cols
+        return band * max(1, reader.chunk_elems // band)
+    q = quant_of(reader, t)
+    if q.scheme == "mxfp4":
+        if is_transposed(q, t):
+            return q.shape[-1] * q.shape[-2]
+        return max(32, reader.chunk_elems - reader.chunk_elems % 32)
+    cols = q.cols if q.scheme != "fp8-tensor" else max(q.cols, 1)
+    return cols * max(1, reader.chunk_elems // max(cols, 1))
+
+
+def values(reader: "SourceReader", t: "PlannedTensor", start: int, count: int) -> np.ndarray | memoryview:
+    """Stored bytes of elements [start, start + count) of a cast source (whole steps, see `step`)."""
+    kind = t.source.kind
+    if kind == "dequantize":
+        q = quant_of(reader, t)
+        if q.scheme == "mxfp4":
+            return _mxfp4(reader, t, q, start, count)
+        return _fp8_rows(reader, t, q, start, count)
+    if kind == "quantize":
+        return _quantize(reader, t, start, count)
+    if kind == "quantize_scale":
+        return _scales(reader, t)
+    raise SurgeonError(f"internal: {kind!r} is not a cast source")
+
+
+# ---------------------------------------------------------------------------------------
+# FP8 -> BF16/F16/F32
+# ---------------------------------------------------------------------------------------
+
+def fp8_entry(q: "QuantTensor", codes_at: int, scales_at: int, row0: int, rows: int, out_at: int,
+              out_dtype: str) -> list[int]:
+    """One row of the compiled loop's table (kernels/_quant_loops.py: E_* columns)."""
+    from weightsurgeon.kernels._quant_loops import OUT_KINDS, SCALE_KINDS
+    from weightsurgeon.kernels.quant import FP8_TABLES
+
+    cols = q.cols if q.shape else 1
+    return [codes_at, scales_at, SCALE_KINDS[q.scale.dtype], rows, cols, q.block[0], q.block[1],
+            FP8_TABLES.index(q.data.dtype), out_at, OUT_KINDS[out_dtype], row0]
+
+
+def _scale_rows(q: "QuantTensor", row0: int, rows: int) -> tuple[int, int]:
+    """(byte offset into the scale tensor, bytes) of the scale rows covering tensor rows [row0, row0 + rows)."""
+    cols = q.cols if q.shape else 1
+    per_row = -(-cols // q.block[1]) * q.scale.itemsize
+    if q.scheme == "fp8-tensor":
+        return 0, q.scale.nbytes
+    first, last = row0 // q.block[0], (row0 + rows - 1) // q.block[0]
+    return first * per_row, (last - first + 1) * per_row
+
+
+def _overflow_error(t: "PlannedTensor", element: int) -> SurgeonError:
+    return SurgeonError(f"{t.name}: element {element} is beyond F16's range (+-{F16_MAX:g}) and would become inf; "
+                        f"cast to bf16 or f32, or pass --allow-overflow to write inf")
+
+
+def _fp8_rows(reader: "SourceReader", t: "PlannedTensor", q: "QuantTensor", start: int, count: int) -> memoryview:
+    from weightsurgeon.kernels.quant import cast_fp8
+
+    cols = q.cols if q.shape else 1
+    row0, rows = start // cols, count // cols
+    ckpt = reader.inputs[t.source.role]
+    s_off, s_len = _scale_rows(q, row0, rows)
+    window = reader.buffer("cast-in", count + s_len)
+    ckpt.read_into(q.data, start, window[:count])
+    ckpt.read_into(q.scale, s_off, window[count:])
+    out = reader.buffer("cast-out", count * itemsize(t.dtype))
+    bad = cast_fp8(np.frombuffer(window, np.uint8), np.array([fp8_entry(q, 0, count, row0, rows, 0, t.dtype)]),
+                   np.frombuffer(out, np.uint8))
+    if bad is not None and t.source.overflow != "inf":
+        raise _overflow_error(t, start + bad[1])
+    return out
+
+
+def write_dequant_run(tensors: list["PlannedTensor"], reader: "SourceReader", fd: int, pos: int, behind,
+                      digest=None) -> tuple[int, int]:
+    """Write the leading FP8 dequantize sources of `tensors` that batch (see `batchable`) with one read,
+    one compiled call and one write; returns (how many tensors, bytes written)."""
+    from weightsurgeon.kernels.quant import cast_fp8
+    from weightsurgeon.writer import pwrite_all
+
+    first = quant_of(reader, tensors[0])
+    ckpt = reader.inputs[tensors[0].source.role]
+    lo, hi = _span(first)
+    taken: list[tuple["PlannedTensor", "QuantTensor"]] = []
+    out_bytes = 0
+    for t in tensors:
+        if not batchable(reader, t) or t.source.role != tensors[0].source.role:
+            break
+        q = quant_of(reader, t)
+        a, b = _span(q)
+        if q.data.file != first.data.file or max(hi, b) - min(lo, a) > RUN_INPUT_BYTES \
+                or out_bytes + t.nbytes > RUN_INPUT_BYTES * 2:
+            break
+        lo, hi = min(lo, a), max(hi, b)
+        taken.append((t, q))
+        out_bytes += t.nbytes
+    if not taken:
+        return 0, 0
+    window = reader.buffer("run-in", hi - lo)
+    got = ckpt.byte_source(first.data.file).read_into(lo, window)
+    if got != hi - lo:
+        raise SurgeonError(f"{first.data.file}: file is shorter than its header says (truncated near {first.name!r})")
+    out = reader.buffer("run-out", out_bytes)
+    entries = []
+    at = 0
+    for t, q in taken:
+        rows = q.numel // (q.cols if q.shape else 1) if q.numel else 0
+        entries.append(fp8_entry(q, q.data.begin - lo, q.scale.begin - lo, 0, rows, at, t.dtype))
+        at += t.nbytes
+    bad = cast_fp8(np.frombuffer(window, np.uint8), np.array(entries, dtype=np.int64), np.frombuffer(out, np.uint8))
+    if bad is not None and taken[bad[0]][0].source.overflow != "inf":
+        raise _overflow_error(taken[bad[0]][0], bad[1])
+    if digest is not None:
+        digest.update(out)
+    pwrite_all(fd, out, pos)
+    behind.advance(out_bytes)
+    return len(taken), out_bytes
+
+
+def _span(q: "QuantTensor") -> tuple[int, int]:
+    return min(q.data.begin, q.scale.begin), max(q.data.end, q.scale.end)
+
+
+def batchable(reader: "SourceReader", t: "PlannedTensor") -> bool:
+    """A small FP8 dequantize source whose data and scale lie in one local file."""
+    if t.source.kind != "dequantize":
+        return False
+    q = quant_of(reader, t)
+    return (q.scheme != "mxfp4" and q.data.file == q.scale.file and q.data.nbytes <= RUN_TENSOR_BYTES
+            and q.numel > 0)
+
+
+# ---------------------------------------------------------------------------------------
+# MXFP4 -> BF16/F16/F32
+# ---------------------------------------------------------------------------------------
+
+def _mxfp4(reader: "SourceReader", t: "PlannedTensor", q: "QuantTensor", start: int, count: int) -> np.ndarray:
+    """Groups [start/32, (start+count)/32) in stored order; transposed outputs one expert [in, out] per call."""
+    from weightsurgeon.kernels.decode import encode_from_float32
+    from weightsurgeon.kernels.quant import MX_BLOCK, MX_BLOCK_BYTES, dequantize_mxfp4
+
+    ckpt = reader.inputs[t.source.role]
+    if not is_transposed(q, t):
+        groups, g0 = count // MX_BLOCK, start // MX_BLOCK
+        blocks = reader.buffer("mx-blocks", groups * MX_BLOCK_BYTES)
+        scales = reader.buffer("mx-scales", groups)
+        ckpt.read_into(q.data, g0 * MX_BLOCK_BYTES, blocks)
+        ckpt.read_into(q.scale, g0, scales)
+        vals = dequantize_mxfp4(np.frombuffer(blocks, np.uint8), np.frombuffer(scales, np.uint8),
+                                out=np.frombuffer(reader.buffer("mx-f32", count * 4), np.float32))
+        return _encode_checked(t, vals, start, encode_from_float32)
+    rows, cols = q.shape[-2], q.shape[-1]  # stored [.., rows (out), cols (in)]; written [.., cols, rows]
+    band = max(1, min(rows, reader.chunk_elems // cols))
+    width = itemsize(t.dtype)
+    target = np.frombuffer(reader.buffer("mx-t", rows * cols * width), dtype=_np_dtype(t.dtype)).reshape(cols, rows)
+    for r0 in range(0, rows, band):
+        n = min(band, rows - r0)
+        g0, groups = (start + r0 * cols) // MX_BLOCK, n * cols // MX_BLOCK
+        blocks = reader.buffer("mx-blocks", groups * MX_BLOCK_BYTES)
+        scales = reader.buffer("mx-scales", groups)
+        ckpt.read_into(q.data, g0 * MX_BLOCK_BYTES, blocks)
+        ckpt.read_into(q.scale, g0, scales)
+        vals = dequantize_mxfp4(np.frombuffer(blocks, np.uint8), np.frombuffer(scales, np.uint8),
+                                out=np.frombuffer(reader.buffer("mx-f32", n * cols * 4), np.float32))
+        enc = _encode_checked(t, vals, start + r0 * cols, encode_from_float32)
+        target[:, r0:r0 + n] = np.asarray(enc).view(target.dtype).reshape(n, cols).T
+    return target.reshape(-1)
+
+
+def _np_dtype(dtype: str) -> np.dtype:
+    return {"BF16": np.dtype("<u2"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4")}[dtype]
+
+
+def _encode_checked(t: "PlannedTensor", vals: np.ndarray, start: int, encode) -> np.ndarray:
+    if t.dtype == "F16" and t.source.overflow != "inf":
+        with np.errstate(invalid="ignore"):
+            over = np.flatnonzero(np.isfinite(vals) & (np.abs(vals) >= 65520.0))
+        if over.size:
+            raise _overflow_error(t, start + int(over[0]))
+    return encode(vals, t.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# BF16/F16/F32 -> FP8 with block scales
+# ---------------------------------------------------------------------------------------
+
+def _quantize(reader: "SourceReader", t: "PlannedTensor", start: int, count: int) -> np.ndarray:
+    """Codes of whole block rows; their scales are kept in reader.cache for the scale tensor after them."""
+    from weightsurgeon.kernels.decode import decode_to_float32
+    from weightsurgeon.kernels.quant import quantize_fp8_blocks
+
+    src = t.source
+    rows, cols = t.shape
+    info = reader.inputs[src.role][src.name]
+    raw = reader._read("a", src.role, src.name, start, count)
+    vals = decode_to_float32(raw, info.dtype).reshape(count // cols, cols)
+    if not np.isfinite(vals).all():
+        bad = int(np.flatnonzero(~np.isfinite(vals.reshape(-1)))[0]) + start
+        raise SurgeonError(f"{src.name}: element {bad} is not finite; FP8 block scales need finite values "
+                           f"(a NaN or inf would spoil its whole {src.block[0]}x{src.block[1]} block)")
+    codes, scales = quantize_fp8_blocks(vals, tuple(src.block), t.dtype, src.scale_dtype)
+    grid = reader.cache.get(("fp8-scales", src.role, src.name))
+    if grid is None or start == 0:
+        grid = np.empty((-(-rows // src.block[0]), -(-cols // src.block[1])), dtype=np.float32)
+        reader.cache[("fp8-scales", src.role, src.name)] = grid
+    first = start // cols // src.block[0]
+    grid[first:first + scales.shape[0]] = scales
+    reader.cache[("fp8-scales-done", src.role, src.name)] = start + count == t.numel
+    return codes.reshape(-1)
+
+
+def _scales(reader: "SourceReader", t: "PlannedTensor") -> np.ndarray:
+    """The block scales of the weight `t.source.name`, stored as t.dtype (the scheme's scale dtype)."""
+    from weightsurgeon.kernels.decode import encode_from_float32
+    from weightsurgeon.surgery import PlannedTensor, Source
+
+    src = t.source
+    key = ("fp8-scales", src.role, src.name)
+    if not reader.cache.get(("fp8-scales-done", src.role, src.name)):
+        info = reader.inputs[src.role][src.name]
+        weight = PlannedTensor(src.name, "F8_E4M3", info.shape,
+                               Source("quantize", role=src.role, name=src.name, block=src.block,
+                                      scale_dtype=src.scale_dtype), True)
+        for _start, _codes in reader.chunks(weight):
+            pass
+    grid = reader.cache[key]
+    if math.prod(grid.shape) != t.numel:
+        raise SurgeonError(f"internal: {t.name} has {t.numel} scales, the weight's blocks {grid.size}")
+    return encode_from_float32(grid.reshape(-1), t.dtype)
