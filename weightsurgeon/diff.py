@@ -57,6 +57,7 @@ class Pair:
     lora: Any = None  # adapter_diff.LoraFactors for kind "lora"
     base_q: QuantTensor | None = None  # set where that side is quantized (FP8 + scale, MXFP4): `base`/`other` is its data
     other_q: QuantTensor | None = None
+    transposed: bool = False  # the plain side of an MXFP4 pair holds each expert as [in, out] (see _expert_transposed)
 
     @property
     def decoded(self) -> bool:
@@ -121,12 +122,32 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
+def _expert_transposed(module: str, base: TensorInfo, other: TensorInfo, base_q: QuantTensor | None,
+                       other_q: QuantTensor | None) -> bool:
+    """Whether a GPT-OSS stacked-expert pair compares MXFP4 [experts, out, in] with a plain tensor stored
+    [experts, in, out], as transformers' GptOssExperts holds (and saves) the dequantized weights.
+
+    The bf16 releases of GPT-OSS were saved that way; down_proj is square in gpt-oss-20b and
+    120b (2880 x 2880), so the layout is known from the format, not guessed from the shape.
+    """
+    if module not in ("expert_gate_up_proj", "expert_down_proj"):
+        return False
+    quant, plain = (base_q, other) if base_q is not None else (other_q, base)
+    if quant is None or quant.scheme != "mxfp4" or (base_q is not None and other_q is not None) or len(quant.shape) != 3:
+        return False
+    e, rows, cols = quant.shape
+    return plain.shape == (e, cols, rows)
+
+
 def _match(t: int, label: str, name: str, base: TensorInfo, other: TensorInfo, module: str,
            pairs: list[Pair], missing: list[dict], notes: list[str], base_q: QuantTensor | None = None,
            other_q: QuantTensor | None = None) -> None:
     """Pair two tensors of the same role (logical shapes: a quantized side's values), or record why they cannot be compared."""
     shape_a = base_q.shape if base_q is not None else base.shape
     shape_b = other_q.shape if other_q is not None else other.shape
+    if _expert_transposed(module, base, other, base_q, other_q):
+        pairs.append(Pair(t, name, base, other, math.prod(shape_a), base_q=base_q, other_q=other_q, transposed=True))
+        return
     if shape_a == shape_b:
         pairs.append(Pair(t, name, base, other, math.prod(shape_a), base_q=base_q, other_q=other_q))
         return
@@ -263,6 +284,11 @@ def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
         if name not in known and name not in consumed:
             missing.append({"tuned": label, "name": name, "where": "tuned_only", "detail": "not in the base model"})
 
+    transposed = sum(1 for p in pairs if p.transposed)
+    if transposed:
+        notes.append(f"{label}: {transposed} stacked expert tensor(s) are MXFP4 [experts, out, in] on one side and "
+                     f"[experts, in, out] on the other (transformers' GptOssExperts layout): compared element by "
+                     f"element across the transposition")
     mixed = Counter((_side_label(p.base, p.base_q), _side_label(p.other, p.other_q)) for p in pairs
                     if _side_label(p.base, p.base_q) != _side_label(p.other, p.other_q))
     for (da, db), n in sorted(mixed.items()):
@@ -351,6 +377,8 @@ def _decoded_chunk(pairs: list[Pair]) -> int:
     """Elements per slice of a group with a quantized side: whole FP8 rows and MXFP4 groups on every side."""
     quantum = 1
     for p in pairs:
+        if p.transposed:  # one expert at a time: the plain side is read whole and transposed
+            return p.numel // (p.base_q or p.other_q).shape[0]  # type: ignore[union-attr]
         for q in (p.base_q, p.other_q):
             if q is not None:
                 quantum = math.lcm(quantum, q.quantum)
@@ -381,6 +409,17 @@ def _signal_cause(error: BaseException) -> BaseException | None:
     return None
 
 
+def _surfacing_signals(fn: Any, *args: Any) -> Any:
+    """fn(*args), with a Ctrl-C/SIGTERM that arrived inside compiled code surfaced as itself."""
+    try:
+        return fn(*args)
+    except SystemError as e:
+        cause = _signal_cause(e)
+        if cause is None:
+            raise
+        raise cause from None
+
+
 def _chunk_plan(work: list[tuple[TensorInfo, list[Pair]]], chunk_bytes: int, bins: int) -> tuple[int, int, int, int]:
     """(chunk elements, base buffer bytes, tuned buffer bytes, tuned buffers), bounded in total."""
     consumers = max(len(pairs) for _, pairs in work)
@@ -406,13 +445,15 @@ class _ChunkReader:
     """
 
     def __init__(self, base: Checkpoint, others: list[Checkpoint], base_bytes: int, other_bytes: int,
-                 consumers: int) -> None:
+                 consumers: int, histogram: tuple[int, float] = (200, 1.0)) -> None:
         from weightsurgeon.kernels.delta import accumulate_delta, accumulate_delta_from_files, reads_files
 
         self.base, self.others = base, others
         self.lora_blocks: Any = None  # adapter_diff.LoraBlocks on the first adapted tensor
         self.sizes = (base_bytes, other_bytes, consumers)
         self.buffers: tuple[np.ndarray, list[np.ndarray]] | None = None
+        self.batch: Any = None  # quant_diff.PartBatch, on the first quantized pair
+        self.histogram = histogram
         self.accumulate, self.from_files, self.reads_files = accumulate_delta, accumulate_delta_from_files, reads_files
 
     def _buffers(self) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -435,8 +476,9 @@ class _ChunkReader:
         return buf[:nbytes]
 
     def _values(self, ckpt: Checkpoint, info: TensorInfo, q: QuantTensor | None, start: int, stop: int, wide: bool,
-                role: str) -> tuple[np.ndarray, int]:
-        """Elements [start, stop) of one side as float32 (float64 when `wide`) values, and the bytes read."""
+                role: str, transposed: bool = False) -> tuple[np.ndarray, int]:
+        """Elements [start, stop) of one side as float32 (float64 when `wide`) values, and the bytes read
+        (`transposed`: [start, stop) is one expert of a plain side stored [in, out], see _expert_transposed)."""
         import numpy as np
 
         from weightsurgeon.kernels.decode import decode_to_float32, decode_to_float64
@@ -445,6 +487,9 @@ class _ChunkReader:
         if q is None:
             raw = self._scratch(role, (stop - start) * info.itemsize)
             ckpt.read_into(info, start * info.itemsize, raw)
+            if transposed:  # one expert stored [in, out]: its values in [out, in] order, as the MXFP4 side's
+                _, rows, cols = info.shape
+                raw = np.ascontiguousarray(raw.view(f"V{info.itemsize}").reshape(rows, cols).T).view(np.uint8).reshape(-1)
             return (decode_to_float64 if wide else decode_to_float32)(raw, info.dtype), raw.size
         if q.scheme == "mxfp4":
             g0, g1 = start // 32, stop // 32
@@ -478,22 +523,46 @@ class _ChunkReader:
 
     def run_decoded(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int,
                     stats: dict[tuple[int, str], Any], groups: dict[tuple[int, str], Any]) -> int:
-        """`run` for a group with a quantized side: each side decoded to values here, then the kernel on the values."""
+        """`run` for a group with a quantized side: queued for the kernel, which reads and decodes both
+        sides itself (quant_diff.PartBatch); pairs it cannot read (a remote side, a float64 side)
+        are decoded to values here, then the kernel runs on the values."""
         nbytes = 0
-        base_values: dict[bool, np.ndarray] = {}
+        base_values: dict[tuple[bool, bool], np.ndarray] = {}
+        batch = self._batch()
+        counted_base = False
         for p in pairs:
+            if batch.accepts(p):
+                base_bytes, other_bytes = batch.add(p, start, stop, stats[(p.tuned, p.name)], groups.get((p.tuned, p.name)))
+                nbytes += other_bytes + (base_bytes if not counted_base else 0)
+                counted_base = True
+                continue
             wide = ((p.base_q is None and dtype_info(p.base.dtype).work == "f8")
                     or (p.other_q is None and dtype_info(p.other.dtype).work == "f8"))
-            if wide not in base_values:
+            key = (wide, p.transposed and p.base_q is None)
+            if key not in base_values:
                 first = not base_values
-                base_values[wide], n = self._values(self.base, p.base, p.base_q, start, stop, wide, "base")
-                nbytes += n if first else 0
-            other, n = self._values(self.others[p.tuned], p.other, p.other_q, start, stop, wide, "other")
+                base_values[key], n = self._values(self.base, p.base, p.base_q, start, stop, wide, "base" + str(key), key[1])
+                nbytes += n if first and not counted_base else 0
+            other, n = self._values(self.others[p.tuned], p.other, p.other_q, start, stop, wide, "other",
+                                    p.transposed and p.other_q is None)
             nbytes += n
             work = "F64" if wide else "F32"
-            self.accumulate(stats[(p.tuned, p.name)], base_values[wide], other, work, work,
+            self.accumulate(stats[(p.tuned, p.name)], base_values[key], other, work, work,
                             groups.get((p.tuned, p.name)), start)
         return nbytes
+
+    def _batch(self) -> Any:
+        """The queue of parts the kernel decodes itself (created on the first quantized pair)."""
+        if self.batch is None:
+            from weightsurgeon.quant_diff import PartBatch
+
+            self.batch = PartBatch(self.base, self.others, *self.histogram)
+        return self.batch
+
+    def flush(self) -> None:
+        """Compute whatever is still queued: every statistic is complete afterwards."""
+        if self.batch is not None:
+            self.batch.flush()
 
     def run(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int, stats: dict[tuple[int, str], Any],
             groups: dict[tuple[int, str], Any]) -> int:
@@ -678,9 +747,9 @@ def _unit_groups(plan: DiffPlan) -> dict[tuple[int, str], Any]:
 
     out = {}
     for p in plan.pairs:
-        # quantized sides (FP8 scales, MXFP4 blocks) keep a stored shape other than the values': no units yet
-        plain = not p.added_rows and p.base_q is None and p.other_q is None
-        units = units_of(classify(p.name), p.base.shape, plan.base.config) if plain else None
+        # a quantized side's units are those of its values (logical shape), streamed in logical order
+        shape = p.base_q.shape if p.base_q is not None else p.base.shape
+        units = units_of(classify(p.name), shape, plan.base.config) if not p.added_rows else None
         if units is not None:
             out[(p.tuned, p.name)] = Groups(units.run, units.count, units.kind)
     return out
@@ -704,7 +773,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
 
         chunk_bytes = min(chunk_bytes, CHUNK_BYTES)  # the fetch window holds the rest
     elems, base_bytes, other_bytes, consumers = _chunk_plan(work, max(MIN_CHUNK_BYTES, int(chunk_bytes)), bins)
-    reader = _ChunkReader(plan.base, plan.others, base_bytes, other_bytes, consumers)
+    reader = _ChunkReader(plan.base, plan.others, base_bytes, other_bytes, consumers, (bins, clip))
     bytes_read = 0
     with _prefetch(work, plan.base, plan.others):
         shard = None
@@ -712,16 +781,11 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
             if info.file != shard:  # a new base shard: did any input change so far?
                 shard = info.file
                 _check_unchanged(plan.base, plan.others)
-            try:
-                nbytes = reader.run(info, pairs, start, stop, stats, groups)
-            except SystemError as e:  # Ctrl-C/SIGTERM arrived inside compiled code: surface it as itself
-                cause = _signal_cause(e)
-                if cause is None:
-                    raise
-                raise cause from None
+            nbytes = _surfacing_signals(reader.run, info, pairs, start, stop, stats, groups)
             bytes_read += nbytes
             if progress is not None:
                 progress.advance(nbytes)
+        _surfacing_signals(reader.flush)
     spectra = []
     if plan.options.get("spectrum"):
         from weightsurgeon.spectrum import measure_spectra

@@ -651,3 +651,170 @@ def count_matching(x, mask, value):
     for i in prange(x.size):
         total += np.int64((x[i] & mask) == value)
     return total
+
+
+# --- quantized and mixed pairs: decode inside the parallel loop -------------------------
+# How a side of delta_parts is stored (the encoding codes of its items). Plain floats are
+# decoded as in _decode_block; the scaled formats as decode(code) x scale, the scale of the
+# element's block read from the batch's float32 scale pool.
+ENC_BF16, ENC_F16, ENC_F32, ENC_E4M3, ENC_E5M2, ENC_E2M1 = range(6)  # the first three equal CODE_BF16 .. CODE_F32
+# Columns of a side's item table: the file, the byte position of the item's first stored
+# byte, the encoding, the element index of the item's first element in its tensor, and the
+# block geometry: the scale of element k is pool[off + (k // cols // br) * scols + (k % cols) // bc].
+IT_FD, IT_POS, IT_ENC, IT_K0, IT_OFF, IT_BR, IT_BC, IT_COLS, IT_SCOLS = range(9)
+IT_WIDTH = 9
+
+
+@njit(inline="always")
+def _e4m3(c):
+    """float32 of an E4M3 ("fn": no infinities, NaN at S.1111.111) code: exponent and mantissa
+    moved into float32 position make a value 2**120 too small, subnormals included; one exact
+    multiplication fixes the scale."""
+    c32 = U32(c)
+    mag = U32(c32 & U32(0x7F))
+    scaled = f32_bits(as_f32(U32(mag << U32(20))) * np.float32(1.329227995784916e36))  # 2**120
+    bits = U32(0x7FC00000) if mag == U32(0x7F) else scaled
+    return as_f32(U32(bits | U32(U32(c32 & U32(0x80)) << U32(24))))
+
+
+@njit(inline="always")
+def _e2m1(nibble):
+    """float32 of an OCP MX E2M1 code (sign, 2 exponent bits of bias 1, 1 mantissa bit): moved
+    into float32 position the value is 2**126 too small (the subnormal 0.5 too); no inf, no NaN."""
+    n32 = U32(nibble)
+    scaled = f32_bits(as_f32(U32(U32(n32 & U32(7)) << U32(22))) * np.float32(8.507059173023462e37))  # 2**126
+    return as_f32(U32(scaled | U32(U32(n32 & U32(8)) << U32(28))))
+
+
+@njit(error_model="numpy", cache=True)
+def _decode_scaled(raw, enc, item, k0, n, pool, out):
+    """Values of n elements of one side, from element k0 of its tensor, into out[:n] (float32).
+
+    raw holds the stored bytes (for E2M1 two codes a byte, the even element in the low
+    nibble). Each run of elements sharing a scale is one tight loop: value = decode(code) x
+    scale, one float32 multiplication rounded as numpy's and torch's. No fast-math here:
+    reassociation could fold the exact 2**k of the decode into the scale, which rounds.
+    """
+    if enc == ENC_BF16:
+        bits16 = raw[: 2 * n].view(np.uint16)
+        for i in range(n):
+            out[i] = as_f32(U32(U32(bits16[i]) << U32(16)))
+        return
+    if enc == ENC_F16:
+        bits16 = raw[: 2 * n].view(np.uint16)
+        for i in range(n):
+            out[i] = f16_to_f32(bits16[i])
+        return
+    if enc == ENC_F32:
+        bits32 = raw[: 4 * n].view(np.uint32)
+        for i in range(n):
+            out[i] = as_f32(bits32[i])
+        return
+    off, br, bc, cols, scols = item[IT_OFF], item[IT_BR], item[IT_BC], item[IT_COLS], item[IT_SCOLS]
+    # Where element k0 sits: its row and column, its block row and column, and its place inside
+    # them; then moved along run by run without a division (four per run cost as much as the run).
+    row = k0 // cols
+    col = k0 - row * cols
+    brow = row // br
+    in_rows = row - brow * br
+    bcol = col // bc
+    in_cols = col - bcol * bc
+    i = 0
+    while i < n:
+        stop = i + min(n - i, bc - in_cols, cols - col)
+        s = pool[off + brow * scols + bcol]
+        step = stop - i
+        col += step
+        in_cols += step
+        if in_cols == bc:
+            in_cols = 0
+            bcol += 1
+        if col == cols:
+            col = 0
+            in_cols = 0
+            bcol = 0
+            in_rows += 1
+            if in_rows == br:
+                in_rows = 0
+                brow += 1
+        dst = out[i:stop]  # sliced first: indices from 0 need no negative-index check, so the loops vectorise
+        if enc == ENC_E4M3:
+            src = raw[i:stop]
+            for j in range(dst.size):
+                dst[j] = _e4m3(src[j]) * s
+        elif enc == ENC_E5M2:
+            src = raw[i:stop]
+            for j in range(dst.size):
+                dst[j] = f16_to_f32(U32(U32(src[j]) << U32(8))) * s
+        else:  # E2M1: i and stop are even (runs of 32 elements from an even k0)
+            src = raw[i // 2 : stop // 2]
+            for j in range(src.size):
+                byte = src[j]
+                dst[2 * j] = _e2m1(byte & np.uint8(15)) * s
+                dst[2 * j + 1] = _e2m1(byte >> np.uint8(4)) * s
+        i = stop
+
+
+@njit(inline="always")
+def _stored_bytes(enc, n):
+    """Bytes that hold n elements of an encoding."""
+    if enc == ENC_BF16 or enc == ENC_F16:
+        return 2 * n
+    if enc == ENC_F32:
+        return 4 * n
+    if enc == ENC_E2M1:
+        return n // 2
+    return n
+
+
+@njit(nogil=True, parallel=True, error_model="numpy", cache=True)
+def delta_parts(items_a, pool_a, items_b, pool_b, n, consts, edges, threads, grouping):
+    """The statistics of a batch of parts (n[i] <= PART elements each), sides decoded in the loop.
+
+    Part i of side a is described by items_a[i] (IT_* columns: its file, byte position,
+    encoding, first element's index in its tensor and scale geometry into pool_a), the same
+    for side b; grouping[i] = (run, ngroups) of its tensor's units, ngroups 0 for none. A
+    batch mixes tensors, shards and encodings (FP8 block/channel/tensor-scaled, MXFP4, bf16,
+    f16, f32): a MoE model's thousands of small expert matrices take one launch. Each lane
+    reads its parts with pread into its own buffers, decodes them to float32 and runs
+    _delta_part on them, so part i's row is what any other batching of it gives, bit for bit.
+    Returns per part (sums, counts, hist, groups[i, g, 2], failed): a failed part's rows are
+    zero and the caller reads it again itself.
+    """
+    count = n.size
+    nbins = edges.size - 1
+    ngroups = 1
+    for i in range(count):
+        ngroups = max(ngroups, grouping[i, 1])
+    sums = np.zeros((count, N_SUMS), dtype=np.float64)
+    counts = np.zeros((count, 2), dtype=np.int64)
+    hists = np.zeros((count, nbins), dtype=np.int64)
+    groups = np.zeros((count, ngroups, 2), dtype=np.float64)
+    failed = np.zeros(count, dtype=np.int64)
+    lanes = max(1, min(threads, count))
+    for lane in prange(lanes):
+        raw_a = np.empty(4 * PART, dtype=np.uint8)
+        raw_b = np.empty(4 * PART, dtype=np.uint8)
+        va = np.empty(PART, dtype=np.float32)
+        vb = np.empty(PART, dtype=np.float32)
+        bits_a = va.view(np.uint32)
+        bits_b = vb.view(np.uint32)
+        scratch, codes, sub, acc = _part_scratch(consts, nbins)
+        part_grouping = np.empty(3, dtype=np.int64)
+        for i in range(lane, count, lanes):
+            m = n[i]
+            ia = items_a[i]
+            ib = items_b[i]
+            na = _stored_bytes(ia[IT_ENC], m)
+            nb = _stored_bytes(ib[IT_ENC], m)
+            if _read_full(ia[IT_FD], raw_a[:na], ia[IT_POS]) and _read_full(ib[IT_FD], raw_b[:nb], ib[IT_POS]):
+                _decode_scaled(raw_a, ia[IT_ENC], ia, ia[IT_K0], m, pool_a, va)
+                _decode_scaled(raw_b, ib[IT_ENC], ib, ib[IT_K0], m, pool_b, vb)
+                part_grouping[0] = ia[IT_K0]
+                part_grouping[1] = grouping[i, 0]
+                part_grouping[2] = grouping[i, 1]
+                _delta_part(bits_a[:m], CODE_F32, bits_b[:m], CODE_F32, consts, edges,
+                            sums[i], counts[i], hists[i], scratch, codes, sub, acc, part_grouping, groups[i])
+            else:
+                failed[i] = 1
+    return sums, counts, hists, groups, failed

@@ -181,6 +181,34 @@ def accumulate_delta_from_files(stats: DeltaStats, fd_a: int, pos_a: int, dtype_
     return True
 
 
+def part_encoding(dtype: str, scheme: str | None = None) -> int | None:
+    """The parts kernel's encoding code of one side: a plain BF16/F16/F32 tensor (scheme None) or
+    the data of a quantized one (fp8-* schemes: its F8 dtype; mxfp4); None where it has none."""
+    k = _compiled()
+    if scheme is None:
+        return {"BF16": k.ENC_BF16, "F16": k.ENC_F16, "F32": k.ENC_F32}.get(dtype)
+    if scheme == "mxfp4":
+        return k.ENC_E2M1
+    return {"F8_E4M3": k.ENC_E4M3, "F8_E5M2": k.ENC_E5M2}.get(dtype)
+
+
+def item_width() -> int:
+    """Columns of a side's item table (see _compiled.IT_*)."""
+    return _compiled().IT_WIDTH
+
+
+def delta_parts(items_a: np.ndarray, pool_a: np.ndarray, items_b: np.ndarray, pool_b: np.ndarray, n: np.ndarray,
+                grouping: np.ndarray, bins: int, clip: float) -> tuple[np.ndarray, ...]:
+    """Per-part statistics of a batch of parts read and decoded by the kernel (_compiled.delta_parts):
+    (sums, counts, hists, groups, failed), one row per part; fold each tensor's rows with fold_parts."""
+    import numba  # loaded by _compiled() already
+
+    consts, edges = _histogram_constants(bins, clip, np.float32)
+    with _LAUNCH:
+        return _compiled().delta_parts(items_a, pool_a, items_b, pool_b, n, consts, edges, numba.get_num_threads(),
+                                       grouping)
+
+
 def fold_parts(stats: DeltaStats, sums: np.ndarray, counts: np.ndarray, hists: np.ndarray, numel: int) -> None:
     """Add the kernel's per-part results into `stats`.
 
@@ -202,6 +230,62 @@ def fold_parts(stats: DeltaStats, sums: np.ndarray, counts: np.ndarray, hists: n
     stats.add_moments(n_r, *central_sums(n_r, sums[:, k.R_SHIFT], sums[:, k.R_S1], sums[:, k.R_S2],
                                          sums[:, k.R_S3], sums[:, k.R_S4]))
     stats.hist += hists.sum(axis=0)
+
+
+def fold_segments(targets: list[DeltaStats], first: np.ndarray, sums: np.ndarray, counts: np.ndarray,
+                  hists: np.ndarray, n: np.ndarray) -> None:
+    """fold_parts for many tensors at once: rows first[i] .. first[i + 1] - 1 of the kernel's per-part
+    results (n: each part's elements) belong to targets[i] (the last segment runs to the end).
+
+    A batch of small tensors is thousands of segments; fold_parts on each costs ~20 numpy
+    calls per tensor. Here every reduction is one numpy call over the whole batch and each
+    target gets a few float additions. The parts' shape sums merge into one mean and central
+    sums per segment first (the formula of shape.combine, by segment), then into the target.
+    """
+    from weightsurgeon.kernels.shape import combine
+
+    if not targets:
+        return
+    k = _compiled()
+    first = np.asarray(first, dtype=np.intp)
+    lengths = np.diff(np.append(first, sums.shape[0]))
+    seg = {col: np.add.reduceat(sums[:, col], first) for col in (k.SUM_SQ_DELTA, k.SUM_SQ_A, k.SUM_SQ_B, k.DOT_AB,
+                                                                  k.SUM_DELTA)}
+    max_abs = np.maximum.reduceat(sums[:, k.MAX_ABS_DELTA], first)
+    n_finite = np.add.reduceat(counts[:, k.N_FINITE], first)
+    n_base_zero = np.add.reduceat(counts[:, k.N_BASE_ZERO], first)
+    hist = np.add.reduceat(hists, first, axis=0)
+    n_r = hists.sum(axis=1).astype(np.float64)
+    mean, m2, m3, m4 = central_sums(n_r, sums[:, k.R_SHIFT], sums[:, k.R_S1], sums[:, k.R_S2], sums[:, k.R_S3],
+                                    sums[:, k.R_S4])
+    total = np.add.reduceat(n_r, first)
+    pooled = np.add.reduceat(n_r * mean, first) / np.where(total > 0, total, 1.0)
+    d = mean - np.repeat(pooled, lengths)
+    c2 = np.maximum(np.add.reduceat(m2 + n_r * d * d, first), 0.0)
+    c3 = np.add.reduceat(m3 + 3.0 * m2 * d + n_r * d ** 3, first)
+    c4 = np.maximum(np.add.reduceat(m4 + 4.0 * m3 * d + 6.0 * m2 * d * d + n_r * d ** 4, first), 0.0)
+    numel = np.add.reduceat(np.asarray(n, dtype=np.int64), first)
+    columns = [seg[c].tolist() for c in (k.SUM_SQ_DELTA, k.SUM_SQ_A, k.SUM_SQ_B, k.DOT_AB, k.SUM_DELTA)]
+    rows = zip(targets, *columns, max_abs.tolist(), n_finite.tolist(), numel.tolist(), n_base_zero.tolist(),
+               total.tolist(), pooled.tolist(), c2.tolist(), c3.tolist(), c4.tolist(), hist)
+    for st, sdd, saa, sbb, sab, sd, mx, nf, ne, nbz, nr, mu, q2, q3, q4, h in rows:
+        st.sum_sq_delta += sdd
+        st.sum_sq_a += saa
+        st.sum_sq_b += sbb
+        st.dot_ab += sab
+        st.sum_delta += sd
+        st.max_abs_delta = max(st.max_abs_delta, mx)
+        st.n += nf
+        st.n_nonfinite += ne - nf
+        st.n_base_zero += nbz
+        if nr > 0:
+            if st.r_n == 0:
+                st.r_mean, st.r_m2, st.r_m3, st.r_m4 = mu, q2, q3, q4
+            else:
+                _, st.r_mean, st.r_m2, st.r_m3, st.r_m4 = combine(np.array([st.r_n, nr]), np.array([st.r_mean, mu]),
+                                                                  np.array([st.r_m2, q2]), np.array([st.r_m3, q3]),
+                                                                  np.array([st.r_m4, q4]))
+        st.hist += h
 
 
 def count_nonfinite(x: np.ndarray, dtype: str) -> int:
