@@ -191,7 +191,9 @@ def scan(tensors: dict[str, "TensorInfo"], config: dict | None, where: str) -> Q
     parts: dict[str, str] = {}
     for name, info in tensors.items():
         if info.dtype in FP8_DTYPES:
-            scale = next((tensors[name + sfx] for sfx in FP8_SCALE_SUFFIXES if name + sfx in tensors), None)
+            scale = tensors.get(name + FP8_SCALE_SUFFIXES[0])  # the first that exists wins
+            if scale is None:
+                scale = tensors.get(name + FP8_SCALE_SUFFIXES[1])
             if scale is None:
                 if method in ("fp8", "compressed-tensors"):
                     raise SurgeonError(f"{where}: FP8 weight {name!r} has no scale ({name}_scale_inv or "

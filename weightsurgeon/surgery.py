@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import copy
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -117,8 +118,10 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     shard_of: dict[str, int] | None = None  # output tensor -> shard number (cast: the input's); None: by size
 
-    @property
+    @functools.cached_property
     def total_bytes(self) -> int:
+        """Once per plan (a plan is complete when built and never changed): the writer, its progress
+        bars and the summary all ask, and a DeepSeek-sized plan is 92k tensors to sum."""
         return sum(t.nbytes for t in self.tensors)
 
     @property
@@ -285,7 +288,8 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
         elif n in taken_set:
             tensors.append(_spliced_tensor(base, donor, n, sources[n], base_emb, alpha))
         elif n in base.tensors:  # an untaken DONOR head of a tied BASE is simply not written
-            tensors.extend(_copy(base, "base", [n]))
+            info = base.tensors[n]
+            tensors.append(PlannedTensor(n, info.dtype, info.shape, Source("copy", role="base", name=n), False))
     config, edits, warnings = _splice_config(base, lay_b, untied=any(n in taken_set for n in untie_names),
                                              emb_taken=base_emb in taken_set)
     warnings += left_out
