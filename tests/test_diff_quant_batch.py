@@ -225,3 +225,30 @@ def test_a_file_truncated_under_the_kernel_is_an_error_naming_it(moe_pair, tmp_p
     finally:
         base.close()
         tuned.close()
+
+
+def test_statistics_are_handed_on_only_once_folded(moe_pair) -> None:
+    """A tensor's statistics are incomplete until the batch holding its parts is flushed: `then`
+    defers whatever reads them (a streamed report row) until that flush, and runs at once when
+    nothing is queued."""
+    from weightsurgeon.checkpoint import open_checkpoint
+    from weightsurgeon.diff import plan_diff
+    from weightsurgeon.kernels.stats import DeltaStats
+    from weightsurgeon.quant_diff import PartBatch
+
+    base, tuned = open_checkpoint(moe_pair["paths"]["base"]), open_checkpoint(moe_pair["paths"]["tuned"])
+    try:
+        pair = plan_diff(base, [tuned]).pairs[0]
+        batch = PartBatch(base, [tuned], 200, 1.0)
+        seen = []
+        batch.then(seen.append, "idle")
+        assert seen == ["idle"]
+        stats = DeltaStats.empty()
+        batch.add(pair, 0, pair.numel, stats, None)
+        batch.then(lambda: seen.append(stats.n + stats.n_nonfinite))
+        assert seen == ["idle"] and stats.n == 0
+        batch.flush()
+        assert seen == ["idle", pair.numel]
+    finally:
+        base.close()
+        tuned.close()

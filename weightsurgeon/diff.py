@@ -564,6 +564,14 @@ class _ChunkReader:
         if self.batch is not None:
             self.batch.flush()
 
+    def then(self, callback: Any, *args: Any) -> None:
+        """callback(*args) once the statistics of every chunk handed to `run` so far are complete
+        (quantized pairs are computed in batches: see quant_diff.PartBatch.then)."""
+        if self.batch is None:
+            callback(*args)
+        else:
+            self.batch.then(callback, *args)
+
     def run(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int, stats: dict[tuple[int, str], Any],
             groups: dict[tuple[int, str], Any]) -> int:
         """Fold elements [start, stop) of every pair into its stats (and its per-head/expert

@@ -52,6 +52,17 @@ class PartBatch:
         self.pools: tuple[list, list] = ([], [])
         self.pool_len = [0, 0]
         self.elems = 0
+        self.waiting: list[tuple[Any, tuple]] = []  # (callback, args) to run once the queued parts are folded
+
+    def then(self, callback: Any, *args: Any) -> None:
+        """Run callback(*args) once every part queued so far is folded into its statistics: now when
+        nothing is queued, else right after the next flush. A caller that uses a tensor's statistics
+        when its last chunk has been handed over (a report row streamed out) must go through here:
+        until the flush its statistics are incomplete."""
+        if self.n:
+            self.waiting.append((callback, args))
+        else:
+            callback(*args)
 
     # -- what the batch takes ------------------------------------------------------------
 
@@ -155,7 +166,10 @@ class PartBatch:
             if failed.any():
                 raise SurgeonError("read failed while diffing quantized tensors (the files changed or went away)")
         self._fold(sums, counts, hists, groups, n)
+        waiting = self.waiting
         self._reset()
+        for callback, args in waiting:
+            callback(*args)
 
     def _fold(self, sums: "np.ndarray", counts: "np.ndarray", hists: "np.ndarray", groups: "np.ndarray",
               n: "np.ndarray") -> None:
