@@ -345,3 +345,69 @@ def test_cast_output_loads_in_transformers_with_the_reference_logits(tmp_path, s
         assert torch.equal(theirs.state_dict()[k].to(v.dtype), v), k
     assert not torch.equal(mine.state_dict()["model.layers.0.self_attn.o_proj.weight"],
                            model.state_dict()["model.layers.0.self_attn.o_proj.weight"])  # it was quantized
+
+
+def _ocp_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float64 values per the OCP MX v1.0 spec: E2M1 (sign, 2-bit exponent bias 1, 1 mantissa bit) x 2^(E8M0 - 127);
+    element 2k of a 32-value block is byte k's low nibble."""
+    def e2m1(code: int) -> float:
+        sign = -1.0 if code & 8 else 1.0
+        exp, man = (code >> 1) & 3, code & 1
+        return sign * (man * 0.5 if exp == 0 else (1 + man / 2) * 2.0 ** (exp - 1))
+
+    table = np.array([e2m1(c) for c in range(16)])
+    low, high = table[blocks & 15], table[blocks >> 4]
+    vals = np.stack([low, high], axis=-1).reshape(*blocks.shape[:-1], 32)
+    return (vals * np.exp2(scales.astype(np.float64) - 127)[..., None]).reshape(*blocks.shape[:-2], -1)
+
+
+def test_gpt_oss_mxfp4_cast_loads_as_transformers_bf16_gpt_oss(tmp_path, surgeon):
+    """MXFP4 expert stacks become transformers' bf16 GptOssExperts parameters: [E, hidden, 2 x intermediate] and
+    [E, intermediate, hidden], equal to convert_moe_packed_tensors and to the OCP spec; logits equal the reference."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    config = transformers.GptOssConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+                                       num_experts_per_tok=2, layer_types=["sliding_attention", "full_attention"],
+                                       sliding_window=8, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.GptOssForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    state = dict(model.state_dict())
+    gen = np.random.default_rng(4)
+    stored = {k: v for k, v in state.items() if not k.endswith(("experts.gate_up_proj", "experts.down_proj"))}
+    reference = dict(state)
+    for k in [k for k in state if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        experts, n_in, n_out = state[k].shape
+        blocks = gen.integers(0, 256, size=(experts, n_out, n_in // 32, 16), dtype=np.uint8)
+        scales = gen.integers(118, 128, size=(experts, n_out, n_in // 32), dtype=np.uint8)
+        scales[0, 0, 0] = 0  # 2^-127: float32 denormals
+        stored[k + "_blocks"], stored[k + "_scales"] = torch.from_numpy(blocks), torch.from_numpy(scales)
+        theirs = convert_moe_packed_tensors(torch.from_numpy(blocks), torch.from_numpy(scales), dtype=torch.bfloat16)
+        ocp = torch.from_numpy(_ocp_mxfp4(blocks, scales)).float().transpose(1, 2).to(torch.bfloat16)
+        assert theirs.shape == state[k].shape and torch.equal(theirs, ocp)
+        reference[k] = theirs
+    cfg = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert":
+                                  ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    mx = _save(tmp_path / "mxfp4", stored, cfg, shards=2)
+    out = tmp_path / "cast"
+    result = surgeon("cast", mx, "--dtype", "bf16", "-o", out, "--verify")
+    assert result.code == 0, result.stderr
+    assert "[experts, in, out]" in result.stderr
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, reference[k]), k
+    ref_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+    ref_model.load_state_dict(reference)
+    ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(_logits(loaded, ids), _logits(ref_model, ids))
+    # f32 keeps every value exactly (E2M1 x a power of two)
+    assert surgeon("cast", mx, "--dtype", "f32", "--module", "experts", "--layers", "1", "-o", tmp_path / "f32").code == 0
+    got = _load(tmp_path / "f32")
+    name = "model.layers.1.mlp.experts.down_proj"
+    blocks, scales = stored[name + "_blocks"].numpy(), stored[name + "_scales"].numpy()
+    assert torch.equal(got[name], torch.from_numpy(_ocp_mxfp4(blocks, scales)).float().transpose(1, 2))
+    assert "model.layers.0.mlp.experts.down_proj_blocks" in got
