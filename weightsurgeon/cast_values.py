@@ -24,6 +24,7 @@ import numpy as np
 
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.kernels.dtypes import itemsize
+from weightsurgeon.kernels.quant import FP8_TABLES, OUT_KINDS, SCALE_KINDS
 
 if TYPE_CHECKING:
     from weightsurgeon.quant import QuantTensor
@@ -84,10 +85,7 @@ def values(reader: "SourceReader", t: "PlannedTensor", start: int, count: int) -
 
 def fp8_entry(q: "QuantTensor", codes_at: int, scales_at: int, row0: int, rows: int, out_at: int,
               out_dtype: str) -> list[int]:
-    """One row of the compiled loop's table (kernels/_quant_loops.py: E_* columns)."""
-    from weightsurgeon.kernels._quant_loops import OUT_KINDS, SCALE_KINDS
-    from weightsurgeon.kernels.quant import FP8_TABLES
-
+    """One row of the compiled loop's table (kernels/quant.py: E_* columns)."""
     cols = q.cols if q.shape else 1
     return [codes_at, scales_at, SCALE_KINDS[q.scale.dtype], rows, cols, q.block[0], q.block[1],
             FP8_TABLES.index(q.data.dtype), out_at, OUT_KINDS[out_dtype], row0]
@@ -129,51 +127,56 @@ def _fp8_rows(reader: "SourceReader", t: "PlannedTensor", q: "QuantTensor", star
 def write_dequant_run(tensors: list["PlannedTensor"], reader: "SourceReader", fd: int, pos: int, behind,
                       digest=None) -> tuple[int, int]:
     """Write the leading FP8 dequantize sources of `tensors` that batch (see `batchable`) with one read,
-    one compiled call and one write; returns (how many tensors, bytes written)."""
+    one compiled call and one write; returns (how many tensors, bytes written).
+
+    The loop below runs once per tensor of a 90k-tensor model: it keeps to plain lookups."""
     from weightsurgeon.kernels.quant import cast_fp8
     from weightsurgeon.writer import pwrite_all
 
-    first = quant_of(reader, tensors[0])
-    ckpt = reader.inputs[tensors[0].source.role]
-    lo, hi = _span(first)
-    taken: list[tuple["PlannedTensor", "QuantTensor"]] = []
+    role = tensors[0].source.role
+    ckpt = reader.inputs[role]
+    quant = ckpt.quant.tensors
+    file = quant[tensors[0].source.name].data.file
+    lo = hi = None
+    entries: list[list[int]] = []
+    taken: list["PlannedTensor"] = []
     out_bytes = 0
     for t in tensors:
-        if not batchable(reader, t) or t.source.role != tensors[0].source.role:
+        src = t.source
+        if src.kind != "dequantize" or src.role != role:
             break
-        q = quant_of(reader, t)
-        a, b = _span(q)
-        if q.data.file != first.data.file or max(hi, b) - min(lo, a) > RUN_INPUT_BYTES \
-                or out_bytes + t.nbytes > RUN_INPUT_BYTES * 2:
+        q = quant[src.name]
+        data, scale = q.data, q.scale
+        if q.scheme == "mxfp4" or data.file != file or scale.file != file or data.nbytes > RUN_TENSOR_BYTES \
+                or not data.nbytes:
             break
-        lo, hi = min(lo, a), max(hi, b)
-        taken.append((t, q))
+        a, b = min(data.begin, scale.begin), max(data.end, scale.end)
+        a, b = (a, b) if lo is None else (min(lo, a), max(hi, b))
+        if b - a > RUN_INPUT_BYTES or out_bytes + t.nbytes > 2 * RUN_INPUT_BYTES:
+            break
+        lo, hi = a, b
+        cols = q.shape[-1] if q.shape else 1
+        entries.append([data.begin, scale.begin, SCALE_KINDS[scale.dtype], q.numel // cols, cols, q.block[0],
+                        q.block[1], FP8_TABLES.index(data.dtype), out_bytes, OUT_KINDS[t.dtype], 0])
+        taken.append(t)
         out_bytes += t.nbytes
     if not taken:
         return 0, 0
     window = reader.buffer("run-in", hi - lo)
-    got = ckpt.byte_source(first.data.file).read_into(lo, window)
+    got = ckpt.byte_source(file).read_into(lo, window)
     if got != hi - lo:
-        raise SurgeonError(f"{first.data.file}: file is shorter than its header says (truncated near {first.name!r})")
+        raise SurgeonError(f"{file}: file is shorter than its header says (truncated near {taken[0].name!r})")
+    table = np.array(entries, dtype=np.int64)
+    table[:, :2] -= lo  # file offsets -> offsets in the window
     out = reader.buffer("run-out", out_bytes)
-    entries = []
-    at = 0
-    for t, q in taken:
-        rows = q.numel // (q.cols if q.shape else 1) if q.numel else 0
-        entries.append(fp8_entry(q, q.data.begin - lo, q.scale.begin - lo, 0, rows, at, t.dtype))
-        at += t.nbytes
-    bad = cast_fp8(np.frombuffer(window, np.uint8), np.array(entries, dtype=np.int64), np.frombuffer(out, np.uint8))
-    if bad is not None and taken[bad[0]][0].source.overflow != "inf":
-        raise _overflow_error(taken[bad[0]][0], bad[1])
+    bad = cast_fp8(np.frombuffer(window, np.uint8), table, np.frombuffer(out, np.uint8))
+    if bad is not None and taken[bad[0]].source.overflow != "inf":
+        raise _overflow_error(taken[bad[0]], bad[1])
     if digest is not None:
         digest.update(out)
     pwrite_all(fd, out, pos)
     behind.advance(out_bytes)
     return len(taken), out_bytes
-
-
-def _span(q: "QuantTensor") -> tuple[int, int]:
-    return min(q.data.begin, q.scale.begin), max(q.data.end, q.scale.end)
 
 
 def batchable(reader: "SourceReader", t: "PlannedTensor") -> bool:

@@ -44,11 +44,9 @@ def mxfp4_groups(raw, scales, e2m1, out):  # pragma: no cover - compiled
 # surgeon cast: FP8 rows dequantized straight into the output's stored bytes
 # ---------------------------------------------------------------------------------------
 
-# Columns of one row of the `entries` table fp8_cast reads (one row per tensor slice).
-E_CODES, E_SCALES, E_SCALE_KIND, E_ROWS, E_COLS, E_BR, E_BC, E_TABLE, E_OUT, E_OUT_KIND, E_ROW0 = range(11)
-ENTRY_FIELDS = 11
-SCALE_KINDS = {"F32": 0, "BF16": 1, "F16": 2}
-OUT_KINDS = {"BF16": 0, "F16": 1, "F32": 2}
+# Columns of the `entries` table fp8_cast reads (one row per tensor slice): kernels/quant.py.
+from weightsurgeon.kernels.quant import (E_BC, E_BR, E_CODES, E_COLS, E_OUT, E_OUT_KIND, E_ROW0, E_ROWS,  # noqa: E402
+                                         E_SCALE_KIND, E_SCALES, E_TABLE)
 
 
 @njit(inline="always")

@@ -104,6 +104,10 @@ def quantize_fp8_blocks(values: np.ndarray, block: tuple[int, int], dtype: str =
 
 
 FP8_TABLES = ("F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ")  # rows of fp8_tables(), by dtype
+# Columns of one row of cast_fp8's `entries` table, and the codes of its dtypes.
+E_CODES, E_SCALES, E_SCALE_KIND, E_ROWS, E_COLS, E_BR, E_BC, E_TABLE, E_OUT, E_OUT_KIND, E_ROW0 = range(11)
+SCALE_KINDS = {"F32": 0, "BF16": 1, "F16": 2}
+OUT_KINDS = {"BF16": 0, "F16": 1, "F32": 2}
 
 
 @functools.lru_cache(maxsize=1)
