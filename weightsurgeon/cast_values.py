@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from weightsurgeon.writer import SourceReader
 
 CAST_KINDS = ("dequantize", "quantize", "quantize_scale")
-RUN_INPUT_BYTES = 32 * 1024 * 1024  # input bytes one batched call may span
+RUN_INPUT_BYTES = 8 * 1024 * 1024  # input bytes one batched call may span (its output: at most twice that)
 RUN_TENSOR_BYTES = 4 * 1024 * 1024  # larger tensors stream by row slices instead
 F16_MAX = 65504.0
 
