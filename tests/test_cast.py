@@ -147,7 +147,18 @@ def test_fp8_cast_equals_torch_bit_for_bit(tmp_path, surgeon, monkeypatch, targe
 def test_partial_cast_keeps_the_rest_quantized(tmp_path, surgeon):
     model, tensors = _fp8_model(tmp_path / "fp8")
     out = tmp_path / "out"
-    assert surgeon("cast", model, "--dtype", "bf16", "--module", "o_proj", "--layers", "0", "-o", out).code == 0
+    plan = json.loads(surgeon("cast", model, "--dtype", "bf16", "--module", "o_proj", "--layers", "0", "--dry-run",
+                              "--json").stdout)
+    sources = {t["name"]: t["source"]["kind"] for t in plan["tensors"]}
+    assert sources["model.layers.0.self_attn.o_proj.weight"] == "dequantize" and plan["shards"] == 2
+    assert "model.layers.0.self_attn.o_proj.weight_scale_inv" not in sources and not out.exists()
+    assert surgeon("cast", model, "--dtype", "bf16", "--module", "o_proj", "--layers", "0", "--checksums",
+                   "-o", out).code == 0
+    import hashlib
+
+    files = json.loads((out / "surgeon.json").read_text())["files"]  # taken while writing (batched runs too)
+    for name in [p.name for p in out.glob("*.safetensors")]:
+        assert files[name]["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
     got = _load(out)
     name = "model.layers.0.self_attn.o_proj.weight"
     _same_bits(got[name], _ref_dequantize(tensors[name], tensors[name + "_scale_inv"]).to(torch.bfloat16))
