@@ -142,6 +142,18 @@ class Checkpoint:
         fd = self.byte_source(info.file).fileno()
         return None if fd is None else (fd, info.begin)
 
+    def lendable(self, info: TensorInfo, offset: int) -> int:
+        """Bytes of the tensor from ``offset`` that its source can lend in place (a remote file's
+        fetched piece, aligned to the element width), 0 where they must be read (ByteSource.lend)."""
+        span = self.byte_source(info.file).lendable(info.begin + offset, info.itemsize)
+        return min(span, info.nbytes - offset)
+
+    def lend(self, info: TensorInfo, offset: int, nbytes: int) -> memoryview:
+        return self.byte_source(info.file).lend(info.begin + offset, nbytes)
+
+    def give_back(self, info: TensorInfo, offset: int, nbytes: int) -> None:
+        self.byte_source(info.file).give_back(info.begin + offset, nbytes)
+
     def read_into(self, info: TensorInfo, offset: int, out: memoryview | bytearray | np.ndarray) -> None:
         """Fill ``out`` with the tensor's bytes starting ``offset`` bytes into the tensor."""
         view = memoryview(out).cast("B")

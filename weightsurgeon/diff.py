@@ -449,6 +449,7 @@ class _ChunkReader:
         from weightsurgeon.kernels.delta import accumulate_delta, accumulate_delta_from_files, reads_files
 
         self.base, self.others = base, others
+        self.lends = base.is_remote or any(c.is_remote for c in others)  # fetched pieces computed in place
         self.lora_blocks: Any = None  # adapter_diff.LoraBlocks on the first adapted tensor
         self.sizes = (base_bytes, other_bytes, consumers)
         self.buffers: tuple[np.ndarray, list[np.ndarray]] | None = None
@@ -573,13 +574,18 @@ class _ChunkReader:
             self.batch.then(callback, *args)
 
     def run(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int, stats: dict[tuple[int, str], Any],
-            groups: dict[tuple[int, str], Any]) -> int:
+            groups: dict[tuple[int, str], Any], lend: bool = True) -> int:
         """Fold elements [start, stop) of every pair into its stats (and its per-head/expert
         sums where `groups` has them); returns bytes read."""
         if any(p.decoded for p in pairs):
             return self.run_decoded(info, pairs, start, stop, stats, groups)
         count = stop - start
         nbytes = count * info.itemsize
+        if lend and self.lends and all(p.kind == "file" for p in pairs):
+            mid = self._run_lent(info, pairs, start, stop, stats, groups)
+            if mid < stop:  # the rest where a remote side lends nothing: read into our buffers
+                self.run(info, pairs, mid, stop, stats, groups, lend=False)
+            return nbytes + sum(count * p.other.itemsize for p in pairs)
         base_view: np.ndarray | None = None
         for k, p in enumerate(pairs):
             target = stats[(p.tuned, p.name)]
@@ -606,6 +612,40 @@ class _ChunkReader:
             source.read_into(p.other, start * p.other.itemsize, view)
             self.accumulate(target, base_view, view, p.base.dtype, p.other.dtype, units, start)
         return nbytes
+
+
+    def _run_lent(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int,
+                  stats: dict[tuple[int, str], Any], groups: dict[tuple[int, str], Any]) -> int:
+        """`run` on the remote sides' fetch buffers in place (no copy), as far from `start` as every
+        remote side lends its bytes; local sides are read as usual. Returns where it stopped."""
+        import numpy as np
+
+        sides = [(self.base, info)] + [(self.others[p.tuned], p.other) for p in pairs]
+        while start < stop:
+            n = stop - start
+            for ckpt, t in sides:
+                if ckpt.is_remote:
+                    n = min(n, ckpt.lendable(t, start * t.itemsize) // t.itemsize)
+            if n == 0:
+                break
+            arrays = []
+            for k, (ckpt, t) in enumerate(sides):
+                if ckpt.is_remote:
+                    arrays.append(np.frombuffer(ckpt.lend(t, start * t.itemsize, n * t.itemsize), dtype=np.uint8))
+                else:
+                    base_buf, other_bufs = self._buffers()
+                    view = (base_buf if k == 0 else other_bufs[k - 1])[:n * t.itemsize]
+                    ckpt.read_into(t, start * t.itemsize, view)
+                    arrays.append(view)
+            for p, other in zip(pairs, arrays[1:]):
+                self.accumulate(stats[(p.tuned, p.name)], arrays[0], other, p.base.dtype, p.other.dtype,
+                                groups.get((p.tuned, p.name)), start)
+            del arrays
+            for ckpt, t in sides:
+                if ckpt.is_remote:
+                    ckpt.give_back(t, start * t.itemsize, n * t.itemsize)
+            start += n
+        return start
 
 
 def _check_unchanged(base: Checkpoint, others: list[Checkpoint]) -> None:

@@ -7,7 +7,8 @@ the files with their sizes and LFS sha256. Every byte request then names that co
 the model cannot change under a run. Tensor bytes travel through `HubFile`, a `ByteSource`
 whose ranged GETs land straight in the caller's reused buffers (http.client's readinto: no
 copy, no per-request allocation), and `Prefetch` keeps a bounded number of requests in
-flight ahead of the reader, in the order the plan reads.
+flight ahead of the reader, in the order the plan reads; the reader computes on (or writes
+out) the fetched pieces in place (`lend`), so each byte is copied once, by the socket.
 
 What a ranged read cannot check: the bytes against the file's sha256 (that needs the whole
 file). What it checks: every size against the file list, the header and the index, and the
@@ -299,6 +300,15 @@ class HubFile:
             return self.prefetch.serve(self, pos, view)
         return self.direct(pos, view)
 
+    def lendable(self, pos: int, align: int = 1) -> int:
+        return 0 if self.prefetch is None else self.prefetch.lendable(self, pos, align)
+
+    def lend(self, pos: int, nbytes: int) -> memoryview:
+        return self.prefetch.lend(self, pos, nbytes)
+
+    def give_back(self, pos: int, nbytes: int) -> None:
+        self.prefetch.give_back(self, pos, nbytes)
+
     def direct(self, pos: int, view: memoryview) -> int:
         return self.repo.read_range(self.path.name, pos, view)
 
@@ -335,7 +345,7 @@ class _Piece:
         self.ready = threading.Event()
 
 
-def coalesce(ranges: Iterable[tuple[Any, int, int]], piece: int = PIECE_BYTES) -> list[tuple[Any, int, int]]:
+def coalesce(ranges: Iterable[tuple[Any, int, int]], piece: int | None = None) -> list[tuple[Any, int, int]]:
     """Byte ranges (file, begin, end) in reading order -> requests: neighbours merged, cut into pieces.
 
     Only ranges that touch merge (no gap bytes are fetched), so a selection costs its own
@@ -350,6 +360,7 @@ def coalesce(ranges: Iterable[tuple[Any, int, int]], piece: int = PIECE_BYTES) -
         else:
             merged.append([f, begin, end])
     out = []
+    piece = piece or PIECE_BYTES
     for f, begin, end in merged:
         for start in range(begin, end, piece):
             out.append((f, start, min(end, start + piece)))
@@ -456,20 +467,50 @@ class Prefetch:
                 if got < stop - at:
                     break
                 continue
-            p.ready.wait()
-            if p.error is not None:
-                raise p.error
             n = min(p.end, pos + len(view)) - at
-            view[done:done + n] = memoryview(p.buf)[at - p.begin:at - p.begin + n]
+            view[done:done + n] = self._arrived(p)[at - p.begin:at - p.begin + n]
             done += n
-            with self.lock:
-                p.consumed += n
-                if p.consumed >= p.end - p.begin and p.state == "done":
-                    p.state = "released"
-                    self.pool.append(p.buf)
-                    p.buf = None
-                    self.slots.release()
+            self._consume(p, n)
         return done
+
+    def _arrived(self, p: _Piece) -> memoryview:
+        """The piece's buffer once its bytes are in (its worker's error raised here, in the reader's thread)."""
+        p.ready.wait()
+        if p.error is not None:
+            raise p.error
+        return memoryview(p.buf)
+
+    def _consume(self, p: _Piece, n: int) -> None:
+        """n more of the piece's bytes were read: once all were, its buffer goes back to the pool."""
+        with self.lock:
+            p.consumed += n
+            if p.consumed >= p.end - p.begin and p.state == "done":
+                p.state = "released"
+                self.pool.append(p.buf)
+                p.buf = None
+                self.slots.release()
+
+    def lendable(self, f: HubFile, pos: int, align: int) -> int:
+        """Bytes from `pos` to the end of its piece, if that piece is fetched or being fetched and
+        `pos` lies `align`-aligned in its buffer; else 0 (a piece nobody started is read
+        directly into the reader's own buffer by serve, also without a second copy)."""
+        p = self._find(f, pos)
+        if p is None or (pos - p.begin) % align:
+            return 0
+        with self.lock:
+            return p.end - pos if p.state in ("fetching", "done", "failed") else 0
+
+    def lend(self, f: HubFile, pos: int, nbytes: int) -> memoryview:
+        """The bytes [pos, pos + nbytes) inside the fetch buffer (after lendable said so); waits for them."""
+        p = self._find(f, pos)
+        if p is None or pos + nbytes > p.end:
+            raise ValueError(f"internal: {f.name} bytes {pos}+{nbytes} are not in one fetched piece")
+        return self._arrived(p)[pos - p.begin:pos - p.begin + nbytes]
+
+    def give_back(self, f: HubFile, pos: int, nbytes: int) -> None:
+        p = self._find(f, pos)
+        if p is not None:
+            self._consume(p, nbytes)
 
     def stop(self) -> None:
         self.stopped = True

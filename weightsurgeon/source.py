@@ -4,6 +4,9 @@ The engine reads tensor bytes through this one interface, so planning, selection
 diff loop and the writer do not care where the bytes live. A local file also hands out
 its descriptor (`fileno`) to readers of our own that want it (the diff kernel's pread,
 copy_file_range); a remote file has none, and those readers fall back to `read_into`.
+A remote file whose bytes were fetched ahead can instead lend them where they landed
+(`lendable`, `lend`, `give_back`), so the diff kernel and the writer read the fetch
+buffers themselves: no second copy of every byte.
 """
 from __future__ import annotations
 
@@ -23,6 +26,18 @@ class ByteSource(Protocol):
     def read_into(self, pos: int, view: memoryview) -> int: ...
 
     def fileno(self) -> int | None: ...
+
+    def lendable(self, pos: int, align: int = 1) -> int:
+        """Bytes from `pos` that `lend` can hand out in place (0: use read_into). Never waits."""
+        ...
+
+    def lend(self, pos: int, nbytes: int) -> memoryview:
+        """The bytes [pos, pos + nbytes) where they are held (nbytes <= lendable(pos)); waits until they arrived."""
+        ...
+
+    def give_back(self, pos: int, nbytes: int) -> None:
+        """The reader is done with lent bytes: their buffer may be reused."""
+        ...
 
     def close(self) -> None: ...
 
@@ -76,6 +91,15 @@ class LocalFile:
                 break
             done += n
         return done
+
+    def lendable(self, pos: int, align: int = 1) -> int:
+        return 0  # the page cache is read by pread or copy_file_range, never lent
+
+    def lend(self, pos: int, nbytes: int) -> memoryview:
+        raise ValueError(f"internal: {self.name} lends no bytes")
+
+    def give_back(self, pos: int, nbytes: int) -> None:
+        pass
 
     def close(self) -> None:
         if self._fd is not None:

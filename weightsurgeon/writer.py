@@ -198,8 +198,9 @@ class SourceReader:
 
 
 class RawCopier:
-    """Copies byte ranges into the output: copy_file_range from a local file where it works, else
-    through one reused buffer (a remote file is streamed straight into the output this way)."""
+    """Copies byte ranges into the output: copy_file_range from a local file where it works, a
+    remote file's fetched pieces written out from the fetch buffers (no copy), else through
+    one reused buffer."""
 
     def __init__(self, use_copy_file_range: bool = True) -> None:
         self.use_cfr = use_copy_file_range and hasattr(os, "copy_file_range")
@@ -232,6 +233,15 @@ class RawCopier:
 
     def _copy_buffered(self, src: ByteSource, src_off: int, dst_fd: int, dst_off: int, want: int,
                        digest: "hashlib._Hash | None" = None) -> int:
+        span = min(want, src.lendable(src_off))
+        if span:  # a fetched remote piece: written out from where it landed
+            view = src.lend(src_off, span)
+            if digest is not None:
+                digest.update(view)
+            pwrite_all(dst_fd, view, dst_off)
+            del view
+            src.give_back(src_off, span)
+            return span
         if self._buffer is None:
             self._buffer = bytearray(COPY_BUFFER)
         view = memoryview(self._buffer)[:min(want, len(self._buffer))]
