@@ -369,3 +369,52 @@ def test_failed_remote_surgery_leaves_nothing(hub: HubServer, pair: tuple[Path, 
     assert res.returncode == 1 and "Traceback" not in res.stderr and f"{last} not found at commit" in res.stderr
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(("m", ".m"))] == []
     assert shard_bytes(base) == before
+
+
+def test_lent_pieces_cut_anywhere_give_the_local_numbers(hub: HubServer, pair: tuple[Path, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel computes on the fetch buffers in place. Pieces of an odd size (element boundaries
+    inside them: those bytes are read into the diff's own buffers instead) and a tuned model laid
+    out otherwise (one file, so its pieces start elsewhere than the base's) still give the
+    local numbers, and no byte is fetched twice."""
+    import numpy as np
+    from huggingface_hub import constants
+    from safetensors.torch import load_file, save_file
+
+    from weightsurgeon import remote
+    from weightsurgeon.diff import diff_checkpoints
+
+    base, tuned = pair
+    single = tmp_path / "single"
+    single.mkdir()
+    tensors = {}
+    for f in sorted(tuned.glob("*.safetensors")):
+        tensors.update(load_file(f))
+    save_file(tensors, single / "model.safetensors", metadata={"format": "pt", "note": "x" * 13})
+    (single / "config.json").write_bytes((tuned / "config.json").read_bytes())
+    hub.add(BASE, base)
+    hub.add(TUNED, single)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(remote, "PIECE_BYTES", 50_001)
+    monkeypatch.setattr(remote, "WINDOW_BYTES", 4 * 50_001)
+    lent = []
+    real_lend = remote.Prefetch.lend
+    monkeypatch.setattr(remote.Prefetch, "lend", lambda self, f, pos, n: lent.append(n) or real_lend(self, f, pos, n))
+    with open_checkpoint(BASE, remote=True) as b, open_checkpoint(TUNED, remote=True) as t:
+        hub.reset()
+        got = diff_checkpoints(b, [t])
+    data_bytes = sum(info.nbytes for c in (base, single) for info in open_checkpoint(c))
+    assert data_bytes <= hub.data_bytes <= data_bytes * 1.01  # nothing fetched twice
+    # odd pieces put every other piece off the element grid: those bytes are read, the rest lent
+    assert data_bytes / 5 < sum(lent) < data_bytes
+    want = diff_checkpoints(base, [single])
+    rows = {r.name: r.stats for r in want.tensors}
+    assert len(rows) == len(got.tensors) > 20
+    for r in got.tensors:
+        a, w = r.stats, rows[r.name]
+        assert (a.n, a.n_nonfinite, a.n_base_zero, a.max_abs_delta) == (w.n, w.n_nonfinite, w.n_base_zero, w.max_abs_delta)
+        assert np.array_equal(a.hist, w.hist), r.name
+        for key in ("sum_sq_delta", "sum_sq_a", "sum_sq_b", "dot_ab", "sum_delta"):
+            assert getattr(a, key) == pytest.approx(getattr(w, key), rel=1e-12, abs=1e-300), (r.name, key)

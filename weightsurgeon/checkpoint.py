@@ -142,11 +142,11 @@ class Checkpoint:
         fd = self.byte_source(info.file).fileno()
         return None if fd is None else (fd, info.begin)
 
-    def lendable(self, info: TensorInfo, offset: int) -> int:
-        """Bytes of the tensor from ``offset`` that its source can lend in place (a remote file's
-        fetched piece, aligned to the element width), 0 where they must be read (ByteSource.lend)."""
-        span = self.byte_source(info.file).lendable(info.begin + offset, info.itemsize)
-        return min(span, info.nbytes - offset)
+    def lendable(self, info: TensorInfo, offset: int) -> tuple[int, bool]:
+        """(bytes of the tensor from ``offset`` in the fetched piece holding them, whether its source
+        can lend them in place, aligned to the element width); see ByteSource.lendable."""
+        span, ok = self.byte_source(info.file).lendable(info.begin + offset, info.itemsize)
+        return min(span, info.nbytes - offset), ok
 
     def lend(self, info: TensorInfo, offset: int, nbytes: int) -> memoryview:
         return self.byte_source(info.file).lend(info.begin + offset, nbytes)

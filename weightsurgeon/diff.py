@@ -582,9 +582,7 @@ class _ChunkReader:
         count = stop - start
         nbytes = count * info.itemsize
         if lend and self.lends and all(p.kind == "file" for p in pairs):
-            mid = self._run_lent(info, pairs, start, stop, stats, groups)
-            if mid < stop:  # the rest where a remote side lends nothing: read into our buffers
-                self.run(info, pairs, mid, stop, stats, groups, lend=False)
+            self._run_lent(info, pairs, start, stop, stats, groups)
             return nbytes + sum(count * p.other.itemsize for p in pairs)
         base_view: np.ndarray | None = None
         for k, p in enumerate(pairs):
@@ -615,19 +613,28 @@ class _ChunkReader:
 
 
     def _run_lent(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int,
-                  stats: dict[tuple[int, str], Any], groups: dict[tuple[int, str], Any]) -> int:
-        """`run` on the remote sides' fetch buffers in place (no copy), as far from `start` as every
-        remote side lends its bytes; local sides are read as usual. Returns where it stopped."""
+                  stats: dict[tuple[int, str], Any], groups: dict[tuple[int, str], Any]) -> None:
+        """`run` on the remote sides' fetch buffers in place (no copy), where every remote side lends
+        its bytes; local sides are read as usual. Where a side cannot lend (a piece nobody
+        fetched yet, an element cut by a piece's end), up to the end of that piece is read
+        into our buffers instead."""
         import numpy as np
 
         sides = [(self.base, info)] + [(self.others[p.tuned], p.other) for p in pairs]
         while start < stop:
-            n = stop - start
+            n, unlent = stop - start, 0
             for ckpt, t in sides:
                 if ckpt.is_remote:
-                    n = min(n, ckpt.lendable(t, start * t.itemsize) // t.itemsize)
+                    span, ok = ckpt.lendable(t, start * t.itemsize)
+                    whole = span // t.itemsize if ok else 0
+                    if not whole:
+                        unlent = max(unlent, -(-span // t.itemsize))
+                    n = min(n, whole)
             if n == 0:
-                break
+                step = min(stop, start + unlent) if unlent else stop
+                self.run(info, pairs, start, step, stats, groups, lend=False)
+                start = step
+                continue
             arrays = []
             for k, (ckpt, t) in enumerate(sides):
                 if ckpt.is_remote:
@@ -645,7 +652,6 @@ class _ChunkReader:
                 if ckpt.is_remote:
                     ckpt.give_back(t, start * t.itemsize, n * t.itemsize)
             start += n
-        return start
 
 
 def _check_unchanged(base: Checkpoint, others: list[Checkpoint]) -> None:

@@ -300,8 +300,8 @@ class HubFile:
             return self.prefetch.serve(self, pos, view)
         return self.direct(pos, view)
 
-    def lendable(self, pos: int, align: int = 1) -> int:
-        return 0 if self.prefetch is None else self.prefetch.lendable(self, pos, align)
+    def lendable(self, pos: int, align: int = 1) -> tuple[int, bool]:
+        return (0, False) if self.prefetch is None else self.prefetch.lendable(self, pos, align)
 
     def lend(self, pos: int, nbytes: int) -> memoryview:
         return self.prefetch.lend(self, pos, nbytes)
@@ -490,15 +490,16 @@ class Prefetch:
                 p.buf = None
                 self.slots.release()
 
-    def lendable(self, f: HubFile, pos: int, align: int) -> int:
-        """Bytes from `pos` to the end of its piece, if that piece is fetched or being fetched and
-        `pos` lies `align`-aligned in its buffer; else 0 (a piece nobody started is read
-        directly into the reader's own buffer by serve, also without a second copy)."""
+    def lendable(self, f: HubFile, pos: int, align: int) -> tuple[int, bool]:
+        """(bytes from `pos` to the end of its piece, whether they can be lent): they can if a
+        worker fetched or is fetching the piece and `pos` lies `align`-aligned in its buffer
+        (a piece nobody started is read by serve directly into the reader's own buffer, also
+        without a second copy)."""
         p = self._find(f, pos)
-        if p is None or (pos - p.begin) % align:
-            return 0
+        if p is None:
+            return 0, False
         with self.lock:
-            return p.end - pos if p.state in ("fetching", "done", "failed") else 0
+            return p.end - pos, p.state in ("fetching", "done", "failed") and (pos - p.begin) % align == 0
 
     def lend(self, f: HubFile, pos: int, nbytes: int) -> memoryview:
         """The bytes [pos, pos + nbytes) inside the fetch buffer (after lendable said so); waits for them."""

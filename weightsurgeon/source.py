@@ -27,8 +27,9 @@ class ByteSource(Protocol):
 
     def fileno(self) -> int | None: ...
 
-    def lendable(self, pos: int, align: int = 1) -> int:
-        """Bytes from `pos` that `lend` can hand out in place (0: use read_into). Never waits."""
+    def lendable(self, pos: int, align: int = 1) -> tuple[int, bool]:
+        """(bytes from `pos` to the end of the fetched piece holding it, whether `lend` can hand them
+        out in place); (0, False) where no piece holds `pos`. Never waits."""
         ...
 
     def lend(self, pos: int, nbytes: int) -> memoryview:
@@ -92,8 +93,8 @@ class LocalFile:
             done += n
         return done
 
-    def lendable(self, pos: int, align: int = 1) -> int:
-        return 0  # the page cache is read by pread or copy_file_range, never lent
+    def lendable(self, pos: int, align: int = 1) -> tuple[int, bool]:
+        return 0, False  # the page cache is read by pread or copy_file_range, never lent
 
     def lend(self, pos: int, nbytes: int) -> memoryview:
         raise ValueError(f"internal: {self.name} lends no bytes")

@@ -233,8 +233,9 @@ class RawCopier:
 
     def _copy_buffered(self, src: ByteSource, src_off: int, dst_fd: int, dst_off: int, want: int,
                        digest: "hashlib._Hash | None" = None) -> int:
-        span = min(want, src.lendable(src_off))
-        if span:  # a fetched remote piece: written out from where it landed
+        span, ok = src.lendable(src_off)
+        span = min(want, span)
+        if span and ok:  # a fetched remote piece: written out from where it landed
             view = src.lend(src_off, span)
             if digest is not None:
                 digest.update(view)
