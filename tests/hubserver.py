@@ -269,3 +269,80 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(2)
             except OSError:
                 pass
+
+
+class ForwardProxy:
+    """A plain-HTTP forward proxy on 127.0.0.1 (``HTTP_PROXY=proxy.url``): it takes absolute-URL
+    GETs, fetches them from the named host, streams the answer back, and logs each request."""
+
+    def __init__(self, lifetime: float = 300.0) -> None:
+        self.log: list[dict] = []
+        self.sent = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(_ProxyHandler):
+            owner = proxy
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.timer = threading.Timer(lifetime, self.close)
+        self.timer.daemon = True
+
+    def __enter__(self) -> "ForwardProxy":
+        self.thread.start()
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.timer.cancel()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    owner: ForwardProxy
+    protocol_version = "HTTP/1.1"
+    _PASS = ("Content-Type", "Content-Length", "Content-Range", "Location", "ETag", "Accept-Ranges", "X-Error-Code")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        import http.client
+
+        parts = urlsplit(self.path)
+        with self.owner.lock:
+            self.owner.log.append({"url": self.path, "range": self.headers.get("Range"),
+                                   "proxy_authorization": self.headers.get("Proxy-Authorization")})
+        if parts.scheme != "http" or not parts.netloc:
+            self.send_response(400)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        headers = {k: v for k, v in self.headers.items() if not k.lower().startswith("proxy-") and k.lower() != "connection"}
+        upstream = http.client.HTTPConnection(parts.netloc, timeout=30)
+        try:
+            upstream.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers)
+            resp = upstream.getresponse()
+            self.send_response(resp.status)
+            for key in self._PASS:
+                if resp.getheader(key) is not None:
+                    self.send_header(key, resp.getheader(key))
+            self.end_headers()
+            while True:
+                block = resp.read(1 << 20)
+                if not block:
+                    break
+                self.wfile.write(block)
+                with self.owner.lock:
+                    self.owner.sent += len(block)
+        except OSError:
+            self.close_connection = True
+        finally:
+            upstream.close()

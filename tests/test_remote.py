@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env, run_cli
-from hubserver import HubServer
+from hubserver import ForwardProxy, HubServer
 
 from weightsurgeon.checkpoint import open_checkpoint
 from weightsurgeon.synth import make_checkpoint
@@ -418,3 +418,47 @@ def test_lent_pieces_cut_anywhere_give_the_local_numbers(hub: HubServer, pair: t
         assert np.array_equal(a.hist, w.hist), r.name
         for key in ("sum_sq_delta", "sum_sq_a", "sum_sq_b", "dot_ab", "sum_delta"):
             assert getattr(a, key) == pytest.approx(getattr(w, key), rel=1e-12, abs=1e-300), (r.name, key)
+
+
+def proxy_env(hub: HubServer, tmp_path: Path, **proxy: str) -> dict[str, str]:
+    """hub_env with only the given proxy variables (the machine's own, either case, removed)."""
+    env = hub_env(hub, tmp_path)
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        env.pop(name, None)
+        env.pop(name.upper(), None)
+    env.update(proxy)
+    return env
+
+
+def test_proxy_from_the_environment_carries_every_request(hub: HubServer, pair: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
+    """HTTP_PROXY (as huggingface_hub's own client honours it) carries the file list and every
+    ranged read, the CDN's included; with NO_PROXY naming the hosts, nothing goes through it."""
+    base, tuned = pair
+    hub.add(BASE, base)
+    hub.add(TUNED, tuned)
+    local = run_cli("diff", base, tuned, "--module", "o_proj", "-o", tmp_path / "local", "--no-plots", "-q")
+    assert local.returncode == 0, local.stderr
+    with ForwardProxy(lifetime=240) as proxy:
+        env = proxy_env(hub, tmp_path, HTTP_PROXY=f"http://user:pw@{proxy.url[len('http://'):]}")
+        res = run_cli("diff", BASE, TUNED, "--module", "o_proj", "--remote", "-o", tmp_path / "remote", "--no-plots",
+                      "-q", env=env)
+        assert res.returncode == 0, res.stderr
+        got = json.loads((tmp_path / "remote" / "report.json").read_text())
+        assert comparable(got) == comparable(json.loads((tmp_path / "local" / "report.json").read_text()))
+        via = [r["url"] for r in proxy.log]
+        assert len(via) == len(hub.log) and any("/api/models/" in u for u in via)
+        ranged = [r for r in proxy.log if "/cdn/" in r["url"]]
+        assert ranged and all(r["range"] for r in ranged) and any("localhost" in r["url"] for r in ranged)
+        assert all(r["proxy_authorization"] == "Basic dXNlcjpwdw==" for r in ranged)  # user:pw
+        assert proxy.sent >= hub.data_bytes >= 2 * module_bytes(base, "o_proj.weight")
+
+        proxy.log.clear()
+        env.update(NO_PROXY="127.0.0.1,localhost")
+        res = run_cli("diff", BASE, TUNED, "--module", "o_proj", "--remote", "-o", tmp_path / "direct", "--no-plots",
+                      "-q", env=env)
+        assert res.returncode == 0, res.stderr
+        assert proxy.log == []
+    env = proxy_env(hub, tmp_path, HTTP_PROXY="socks5://127.0.0.1:1")
+    res = run_cli("diff", BASE, TUNED, "--module", "o_proj", "--remote", "-o", tmp_path / "socks", env=env)
+    assert res.returncode == 1 and "Traceback" not in res.stderr and not (tmp_path / "socks").exists()

@@ -114,22 +114,33 @@ class HubRepo:
         return data
 
     # -- HTTP ------------------------------------------------------------------------------
-    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+    def _connection(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, dict[str, str] | None]:
+        """This thread's connection to `netloc`, and None, or, through a plain-HTTP proxy, the
+        headers that proxy needs (the request then names the absolute URL)."""
         conns = getattr(self._local, "conns", None)
         if conns is None:
             conns = self._local.conns = {}
-        conn = conns.get((scheme, netloc))
-        if conn is None:
-            cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-            conn = conns[(scheme, netloc)] = cls(netloc, timeout=self.timeout)
+        entry = conns.get((scheme, netloc))
+        if entry is None:
+            proxy = proxy_for(scheme, netloc)
+            via: dict[str, str] | None = None
+            if proxy is None:
+                cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+                conn = cls(netloc, timeout=self.timeout)
+            elif scheme == "https":  # a tunnel (CONNECT) through the proxy, TLS to the host itself
+                conn = http.client.HTTPSConnection(proxy[0], timeout=self.timeout)
+                conn.set_tunnel(netloc, headers=proxy[1])
+            else:
+                conn, via = http.client.HTTPConnection(proxy[0], timeout=self.timeout), proxy[1]
+            entry = conns[(scheme, netloc)] = (conn, via)
             with self._lock:
                 self._connections.append(conn)
-        return conn
+        return entry
 
     def _drop(self, scheme: str, netloc: str) -> None:
-        conn = getattr(self._local, "conns", {}).pop((scheme, netloc), None)
-        if conn is not None:
-            conn.close()
+        entry = getattr(self._local, "conns", {}).pop((scheme, netloc), None)
+        if entry is not None:
+            entry[0].close()
 
     def _get(self, url: str, first: int, last: int | None) -> tuple[http.client.HTTPResponse, tuple[str, str]]:
         """GET `url` for bytes first..last (inclusive; None: to the end), following redirects.
@@ -144,7 +155,10 @@ class HubRepo:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             headers["Range"] = f"bytes={first}-{'' if last is None else last}"
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            conn = self._connection(parts.scheme, parts.netloc)
+            conn, via = self._connection(parts.scheme, parts.netloc)
+            if via is not None:  # a plain-HTTP proxy takes the absolute URL (http.client sends Host from it)
+                target = f"{parts.scheme}://{parts.netloc}{target}"
+                headers.update(via)
             try:
                 conn.request("GET", target, headers=headers)
                 resp = conn.getresponse()
@@ -260,6 +274,36 @@ class HubRepo:
             conns, self._connections = self._connections, []
         for conn in conns:
             conn.close()
+
+
+def proxy_for(scheme: str, netloc: str) -> tuple[str, dict[str, str]] | None:
+    """The proxy the environment names for this URL: (host:port, the headers it needs), or None.
+
+    The variables huggingface_hub's own HTTP client honours for the API calls (HTTPS_PROXY,
+    HTTP_PROXY, ALL_PROXY, NO_PROXY, either case), read by the standard library's rules, so
+    the tensor bytes take the same way as the file list. Only http:// proxies are spoken to
+    (https:// targets through them by CONNECT); other kinds are one error line.
+    """
+    import base64
+    import urllib.request
+    from urllib.parse import unquote
+
+    proxies = urllib.request.getproxies()
+    url = proxies.get(scheme) or proxies.get("all")
+    host = urlsplit(f"//{netloc}").hostname or netloc
+    if not url or urllib.request.proxy_bypass(host):
+        return None
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise SurgeonError(f"the proxy {parts.scheme}://{parts.hostname or ''} (from the {scheme.upper()}_PROXY or "
+                           "ALL_PROXY environment variable) is not an http:// proxy, the only kind spoken to for "
+                           "tensor bytes")
+    headers = {}
+    if parts.username is not None:
+        auth = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(auth).decode()
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{parts.port or 80}", headers
 
 
 def _content_range(value: str | None) -> tuple[int, int, int | None]:
