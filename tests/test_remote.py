@@ -462,3 +462,33 @@ def test_proxy_from_the_environment_carries_every_request(hub: HubServer, pair: 
     env = proxy_env(hub, tmp_path, HTTP_PROXY="socks5://127.0.0.1:1")
     res = run_cli("diff", BASE, TUNED, "--module", "o_proj", "--remote", "-o", tmp_path / "socks", env=env)
     assert res.returncode == 1 and "Traceback" not in res.stderr and not (tmp_path / "socks").exists()
+
+
+def test_verify_of_a_remote_surgery_fetches_nothing_again(hub: HubServer, pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """--verify compares what came from the Hub with the sha256 of the bytes as they were fetched
+    and written (and says so): the bytes fetched are those of the run without --verify."""
+    base, tuned = pair
+    hub.add(BASE, base)
+    hub.add(DONOR, tuned)
+    env = hub_env(hub, tmp_path)
+    every = module_bytes(base, "")
+    hub.reset()
+    res = run_cli("zero", BASE, "--module", "o_proj", "--layers", "1-2", "--remote", "--verify", "-o", tmp_path / "z",
+                  env=env)
+    assert res.returncode == 0, res.stderr
+    zeroed = sum(module_bytes(base, f"layers.{i}.self_attn.o_proj.weight") for i in (1, 2))
+    assert every - zeroed <= hub.data_bytes <= sum(p.stat().st_size for p in base.iterdir()) - zeroed + 4096
+    assert "verified byte for byte" in res.stdout and "without fetching them again" in res.stdout
+    local = run_cli("zero", base, "--module", "o_proj", "--layers", "1-2", "-o", tmp_path / "zl", "-q")
+    assert local.returncode == 0 and shard_bytes(tmp_path / "z") == shard_bytes(tmp_path / "zl")
+
+    o_proj = module_bytes(tuned, "o_proj.weight")
+    hub.reset()
+    res = run_cli("splice", base, DONOR, "--take", "o_proj", "--alpha", "0.5", "--remote", "--verify", "--json",
+                  "-o", tmp_path / "m", env=env)
+    assert res.returncode == 0, res.stderr
+    assert o_proj <= hub.data_bytes <= (o_proj + header_bytes(tuned) + side_bytes(tuned)) * 1.01
+    result = json.loads(res.stdout)["result"]
+    assert result["verified"] and result["verified_against_fetched_bytes"] == module_bytes(base, "o_proj.weight")
+    local = run_cli("splice", base, tuned, "--take", "o_proj", "--alpha", "0.5", "--verify", "-o", tmp_path / "ml", "-q")
+    assert local.returncode == 0 and shard_bytes(tmp_path / "m") == shard_bytes(tmp_path / "ml")

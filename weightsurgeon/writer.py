@@ -37,7 +37,7 @@ from weightsurgeon.format import build_header
 from weightsurgeon.kernels.decode import storage_dtype
 from weightsurgeon.kernels.dtypes import itemsize
 from weightsurgeon.progress import ByteProgress
-from weightsurgeon.surgery import Plan, PlannedTensor, gaussian_key, gaussian_values, input_paths
+from weightsurgeon.surgery import Plan, PlannedTensor, Source, gaussian_key, gaussian_values, input_paths
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
 CHUNK_ELEMS = 1 << 21  # elements per computed chunk: enough parts for every thread of the Gaussian
@@ -77,11 +77,40 @@ class WriteResult:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     checksums: dict[str, str] = field(default_factory=dict)  # file name -> sha256 of its bytes as written
+    # --verify with a remote input: (shard, position, length, sha256, first tensor) of every output
+    # range made from fetched bytes, hashed as it was written; verify compares the output with
+    # these instead of fetching the sources a second time
+    fetched: list[tuple[str, int, int, str, str]] = field(default_factory=list)
+
+    @property
+    def verified_fetched_bytes(self) -> int:
+        return sum(length for _, _, length, _, _ in self.fetched) if self.verified else 0
 
     def to_dict(self) -> dict:
         return {"output": str(self.output), "shards": self.shards, "bytes": self.total_bytes,
                 "copied_bytes": self.copied_bytes, "computed_bytes": self.computed_bytes,
-                "verified": self.verified, "seconds": round(self.seconds, 3), "warnings": self.warnings}
+                "verified": self.verified, "verified_against_fetched_bytes": self.verified_fetched_bytes,
+                "seconds": round(self.seconds, 3), "warnings": self.warnings}
+
+
+class _Both:
+    """Feeds one stream of bytes to several hashes (the shard's checksum and a fetched range's)."""
+
+    def __init__(self, *digests: "hashlib._Hash | None") -> None:
+        self.digests = [d for d in digests if d is not None]
+
+    def update(self, data: object) -> None:
+        for d in self.digests:
+            d.update(data)
+
+
+def reads_fetched(src: Source, remote_roles: set[str]) -> bool:
+    """Whether an output tensor's bytes are made from a remote input's (fetched) bytes."""
+    if not remote_roles or src.kind in ("zeros", "gaussian"):
+        return False
+    if src.kind in ("copy", "cast"):
+        return src.role in remote_roles
+    return True  # interpolate, lora: made from several inputs
 
 
 def shard_names(count: int) -> list[str]:
@@ -315,8 +344,10 @@ def _check_plan(plan: Plan) -> None:
 
 
 def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: SourceReader, copier: RawCopier,
-                 progress: ByteProgress, result: WriteResult, write_behind: bool = True, checksum: bool = False) -> None:
-    """Write one shard front to back; with ``checksum`` its sha256 is taken from the bytes as they are written."""
+                 progress: ByteProgress, result: WriteResult, write_behind: bool = True, checksum: bool = False,
+                 remote_roles: set[str] | None = None) -> None:
+    """Write one shard front to back; with ``checksum`` its sha256 is taken from the bytes as they are written.
+    Ranges made from the inputs named in ``remote_roles`` are hashed on their way too (result.fetched)."""
     prefix, sizes = build_header([(t.name, t.dtype, t.shape) for t in tensors], {"format": "pt"})
     digest = hashlib.sha256() if checksum else None
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -350,24 +381,33 @@ def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: S
                         break
                     length += nxt.nbytes
                     j += 1
+                fetched = hashlib.sha256() if remote_roles and reads_fetched(t.source, remote_roles) else None
                 try:
-                    copier.copy(plan.inputs[t.source.role].byte_source(info.file), info.begin, fd, pos, length, behind, digest)
+                    copier.copy(plan.inputs[t.source.role].byte_source(info.file), info.begin, fd, pos, length, behind,
+                                _Both(digest, fetched) if fetched is not None else digest)
                 except OSError as e:
                     raise SurgeonError(f"{path}: writing failed while copying {t.name}: {e.strerror or e}") from e
+                if fetched is not None:
+                    result.fetched.append((path.name, pos, length, fetched.hexdigest(), t.name))
                 pos += length
                 result.copied_bytes += length
                 i = j
                 continue
+            fetched = hashlib.sha256() if remote_roles and reads_fetched(t.source, remote_roles) else None
+            first = pos
             try:
                 for _start, data in reader.chunks(t):
-                    if digest is not None:
-                        digest.update(memoryview(data).cast("B"))
+                    for d in (digest, fetched):
+                        if d is not None:
+                            d.update(memoryview(data).cast("B"))
                     n = pwrite_all(fd, data, pos)
                     pos += n
                     result.computed_bytes += n
                     behind.advance(n)
             except OSError as e:
                 raise SurgeonError(f"{path}: writing failed in {t.name}: {e.strerror or e}") from e
+            if fetched is not None:
+                result.fetched.append((path.name, first, pos - first, fetched.hexdigest(), t.name))
             i += 1
         if pos != len(prefix) + sum(sizes):
             raise SurgeonError(f"internal: {path.name} has {pos} bytes, the plan says {len(prefix) + sum(sizes)}")
@@ -530,6 +570,7 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
     result = WriteResult(output=output, shards=names, total_bytes=plan.total_bytes)
     reader = SourceReader(plan.inputs, options.chunk_elems)
     copier = RawCopier(options.use_copy_file_range)
+    remote_roles = {role for role, c in plan.inputs.items() if c.is_remote} if options.verify else set()
     try:
         # atomic_output_dir holds signals pending until its cleanup is armed, and ignores repeats during cleanup.
         with atomic_output_dir(output, inputs, force=options.force, fsync=options.fsync) as tmp:
@@ -539,14 +580,14 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
                     progress.describe(f"{plan.operation}: {fname}")
                     _check_inputs_unchanged(plan)
                     _write_shard(tmp / fname, shard, plan, reader, copier, progress, result, write_behind=options.fsync,
-                                 checksum=options.checksums)
+                                 checksum=options.checksums, remote_roles=remote_roles)
             doc = _write_side_files(plan, tmp, mapping)
             write_card(tmp, {**doc, "output": str(output)})
             _write_provenance(tmp, doc, result.checksums if options.checksums else None)
             result.warnings.extend(check_written(plan, tmp, mapping))
             if options.verify:
                 with ByteProgress(plan.total_bytes, f"{plan.operation}: verifying", quiet=options.quiet) as progress:
-                    compare_written(plan, tmp, reader, progress)
+                    compare_written(plan, tmp, reader, progress, remote_roles, result.fetched)
                 result.verified = True
             _check_inputs_unchanged(plan)  # last, before the rename: an input written to meanwhile gives no output
     finally:
@@ -583,10 +624,35 @@ def check_written(plan: Plan, folder: Path, mapping: dict[str, str]) -> list[str
         return verify_checkpoint(out, require_config=plan.config is not None).warnings
 
 
-def compare_written(plan: Plan, folder: Path, reader: SourceReader, progress: ByteProgress | None = None) -> None:
-    """Re-read every output tensor and compare its bytes with what its source says they must be."""
+def compare_written(plan: Plan, folder: Path, reader: SourceReader, progress: ByteProgress | None = None,
+                    remote_roles: set[str] = frozenset(), fetched: list[tuple[str, int, int, str, str]] = ()) -> None:
+    """Re-read every output tensor and compare its bytes with what its source says they must be.
+
+    Tensors made from a remote input's bytes are not fetched again: their output ranges are
+    compared with the sha256 of the same ranges taken while they were written (`fetched`).
+    That proves the output holds the bytes that arrived, not that the Hub still serves them.
+    """
+    for fname, pos, length, want, name in fetched:
+        got = hashlib.sha256()
+        with open(folder / fname, "rb") as f:
+            f.seek(pos)
+            left = length
+            while left:
+                view = reader.buffer("verify", min(left, COPY_BUFFER))
+                n = f.readinto(view)
+                if not n:
+                    break
+                got.update(view[:n])
+                left -= n
+        if left or got.hexdigest() != want:
+            raise SurgeonError(f"--verify: {folder / fname}: the bytes of {name!r} (and any tensors written after it "
+                               f"in one piece) differ from those fetched from the Hub while writing")
+        if progress is not None:
+            progress.advance(length)
     with open_checkpoint(folder) as out:
         for t in plan.tensors:
+            if reads_fetched(t.source, set(remote_roles)):
+                continue
             info = out[t.name]
             for start, expected in reader.chunks(t):
                 exp = np.frombuffer(memoryview(expected).cast("B"), dtype=np.uint8)

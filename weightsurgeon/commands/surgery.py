@@ -19,7 +19,9 @@ def _output_options(f: Callable) -> Callable:
         click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder (created atomically)."),
         click.option("--force", is_flag=True, help="Replace an existing output folder."),
         click.option("--dry-run", is_flag=True, help="Print the plan (what changes, where, how many bytes); write nothing."),
-        click.option("--verify", is_flag=True, help="After writing, re-read every tensor and compare its bytes with its source."),
+        click.option("--verify", is_flag=True, help="After writing, re-read every tensor and compare its bytes with its source. "
+                     "A remote (--remote) source is not fetched again: the output is compared with the sha256 of the "
+                     "bytes as they were fetched and written."),
         click.option("--no-fsync", is_flag=True,
                      help="Skip flushing the output to disk before the rename (faster; not safe against a power loss)."),
         click.option("--checksums/--no-checksums", default=False, show_default=True,
@@ -100,7 +102,7 @@ def _run(ctx: click.Context, build: Callable, sources: list[str]) -> None:
                else f"{c['quantized']} weight(s) quantized to {c['to']} ({c['block'][0]}x{c['block'][1]} blocks)")
         what = f"{did}, {kept} copied unchanged"
     click.echo(f"wrote {result.output}: {what}; {human(result.total_bytes)} in {len(result.shards)} shard(s) "
-               f"in {result.seconds:.1f} s{', verified byte for byte' if result.verified else ''}")
+               f"in {result.seconds:.1f} s{_verified(result)}")
     for key, (old, new) in plan.config_edits.items():
         click.echo(f"  config.json {key}: {_short(old)} -> {_short(new)}")
 
@@ -335,3 +337,12 @@ def cast_cmd(ctx: click.Context, model: str, dtype: str, modules: str | None, la
                          allow_overflow=allow_overflow, arguments=_arguments(ctx))
 
     _run(ctx, build, [model] + ([like] if like else []))
+
+
+def _verified(result) -> str:
+    if not result.verified:
+        return ""
+    if result.verified_fetched_bytes:
+        return (f", verified byte for byte ({human(result.verified_fetched_bytes)} against the sha256 of the bytes as "
+                "fetched, without fetching them again)")
+    return ", verified byte for byte"
