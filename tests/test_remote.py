@@ -492,3 +492,31 @@ def test_verify_of_a_remote_surgery_fetches_nothing_again(hub: HubServer, pair: 
     assert result["verified"] and result["verified_against_fetched_bytes"] == module_bytes(base, "o_proj.weight")
     local = run_cli("splice", base, tuned, "--take", "o_proj", "--alpha", "0.5", "--verify", "-o", tmp_path / "ml", "-q")
     assert local.returncode == 0 and shard_bytes(tmp_path / "m") == shard_bytes(tmp_path / "ml")
+
+
+def test_extract_lora_remote_fetches_only_the_taken_modules(hub: HubServer, pair: tuple[Path, Path],
+                                                             tmp_path: Path) -> None:
+    """extract --lora with both models on the Hub fetches only their o_proj weights (and headers),
+    and writes the adapter the local files give, byte for byte."""
+    base, tuned = pair
+    hub.add(BASE, base)
+    hub.add(DONOR, tuned)
+    env = hub_env(hub, tmp_path)
+    dry = run_cli("extract", DONOR, "--base", BASE, "--take", "o_proj", "--lora", "16", "--remote", "--dry-run",
+                  "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    o_proj = module_bytes(tuned, "o_proj.weight")
+    reads = {r["input"]: r for r in json.loads(dry.stdout)["inputs"]}
+    assert reads["donor"]["read_bytes"] == reads["base"]["read_bytes"] == o_proj
+    hub.reset()
+    res = run_cli("extract", DONOR, "--base", BASE, "--take", "o_proj", "--lora", "16", "--remote", "-o",
+                  tmp_path / "adapter", "-q", env=env)
+    assert res.returncode == 0, res.stderr
+    budget = 2 * o_proj + header_bytes(base) + header_bytes(tuned) + side_bytes(base) + side_bytes(tuned)
+    assert 2 * o_proj <= hub.data_bytes <= budget * 1.01, (hub.data_bytes, budget)
+    local = run_cli("extract", tuned, "--base", base, "--take", "o_proj", "--lora", "16", "-o", tmp_path / "local", "-q")
+    assert local.returncode == 0, local.stderr
+    name = "adapter_model.safetensors"
+    assert (tmp_path / "adapter" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 16 and config["base_model_name_or_path"] == BASE

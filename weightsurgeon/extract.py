@@ -176,7 +176,7 @@ def write_lora(lp: LoraPlan, output: str | os.PathLike, force: bool = False, fsy
     from weightsurgeon.lowrank import factor
     from weightsurgeon.progress import ByteProgress
     from weightsurgeon.surgery import input_paths
-    from weightsurgeon.writer import provenance, pwrite_all
+    from weightsurgeon.writer import prefetch, provenance, pwrite_all
 
     output = Path(output).expanduser()
     inputs = input_paths(lp.plan)
@@ -197,7 +197,7 @@ def write_lora(lp: LoraPlan, output: str | os.PathLike, force: bool = False, fsy
         try:
             pwrite_all(fd, prefix, 0)
             total = sum(t.shape[0] * t.shape[1] * 8 for t in lp.targets)
-            with ByteProgress(total, "extract --lora: SVD", quiet=quiet) as progress:
+            with prefetch(plan), ByteProgress(total, "extract --lora: SVD", quiet=quiet) as progress:
                 for t in lp.targets:
                     progress.describe(f"extract --lora: {t.module}")
                     delta = delta_of(base, donor, t.weight, buffer)

@@ -108,7 +108,7 @@ def reads_fetched(src: Source, remote_roles: set[str]) -> bool:
     """Whether an output tensor's bytes are made from a remote input's (fetched) bytes."""
     if not remote_roles or src.kind in ("zeros", "gaussian"):
         return False
-    if src.kind in ("copy", "cast"):
+    if src.kind in ("copy", "cast", "quantize", "dequantize"):
         return src.role in remote_roles
     return True  # interpolate, lora: made from several inputs
 
@@ -520,13 +520,19 @@ def provenance(plan: Plan) -> dict:
 
 
 def plan_reads(plan: Plan, shards: list[list[PlannedTensor]] | None = None) -> Iterator[tuple[Checkpoint, Path, int, int]]:
-    """(input, file, begin, end) of every input tensor the writer reads, in the order it reads them."""
+    """(input, file, begin, end) of every input tensor the writer reads, in the order it reads them, each once
+    (a LoRA extract's A and B come from one delta: DONOR's tensor, then BASE's)."""
+    seen: set[tuple[str, str]] = set()
     for shard in shards if shards is not None else [plan.tensors]:
         for t in shard:
             src = t.source
             roles = {"copy": [(src.role, src.name)], "cast": [(src.role, src.name)], "quantize": [(src.role, src.name)],
-                     "interpolate": [("base", src.name), ("donor", src.donor_name)]}.get(src.kind, [])
+                     "interpolate": [("base", src.name), ("donor", src.donor_name)],
+                     "lowrank": [("donor", src.name), ("base", src.name)]}.get(src.kind, [])
             for role, name in roles:
+                if (role, name) in seen:
+                    continue
+                seen.add((role, name))
                 ckpt = plan.inputs[role]
                 info = ckpt[name]
                 yield ckpt, info.file, info.begin, info.end
@@ -537,7 +543,7 @@ def plan_reads(plan: Plan, shards: list[list[PlannedTensor]] | None = None) -> I
                     yield ckpt, info.file, info.begin, info.end
 
 
-def _prefetch(plan: Plan, shards: list[list[PlannedTensor]]):
+def prefetch(plan: Plan, shards: list[list[PlannedTensor]] | None = None):
     """Remote inputs fetch what the plan reads ahead of the writer (a bounded window); nothing for local ones."""
     if not any(c.is_remote for c in plan.inputs.values()):
         return contextlib.nullcontext()
@@ -574,7 +580,7 @@ def write_plan(plan: Plan, output: str | os.PathLike, options: WriteOptions = Wr
     try:
         # atomic_output_dir holds signals pending until its cleanup is armed, and ignores repeats during cleanup.
         with atomic_output_dir(output, inputs, force=options.force, fsync=options.fsync) as tmp:
-            with _prefetch(plan, shards), \
+            with prefetch(plan, shards), \
                     ByteProgress(plan.total_bytes, f"{plan.operation}: writing", quiet=options.quiet) as progress:
                 for fname, shard in zip(names, shards):
                     progress.describe(f"{plan.operation}: {fname}")
