@@ -51,7 +51,33 @@ class Faults:
     require_token: str | None = None  # every request needs "Authorization: Bearer <token>"
 
 
-class HubServer:
+class _Loopback:
+    """An HTTP server on 127.0.0.1 serving from threads, for `with`; it stops by itself after `lifetime` s."""
+
+    def _serve(self, handler: type, lifetime: float) -> None:
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.timer = threading.Timer(lifetime, self.close)
+        self.timer.daemon = True
+
+    def __enter__(self):
+        self.thread.start()
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.timer.cancel()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class HubServer(_Loopback):
     """``with HubServer() as hub: hub.add("org/model", folder); env HF_ENDPOINT=hub.url``."""
 
     def __init__(self, lifetime: float = 300.0) -> None:
@@ -59,18 +85,12 @@ class HubServer:
         self.faults = Faults()
         self.sent: dict[str, int] = {"api": 0, "resolve": 0, "cdn": 0}
         self.log: list[dict] = []
-        self.lock = threading.Lock()
         server = self
 
         class Handler(_Handler):
             hub = server
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self.timer = threading.Timer(lifetime, self.close)
-        self.timer.daemon = True
+        self._serve(Handler, lifetime)
 
     def add(self, repo_id: str, folder: Path, commit: str | None = None, gated: bool = False) -> str:
         commit = commit or hashlib.sha1(f"{repo_id}:{folder}".encode()).hexdigest()
@@ -87,18 +107,6 @@ class HubServer:
             self.sent = {k: 0 for k in self.sent}
             self.log.clear()
 
-    def __enter__(self) -> "HubServer":
-        self.thread.start()
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.timer.cancel()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -271,38 +279,19 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
 
 
-class ForwardProxy:
+class ForwardProxy(_Loopback):
     """A plain-HTTP forward proxy on 127.0.0.1 (``HTTP_PROXY=proxy.url``): it takes absolute-URL
     GETs, fetches them from the named host, streams the answer back, and logs each request."""
 
     def __init__(self, lifetime: float = 300.0) -> None:
         self.log: list[dict] = []
         self.sent = 0
-        self.lock = threading.Lock()
         proxy = self
 
         class Handler(_ProxyHandler):
             owner = proxy
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self.timer = threading.Timer(lifetime, self.close)
-        self.timer.daemon = True
-
-    def __enter__(self) -> "ForwardProxy":
-        self.thread.start()
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.timer.cancel()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(Handler, lifetime)
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
