@@ -199,3 +199,11 @@ def hf_cache_entry(cache: Path, model: Path, repo: str = "someone/tiny",
         shutil.copyfile(f, folder / "blobs" / etag)
         (snap / f.name).symlink_to(Path("../../blobs") / etag)
     return snap
+
+
+def report_rows(folder: Path) -> list[dict]:
+    """The tensor rows of a saved report folder as dicts (report.json's schema-3 'tensors'), read
+    back through DiffReport from report.csv and histograms.safetensors, where schema 4 keeps them."""
+    from weightsurgeon.report.model import DiffReport
+
+    return [t.to_dict() for t in DiffReport.from_json(Path(folder) / "report.json").tensors]

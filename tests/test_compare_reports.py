@@ -8,6 +8,7 @@ import math
 import pytest
 import scipy.stats
 
+from conftest import report_rows
 from weightsurgeon.report.findings import module_medians
 from weightsurgeon.report.model import DiffReport
 
@@ -60,6 +61,8 @@ def test_old_reports_still_compare_and_plot(reports, run_cli, tmp_path) -> None:
     data = json.loads((reports / "small" / "report.json").read_text())
     data["schema"] = "weightsurgeon.diff/1"
     data.pop("units", None)
+    data.pop("tensor_files")  # schema 1 held the tensor rows inline
+    data["tensors"] = report_rows(reports / "small")
     for row in data["tensors"] + data["modules"]:
         for key in SHAPE_KEYS:
             row.pop(key, None)

@@ -13,7 +13,7 @@ def test_demo_recovers_the_planted_pattern(tmp_path: Path, run_cli) -> None:
     assert "planted unchanged (embed_tokens): exactly zero" in res.stdout
     assert "findings:" in res.stdout and "bimodal relative change: o_proj" in res.stdout
     report = json.loads((work / "report" / "report.json").read_text())
-    assert report["schema"] == "weightsurgeon.diff/3" and report["tuned"][0]["label"] == "tuned"
+    assert report["schema"] == "weightsurgeon.diff/4" and report["tuned"][0]["label"] == "tuned"
     assert (work / "report" / "report.csv").is_file()
     assert (work / "tuned" / "planted.json").is_file()
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import report_rows
 from weightsurgeon.synth import make_checkpoint, make_tuned
 
 TINY = dict(num_layers=3, hidden_size=64, intermediate_size=96, num_heads=4, num_kv_heads=2, vocab_size=300)
@@ -37,12 +38,14 @@ def test_diff_writes_the_report_folder(pair: tuple[Path, Path], tmp_path: Path, 
     assert res.returncode == 0, res.stderr
     assert (out / "report.json").is_file() and (out / "report.csv").is_file()
     data = json.loads((out / "report.json").read_text())
-    assert data["schema"] == "weightsurgeon.diff/3" and data["options"]["every"] == 2
+    assert data["schema"] == "weightsurgeon.diff/4" and data["options"]["every"] == 2
+    assert "tensors" not in data and data["tensor_files"]["csv"] == "report.csv"  # the rows are in files
+    tensors = report_rows(out)
     assert data["tuned"][0]["label"] == "tuned" and data["base"]["num_layers"] == 3
     with open(out / "report.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0])[: len(REQUIRED_COLUMNS)] == REQUIRED_COLUMNS
-    assert len(rows) == len(data["tensors"]) > 0
+    assert len(rows) == len(tensors) == data["tensor_files"]["rows"] > 0
     # The terminal summary names the most changed module (o_proj is planted largest) and the files.
     assert "o_proj" in res.stdout and f"wrote {out / 'report.json'}" in res.stdout
     try:
@@ -84,7 +87,8 @@ def test_mismatched_pair_is_one_error_line_and_no_folder(tmp_path: Path, run_cli
     assert res.returncode == 0, res.stderr
     data = json.loads((out / "report.json").read_text())
     assert {m["where"] for m in data["missing"]} == {"shape", "base_only"}
-    assert not data["tensors"] or all(t["name"] not in {m["name"] for m in data["missing"]} for t in data["tensors"])
+    tensors = report_rows(out)
+    assert tensors and all(t["name"] not in {m["name"] for m in data["missing"]} for t in tensors)
 
 
 def test_refusals(pair: tuple[Path, Path], tmp_path: Path, surgeon) -> None:
@@ -110,5 +114,56 @@ def test_refusals(pair: tuple[Path, Path], tmp_path: Path, surgeon) -> None:
     assert res.code == 2  # usage error: one label per tuned model
     res = surgeon("diff", base, tuned, "-o", out, "--force", "--no-plots", "--layers", "0", "-q")
     assert res.code == 0, res.stderr
+    assert {t["layer"] for t in report_rows(out)} == {0}
+
+
+def test_tensor_rows_stream_to_files_that_read_back_exactly(pair: tuple[Path, Path], tmp_path: Path, run_cli) -> None:
+    """Schema 4: report.json holds the module rows and names report.csv and histograms.safetensors,
+    which hold every tensor row; read back, they are the in-memory report's rows bit for bit."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from weightsurgeon.diff import diff_checkpoints
+    from weightsurgeon.report.model import DiffReport
+
+    base, tuned = pair
+    out = tmp_path / "rep"
+    res = run_cli("diff", base, tuned, base, "-o", out, "--no-plots", "-q", "--label", "t", "--label", "same")
+    assert res.returncode == 0, res.stderr
     data = json.loads((out / "report.json").read_text())
-    assert {t["layer"] for t in data["tensors"]} == {0}
+    assert "tensors" not in data and data["tensor_files"]["rows"] > 0 and data["modules"]
+    counts = load_file(str(out / "histograms.safetensors"))["histograms"]
+    with open(out / "report.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert counts.dtype == np.int32 and counts.shape == (len(csv_rows), 200) == (data["tensor_files"]["rows"], 200)
+    want = diff_checkpoints(base, [tuned, base], labels=["t", "same"])
+    loaded = DiffReport.from_json(out / "report.json")
+    assert len(loaded.tensors) == len(want.tensors) == len(csv_rows) and loaded.num_tensors == len(csv_rows)
+    exact = ("n", "n_nonfinite", "n_base_zero", "sum_sq_delta", "sum_sq_a", "sum_sq_b", "dot_ab", "sum_delta",
+             "max_abs_delta", "r_mean", "r_m2", "r_m3", "r_m4")
+    for got, ref in zip(loaded.tensors, want.tensors):
+        assert (got.tuned, got.name, got.layer, got.module, got.shape, got.numel) == \
+               (ref.tuned, ref.name, ref.layer, ref.module, ref.shape, ref.numel)
+        assert [repr(getattr(got.stats, k)) for k in exact] == [repr(getattr(ref.stats, k)) for k in exact]
+        np.testing.assert_array_equal(got.stats.hist, ref.stats.hist)
+    for got, ref in zip(loaded.modules, want.modules):
+        assert (got.tuned, got.layer, got.module, got.num_tensors) == (ref.tuned, ref.layer, ref.module, ref.num_tensors)
+        np.testing.assert_array_equal(got.stats.hist, ref.stats.hist)
+        assert got.stats.sum_sq_delta == pytest.approx(ref.stats.sum_sq_delta, rel=1e-12, abs=0)
+    # the CSV row of each tensor is its histogram's row
+    first = next(i for i, r in enumerate(csv_rows) if r["tuned"] == "t" and float(r["l2_delta"]) > 0)
+    assert counts[first].sum() == int(csv_rows[first]["n"]) - int(csv_rows[first]["n_base_zero"])
+    # an older report (schema 3: rows inline) still loads
+    data3 = {**data, "schema": "weightsurgeon.diff/3", "tensors": [t.to_dict() for t in want.tensors]}
+    del data3["tensor_files"]
+    (tmp_path / "old.json").write_text(json.dumps(data3))
+    old = DiffReport.from_json(tmp_path / "old.json")
+    assert [t.name for t in old.tensors] == [t.name for t in want.tensors]
+    # a missing row file is one clear error when the rows are asked for
+    (out / "histograms.safetensors").unlink()
+    res = run_cli("plot", out)
+    assert res.returncode == 0, res.stderr  # figures need the module rows only
+    from weightsurgeon.errors import SurgeonError
+
+    with pytest.raises(SurgeonError, match="histograms.safetensors, which is missing"):
+        len(DiffReport.from_json(out / "report.json").tensors)

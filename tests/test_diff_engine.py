@@ -340,7 +340,7 @@ def test_report_round_trips_and_writes_null_for_nan(tmp_path: Path) -> None:
     report = diff_checkpoints(base, tuned)
     text = report.to_json()
     data = json.loads(text)
-    assert data["schema"] == "weightsurgeon.diff/3" and len(data["bin_edges"]) == 201
+    assert data["schema"] == "weightsurgeon.diff/4" and len(data["bin_edges"]) == 201
     assert set(data) >= {"version", "created", "base", "tuned", "options", "notes", "missing", "tensors", "modules", "timing"}
     bias = next(t for t in data["tensors"] if t["name"].endswith("q_proj.bias"))
     assert bias["rel_l2"] is None and bias["n_base_zero"] == 8 and sum(bias["hist"]) == 0

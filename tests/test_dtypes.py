@@ -97,7 +97,9 @@ def test_every_command_handles_or_refuses_every_dtype(dtype, pair_source, tmp_pa
         assert res.code == 0, res.stderr
         import json
 
-        rows = {r["name"]: r for r in json.loads((report / "report.json").read_text())["tensors"]}
+        from conftest import report_rows
+
+        rows = {r["name"]: r for r in report_rows(report)}
         name = f"model.layers.0.{O_PROJ}"
         want = reference_delta_stats(o_proj_bytes(base), o_proj_bytes(tuned), dtype, dtype)
         assert rows[name]["dtype"] == dtype

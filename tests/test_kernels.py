@@ -448,3 +448,58 @@ def test_idle_kernel_threads_wait_passively_unless_the_user_says_otherwise():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
     assert res.stdout.strip() == "ACTIVE"
+
+
+def stats_fields_exact(s: DeltaStats) -> tuple:
+    """Every stored field of a DeltaStats, for bit-for-bit comparison (NaN compared by repr)."""
+    return (s.n, s.n_nonfinite, s.n_base_zero, *(repr(float(x)) for x in (
+        s.sum_sq_delta, s.sum_sq_a, s.sum_sq_b, s.dot_ab, s.sum_delta, s.max_abs_delta, s.r_mean, s.r_m2, s.r_m3,
+        s.r_m4)), tuple(s.hist.tolist()))
+
+
+@pytest.mark.parametrize("dtype_a,dtype_b", FILE_PAIRS)
+def test_a_batch_of_small_pairs_equals_one_call_each(tmp_path, dtype_a, dtype_b):
+    """One launch for many small pairs (MoE experts) gives each pair, bit for bit, what a call of its own gives."""
+    from weightsurgeon.kernels.delta import accumulate_batch_from_files, accumulate_delta_from_files
+    from weightsurgeon.kernels.stats import PART
+
+    rng = np.random.default_rng(8)
+    sizes = [1, 2, 3, 7, 32, 33, 1000, PART - 1, PART, 5, 64, 17] * 3
+    a, b = tricky_pair(sum(sizes), seed=31)
+    sa, sb = stored(a, dtype_a), stored(b, dtype_b)
+    pos_a, pos_b = write_pair_file(tmp_path / "pair.bin", sa, sb)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    order = rng.permutation(len(sizes))  # any order of positions, as files interleave
+    batched = [DeltaStats.empty() for _ in sizes]
+    with open(tmp_path / "pair.bin", "rb") as f:
+        fd = f.fileno()
+        failed = accumulate_batch_from_files([batched[i] for i in order], fd, pos_a + sa.itemsize * starts[order],
+                                             dtype_a, fd, pos_b + sb.itemsize * starts[order], dtype_b,
+                                             np.array(sizes)[order])
+        assert not failed.any()
+        for i, (start, size) in enumerate(zip(starts, sizes)):
+            one = DeltaStats.empty()
+            assert accumulate_delta_from_files(one, fd, pos_a + sa.itemsize * start, dtype_a, fd,
+                                               pos_b + sb.itemsize * start, dtype_b, size)
+            assert stats_fields_exact(batched[i]) == stats_fields_exact(one), (i, size)
+    assert_same(batched[3], reference_delta_stats(sa[starts[3]:starts[3] + 7], sb[starts[3]:starts[3] + 7],
+                                                  dtype_a, dtype_b))
+
+
+def test_a_batch_pair_whose_read_fails_is_left_untouched(tmp_path):
+    from weightsurgeon.kernels.delta import accumulate_batch_from_files
+
+    a, b = tricky_pair(300, seed=5)
+    sa, sb = stored(a, "F32"), stored(b, "F32")
+    pos_a, pos_b = write_pair_file(tmp_path / "pair.bin", sa, sb)
+    with open(tmp_path / "pair.bin", "r+b") as f:
+        f.truncate(pos_b + sb.nbytes - 1)  # the last pair's B is cut short
+        targets = [DeltaStats.empty() for _ in range(3)]
+        failed = accumulate_batch_from_files(targets, f.fileno(), pos_a + 4 * np.array([0, 100, 200]), "F32",
+                                             f.fileno(), pos_b + 4 * np.array([0, 100, 200]), "F32",
+                                             np.array([100, 100, 100]))
+    assert failed.tolist() == [False, False, True]
+    assert targets[0].numel == 100 and targets[2].to_dict() == DeltaStats.empty().to_dict()
+    with pytest.raises(ValueError):
+        accumulate_batch_from_files([DeltaStats.empty()], 0, np.array([0]), "F32", 0, np.array([0]), "F32",
+                                    np.array([0]))

@@ -29,6 +29,7 @@ from weightsurgeon.kernels.dtypes import dtype_info
 from weightsurgeon.kernels.stats import PART, check_histogram
 from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_experts, parse_layers, parse_modules, select_names
 from weightsurgeon.quant import QuantTensor
+from weightsurgeon.smallpairs import SmallPairs
 
 if TYPE_CHECKING:  # numpy and the report classes load when the data is read (run_diff)
     import numpy as np
@@ -809,16 +810,90 @@ def _unit_groups(plan: DiffPlan) -> dict[tuple[int, str], Any]:
     return out
 
 
-def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Any = None) -> DiffReport:
+class _LazyStats(dict):
+    """Per-pair DeltaStats, made when a pair's first chunk arrives and dropped when its row is
+    taken: a 100k-tensor diff never holds 100k histograms."""
+
+    def __init__(self, bins: int, clip: float) -> None:
+        super().__init__()
+        from weightsurgeon.kernels.stats import DeltaStats
+
+        self.empty = lambda: DeltaStats.empty(bins, clip)
+
+    def __missing__(self, key: tuple[int, str]) -> Any:
+        value = self[key] = self.empty()
+        return value
+
+
+class _Rows:
+    """Each pair's row once its last chunk is done: into the module totals, and streamed to
+    report.csv + histograms.safetensors in `folder` (or kept in memory when there is none)."""
+
+    def __init__(self, plan: DiffPlan, stats: _LazyStats, groups: dict[tuple[int, str], Any], folder: Path | None) -> None:
+        from weightsurgeon.report.model import ModuleTotals
+        from weightsurgeon.report.rows import RowWriter
+
+        self.plan, self.stats, self.groups = plan, stats, groups
+        self.locations = plan.layout.locations if plan.layout is not None else {}
+        self.totals = ModuleTotals(plan.options["bins"], plan.options["clip"])
+        self.kept: list[Any] = []  # TensorDiff rows when nothing is streamed
+        self.for_units: list[Any] = []  # rows with per-head sums or an expert index, statistics cut to the sums
+        self.flagged: set[tuple[int, str]] = set()  # pairs holding NaN/Inf
+        self.writer = None if folder is None else RowWriter(folder, len(plan.pairs), plan.options["bins"],
+                                                            max(p.numel for p in plan.pairs))
+
+    def done(self, pairs: list[Pair]) -> None:
+        from types import SimpleNamespace
+
+        from weightsurgeon.report.model import TensorDiff
+
+        for p in pairs:
+            key = (p.tuned, p.name)
+            stats = self.stats.pop(key, None)
+            if stats is None:
+                stats = self.stats.empty()
+            loc = self.locations.get(p.name) or classify(p.name)
+            row = TensorDiff(tuned=self.plan.labels[p.tuned], name=p.name, layer=loc.layer, module=loc.module,
+                             param=loc.param, dtype=_side_label(p.base, p.base_q), dtype_tuned=_side_label(p.other, p.other_q),
+                             shape=p.base_q.shape if p.base_q is not None else p.base.shape, numel=p.numel, stats=stats,
+                             added_rows=p.added_rows, lora_rank=p.lora.rank if p.lora is not None else None)
+            self.totals.add(row.tuned, row.layer, row.module, row.numel, stats)
+            if stats.n_nonfinite:
+                self.flagged.add(key)
+            if self.writer is None:
+                self.kept.append(row)
+                continue
+            self.writer.add(row)
+            if key in self.groups or loc.expert is not None:
+                self.for_units.append(SimpleNamespace(tuned=row.tuned, name=row.name, layer=row.layer, module=row.module,
+                                                      stats=SimpleNamespace(sum_sq_delta=stats.sum_sq_delta,
+                                                                            sum_sq_a=stats.sum_sq_a)))
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+_SETTLE_PAIRS = 4096  # quantized pairs whose statistics (and histograms) may wait in the reader's batch
+
+
+def _last_chunk(info: TensorInfo, pairs: list[Pair], stop: int) -> bool:
+    """Whether a chunk of _schedule is its tensor's last one."""
+    return stop >= (pairs[0].numel if any(p.decoded for p in pairs) else info.numel)
+
+
+def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Any = None,
+             rows_folder: Path | None = None) -> DiffReport:
     """Stream every pair of the plan through the kernel, chunk by chunk in the base's
     on-disk order, and build the report. The kernel's threads read the files themselves
-    (see _ChunkReader); `progress` gets ``advance(nbytes)`` calls."""
-    from weightsurgeon.kernels.stats import DeltaStats
-    from weightsurgeon.report.model import DiffReport, TensorDiff, aggregate_modules, sort_key
+    (see _ChunkReader); `progress` gets ``advance(nbytes)`` calls. With `rows_folder`,
+    each tensor's row goes to report.csv and histograms.safetensors there as soon as the
+    tensor is done and the report keeps the module rows only (report.tensor_files)."""
+    from weightsurgeon.report.model import DiffReport, sort_key
     from weightsurgeon.report.units import unit_rows
 
     bins, clip = plan.options["bins"], plan.options["clip"]
-    stats = {(p.tuned, p.name): DeltaStats.empty(bins, clip) for p in plan.pairs}
+    stats = _LazyStats(bins, clip)
     groups = _unit_groups(plan)
     work = _order_pairs(plan.pairs, plan.base)
     started = time.perf_counter()
@@ -828,46 +903,70 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
         chunk_bytes = min(chunk_bytes, CHUNK_BYTES)  # the fetch window holds the rest
     elems, base_bytes, other_bytes, consumers = _chunk_plan(work, max(MIN_CHUNK_BYTES, int(chunk_bytes)), bins)
     reader = _ChunkReader(plan.base, plan.others, base_bytes, other_bytes, consumers, (bins, clip))
+    rows = _Rows(plan, stats, groups, rows_folder)
+    waiting: list[Pair] = []  # quantized pairs whose last parts wait in the reader's batch
+
+    def settle() -> None:
+        """Compute what the reader's batch holds: its pairs' statistics are complete."""
+        reader.flush()
+        rows.done(waiting)
+        waiting.clear()
+
+    def one(info: TensorInfo, pairs: list[Pair], start: int, stop: int) -> int:
+        nbytes = reader.run(info, pairs, start, stop, stats, groups)
+        if not _last_chunk(info, pairs, stop):
+            return nbytes
+        if any(p.decoded for p in pairs):
+            waiting.extend(pairs)
+            if len(waiting) >= _SETTLE_PAIRS:
+                settle()
+        else:
+            rows.done(pairs)
+        return nbytes
+
+    small = SmallPairs(plan.base, plan.others, stats, groups, one, rows.done)
     bytes_read = 0
-    with _prefetch(work, plan.base, plan.others):
-        shard = None
-        for info, pairs, start, stop in _schedule(work, elems):
-            if info.file != shard:  # a new base shard: did any input change so far?
-                shard = info.file
-                _check_unchanged(plan.base, plan.others)
-            nbytes = _surfacing_signals(reader.run, info, pairs, start, stop, stats, groups)
-            bytes_read += nbytes
-            if progress is not None:
-                progress.advance(nbytes)
-        _surfacing_signals(reader.flush)
-    spectra = []
-    if plan.options.get("spectrum"):
-        from weightsurgeon.spectrum import measure_spectra
+    try:
+        with _prefetch(work, plan.base, plan.others):
+            shard = None
+            for info, pairs, start, stop in _schedule(work, elems):
+                if info.file != shard:  # a new base shard: did any input change so far?
+                    _surfacing_signals(small.flush)
+                    shard = info.file
+                    _check_unchanged(plan.base, plan.others)
+                nbytes = _surfacing_signals(small.take, info, pairs, start, stop)
+                if nbytes is None:  # not a small pair: the queued ones first, in reading order
+                    _surfacing_signals(small.flush)
+                    nbytes = _surfacing_signals(one, info, pairs, start, stop)
+                bytes_read += nbytes
+                if progress is not None:
+                    progress.advance(nbytes)
+            _surfacing_signals(small.flush)
+            _surfacing_signals(settle)
+        spectra = []
+        if plan.options.get("spectrum"):
+            from weightsurgeon.spectrum import measure_spectra
 
-        spectra = measure_spectra(plan, plan.options["spectrum"], progress)
-    seconds = time.perf_counter() - started
-    nonfinite = _nonfinite_tensors(plan, stats)
-    _check_unchanged(plan.base, plan.others)  # the last shard too: no report of bytes that never existed together
+            spectra = measure_spectra(plan, plan.options["spectrum"], progress)
+        seconds = time.perf_counter() - started
+        nonfinite = _nonfinite_tensors(plan, rows.flagged)
+        _check_unchanged(plan.base, plan.others)  # the last shard too: no report of bytes that never existed together
+        tensor_files = rows.writer.close() if rows.writer is not None else None
+    except BaseException:
+        rows.abort()
+        raise
 
-    rows = []
-    locations = plan.layout.locations if plan.layout is not None else {}
-    for p in plan.pairs:
-        loc = locations.get(p.name) or classify(p.name)
-        rows.append(TensorDiff(tuned=plan.labels[p.tuned], name=p.name, layer=loc.layer, module=loc.module,
-                               param=loc.param, dtype=_side_label(p.base, p.base_q),
-                               dtype_tuned=_side_label(p.other, p.other_q),
-                               shape=p.base_q.shape if p.base_q is not None else p.base.shape,
-                               numel=p.numel, stats=stats[(p.tuned, p.name)], added_rows=p.added_rows,
-                               lora_rank=p.lora.rank if p.lora is not None else None))
     index = {label: i for i, label in enumerate(plan.labels)}
-    rows.sort(key=lambda r: sort_key(index[r.tuned], r.layer, r.module, r.name))
-    units = unit_rows(rows, {(plan.labels[t], name): g for (t, name), g in groups.items()}, plan.labels)
+    kept = sorted(rows.kept, key=lambda r: sort_key(index[r.tuned], r.layer, r.module, r.name))
+    units = unit_rows(kept if rows.writer is None else rows.for_units,
+                      {(plan.labels[t], name): g for (t, name), g in groups.items()}, plan.labels)
     return DiffReport(
         base=identify(plan.base),
         tuned=[identify(c, label) for c, label in zip(plan.others, plan.labels)],
         options=dict(plan.options),
-        tensors=rows,
-        modules=aggregate_modules(rows, plan.labels, bins, clip),
+        tensors=kept,
+        tensor_files=tensor_files,
+        modules=rows.totals.result(plan.labels),
         units=units,
         spectra=spectra,
         notes=list(plan.notes),
@@ -879,7 +978,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
     )
 
 
-def _nonfinite_tensors(plan: DiffPlan, stats: dict[tuple[int, str], Any]) -> list[dict]:
+def _nonfinite_tensors(plan: DiffPlan, flagged: set[tuple[int, str]]) -> list[dict]:
     """Which model holds the NaN/Inf the kernel left out, tensor by tensor.
 
     The kernel leaves out (and counts) every element where either side is NaN or Inf; to say
@@ -891,7 +990,7 @@ def _nonfinite_tensors(plan: DiffPlan, stats: dict[tuple[int, str], Any]) -> lis
     found: list[dict] = []
     seen: set[tuple[str, str]] = set()
     for p in plan.pairs:
-        if not stats[(p.tuned, p.name)].n_nonfinite:
+        if (p.tuned, p.name) not in flagged:
             continue
         tuned_ckpt = plan.others[p.tuned] if p.kind == "file" else plan.base  # an adapter's other tensors are the base's
         for model, ckpt, info in (("base", plan.base, p.base), (plan.labels[p.tuned], tuned_ckpt, p.other)):

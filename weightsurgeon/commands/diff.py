@@ -7,23 +7,18 @@ from typing import Any, Sequence
 import click
 
 REPORT_JSON = "report.json"
-REPORT_CSV = "report.csv"
 
 
 def write_report_folder(report: Any, folder: Path, plots: bool = True, every: int | None = None) -> tuple[list[str], list[str]]:
-    """Write report.json, report.csv and (if the figures module is importable) the figures and report.html.
+    """Write report.json, the tensor rows (report.csv, histograms.safetensors: already there when
+    the diff streamed them) and (if the figures module is importable) the figures and report.html.
 
     Returns (file names written, warnings). Figures are optional: a missing matplotlib or
     figures module is a warning, never a failed diff.
     """
+    files = report.write_rows(folder)
     report.write_json(folder / REPORT_JSON)
-    report.write_csv(folder / REPORT_CSV)
-    written = [REPORT_JSON, REPORT_CSV]
-    if report.units:
-        from weightsurgeon.report.units import HEADS_CSV, write_units_csv
-
-        write_units_csv(report.units, folder / HEADS_CSV)
-        written.append(HEADS_CSV)
+    written = [REPORT_JSON, files["csv"], files["histograms"]] + ([files["units"]] if "units" in files else [])
     if report.spectra:
         from weightsurgeon.report.spectrum import SPECTRUM_CSV, write_spectrum_csv
 
@@ -195,7 +190,8 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
         target = atomic_output_dir(output, inputs, force) if output is not None else nullcontext(None)
         with target as folder:
             with ByteProgress(plan.total_bytes, "diff", quiet=quiet) as progress:
-                report = run_diff(plan, chunk_bytes=chunk_mb * 1024 * 1024, progress=progress)
+                report = run_diff(plan, chunk_bytes=chunk_mb * 1024 * 1024, progress=progress,
+                                  rows_folder=Path(folder) if folder is not None else None)
             if strict and report.nonfinite:
                 _refuse_nonfinite(report.nonfinite)
             reads = input_reads(plan)

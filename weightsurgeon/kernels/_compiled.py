@@ -644,6 +644,44 @@ def delta_file(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, cons
     return sums, counts, hists, groups, failed.sum()
 
 
+@njit(nogil=True, parallel=True, error_model="numpy", cache=True)
+def delta_file_batch(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, consts, edges, threads):
+    """delta_file on many small pairs in one launch: pair i is n[i] <= PART elements at byte
+    positions pos_a[i], pos_b[i] of the two files, so it is one part, and its row of the
+    results is what delta_file's single part gives it, bit for bit.
+
+    A MoE checkpoint holds ~100k tensors of a few kB; one delta_file call each paid a
+    thread-pool launch and fresh buffers and scratch (70-100 us of a tiny tensor's cost).
+    Here each lane allocates once and takes pairs lane, lane + lanes, ... Returns per-pair
+    (sums[count, N_SUMS], counts[count, 2], hist[count, bins], failed[count]): a failed
+    pair's rows are zero and the caller reads it again itself.
+    """
+    count = n.size
+    nbins = edges.size - 1
+    sums = np.zeros((count, N_SUMS), dtype=np.float64)
+    counts = np.zeros((count, 2), dtype=np.int64)
+    hists = np.zeros((count, nbins), dtype=np.int64)
+    failed = np.zeros(count, dtype=np.int64)
+    lanes = max(1, min(threads, count))
+    size = 1
+    for i in range(count):
+        size = max(size, n[i])
+    for lane in prange(lanes):
+        a = np.empty(size, dtype=like_a.dtype)
+        b = np.empty(size, dtype=like_b.dtype)
+        scratch, codes, sub, acc = _part_scratch(consts, nbins)
+        no_grouping = np.zeros(3, dtype=np.int64)
+        no_groups = np.zeros((1, 2), dtype=np.float64)
+        for i in range(lane, count, lanes):
+            m = n[i]
+            if _read_full(fd_a, a[:m], pos_a[i]) and _read_full(fd_b, b[:m], pos_b[i]):
+                _delta_part(a[:m], code_a, b[:m], code_b, consts, edges, sums[i], counts[i], hists[i],
+                            scratch, codes, sub, acc, no_grouping, no_groups)
+            else:
+                failed[i] = 1
+    return sums, counts, hists, failed
+
+
 @njit(nogil=True, parallel=True, cache=True)
 def count_matching(x, mask, value):
     """Number of elements whose bits under `mask` equal `value` (the NaN/Inf patterns of float formats)."""

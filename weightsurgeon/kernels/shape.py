@@ -49,18 +49,31 @@ def central_sums(n: np.ndarray, shift: np.ndarray, s1: np.ndarray, s2: np.ndarra
 def combine(n: np.ndarray, mean: np.ndarray, m2: np.ndarray, m3: np.ndarray,
             m4: np.ndarray) -> tuple[int, float, float, float, float]:
     """Merge groups (n_i, mean_i, M2_i, M3_i, M4_i) into one: the central sums about the pooled mean."""
+    total, pooled, c2, c3, c4 = combine_rows(n, mean, m2, m3, m4)
+    return int(total), float(pooled), float(c2), float(c3), float(c4)
+
+
+def combine_rows(n: np.ndarray, mean: np.ndarray, m2: np.ndarray, m3: np.ndarray,
+                 m4: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`combine` along the last axis: row i of every input merges into element i of every output.
+
+    One formula for one tensor's parts and for a batch of small tensors at once (each row
+    the empty statistics and one part): the batch then gets the same numbers, bit for bit,
+    as merging each on its own.
+    """
     n = np.asarray(n, dtype=np.float64)
-    total = float(n.sum())
-    if total == 0:
-        return 0, 0.0, 0.0, 0.0, 0.0
+    total = n.sum(axis=-1)
+    empty = total == 0
     mean = np.asarray(mean, dtype=np.float64)
-    pooled = float((n * mean).sum() / total)
-    d = mean - pooled
+    pooled = (n * mean).sum(axis=-1) / np.where(empty, 1.0, total)
+    d = mean - pooled[..., None]
     m2, m3, m4 = (np.asarray(m, dtype=np.float64) for m in (m2, m3, m4))
-    c2 = float((m2 + n * d * d).sum())
-    c3 = float((m3 + 3.0 * m2 * d + n * d ** 3).sum())
-    c4 = float((m4 + 4.0 * m3 * d + 6.0 * m2 * d * d + n * d ** 4).sum())
-    return int(total), pooled, max(c2, 0.0), c3, max(c4, 0.0)
+    c2 = (m2 + n * d * d).sum(axis=-1)
+    c3 = (m3 + 3.0 * m2 * d + n * d ** 3).sum(axis=-1)
+    c4 = (m4 + 4.0 * m3 * d + 6.0 * m2 * d * d + n * d ** 4).sum(axis=-1)
+    zero = np.zeros_like(total)
+    return (np.where(empty, zero, total), np.where(empty, zero, pooled), np.where(empty | (0.0 > c2), zero, c2),
+            np.where(empty, zero, c3), np.where(empty | (0.0 > c4), zero, c4))
 
 
 def moments(n: int, m2: float, m3: float, m4: float) -> tuple[float, float, float]:
@@ -102,24 +115,23 @@ def smooth(counts: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _prominences(y: np.ndarray, peaks: list[int]) -> list[float]:
+    """Each peak's height above the higher of the lowest points on its two sides, each side
+    running to the first value higher than the peak (or the end, beyond which y is 0)."""
     out = []
+    last = len(y) - 1
     for i in peaks:
         h = y[i]
-        j = i
-        left = h
-        while j > 0 and y[j - 1] <= h:
-            j -= 1
-            left = min(left, y[j])
+        higher = np.flatnonzero(y[:i] > h)
+        j = int(higher[-1]) + 1 if higher.size else 0
+        left = float(y[j:i + 1].min())
         if j == 0:
-            left = min(left, 0.0)  # beyond the ends the smoothed counts are zero
-        k = i
-        right = h
-        while k < len(y) - 1 and y[k + 1] <= h:
-            k += 1
-            right = min(right, y[k])
-        if k == len(y) - 1:
+            left = min(left, 0.0)
+        higher = np.flatnonzero(y[i + 1:] > h)
+        k = i + int(higher[0]) if higher.size else last
+        right = float(y[i:k + 1].min())
+        if k == last:
             right = min(right, 0.0)
-        out.append(h - max(left, right))
+        out.append(float(h) - max(left, right))
     return out
 
 
@@ -135,9 +147,12 @@ def histogram_modes(hist: np.ndarray, clip: float, std: float) -> list[float]:
         return []
     y = smooth(inner, smoothing_sigma(n, std, clip, bins))
     padded = np.concatenate(([0.0], y, [0.0]))
-    peaks = [i - 1 for i in range(1, len(padded) - 1) if padded[i] > padded[i - 1] and padded[i] >= padded[i + 1]]
-    # a plateau's left end counts once; a plateau that rises again is not a peak (prominence 0)
     floor = MODE_PROMINENCE * float(y.max())
+    # a plateau's left end counts once; a plateau that rises again is not a peak (prominence 0).
+    # A prominence is at most the peak's height (y >= 0), so peaks lower than the floor are
+    # left out before the walk: the same modes, without walking every ripple of the tails.
+    centre = padded[1:-1]
+    peaks = np.flatnonzero((centre > padded[:-2]) & (centre >= padded[2:]) & (centre >= floor)).tolist()
     kept = [i for i, p in zip(peaks, _prominences(y, peaks)) if p >= floor and p > 0]
     width = 2.0 * clip / bins
     return [float(-clip + (i + 1.5) * width) for i in kept]

@@ -5,8 +5,12 @@ is the exact merge of its tensors' rows and every derived number (L2, relative L
 cosine) is recomputed from sums, never averaged. report.json carries the raw sums beside
 the derived numbers, so `from_json` rebuilds the same report bit for bit.
 
-Schema ``weightsurgeon.diff/3`` (within a version keys are only ever added, never renamed):
-base/tuned identities, options, bin_edges, notes, missing, tensors, modules, timing.
+Schema ``weightsurgeon.diff/4`` (within a version keys are only ever added, never renamed):
+base/tuned identities, options, bin_edges, notes, missing, modules, units, spectra, timing,
+and the per-tensor rows: inline as ``tensors`` (a report printed with --json, or written
+by the Python API) or, in a report folder, in report.csv and histograms.safetensors, which
+``tensor_files`` names (report/rows.py; version 4). A 100k-tensor report.json is then
+a few MB instead of 190 MB.
 JSON has no NaN: non-finite floats are written as null. Version 2 renamed an identity's
 ``digest`` to ``layout_digest`` (it hashes the headers: a base and its fine-tune share it)
 and added the identity the weights really have where it is known: ``repo``, ``commit``,
@@ -21,24 +25,21 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Iterable
 
 import numpy as np
 
 from weightsurgeon._version import __version__
 from weightsurgeon.errors import SurgeonError
+from weightsurgeon.report.rows import CSV_COLUMNS, CSV_EXTRA, csv_row  # noqa: F401  # CSV_*: scripts import them here
 from weightsurgeon.report.spectrum import SpectrumRow
 from weightsurgeon.report.units import UnitDiff
 
-SCHEMA = "weightsurgeon.diff/3"
-# Older schemas still read: /1 and /2 lack the shape of the relative change (r_* become NaN) and units.
-READABLE_SCHEMAS = ("weightsurgeon.diff/1", "weightsurgeon.diff/2", SCHEMA)
-
-# The CSV's first columns: scripts read these names.
-CSV_COLUMNS = ("tuned", "name", "layer", "module", "param", "dtype", "numel", "l2_delta", "l2_base", "l2_tuned",
-               "rel_l2", "cosine", "max_abs_delta", "mean_delta", "n_base_zero", "n_nonfinite")
-CSV_EXTRA = ("dtype_tuned", "shape", "added_rows", "n", "r_mean", "r_std", "r_skewness", "r_excess_kurtosis",
-             "bimodality", "n_modes", "modes", "lora_rank")
+SCHEMA = "weightsurgeon.diff/4"
+# Older schemas still read: /1 and /2 lack the shape of the relative change (r_* become NaN) and units;
+# /3 holds every tensor row inline.
+READABLE_SCHEMAS = ("weightsurgeon.diff/1", "weightsurgeon.diff/2", "weightsurgeon.diff/3", SCHEMA)
 
 # Reading order of modules inside a layer, and of the layerless ones around the layers.
 MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "q_norm", "k_norm", "gate_proj", "up_proj",
@@ -183,11 +184,14 @@ class TensorDiff:
     added_rows: int = 0
     lora_rank: int | None = None  # the adapter's rank when the tuned value is W + scaling * B @ A
 
-    def to_dict(self) -> dict:
-        return {"tuned": self.tuned, "name": self.name, "layer": self.layer, "module": self.module,
-                "param": self.param, "dtype": self.dtype, "dtype_tuned": self.dtype_tuned, "shape": list(self.shape),
-                "numel": int(self.numel), **stats_fields(self.stats), "added_rows": int(self.added_rows),
-                "lora_rank": self.lora_rank, "hist": _ints(self.stats.hist)}
+    def to_dict(self, hist: bool = True) -> dict:
+        out = {"tuned": self.tuned, "name": self.name, "layer": self.layer, "module": self.module,
+               "param": self.param, "dtype": self.dtype, "dtype_tuned": self.dtype_tuned, "shape": list(self.shape),
+               "numel": int(self.numel), **stats_fields(self.stats), "added_rows": int(self.added_rows),
+               "lora_rank": self.lora_rank}
+        if hist:
+            out["hist"] = _ints(self.stats.hist)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict, bins: int, clip: float) -> "TensorDiff":
@@ -218,19 +222,85 @@ class ModuleDiff:
                    num_tensors=int(d.get("num_tensors", 0)), stats=stats_from_fields(d, bins, clip))
 
 
+class ModuleTotals:
+    """(tuned, layer, module) rows built tensor by tensor, exactly (sums and counts add).
+
+    Sums, counts and histograms are added as tensors arrive; the moments of the relative
+    change are merged once per module at the end (one shape.combine_rows over its
+    tensors: a merge per tensor cost more than everything else a tiny tensor needs). So a
+    diff keeps per-module aggregates only, whatever the number of tensors.
+    """
+
+    def __init__(self, bins: int, clip: float) -> None:
+        self.bins, self.clip = bins, clip
+        self.rows: dict[tuple, ModuleDiff] = {}
+        self.moments: dict[tuple, list[tuple[int, float, float, float, float]]] = {}
+
+    def add(self, tuned: str, layer: int | None, module: str, numel: int, stats: Any) -> None:
+        key = (tuned, layer, module)
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = ModuleDiff(tuned, layer, module, 0, 0, _stats_cls().empty(self.bins, self.clip))
+            self.moments[key] = []
+        total = row.stats
+        total.n += stats.n
+        total.n_nonfinite += stats.n_nonfinite
+        total.n_base_zero += stats.n_base_zero
+        total.sum_sq_delta += stats.sum_sq_delta
+        total.sum_sq_a += stats.sum_sq_a
+        total.sum_sq_b += stats.sum_sq_b
+        total.dot_ab += stats.dot_ab
+        total.sum_delta += stats.sum_delta
+        total.max_abs_delta = max(total.max_abs_delta, stats.max_abs_delta)
+        self.moments[key].append((stats.r_n, stats.r_mean, stats.r_m2, stats.r_m3, stats.r_m4))
+        total.hist += stats.hist
+        row.numel += numel
+        row.num_tensors += 1
+
+    def result(self, tuned_order: list[str]) -> list[ModuleDiff]:
+        from weightsurgeon.kernels.shape import combine
+
+        for key, row in self.rows.items():
+            n, mean, m2, m3, m4 = (np.array(column, dtype=np.float64) for column in zip(*self.moments[key]))
+            _, row.stats.r_mean, row.stats.r_m2, row.stats.r_m3, row.stats.r_m4 = combine(n, mean, m2, m3, m4)
+        index = {label: i for i, label in enumerate(tuned_order)}
+        return sorted(self.rows.values(), key=lambda m: sort_key(index.get(m.tuned, len(index)), m.layer, m.module))
+
+
 def aggregate_modules(tensors: Iterable[TensorDiff], tuned_order: list[str], bins: int, clip: float) -> list[ModuleDiff]:
     """Merge tensor rows into (tuned, layer, module) rows, exactly (sums and counts add)."""
-    groups: dict[tuple, ModuleDiff] = {}
+    totals = ModuleTotals(bins, clip)
     for t in tensors:
-        key = (t.tuned, t.layer, t.module)
-        row = groups.get(key)
-        if row is None:
-            row = groups[key] = ModuleDiff(t.tuned, t.layer, t.module, 0, 0, _stats_cls().empty(bins, clip))
-        row.stats.merge(t.stats)
-        row.numel += t.numel
-        row.num_tensors += 1
-    index = {label: i for i, label in enumerate(tuned_order)}
-    return sorted(groups.values(), key=lambda m: sort_key(index.get(m.tuned, len(index)), m.layer, m.module))
+        totals.add(t.tuned, t.layer, t.module, t.numel, t.stats)
+    return totals.result(tuned_order)
+
+
+class FileRows(Sequence):
+    """A saved report's tensor rows, read from report.csv and histograms.safetensors on first use
+    (`plot` and `compare-reports` need the module rows only)."""
+
+    def __init__(self, folder: Path, files: dict, labels: list[str], bins: int, clip: float, source: str) -> None:
+        self.folder, self.files, self.labels, self.bins, self.clip, self.source = folder, files, labels, bins, clip, source
+        self.loaded: list[TensorDiff] | None = None
+
+    def _rows(self) -> list[TensorDiff]:
+        if self.loaded is None:
+            from weightsurgeon.report.rows import read_rows
+
+            try:
+                rows = [TensorDiff.from_dict(d, self.bins, self.clip) for d in read_rows(self.folder, self.files, self.source)]
+            except (KeyError, TypeError, ValueError) as e:
+                raise SurgeonError(f"{self.source}: damaged tensor rows: {type(e).__name__}: {str(e)[:120]}") from e
+            index = {label: i for i, label in enumerate(self.labels)}
+            rows.sort(key=lambda r: sort_key(index.get(r.tuned, len(index)), r.layer, r.module, r.name))
+            self.loaded = rows
+        return self.loaded
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._rows()[i]
+
+    def __len__(self) -> int:
+        return len(self._rows())
 
 
 @dataclass
@@ -249,6 +319,9 @@ class DiffReport:
     nonfinite: list[dict] = field(default_factory=list)
     units: list[Any] = field(default_factory=list)  # report/units.UnitDiff: per head and per expert
     spectra: list[Any] = field(default_factory=list)  # report/spectrum.SpectrumRow: diff --spectrum
+    # Where the tensor rows are, when not in `tensors` alone: report/rows.RowWriter.close()'s entry
+    # (a streamed diff holds no rows in memory: `tensors` is empty; a loaded report reads them back).
+    tensor_files: dict | None = None
     timing: dict = field(default_factory=lambda: {"seconds": 0.0, "bytes_read": 0, "gb_per_s": None})
     version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -265,6 +338,13 @@ class DiffReport:
     @property
     def bin_edges(self) -> list[float]:
         return [float(x) for x in np.histogram_bin_edges(np.empty(0), bins=self.bins, range=(-self.clip, self.clip))]
+
+    @property
+    def num_tensors(self) -> int:
+        """Tensor rows of the report, in memory or in its files."""
+        if self.tensor_files is not None and not isinstance(self.tensors, FileRows):
+            return int(self.tensor_files["rows"])
+        return len(self.tensors)
 
     @property
     def labels(self) -> list[str]:
@@ -363,10 +443,12 @@ class DiffReport:
 
     def to_dict(self) -> dict:
         """report.json as a dict (NaN/inf already null)."""
+        files = self.tensor_files
+        rows: dict = ({"tensor_files": dict(files)} if files is not None else {"tensors": [t.to_dict() for t in self.tensors]})
         return {**self.to_dict_header(),
-                "tensors": [t.to_dict() for t in self.tensors],
+                **rows,
                 "modules": [m.to_dict() for m in self.modules],
-                "units": [u.to_dict() for u in self.units],
+                "units": [] if files is not None and "units" in files else [u.to_dict() for u in self.units],
                 "spectra": [r.to_dict() for r in self.spectra],
                 "timing": dict(self.timing)}
 
@@ -379,8 +461,13 @@ class DiffReport:
         fp.write("{")
         for i, (key, value) in enumerate(head.items()):
             fp.write(("" if i == 0 else ",") + "\n " + json.dumps(key) + ": " + json.dumps(value, allow_nan=False))
-        for key, rows in (("tensors", self.tensors), ("modules", self.modules), ("units", self.units),
-                          ("spectra", self.spectra)):
+        row_lists: list[tuple[str, Any]] = [("modules", self.modules), ("units", self.units), ("spectra", self.spectra)]
+        if self.tensor_files is not None:  # the tensor rows, and the head/expert rows (one per expert), are in files
+            fp.write(",\n \"tensor_files\": " + json.dumps(self.tensor_files))
+            row_lists = [(key, [] if key == "units" and "units" in self.tensor_files else rows) for key, rows in row_lists]
+        else:
+            row_lists.insert(0, ("tensors", self.tensors))
+        for key, rows in row_lists:
             fp.write(",\n " + json.dumps(key) + ": [")
             for i, row in enumerate(rows):
                 fp.write(("" if i == 0 else ",") + "\n  " + json.dumps(row.to_dict(), allow_nan=False))
@@ -394,8 +481,12 @@ class DiffReport:
         return path
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "report") -> "DiffReport":
-        """Rebuild a report from report.json's dict, checked: one SurgeonError naming ``source`` and the first problem."""
+    def from_dict(cls, d: Any, source: str = "report", folder: Path | None = None) -> "DiffReport":
+        """Rebuild a report from report.json's dict, checked: one SurgeonError naming ``source`` and the first problem.
+
+        Tensor rows kept in files (``tensor_files``) are read from `folder` when first used;
+        without a folder (JSON text) such a report has no tensor rows.
+        """
         if not isinstance(d, dict):
             raise SurgeonError(f"{source}: not a diff report (the JSON is a {type(d).__name__}, not an object)")
         schema = d.get("schema")
@@ -407,13 +498,26 @@ class DiffReport:
         try:
             options = dict(d["options"])
             bins, clip = int(options["bins"]), float(options["clip"])
+            files = d.get("tensor_files")
+            tensors: Any = [TensorDiff.from_dict(t, bins, clip) for t in d.get("tensors") or []]
+            if files is not None:
+                if not isinstance(files, dict) or not isinstance(files.get("rows"), int):
+                    raise SurgeonError(f"{source}: 'tensor_files' must name the row files and their row count")
+                if folder is not None:
+                    tensors = FileRows(folder, files, [t["label"] for t in d["tuned"]], bins, clip, source)
+            units = [UnitDiff.from_dict(u) for u in d.get("units") or []]
+            if files is not None and folder is not None and isinstance(files.get("units"), str):
+                from weightsurgeon.report.units import read_units_csv
+
+                units = read_units_csv(folder / files["units"], source)
             return cls(
                 base=ModelIdentity.from_dict(d["base"]),
                 tuned=[ModelIdentity.from_dict(t) for t in d["tuned"]],
                 options=options,
-                tensors=[TensorDiff.from_dict(t, bins, clip) for t in d.get("tensors") or []],
+                tensors=tensors,
+                tensor_files=dict(files) if files is not None else None,
                 modules=[ModuleDiff.from_dict(m, bins, clip) for m in d["modules"]],
-                units=[UnitDiff.from_dict(u) for u in d.get("units") or []],
+                units=units,
                 spectra=[SpectrumRow.from_dict(r) for r in d.get("spectra") or []],
                 notes=list(d.get("notes", [])),
                 missing=list(d.get("missing", [])),
@@ -448,30 +552,32 @@ class DiffReport:
             raise SurgeonError(f"{where}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
         except RecursionError:
             raise SurgeonError(f"{where}: not valid JSON (nested too deeply)") from None
-        return cls.from_dict(d, source=where)
+        return cls.from_dict(d, source=where, folder=None if where == "report" else Path(where).expanduser().parent)
 
     # -- CSV -----------------------------------------------------------------------------
     def write_csv(self, path: str | Path) -> Path:
-        """report.csv: one row per tensor and tuned model; empty cells for null/NaN."""
+        """report.csv: one row per tensor and tuned model; empty cells for null/NaN (report/rows.py)."""
         path = Path(path)
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(CSV_COLUMNS + CSV_EXTRA)
             for t in self.tensors:
-                row = t.to_dict()
-                row["shape"] = "x".join(str(s) for s in t.shape)
-                row["n_modes"] = len(row["modes"])
-                row["modes"] = ";".join(repr(m) for m in row["modes"])
-                writer.writerow([_csv_cell(row[c]) for c in CSV_COLUMNS + CSV_EXTRA])
+                writer.writerow(csv_row(t))
         return path
 
+    def write_rows(self, folder: str | Path) -> dict:
+        """The tensor rows into report.csv and histograms.safetensors in `folder`, as a streamed diff
+        writes them (already there when the diff streamed them); report.json then names the files."""
+        if self.tensor_files is None:
+            from weightsurgeon.report.rows import write_rows
 
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ""
-    return str(value)
+            self.tensor_files = write_rows(self.tensors, Path(folder), len(self.tensors), self.bins)
+        if self.units and "units" not in self.tensor_files:
+            from weightsurgeon.report.units import HEADS_CSV, write_units_csv
+
+            write_units_csv(self.units, Path(folder) / HEADS_CSV)
+            self.tensor_files["units"] = HEADS_CSV
+        return self.tensor_files
 
 
 def _check_rows(d: dict, source: str) -> None:

@@ -88,7 +88,7 @@ def print_summary(report: DiffReport, console: Any = None, top: int = 10, files:
                   f"{report.base.num_layers} layers, {report.base.dtype})")
     for t in report.tuned:
         say(f"tuned {t.label}: {t.path}  ({t.dtype})")
-    say(f"compared {len(report.tensors)} tensor pair(s), read {timing.get('bytes_read', 0) / 1e9:.2f} GB in "
+    say(f"compared {report.num_tensors} tensor pair(s), read {timing.get('bytes_read', 0) / 1e9:.2f} GB in "
                   f"{timing.get('seconds', 0):.1f} s" + (f" ({speed:.2f} GB/s)" if speed else ""))
     for line in nonfinite_lines(report):
         say(line)
@@ -106,8 +106,8 @@ def print_summary(report: DiffReport, console: Any = None, top: int = 10, files:
                           fmt(s.max_abs_delta))
         if cells.row_count:
             console.print(cells)
-        elif any(t.stats.n_nonfinite for t in report.tensors if t.tuned == label):
-            left = sum(t.stats.n_nonfinite for t in report.tensors if t.tuned == label)
+        elif any(m.stats.n_nonfinite for m in report.modules if m.tuned == label):  # modules sum their tensors
+            left = sum(m.stats.n_nonfinite for m in report.modules if m.tuned == label)
             say(f"{label}: no change in the finite values; {left} element(s) where either side is NaN/Inf were left out (above)")
         else:
             say(f"{label}: no change: every compared tensor equals the base exactly (delta 0)")

@@ -102,6 +102,22 @@ def write_units_csv(units: Iterable[UnitDiff], path: str | Path) -> Path:
     return path
 
 
+def read_units_csv(path: Path, source: str) -> list[UnitDiff]:
+    """report_heads.csv back into rows (a report folder of schema 4 keeps them there, not in report.json)."""
+    from weightsurgeon.errors import SurgeonError
+
+    if not path.is_file():
+        raise SurgeonError(f"{source}: its head and expert rows are in {path.name}, which is missing beside it")
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            rows.append(UnitDiff(tuned=row["tuned"], layer=int(row["layer"]) if row["layer"] else None,
+                                 module=row["module"], kind=row["kind"], index=int(row["index"]),
+                                 sum_sq_delta=float(row["sum_sq_delta"] or "nan"),
+                                 sum_sq_base=float(row["sum_sq_base"] or "nan")))
+    return rows
+
+
 def top_units(units: Iterable[UnitDiff], tuned: str, n: int = 5, kind: str | None = None) -> list[UnitDiff]:
     """The n units of one tuned model with the largest relative L2 (ties by L2)."""
     rows = [u for u in units if u.tuned == tuned and (kind is None or u.kind == kind) and math.isfinite(u.rel_l2)

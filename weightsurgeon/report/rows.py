@@ -1,0 +1,151 @@
+"""Per-tensor rows of a diff report, streamed to two files beside report.json.
+
+A MoE checkpoint has ~100k tensors; their rows with 200-bin histograms made report.json
+130-190 MB and kept ~2 KB per tensor in memory until the end. The diff writes each
+tensor's row as soon as the tensor is done, and keeps only per-module aggregates:
+
+- ``report.csv``: one row per tensor and tuned model, every statistic and the raw sums
+  (enough to rebuild the row exactly: floats are written with repr), in the order the
+  diff finished them (the base's on-disk order). ``pandas.read_csv`` opens it in one call.
+- ``histograms.safetensors``: one tensor ``histograms`` of shape [rows, bins], row i the
+  relative-change histogram of CSV row i; I32 counts (I64 where a tensor has 2^31
+  elements or more). ``safetensors.numpy.load_file`` opens it.
+
+report.json (schema 4) names both under ``tensor_files``; `DiffReport.from_json` reads
+them back when the rows are asked for.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import IO, Any, Iterable
+
+import numpy as np
+
+TENSORS_CSV = "report.csv"
+HISTOGRAMS = "histograms.safetensors"
+HISTOGRAMS_TENSOR = "histograms"
+
+# The CSV's first columns: scripts read these names.
+CSV_COLUMNS = ("tuned", "name", "layer", "module", "param", "dtype", "numel", "l2_delta", "l2_base", "l2_tuned",
+               "rel_l2", "cosine", "max_abs_delta", "mean_delta", "n_base_zero", "n_nonfinite")
+# Then these; the raw sums (schema 4) make a row rebuildable exactly.
+CSV_EXTRA = ("dtype_tuned", "shape", "added_rows", "n", "r_mean", "r_std", "r_skewness", "r_excess_kurtosis",
+             "bimodality", "n_modes", "modes", "lora_rank", "sum_sq_delta", "sum_sq_base", "sum_sq_tuned",
+             "dot_base_tuned", "sum_delta", "r_m2", "r_m3", "r_m4")
+_INT_COLUMNS = ("numel", "n_base_zero", "n_nonfinite", "added_rows", "n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ""
+    return str(value)
+
+
+def csv_row(t: Any) -> list[str]:
+    """One TensorDiff as report.csv's cells: empty cells for null/NaN."""
+    row = t.to_dict(hist=False)
+    row["shape"] = "x".join(str(s) for s in t.shape)
+    row["n_modes"] = len(row["modes"])
+    row["modes"] = ";".join(repr(m) for m in row["modes"])
+    return [_cell(row[c]) for c in CSV_COLUMNS + CSV_EXTRA]
+
+
+def hist_dtype(largest: int) -> str:
+    """I32 counts where every tensor has fewer than 2^31 elements, else I64."""
+    return "I32" if largest < 2**31 else "I64"
+
+
+class RowWriter:
+    """Writes tensor rows as they come: a CSV line and a histogram row each.
+
+    The number of rows is known before the first (the plan's pairs), so the histogram
+    file's header is written first and rows follow in order; `close` checks the count.
+    """
+
+    def __init__(self, folder: Path, rows: int, bins: int, largest: int) -> None:
+        from weightsurgeon.format import build_header
+
+        self.folder, self.rows, self.bins, self.done = Path(folder), int(rows), int(bins), 0
+        self.dtype = hist_dtype(largest)
+        self.np_dtype = np.int32 if self.dtype == "I32" else np.int64
+        self.csv_file: IO[str] = open(self.folder / TENSORS_CSV, "w", newline="", encoding="utf-8")
+        self.csv = csv.writer(self.csv_file)
+        self.csv.writerow(CSV_COLUMNS + CSV_EXTRA)
+        self.hist_file = open(self.folder / HISTOGRAMS, "wb")
+        prefix, _ = build_header([(HISTOGRAMS_TENSOR, self.dtype, (self.rows, self.bins))],
+                                 {"format": "np", "rows": f"the rows of {TENSORS_CSV}, in order"})
+        self.hist_file.write(prefix)
+
+    def add(self, t: Any) -> None:
+        if self.done >= self.rows:
+            raise RuntimeError(f"internal: more than the {self.rows} planned tensor rows")
+        self.csv.writerow(csv_row(t))
+        self.hist_file.write(np.asarray(t.stats.hist, dtype=self.np_dtype).tobytes())
+        self.done += 1
+
+    def close(self) -> dict:
+        """Close both files; report.json's ``tensor_files`` entry."""
+        self.csv_file.close()
+        self.hist_file.close()
+        if self.done != self.rows:
+            raise RuntimeError(f"internal: {self.done} tensor rows written of {self.rows} planned")
+        return {"csv": TENSORS_CSV, "histograms": HISTOGRAMS, "rows": self.rows, "hist_dtype": self.dtype}
+
+    def abort(self) -> None:
+        self.csv_file.close()
+        self.hist_file.close()
+
+
+def write_rows(tensors: Iterable[Any], folder: Path, rows: int, bins: int) -> dict:
+    """Rows already in memory (a report from the Python API) written as a streamed diff writes them."""
+    tensors = list(tensors)
+    writer = RowWriter(folder, rows, bins, max((t.numel for t in tensors), default=0))
+    try:
+        for t in tensors:
+            writer.add(t)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
+
+
+def _number(text: str, integer: bool) -> Any:
+    if text == "":
+        return None
+    return int(text) if integer else float(text)
+
+
+def read_rows(folder: Path, files: dict, source: str) -> list[dict]:
+    """The rows of report.csv with their histograms, as report.json's schema-3 tensor dicts."""
+    from safetensors.numpy import load_file
+
+    from weightsurgeon.errors import SurgeonError
+
+    csv_path, hist_path = folder / str(files.get("csv", TENSORS_CSV)), folder / str(files.get("histograms", HISTOGRAMS))
+    for path in (csv_path, hist_path):
+        if not path.is_file():
+            raise SurgeonError(f"{source}: its tensor rows are in {path.name}, which is missing beside it")
+    try:
+        hists = load_file(str(hist_path))[HISTOGRAMS_TENSOR]
+    except Exception as e:  # noqa: BLE001 - safetensors raises several kinds for a damaged file
+        raise SurgeonError(f"{hist_path}: not a histogram file of a diff report ({str(e)[:120]})") from None
+    out = []
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            d: dict[str, Any] = {k: _number(row[k], k in _INT_COLUMNS) for k in CSV_EXTRA + CSV_COLUMNS
+                                 if k not in ("tuned", "name", "module", "param", "dtype", "dtype_tuned", "shape",
+                                              "modes", "layer", "lora_rank")}
+            d.update(tuned=row["tuned"], name=row["name"], module=row["module"], param=row["param"],
+                     dtype=row["dtype"], dtype_tuned=row["dtype_tuned"],
+                     shape=[int(s) for s in row["shape"].split("x")] if row["shape"] else [],
+                     layer=int(row["layer"]) if row["layer"] else None,
+                     lora_rank=int(row["lora_rank"]) if row["lora_rank"] else None,
+                     hist=hists[i] if i < len(hists) else None)
+            out.append(d)
+    if len(out) != len(hists):
+        raise SurgeonError(f"{source}: {csv_path.name} has {len(out)} rows but {hist_path.name} {len(hists)}")
+    return out
