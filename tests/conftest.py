@@ -207,3 +207,10 @@ def report_rows(folder: Path) -> list[dict]:
     from weightsurgeon.report.model import DiffReport
 
     return [t.to_dict() for t in DiffReport.from_json(Path(folder) / "report.json").tensors]
+
+
+def report_units(folder: Path) -> list[dict]:
+    """The head and expert rows of a saved report folder (schema 4 keeps them in report_heads.csv)."""
+    from weightsurgeon.report.model import DiffReport
+
+    return [u.to_dict() for u in DiffReport.from_json(Path(folder) / "report.json").units]

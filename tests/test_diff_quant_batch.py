@@ -21,6 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
+from conftest import report_rows, report_units  # noqa: E402
 from test_diff_quantized import _check, _quantize_block  # noqa: E402
 
 BLOCK = 128
@@ -100,7 +101,7 @@ def test_experts_stored_one_tensor_each_get_expert_rows_and_a_heatmap(moe_pair, 
     result = surgeon("diff", p["base"], p["tuned"], "-o", out, "-q")
     assert result.code == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
-    units = [u for u in report["units"] if u["kind"] == "expert" and u["module"] == "expert_down_proj"]
+    units = [u for u in report_units(out) if u["kind"] == "expert" and u["module"] == "expert_down_proj"]
     assert {(u["layer"], u["index"]) for u in units} == {(layer, e) for layer in range(2) for e in range(24)}
     top = max(units, key=lambda u: u["rel_l2"])
     assert (top["layer"], top["index"]) == (1, 5)
@@ -171,11 +172,11 @@ def test_gpt_oss_mxfp4_against_its_transposed_bf16_release(tmp_path: Path, surge
     result = surgeon("diff", mxfp4, tuned, "-o", out, "-q", "--no-plots")
     assert result.code == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
-    rows = {r["name"]: r for r in report["tensors"]}
+    rows = {r["name"]: r for r in report_rows(out)}
     down = rows["model.layers.0.mlp.experts.down_proj"]
     assert down["shape"] == [4, 64, 64] and down["l2_delta"] == pytest.approx(1.0, rel=1e-6)
     assert rows["model.layers.0.mlp.experts.gate_up_proj"]["l2_delta"] == 0.0
-    units = {u["index"]: u for u in report["units"] if u["module"] == "expert_down_proj"}
+    units = {u["index"]: u for u in report_units(out) if u["module"] == "expert_down_proj"}
     assert sorted(units) == [0, 1, 2, 3]
     assert [i for i, u in units.items() if u["l2_delta"] > 0] == [2]
 
@@ -192,7 +193,7 @@ def test_mxfp4_stacked_experts_get_expert_rows(tmp_path: Path, surgeon) -> None:
     result = surgeon("diff", base, tuned, "-o", out, "-q")
     assert result.code == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
-    units = {u["index"]: u for u in report["units"] if u["module"] == "expert_gate_up_proj"}
+    units = {u["index"]: u for u in report_units(out) if u["module"] == "expert_gate_up_proj"}
     assert [i for i, u in units.items() if u["l2_delta"] > 0] == [3]
     assert (out / "experts_expert_gate_up_proj.png").stat().st_size > 0
 

@@ -832,19 +832,18 @@ class _Rows:
     def __init__(self, plan: DiffPlan, stats: _LazyStats, groups: dict[tuple[int, str], Any], folder: Path | None) -> None:
         from weightsurgeon.report.model import ModuleTotals
         from weightsurgeon.report.rows import RowWriter
+        from weightsurgeon.report.units import UnitTotals
 
         self.plan, self.stats, self.groups = plan, stats, groups
         self.locations = plan.layout.locations if plan.layout is not None else {}
         self.totals = ModuleTotals(plan.options["bins"], plan.options["clip"])
         self.kept: list[Any] = []  # TensorDiff rows when nothing is streamed
-        self.for_units: list[Any] = []  # rows with per-head sums or an expert index, statistics cut to the sums
+        self.units = UnitTotals()
         self.flagged: set[tuple[int, str]] = set()  # pairs holding NaN/Inf
         self.writer = None if folder is None else RowWriter(folder, len(plan.pairs), plan.options["bins"],
                                                             max(p.numel for p in plan.pairs))
 
     def done(self, pairs: list[Pair]) -> None:
-        from types import SimpleNamespace
-
         from weightsurgeon.report.model import TensorDiff
 
         for p in pairs:
@@ -858,16 +857,13 @@ class _Rows:
                              shape=p.base_q.shape if p.base_q is not None else p.base.shape, numel=p.numel, stats=stats,
                              added_rows=p.added_rows, lora_rank=p.lora.rank if p.lora is not None else None)
             self.totals.add(row.tuned, row.layer, row.module, row.numel, stats)
+            self.units.add(row, self.groups.get(key))
             if stats.n_nonfinite:
                 self.flagged.add(key)
             if self.writer is None:
                 self.kept.append(row)
-                continue
-            self.writer.add(row)
-            if key in self.groups or loc.expert is not None:
-                self.for_units.append(SimpleNamespace(tuned=row.tuned, name=row.name, layer=row.layer, module=row.module,
-                                                      stats=SimpleNamespace(sum_sq_delta=stats.sum_sq_delta,
-                                                                            sum_sq_a=stats.sum_sq_a)))
+            else:
+                self.writer.add(row)
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -890,7 +886,6 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
     each tensor's row goes to report.csv and histograms.safetensors there as soon as the
     tensor is done and the report keeps the module rows only (report.tensor_files)."""
     from weightsurgeon.report.model import DiffReport, sort_key
-    from weightsurgeon.report.units import unit_rows
 
     bins, clip = plan.options["bins"], plan.options["clip"]
     stats = _LazyStats(bins, clip)
@@ -958,8 +953,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
 
     index = {label: i for i, label in enumerate(plan.labels)}
     kept = sorted(rows.kept, key=lambda r: sort_key(index[r.tuned], r.layer, r.module, r.name))
-    units = unit_rows(kept if rows.writer is None else rows.for_units,
-                      {(plan.labels[t], name): g for (t, name), g in groups.items()}, plan.labels)
+    units = rows.units.result(plan.labels)
     return DiffReport(
         base=identify(plan.base),
         tuned=[identify(c, label) for c, label in zip(plan.others, plan.labels)],

@@ -407,3 +407,5 @@ def warmup() -> None:
             count_nonfinite(z, dtype)
             if reads_files(dtype, dtype):
                 accumulate_delta_from_files(stats, fd, 0, dtype, fd, 0, dtype, 4)
+                accumulate_batch_from_files([DeltaStats.empty()], fd, np.zeros(1, np.int64), dtype, fd,
+                                            np.zeros(1, np.int64), dtype, np.full(1, 4, np.int64))

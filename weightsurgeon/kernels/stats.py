@@ -140,6 +140,15 @@ class DeltaStats:
 
         return histogram_modes(self.hist, self.clip, self.r_std)
 
+    def shape_numbers(self) -> tuple[float, float, float, float, list[float]]:
+        """(r_std, r_skewness, r_excess_kurtosis, bimodality, modes), each computed once: the
+        report writes all five for each of up to ~100k tensors."""
+        from weightsurgeon.kernels.shape import bimodality, histogram_modes, moments
+
+        n = self.r_n
+        std, skewness, kurtosis = moments(n, self.r_m2, self.r_m3, self.r_m4)
+        return std, skewness, kurtosis, bimodality(n, skewness, kurtosis), histogram_modes(self.hist, self.clip, std)
+
     @property
     def numel(self) -> int:
         """All elements seen, finite or not."""

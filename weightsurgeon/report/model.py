@@ -121,6 +121,7 @@ class ModelIdentity:
 
 def stats_fields(stats: Any) -> dict:
     """The derived and raw numbers of one DeltaStats, under report.json's names."""
+    std, skewness, kurtosis, bimodality, modes = stats.shape_numbers()
     return {
         "l2_delta": _json_float(stats.l2_delta),
         "l2_base": _json_float(stats.l2_a),
@@ -140,11 +141,11 @@ def stats_fields(stats: Any) -> dict:
         "sum_delta": _json_float(stats.sum_delta),
         # Shape of the clipped relative change (kernels/shape.py): derived, then the central sums it comes from.
         "r_mean": _json_float(stats.r_mean),
-        "r_std": _json_float(stats.r_std),
-        "r_skewness": _json_float(stats.r_skewness),
-        "r_excess_kurtosis": _json_float(stats.r_excess_kurtosis),
-        "bimodality": _json_float(stats.bimodality),
-        "modes": [round(m, 12) for m in stats.modes],
+        "r_std": _json_float(std),
+        "r_skewness": _json_float(skewness),
+        "r_excess_kurtosis": _json_float(kurtosis),
+        "bimodality": _json_float(bimodality),
+        "modes": [round(m, 12) for m in modes],
         "r_m2": _json_float(stats.r_m2),
         "r_m3": _json_float(stats.r_m3),
         "r_m4": _json_float(stats.r_m4),

@@ -18,7 +18,7 @@ CSV_COLUMNS = ("tuned", "layer", "module", "kind", "index", "l2_delta", "l2_base
                "sum_sq_base")
 
 
-@dataclass
+@dataclass(slots=True)
 class UnitDiff:
     """One head or expert of one (tuned, layer, module)."""
 
@@ -60,33 +60,38 @@ class UnitDiff:
                    sum_sq_delta=num(d["sum_sq_delta"]), sum_sq_base=num(d["sum_sq_base"]))
 
 
-def unit_rows(tensors: Iterable[Any], groups: dict[tuple[str, str], Any], labels: list[str]) -> list[UnitDiff]:
-    """Unit rows from the tensor rows (TensorDiff) and the kernel's grouped sums keyed (label, tensor name)."""
-    rows: dict[tuple, UnitDiff] = {}
+class UnitTotals:
+    """Unit rows built tensor by tensor as a diff finishes them: heads from the kernel's grouped
+    sums, experts stored one tensor each from their tensor's sums."""
 
-    def add(tuned: str, layer: int | None, module: str, kind: str, index: int, sd: float, sa: float) -> None:
+    def __init__(self) -> None:
+        self.rows: dict[tuple, UnitDiff] = {}
+
+    def _add(self, tuned: str, layer: int | None, module: str, kind: str, index: int, sd: float, sa: float) -> None:
         key = (tuned, layer, module, kind, index)
-        row = rows.get(key)
+        row = self.rows.get(key)
         if row is None:
-            rows[key] = UnitDiff(tuned, layer, module, kind, index, sd, sa)
+            self.rows[key] = UnitDiff(tuned, layer, module, kind, index, sd, sa)
         else:
             row.sum_sq_delta += sd
             row.sum_sq_base += sa
 
-    from weightsurgeon.layout import classify
+    def add(self, t: Any, groups: Any) -> None:
+        """One tensor row (TensorDiff) and its grouped sums (kernels.delta.Groups) or None."""
+        if groups is not None:
+            for i, (sd, sa) in enumerate(groups.sums.tolist()):
+                self._add(t.tuned, t.layer, t.module, groups.kind, i, sd, sa)
+            return
+        from weightsurgeon.layout import classify
 
-    for t in tensors:
-        g = groups.get((t.tuned, t.name))
-        if g is not None:
-            for i, (sd, sa) in enumerate(g.sums.tolist()):
-                add(t.tuned, t.layer, t.module, g.kind, i, sd, sa)
-            continue
         expert = classify(t.name).expert
         if expert is not None:
-            add(t.tuned, t.layer, t.module, "expert", expert, t.stats.sum_sq_delta, t.stats.sum_sq_a)
-    order = {label: i for i, label in enumerate(labels)}
-    return sorted(rows.values(), key=lambda u: (order.get(u.tuned, len(order)), -1 if u.layer is None else u.layer,
-                                                u.module, u.kind, u.index))
+            self._add(t.tuned, t.layer, t.module, "expert", expert, t.stats.sum_sq_delta, t.stats.sum_sq_a)
+
+    def result(self, labels: list[str]) -> list[UnitDiff]:
+        order = {label: i for i, label in enumerate(labels)}
+        return sorted(self.rows.values(), key=lambda u: (order.get(u.tuned, len(order)),
+                                                         -1 if u.layer is None else u.layer, u.module, u.kind, u.index))
 
 
 def write_units_csv(units: Iterable[UnitDiff], path: str | Path) -> Path:
