@@ -870,9 +870,6 @@ class _Rows:
             self.writer.abort()
 
 
-_SETTLE_PAIRS = 4096  # quantized pairs whose statistics (and histograms) may wait in the reader's batch
-
-
 def _last_chunk(info: TensorInfo, pairs: list[Pair], stop: int) -> bool:
     """Whether a chunk of _schedule is its tensor's last one."""
     return stop >= (pairs[0].numel if any(p.decoded for p in pairs) else info.numel)
@@ -899,24 +896,11 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
     elems, base_bytes, other_bytes, consumers = _chunk_plan(work, max(MIN_CHUNK_BYTES, int(chunk_bytes)), bins)
     reader = _ChunkReader(plan.base, plan.others, base_bytes, other_bytes, consumers, (bins, clip))
     rows = _Rows(plan, stats, groups, rows_folder)
-    waiting: list[Pair] = []  # quantized pairs whose last parts wait in the reader's batch
-
-    def settle() -> None:
-        """Compute what the reader's batch holds: its pairs' statistics are complete."""
-        reader.flush()
-        rows.done(waiting)
-        waiting.clear()
 
     def one(info: TensorInfo, pairs: list[Pair], start: int, stop: int) -> int:
         nbytes = reader.run(info, pairs, start, stop, stats, groups)
-        if not _last_chunk(info, pairs, stop):
-            return nbytes
-        if any(p.decoded for p in pairs):
-            waiting.extend(pairs)
-            if len(waiting) >= _SETTLE_PAIRS:
-                settle()
-        else:
-            rows.done(pairs)
+        if _last_chunk(info, pairs, stop):  # quantized pairs: once the reader's batch holding them is computed
+            reader.then(rows.done, pairs)
         return nbytes
 
     small = SmallPairs(plan.base, plan.others, stats, groups, one, rows.done)
@@ -937,7 +921,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
                 if progress is not None:
                     progress.advance(nbytes)
             _surfacing_signals(small.flush)
-            _surfacing_signals(settle)
+            _surfacing_signals(reader.flush)
         spectra = []
         if plan.options.get("spectrum"):
             from weightsurgeon.spectrum import measure_spectra
