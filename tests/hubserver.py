@@ -12,8 +12,10 @@ It serves the endpoints weightsurgeon uses, the way the Hub answers them:
 
 It counts the body bytes it sends per kind of request, logs each request, and can be
 told to misbehave (`faults`): cut a connection after N bytes, ignore Range, answer a
-status, or wait before answering. It serves from threads that stop with `close()`, or by
-themselves after `lifetime` seconds.
+status, or wait before answering. `rate` (bytes/s, None: unlimited) paces the file bytes of
+all connections together, one link shared by every request in flight (tools/bench_remote.py
+--rate: curl with one connection and the diff with several then see the same link). It serves
+from threads that stop with `close()`, or by themselves after `lifetime` seconds.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+_PACED_PIECE = 1 << 20  # bytes booked on a paced link at a time: 1 ms at 1000 MB/s
 
 
 @dataclass
@@ -80,9 +83,11 @@ class _Loopback:
 class HubServer(_Loopback):
     """``with HubServer() as hub: hub.add("org/model", folder); env HF_ENDPOINT=hub.url``."""
 
-    def __init__(self, lifetime: float = 300.0) -> None:
+    def __init__(self, lifetime: float = 300.0, rate: float | None = None) -> None:
         self.repos: dict[str, Repo] = {}
         self.faults = Faults()
+        self.rate = rate  # bytes/s for all file bodies together; None: as fast as sendfile goes
+        self._link_free = 0.0  # monotonic time at which the paced link has sent what was booked
         self.sent: dict[str, int] = {"api": 0, "resolve": 0, "cdn": 0}
         self.log: list[dict] = []
         server = self
@@ -107,6 +112,17 @@ class HubServer(_Loopback):
             self.sent = {k: 0 for k in self.sent}
             self.log.clear()
 
+    def pace(self, n: int) -> None:
+        """Wait for this piece's turn on the shared link: each piece of `n` bytes books n / rate
+        seconds after the pieces booked before it, by any connection (a total, not a per-connection, limit)."""
+        if not self.rate:
+            return
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self._link_free)
+            self._link_free = start + n / self.rate
+        if start > now:
+            time.sleep(start - now)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -263,7 +279,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             with open(file, "rb") as f:
                 while sent < limit:
-                    n = os.sendfile(self.connection.fileno(), f.fileno(), start + sent, min(limit - sent, 1 << 22))
+                    piece = min(limit - sent, _PACED_PIECE if self.hub.rate else 1 << 22)
+                    self.hub.pace(piece)
+                    n = os.sendfile(self.connection.fileno(), f.fileno(), start + sent, piece)
                     if n == 0:
                         break
                     sent += n

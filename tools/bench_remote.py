@@ -11,11 +11,17 @@ redirects to a "CDN" host) serves a synthetic bf16 pair on 127.0.0.1, from the p
 - ``surgeon diff (local files)``: the same diff from the files on disk (what the computing
   costs without the network; where the machine is busy, the diff is bound by it, not by fetching).
 
+``--rate MB/S`` paces the server: every file byte of every connection together goes through
+one link of that rate (a total limit, not a per-connection one: the diff keeps several
+requests in flight, curl one, and a per-connection limit would hand the diff more link). Without
+it, loopback is as fast as the server's sendfile, and on a small machine that measures the CPUs
+the server and the diff share, not whether the diff keeps up with a network.
+
 It prints the median throughput (tensor bytes fetched / wall time, process start included)
 of each, the ratio of the diff to each curl, each process's own peak RSS (GNU time), and the
 load average before and after: the machine may be shared.
 
-    python tools/bench_remote.py [--shape small] [--size 1.3] [--repeat 3] [--module o_proj]
+    python tools/bench_remote.py [--shape small] [--size 1.3] [--repeat 3] [--module o_proj] [--rate 500]
 """
 from __future__ import annotations
 
@@ -73,6 +79,8 @@ def main() -> None:
     add_model_arguments(ap, "bench-remote")
     ap.add_argument("--repeat", type=int, default=3, help="rounds, each in its own shuffled order (median reported)")
     ap.add_argument("--module", default=None, help="diff only this module (default: every tensor)")
+    ap.add_argument("--rate", type=float, default=None, metavar="MB/S",
+                    help="pace the server to this many MB/s (1e6 bytes), all connections together (default: unlimited)")
     args = ap.parse_args()
 
     models = ensure_models(args.workdir, args.shape, args.size, tuned=1)
@@ -80,7 +88,7 @@ def main() -> None:
     warm(base)
     warm(tuned)
     load_before = load_average()
-    with HubServer(lifetime=24 * 3600) as hub:
+    with HubServer(lifetime=24 * 3600, rate=args.rate * 1e6 if args.rate else None) as hub:
         commits = {"org/base": hub.add("org/base", base), "org/tuned": hub.add("org/tuned", tuned)}
         ranges = {repo: tensor_ranges(folder, args.module) for repo, folder in (("org/base", base), ("org/tuned", tuned))}
         scripts = {repo: curl_script(hub.url, repo, commits[repo], r) for repo, r in ranges.items()}
@@ -118,7 +126,8 @@ def main() -> None:
     what = f"module {args.module}" if args.module else "every tensor"
     fetched = statistics.median(b for _, _, b in results["surgeon diff --remote"])
     print(f"\nremote diff of a pair of {args.size:g} GB models ({args.shape}) ({what}: {fetched / 1e9:.2f} GB fetched), "
-          f"loopback, page cache warm, median of {args.repeat}")
+          f"loopback{f' paced to {args.rate:g} MB/s in total' if args.rate else ' (unpaced)'}, page cache warm, "
+          f"median of {args.repeat}")
     print(f"{'':24} {'GB/s':>6} {'diff / this':>12} {'peak RSS MiB':>13}")
     diff_rate = rate("surgeon diff --remote")
     for name in jobs:
