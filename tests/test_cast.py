@@ -109,9 +109,13 @@ def _fp8_model(root: Path, scale_dtype=torch.float32, shards: int = 2, big: floa
 
 @pytest.mark.parametrize("target,torch_dtype", [("bf16", torch.bfloat16), ("f16", torch.float16), ("f32", torch.float32)])
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("path", ["batched", "streamed"])
+@pytest.mark.parametrize("path", ["batched", "streamed", "row-parts"])
 def test_fp8_cast_equals_torch_bit_for_bit(tmp_path, surgeon, monkeypatch, target, torch_dtype, scale_dtype, path):
     from weightsurgeon import cast_values
+    from weightsurgeon.kernels import quant
+
+    if path == "row-parts":  # every tensor cut into parts of a row or two that the threads share
+        monkeypatch.setattr(quant, "CAST_PART_ELEMS", 300)
 
     model, tensors = _fp8_model(tmp_path / "fp8", scale_dtype)
     out = tmp_path / "out"
@@ -139,9 +143,41 @@ def test_fp8_cast_equals_torch_bit_for_bit(tmp_path, surgeon, monkeypatch, targe
     index_in = json.loads((model / "model.safetensors.index.json").read_text())["weight_map"]
     index_out = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
     assert index_out == {n: f for n, f in index_in.items() if not n.endswith("_scale_inv")}
-    if path == "batched":
+    if path != "streamed":
         doc = json.loads((out / "surgeon.json").read_text())
         assert doc["operation"] == "cast" and doc["cast"]["dequantized"] == len(FP8_SHAPES)
+
+
+def test_parallel_parts_give_the_serial_bytes_and_the_first_overflow():
+    """fp8_cast's parts (entry, rows) share the threads: cut into one-row parts or left whole, the bytes and
+    the reported first F16 overflow (in entry, then element order) are the same."""
+    from weightsurgeon.kernels.quant import OUT_KINDS, SCALE_KINDS, cast_fp8, cast_parts
+
+    rng = np.random.default_rng(3)
+    shapes = [(300, 260), (7, 5), (129, 1000)]
+    window, entries, out_at = bytearray(), [], 0
+    for i, (rows, cols) in enumerate(shapes):
+        codes = rng.integers(0, 0x7E, rows * cols, dtype=np.uint8)
+        scales = np.full((-(-rows // 128), -(-cols // 128)), 1e3 if i else 1e-3, dtype=np.float32)  # 448e3 > 65504
+        entries.append([len(window), len(window) + codes.size, SCALE_KINDS["F32"], rows, cols, 128, 128, 0, out_at,
+                        OUT_KINDS["F16"], 0])
+        window += codes.tobytes() + scales.tobytes()
+        out_at += rows * cols * 2
+    table, src = np.array(entries), np.frombuffer(bytes(window), np.uint8)
+    assert len(cast_parts(table, 300)) == 300 + 1 + 129 and len(cast_parts(table)) == 3
+    whole, cut = np.zeros(out_at, np.uint8), np.zeros(out_at, np.uint8)
+    bad = cast_fp8(src, table, whole)
+    from weightsurgeon.kernels import quant
+
+    saved, quant.CAST_PART_ELEMS = quant.CAST_PART_ELEMS, 300
+    try:
+        assert cast_fp8(src, table, cut) == bad
+    finally:
+        quant.CAST_PART_ELEMS = saved
+    assert np.array_equal(whole, cut) and whole.any()
+    first = np.flatnonzero(np.isinf(whole[shapes[0][0] * shapes[0][1] * 2:shapes[0][0] * shapes[0][1] * 2 + 70]
+                                    .view(np.float16)))
+    assert bad == (1, int(first[0]))
 
 
 def test_partial_cast_keeps_the_rest_quantized(tmp_path, surgeon):

@@ -8,7 +8,7 @@ Each product is one float32 multiplication, rounded as numpy and torch round it.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from weightsurgeon.kernels._compiled import as_f32, f16_to_f32, f32_bits
 
@@ -85,53 +85,69 @@ def _put(out, p, h, width):  # pragma: no cover - compiled
         out[p + q] = np.uint8((h >> np.uint32(8 * q)) & np.uint32(0xFF))
 
 
-@njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
-def fp8_cast(window, entries, tables, out, bad):  # pragma: no cover - compiled
+@njit(nogil=True, error_model="numpy", boundscheck=False)
+def _cast_rows(window, entries, e, r_lo, r_hi, tables, out):  # pragma: no cover - compiled
+    """Rows [r_lo, r_hi) of entry e (see fp8_cast); returns the entry's element index of the first
+    finite value that overflows F16 in those rows, or -1."""
+    codes = entries[e, E_CODES]
+    sbase = entries[e, E_SCALES]
+    skind = entries[e, E_SCALE_KIND]
+    cols = entries[e, E_COLS]
+    br = entries[e, E_BR]
+    bc = entries[e, E_BC]
+    tab = entries[e, E_TABLE]
+    dst = entries[e, E_OUT]
+    okind = entries[e, E_OUT_KIND]
+    row0 = entries[e, E_ROW0]
+    swidth = 4 if skind == 0 else 2
+    nblocks = (cols + bc - 1) // bc
+    srow0 = row0 // br
+    first_bad = -1
+    for i in range(r_lo, r_hi):
+        srow = (row0 + i) // br - srow0
+        for b in range(nblocks):
+            s = _scale_at(window, sbase + (srow * nblocks + b) * swidth, skind)
+            lo = i * cols + b * bc
+            hi = i * cols + min(cols, (b + 1) * bc)
+            if okind == 0:
+                for k in range(lo, hi):
+                    x = f32_bits(tables[tab, window[codes + k]] * s)
+                    if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+                        h = (x >> np.uint32(16)) | np.uint32(0x40)
+                    else:
+                        h = (x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+                    _put(out, dst + 2 * k, h, 2)
+            elif okind == 1:
+                for k in range(lo, hi):
+                    v = tables[tab, window[codes + k]] * s
+                    h = _f16_bits(v)
+                    if (h & np.uint32(0x7FFF)) == np.uint32(0x7C00) and np.isfinite(v) and first_bad < 0:
+                        first_bad = k
+                    _put(out, dst + 2 * k, h, 2)
+            else:
+                for k in range(lo, hi):
+                    _put(out, dst + 4 * k, f32_bits(tables[tab, window[codes + k]] * s), 4)
+    return first_bad
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy", boundscheck=False)
+def fp8_cast(window, entries, parts, tables, out, bad):  # pragma: no cover - compiled
     """Dequantize row slices of FP8 tensors into stored output bytes, one table row per slice.
 
     Each entry says where a slice's codes and its first scale row lie in `window`, its rows
     (starting at row0 of the tensor) and columns, the block (br, bc) one scale covers, which
     8-bit table decodes it, and where its output goes in `out` in which dtype (BF16, F16,
     F32; little-endian, nearest even, NaN kept). value = table[code] * scale, one float32
-    product. `bad` receives (entry, element) of the first finite value that overflows F16.
+    product. `parts` rows (entry, first row, end row), in entry and row order, are the units
+    the threads share: many small tensors of a batched run, or row ranges of one large one;
+    each output byte is written by one part alone, so the result does not depend on threads.
+    `bad` receives (entry, element) of the first finite value that overflows F16.
     """
-    for e in range(entries.shape[0]):
-        codes = entries[e, E_CODES]
-        sbase = entries[e, E_SCALES]
-        skind = entries[e, E_SCALE_KIND]
-        rows = entries[e, E_ROWS]
-        cols = entries[e, E_COLS]
-        br = entries[e, E_BR]
-        bc = entries[e, E_BC]
-        tab = entries[e, E_TABLE]
-        dst = entries[e, E_OUT]
-        okind = entries[e, E_OUT_KIND]
-        row0 = entries[e, E_ROW0]
-        swidth = 4 if skind == 0 else 2
-        nblocks = (cols + bc - 1) // bc
-        srow0 = row0 // br
-        for i in range(rows):
-            srow = (row0 + i) // br - srow0
-            for b in range(nblocks):
-                s = _scale_at(window, sbase + (srow * nblocks + b) * swidth, skind)
-                lo = i * cols + b * bc
-                hi = i * cols + min(cols, (b + 1) * bc)
-                if okind == 0:
-                    for k in range(lo, hi):
-                        x = f32_bits(tables[tab, window[codes + k]] * s)
-                        if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-                            h = (x >> np.uint32(16)) | np.uint32(0x40)
-                        else:
-                            h = (x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-                        _put(out, dst + 2 * k, h, 2)
-                elif okind == 1:
-                    for k in range(lo, hi):
-                        v = tables[tab, window[codes + k]] * s
-                        h = _f16_bits(v)
-                        if (h & np.uint32(0x7FFF)) == np.uint32(0x7C00) and np.isfinite(v) and bad[0] < 0:
-                            bad[0] = e
-                            bad[1] = k
-                        _put(out, dst + 2 * k, h, 2)
-                else:
-                    for k in range(lo, hi):
-                        _put(out, dst + 4 * k, f32_bits(tables[tab, window[codes + k]] * s), 4)
+    found = np.full(parts.shape[0], -1, dtype=np.int64)
+    for p in prange(parts.shape[0]):
+        found[p] = _cast_rows(window, entries, parts[p, 0], parts[p, 1], parts[p, 2], tables, out)
+    for p in range(parts.shape[0]):
+        if found[p] >= 0:
+            bad[0] = parts[p, 0]
+            bad[1] = found[p]
+            break

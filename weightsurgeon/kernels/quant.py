@@ -125,8 +125,26 @@ def cast_fp8(window: np.ndarray, entries: np.ndarray, out: np.ndarray) -> tuple[
     """
     bad = np.full(2, -1, dtype=np.int64)
     if len(entries):
-        _compiled().fp8_cast(window, np.ascontiguousarray(entries, dtype=np.int64), fp8_tables(), out, bad)
+        entries = np.ascontiguousarray(entries, dtype=np.int64)
+        _compiled().fp8_cast(window, entries, cast_parts(entries), fp8_tables(), out, bad)
     return None if bad[0] < 0 else (int(bad[0]), int(bad[1]))
+
+
+CAST_PART_ELEMS = 1 << 20  # elements per unit of fp8_cast's parallel loop: a few MB of output, many per thread
+
+
+def cast_parts(entries: np.ndarray, part_elems: int | None = None) -> np.ndarray:
+    """int64 [parts, 3] (entry, first row, end row): each entry's rows cut into parts of about
+    `part_elems` elements (whole rows), in entry and row order, so that one large tensor, as
+    well as a batch of small ones, spreads over the threads."""
+    rows, cols = entries[:, E_ROWS], np.maximum(entries[:, E_COLS], 1)
+    per = np.maximum(1, (part_elems or CAST_PART_ELEMS) // cols)
+    counts = np.maximum(1, -(-rows // per))
+    owner = np.repeat(np.arange(len(entries)), counts)
+    index = np.arange(owner.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    first = index * per[owner]
+    end = np.minimum(first + per[owner], rows[owner])
+    return np.ascontiguousarray(np.stack([owner, first, end], axis=1), dtype=np.int64)
 
 
 def quantize_mxfp4(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
