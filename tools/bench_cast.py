@@ -2,7 +2,9 @@
 
 It writes (or reuses) the base of ``python -m weightsurgeon.synth --shape deepseek-v3``
 (91,991 tensors, 45,808 of them FP8 weights with F32 128 x 128 block scales; dims shrunk by
---hidden), casts it once (which also warms the page cache), then times, in rounds of a
+--hidden, and with --layers/--experts fewer of them: ``--hidden 7168 --layers 4 --experts 8``
+is a byte-bound case, 1.9 GB of real-sized tensors, where the ratio to cp reflects bytes, not
+tensor count), casts it once (which also warms the page cache), then times, in rounds of a
 shuffled order:
 
 - ``cp -r OUT COPY``: a copy of the cast's own output, so that cp writes exactly the bytes
@@ -14,7 +16,8 @@ Each command's own peak RSS (GNU time) and the load average are printed beside t
 The in-memory speed of the FP8 -> bf16 loop on a DeepSeek o_proj-sized tensor (7168 x 16384)
 and the per-tensor cost over cp give the extrapolation for the real 689 GB model.
 
-    python tools/bench_cast.py --workdir /tmp/cast [--hidden 256] [--repeat 3] [--disk-gbps 1.6]
+    python tools/bench_cast.py --workdir /tmp/cast [--hidden 256] [--layers 61] [--experts 256] [--repeat 3]
+                               [--disk-gbps 1.6]
 """
 from __future__ import annotations
 
@@ -39,7 +42,8 @@ R1_FP8_PARAMS = 683e9
 
 
 def loop_throughput(rows: int = 7168, cols: int = 16384, repeat: int = 3) -> float:
-    """GB/s of bf16 output bytes of the compiled FP8 -> bf16 loop, in memory, on one o_proj-sized tensor."""
+    """GB/s of bf16 output bytes of the compiled FP8 -> bf16 loop (all numba threads), in memory, on one
+    o_proj-sized tensor."""
     import numpy as np
 
     from weightsurgeon.kernels.quant import OUT_KINDS, SCALE_KINDS, cast_fp8
@@ -67,17 +71,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=61)
+    parser.add_argument("--experts", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--disk-gbps", type=float, default=1.6, help="disk speed (read and write) for the extrapolation")
     args = parser.parse_args()
-    base = args.workdir / "deepseek-v3" / "base"
+    base = args.workdir / f"deepseek-v3-h{args.hidden}-l{args.layers}-e{args.experts}" / "base"
     out, copy = args.workdir / "cast-out", args.workdir / "cp-out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if not (base / "model.safetensors.index.json").exists():
         from weightsurgeon.synth_frontier import make_frontier
 
         t0 = time.perf_counter()
-        make_frontier(base, "deepseek-v3", hidden=args.hidden)
+        make_frontier(base, "deepseek-v3", hidden=args.hidden, layers=args.layers, experts=args.experts)
         print(f"wrote the model in {time.perf_counter() - t0:.0f} s")
     print(f"load average before: {os.getloadavg()}")
     first = run([*SURGEON, "cast", str(base), "--dtype", "bf16", "-q", "-o", str(out), "--force"], env=env)
@@ -114,14 +120,17 @@ def main() -> int:
         note = f"  (exit {bad[0][3]}: {bad[0][4].strip()[-200:]})" if bad else ""
         print(f"{name:28} {med[name]:9.2f} {walls:>22} {med[name] / cp:6.2f} {med[name] / cp_sync:9.2f} "
               f"{statistics.median(r[2] for r in runs):7.2f} {max(r[1] for r in runs):13.0f}{note}")
+    import numba
+
     gbps = loop_throughput()
     cast = med["surgeon cast --no-fsync"]
     per_tensor = max(0.0, cast - cp) / R1_QUANTIZED
     real_out = R1_BYTES + R1_FP8_PARAMS  # each FP8 byte becomes two bf16 bytes; scales leave
     io = (R1_BYTES + real_out) / (args.disk_gbps * 1e9)
     loop = real_out / (gbps * 1e9)
-    print(f"FP8 -> bf16 loop in memory: {gbps:.2f} GB/s of bf16 output (one thread, 7168 x 16384)")
-    print(f"cast over cp here: {cast - cp:+.2f} s for {R1_QUANTIZED} FP8 weights ({per_tensor * 1e3:.3f} ms each)")
+    print(f"FP8 -> bf16 loop in memory: {gbps:.2f} GB/s of bf16 output ({numba.get_num_threads()} threads, 7168 x 16384)")
+    print(f"cast over cp here: {cast - cp:+.2f} s; if all of it were per-tensor cost, {per_tensor * 1e3:.3f} ms "
+          f"for each of the real model's {R1_QUANTIZED} FP8 weights (meaningful for the 92k-tensor default only)")
     print(f"extrapolated DeepSeek-V3/R1 ({R1_BYTES / 1e9:.0f} GB in, about {real_out / 1e9:.0f} GB out) on one disk "
           f"at {args.disk_gbps} GB/s: reading and writing {io / 60:.1f} min, the loop {loop / 60:.1f} min of CPU; "
           f"about {max(io, loop) / 60:.0f} min if they overlap, {(io + loop) / 60:.0f} min if not")

@@ -130,7 +130,7 @@ def cast_fp8(window: np.ndarray, entries: np.ndarray, out: np.ndarray) -> tuple[
     return None if bad[0] < 0 else (int(bad[0]), int(bad[1]))
 
 
-CAST_PART_ELEMS = 1 << 20  # elements per unit of fp8_cast's parallel loop: a few MB of output, many per thread
+CAST_PART_ELEMS = 1 << 17  # elements per unit of fp8_cast's parallel loop: a writer chunk (2M elements) gives 16
 
 
 def cast_parts(entries: np.ndarray, part_elems: int | None = None) -> np.ndarray:
