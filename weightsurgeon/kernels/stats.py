@@ -82,6 +82,12 @@ class DeltaStats:
                 f"cannot merge statistics with different histograms: "
                 f"bins={self.bins}, clip={self.clip} vs bins={other.bins}, clip={other.clip}"
             )
+        self.add_moments(other.r_n, other.r_mean, other.r_m2, other.r_m3, other.r_m4)
+        self.add_sums(other)
+
+    def add_sums(self, other: "DeltaStats") -> None:
+        """Add `other`'s counts, sums, max and histogram, not its moments: a caller merging
+        many (a module's tensors) combines their moments once, at the end."""
         self.n += other.n
         self.n_nonfinite += other.n_nonfinite
         self.n_base_zero += other.n_base_zero
@@ -91,7 +97,6 @@ class DeltaStats:
         self.dot_ab += other.dot_ab
         self.sum_delta += other.sum_delta
         self.max_abs_delta = max(self.max_abs_delta, other.max_abs_delta)
-        self.add_moments(other.r_n, other.r_mean, other.r_m2, other.r_m3, other.r_m4)
         self.hist += other.hist
 
     def add_moments(self, n: Any, mean: Any, m2: Any, m3: Any, m4: Any) -> None:

@@ -243,18 +243,8 @@ class ModuleTotals:
         if row is None:
             row = self.rows[key] = ModuleDiff(tuned, layer, module, 0, 0, _stats_cls().empty(self.bins, self.clip))
             self.moments[key] = []
-        total = row.stats
-        total.n += stats.n
-        total.n_nonfinite += stats.n_nonfinite
-        total.n_base_zero += stats.n_base_zero
-        total.sum_sq_delta += stats.sum_sq_delta
-        total.sum_sq_a += stats.sum_sq_a
-        total.sum_sq_b += stats.sum_sq_b
-        total.dot_ab += stats.dot_ab
-        total.sum_delta += stats.sum_delta
-        total.max_abs_delta = max(total.max_abs_delta, stats.max_abs_delta)
         self.moments[key].append((stats.r_n, stats.r_mean, stats.r_m2, stats.r_m3, stats.r_m4))
-        total.hist += stats.hist
+        row.stats.add_sums(stats)
         row.numel += numel
         row.num_tensors += 1
 
