@@ -412,10 +412,12 @@ def _moment_block(clipped, count, shift, acc):
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _sum_group_block(xs, ys, ds, count, acc, pos, run, ngroups, out):
-    """_sum_block and the per-group sums of _group_block in one pass: the block walked run by
-    run (`run` consecutive elements of one group, `pos` the tensor index of xs[0]), each
-    run's five sums added to acc[0:5] and its sum d^2, sum A^2 to out[group]. One pass
-    instead of two: the group pass alone cost a third of the kernel's time on attention."""
+    """_sum_block for tensors also summed per group (attention heads by rows or by head_dim
+    columns, stacked experts): the block walked run by run (`run` consecutive elements of
+    one group, `pos` the tensor index of xs[0], group (k // run) % ngroups), each run's five
+    sums added to acc[0:5] and its sum d^2, sum A^2 to out[group]. In the same pass as the
+    tensor's sums: a second pass over xs and ds cost 37% of the kernel on grouped tensors,
+    this one 1-5% (runs of 5120 and 128 elements)."""
     i = 0
     while i < count:
         k = pos + i

@@ -239,46 +239,9 @@ def accumulate_batch_from_files(targets: list[DeltaStats], fd_a: int, pos_a: np.
             numba.get_num_threads())
     bad = failed.astype(bool)
     ok = ~bad
-    fold_rows([t for t, good in zip(targets, ok.tolist()) if good], sums[ok], counts[ok], hists[ok], numel[ok])
+    kept = [t for t, good in zip(targets, ok.tolist()) if good]
+    fold_segments(kept, np.arange(len(kept)), sums[ok], counts[ok], hists[ok], numel[ok])  # one part per tensor
     return bad
-
-
-def fold_rows(targets: list[DeltaStats], sums: np.ndarray, counts: np.ndarray, hists: np.ndarray,
-              numel: np.ndarray) -> None:
-    """fold_parts for many pairs of one part each, row i into the empty targets[i], vectorised.
-
-    Every step is fold_parts' own arithmetic on the same numbers, so each target ends
-    bit for bit as a fold_parts call of its one row would leave it: the moments merge
-    the empty statistics and the part as a two-column combine (shape.combine_rows).
-    """
-    from weightsurgeon.kernels.shape import combine_rows
-
-    if not targets:
-        return
-    k = _compiled()
-    n_r = hists.sum(axis=1)
-    mean, m2, m3, m4 = central_sums(n_r, sums[:, k.R_SHIFT], sums[:, k.R_S1], sums[:, k.R_S2], sums[:, k.R_S3],
-                                    sums[:, k.R_S4])
-    empty = np.zeros_like(mean)
-    _, r_mean, r_m2, r_m3, r_m4 = combine_rows(np.stack([np.zeros_like(n_r), n_r], axis=1), np.stack([empty, mean], axis=1),
-                                               np.stack([empty, m2], axis=1), np.stack([empty, m3], axis=1),
-                                               np.stack([empty, m4], axis=1))
-    columns = zip(sums[:, k.SUM_SQ_DELTA].tolist(), sums[:, k.SUM_SQ_A].tolist(), sums[:, k.SUM_SQ_B].tolist(),
-                  sums[:, k.DOT_AB].tolist(), sums[:, k.SUM_DELTA].tolist(), sums[:, k.MAX_ABS_DELTA].tolist(),
-                  counts[:, k.N_FINITE].tolist(), counts[:, k.N_BASE_ZERO].tolist(), np.asarray(numel).tolist(),
-                  r_mean.tolist(), r_m2.tolist(), r_m3.tolist(), r_m4.tolist())
-    for stats, hist, (sq_d, sq_a, sq_b, dot, s_d, max_d, n_fin, n_zero, size, mu, c2, c3, c4) in zip(targets, hists, columns):
-        stats.sum_sq_delta += sq_d
-        stats.sum_sq_a += sq_a
-        stats.sum_sq_b += sq_b
-        stats.dot_ab += dot
-        stats.sum_delta += s_d
-        stats.max_abs_delta = max(stats.max_abs_delta, max_d)
-        stats.n += n_fin
-        stats.n_nonfinite += size - n_fin
-        stats.n_base_zero += n_zero
-        stats.r_mean, stats.r_m2, stats.r_m3, stats.r_m4 = mu, c2, c3, c4
-        stats.hist += hist
 
 
 def fold_parts(stats: DeltaStats, sums: np.ndarray, counts: np.ndarray, hists: np.ndarray, numel: int) -> None:
