@@ -503,3 +503,70 @@ def test_a_batch_pair_whose_read_fails_is_left_untouched(tmp_path):
     with pytest.raises(ValueError):
         accumulate_batch_from_files([DeltaStats.empty()], 0, np.array([0]), "F32", 0, np.array([0]), "F32",
                                     np.array([0]))
+
+
+def _lane_power_sums_exactly(clipped: np.ndarray, shift: float, block: int, lanes: int) -> list[float]:
+    """The power sums in the order the kernel documents, each operation rounded exactly as
+    IEEE float64 rounds it (Python floats; the fused multiply-adds through Fraction, whose
+    conversion to float rounds to nearest even): a reference for the bits, not only the value."""
+    from fractions import Fraction
+
+    def fma(x: float, y: float, z: float) -> float:
+        return float(Fraction(x) * Fraction(y) + Fraction(z))
+
+    total = [0.0] * 4
+    for start in range(0, clipped.size, block):
+        values = [0.0 if c != c else float(c) - shift for c in clipped[start:start + block].tolist()]
+        full = len(values) - len(values) % lanes
+        lane = [[0.0] * lanes for _ in range(4)]
+        for i in range(full):
+            t, j = values[i], i % lanes
+            t2 = t * t
+            lane[0][j] += t
+            lane[1][j] += t2
+            lane[2][j] = fma(t2, t, lane[2][j])
+            lane[3][j] = fma(t2, t2, lane[3][j])
+        sums = []
+        for parts in lane:
+            while len(parts) > 1:
+                parts = [parts[j] + parts[j + 1] for j in range(0, len(parts), 2)]
+            sums.append(parts[0])
+        for t in values[full:]:
+            t2 = t * t
+            sums[0] += t
+            sums[1] += t2
+            sums[2] += t2 * t
+            sums[3] += t2 * t2
+        total = [acc + s for acc, s in zip(total, sums)]
+    return total
+
+
+def test_power_sums_have_the_same_bits_in_every_compile_context():
+    """The moment sums once differed in their last bits between a kernel compiled in the
+    process and the same kernel loaded from numba's cache (LLVM chose the order of the
+    reassociated loop). They are now summed in a documented order: the full kernel (the
+    block code inlined into the parallel part loop) and the block function called on its own
+    (compiled separately) both equal an exact emulation of that order, bit for bit."""
+    from weightsurgeon.kernels import _compiled
+    from weightsurgeon.kernels.delta import _grouping, _histogram_constants
+
+    rng = np.random.default_rng(7)
+    n = _compiled.BLOCK + 1003  # two blocks, the second with a tail beyond the last full lane group
+    b = (1.0 + rng.uniform(-0.45, 0.45, n)).astype(np.float32)
+    a = np.ones(n, dtype=np.float32)
+    a[[3, 4000, n - 2]] = 0.0  # r excluded (base zero): NaN in the clipped ratios
+    consts, edges = _histogram_constants(200, 1.0, np.float32)
+    sums, _, _, _ = _compiled.delta_chunk(a.view(np.uint32), _compiled.CODE_F32, b.view(np.uint32),
+                                          _compiled.CODE_F32, consts, edges, _grouping(None, 0))
+    # With A = 1, r = B - 1 exactly (Sterbenz), well inside the clip range.
+    clipped = np.where(a == 0, np.float32(np.nan), b - np.float32(1.0))
+    shift = float(clipped[0])
+    assert sums[0, _compiled.R_SHIFT] == shift
+    want = _lane_power_sums_exactly(clipped, shift, _compiled.BLOCK, _compiled.MOMENT_LANES)
+    got = sums[0, _compiled.R_S1:_compiled.R_S4 + 1]
+    assert [v.hex() for v in got.tolist()] == [v.hex() for v in want]
+    acc = np.zeros(_compiled.ACC_SIZE)
+    for start in range(0, n, _compiled.BLOCK):
+        part = np.ascontiguousarray(clipped[start:start + _compiled.BLOCK])
+        _compiled._moment_block(part, part.size, shift, acc)
+    assert [v.hex() for v in acc[10:14].tolist()] == [v.hex() for v in want]

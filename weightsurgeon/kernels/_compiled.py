@@ -29,7 +29,10 @@ from the exact_* intrinsics below, whose instructions carry their own flags:
 reassociation cannot reach into them ('reassoc' on `s += y - x` may rewrite it as
 `(s + y) - x`) and the division is never a reciprocal estimate. (Plain fastmath=True
 breaks exactness in exactly these ways.) Bin positions are only estimates; numpy's edges
-decide every close call.
+decide every close call. The power sums of r are the exception to 'may reassociate': LLVM
+ordered that loop differently when it compiled the kernel in the process and when numba
+loaded it from its cache, so the same diff gave different last bits cold and warm. They
+are explicit vector lanes (lane_power_sums) with a fixed order, at the same speed.
 
 Performance traps avoided on purpose: numba's default error model checks every division
 for zero (no SIMD); an index computed as `start + i` gets a negative-index check (no
@@ -182,6 +185,80 @@ def c_pread(typingctx, fd, out, nbytes, offset):
                                  _to_width(builder, n_v, 64), _to_width(builder, off_v, 64)])
 
     return types.int64(fd, out, nbytes, offset), codegen
+
+
+MOMENT_LANES = 8  # lanes of the power sums' explicit vectors (two AVX2 registers of float64)
+
+
+@intrinsic
+def lane_power_sums(typingctx, arr, count, shift):
+    """(sum t, sum t^2, sum t^3, sum t^4), t = arr[i] - shift (0 where arr[i] is NaN), over
+    i < count - count % MOMENT_LANES, in one fixed order whatever the compile context.
+
+    Lane j adds the elements i = j mod MOMENT_LANES in index order, t^3 and t^4 by fused
+    multiply-add (one rounding: llvm.fma, exact by definition); the lanes are then added
+    pairwise. Written as explicit LLVM vectors with no fast-math flags because the
+    reassociated loop LLVM vectorised itself summed in an order that changed between a
+    kernel compiled in the process and the same kernel loaded from numba's cache (the
+    moments of one diff differed in their last bits between a cold and a warm run). The
+    tail (count % MOMENT_LANES elements) is the caller's.
+    """
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
+            and arr.dtype in (types.float32, types.float64) and isinstance(count, types.Integer)
+            and shift == types.float64):
+        return None
+    lanes = MOMENT_LANES
+
+    def codegen(context, builder, signature, args):
+        arr_v, count_v, shift_v = args
+        elt = context.get_data_type(signature.args[0].dtype)
+        data = context.make_array(signature.args[0])(context, builder, arr_v).data
+        intp = context.get_value_type(types.intp)
+        count_v = context.cast(builder, count_v, signature.args[1], types.intp)
+        f64 = ir.DoubleType()
+        vec = ir.VectorType(f64, lanes)
+        i32 = ir.IntType(32)
+        zeros = ir.Constant(vec, [0.0] * lanes)
+        shifts = builder.insert_element(ir.Constant(vec, ir.Undefined), shift_v, ir.Constant(i32, 0))
+        shifts = builder.shuffle_vector(shifts, ir.Constant(vec, ir.Undefined), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+        fma_name = f"llvm.fma.v{lanes}f64"
+        fma = builder.module.globals.get(fma_name) or ir.Function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]), name=fma_name)
+        steps = builder.sdiv(count_v, ir.Constant(intp, lanes))
+        entry = builder.basic_block
+        head = builder.append_basic_block("power_sums.head")
+        body = builder.append_basic_block("power_sums.body")
+        done = builder.append_basic_block("power_sums.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        step = builder.phi(intp)
+        sums = [builder.phi(vec) for _ in range(4)]
+        step.add_incoming(ir.Constant(intp, 0), entry)
+        for total in sums:
+            total.add_incoming(zeros, entry)
+        builder.cbranch(builder.icmp_signed("<", step, steps), body, done)
+        builder.position_at_end(body)
+        where = builder.gep(data, [builder.mul(step, ir.Constant(intp, lanes))])
+        x = builder.load(builder.bitcast(where, ir.VectorType(elt, lanes).as_pointer()), align=signature.args[0].dtype.bitwidth // 8)
+        x = builder.fpext(x, vec) if elt != f64 else x
+        t = builder.select(builder.fcmp_ordered("ord", x, x), builder.fsub(x, shifts), zeros)
+        t2 = builder.fmul(t, t)
+        added = [builder.fadd(sums[0], t), builder.fadd(sums[1], t2),
+                 builder.call(fma, [t2, t, sums[2]]), builder.call(fma, [t2, t2, sums[3]])]
+        step.add_incoming(builder.add(step, ir.Constant(intp, 1)), body)
+        for total, value in zip(sums, added):
+            total.add_incoming(value, body)
+        builder.branch(head)
+        builder.position_at_end(done)
+        out = []
+        for total in sums:
+            parts = [builder.extract_element(total, ir.Constant(i32, j)) for j in range(lanes)]
+            while len(parts) > 1:
+                parts = [builder.fadd(parts[j], parts[j + 1]) for j in range(0, len(parts), 2)]
+            out.append(parts[0])
+        return context.make_tuple(builder, signature.return_type, out)
+
+    return types.UniTuple(types.float64, 4)(arr, count, shift), codegen
 
 
 def as_type_of(value, like):
@@ -394,12 +471,14 @@ def _sum_block(xs, ys, ds, count, acc):
     acc[5], acc[6], acc[7], acc[8], acc[9] = t_dd, t_aa, t_bb, t_ab, t_d
 
 
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True)  # no fast math: the order of the sums is fixed
 def _moment_block(clipped, count, shift, acc):
-    """Add sum (c - shift)^k, k = 1..4, over the counted (non-NaN) clipped ratios to acc[10:14]."""
-    s1, s2, s3, s4 = acc[10], acc[11], acc[12], acc[13]
+    """Add sum (c - shift)^k, k = 1..4, over the counted (non-NaN) clipped ratios to acc[10:14]:
+    the block's sums in lanes (lane_power_sums), then its tail, then into acc, so that the
+    bits are the same in every process."""
+    s1, s2, s3, s4 = lane_power_sums(clipped, count, shift)
     zero = np.float64(0.0)
-    for i in range(count):
+    for i in range(count - count % MOMENT_LANES, count):
         c = clipped[i]
         t = np.float64(c) - shift if c == c else zero
         t2 = t * t
@@ -407,7 +486,10 @@ def _moment_block(clipped, count, shift, acc):
         s2 += t2
         s3 += t2 * t
         s4 += t2 * t2
-    acc[10], acc[11], acc[12], acc[13] = s1, s2, s3, s4
+    acc[10] += s1
+    acc[11] += s2
+    acc[12] += s3
+    acc[13] += s4
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
