@@ -357,7 +357,7 @@ def test_library_header_reads_the_same_by_both_paths(tmp_path: Path) -> None:
     raw = (tmp_path / "lib.safetensors").read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
     header = json.loads(raw[8:8 + n])
-    assert fmt._compact_entries(raw[8:8 + n].decode(), Path("x"), 8 + n, len(raw) - 8 - n) is not None
+    assert fmt._compact_entries(raw[8:8 + n].decode(), 8 + n, len(raw) - 8 - n) is not None
     spaced = json.dumps(header, indent=1).encode()  # same table, whitespace: only the strict path reads it
     spaced += b" " * (-len(spaced) % 8)
     write_raw(tmp_path / "spaced.safetensors", spaced, raw[8 + n:])

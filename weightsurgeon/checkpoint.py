@@ -11,12 +11,14 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import ItemsView, Mapping, ValuesView
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.format import ShardHeader, TensorInfo, json_bomb_reason, parse_header
+from weightsurgeon.format import ShardHeader, TensorInfo, TensorTable, json_bomb_reason, parse_header
 from weightsurgeon.layout import ConfigView
 from weightsurgeon.quant import NONE as NOT_QUANTIZED, Quantization, refusal as quant_refusal, scan as scan_quantized
 from weightsurgeon.source import ByteSource, LocalFile, open_sequential, pread_into  # noqa: F401 (re-exported)
@@ -32,6 +34,87 @@ DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 _HUB_REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
 
 
+_ROW_BITS = 32  # a TensorMap value: shard index << _ROW_BITS | row in the shard's table
+
+
+class TensorMap(Mapping[str, TensorInfo]):
+    """Every tensor of a checkpoint by name, in shard order then on-disk order: a read-only
+    mapping over the shards' TensorTables.
+
+    It holds one int per name (which shard, which row) and no record: `TensorInfo` is made
+    on access, so a million-tensor checkpoint costs its tables plus this index (see
+    format.TensorTable), not a million objects. A name stored in two shards is refused.
+    """
+
+    __slots__ = ("_tables", "_where")
+
+    def __init__(self, tables: list[TensorTable]) -> None:
+        self._tables = tables
+        where: dict[str, int] = {}
+        for s, table in enumerate(tables):
+            before = len(where)
+            start = s << _ROW_BITS
+            where.update(zip(table.names, range(start, start + len(table))))
+            if len(where) != before + len(table):
+                _refuse_duplicate(tables, s)
+        self._where = where
+
+    def __getitem__(self, name: str) -> TensorInfo:
+        at = self._where[name]
+        return self._tables[at >> _ROW_BITS].info(at & _ROW_MASK)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def values(self) -> ValuesView[TensorInfo]:
+        return _Values(self)
+
+    def items(self) -> ItemsView[str, TensorInfo]:
+        return _Items(self)
+
+    def file_of(self, name: str) -> Path | None:
+        """The shard file storing `name`, or None."""
+        at = self._where.get(name)
+        return None if at is None else self._tables[at >> _ROW_BITS].file
+
+    def infos(self) -> Iterator[TensorInfo]:
+        """Every record, shard by shard in on-disk order (what iterating the values gives)."""
+        return chain.from_iterable(self._tables)
+
+    def __repr__(self) -> str:
+        return f"TensorMap({len(self)} tensors in {len(self._tables)} shard(s))"
+
+
+_ROW_MASK = (1 << _ROW_BITS) - 1
+
+
+class _Values(ValuesView):
+    def __iter__(self) -> Iterator[TensorInfo]:
+        return self._mapping.infos()
+
+
+class _Items(ItemsView):
+    def __iter__(self) -> Iterator[tuple[str, TensorInfo]]:
+        return ((info.name, info) for info in self._mapping.infos())
+
+
+def _refuse_duplicate(tables: list[TensorTable], upto: int) -> None:
+    """Name the tensor stored twice among tables[:upto + 1] (the slow path, only on failure)."""
+    seen: dict[str, Path] = {}
+    for table in tables[:upto + 1]:
+        for name in table.names:
+            if name in seen:
+                raise SurgeonError(f"{table.file}: tensor {name!r} is also stored in {seen[name].name}; "
+                                   "two files of the model hold it: remove the stray one")
+            seen[name] = table.file
+
+
 @dataclass
 class Checkpoint:
     """A validated set of safetensors shards plus the JSON files beside them."""
@@ -39,7 +122,7 @@ class Checkpoint:
     source: str
     root: Path | None
     shards: tuple[ShardHeader, ...]
-    tensors: dict[str, TensorInfo]
+    tensors: TensorMap
     config: dict | None
     index: dict | None
     warnings: list[str] = field(default_factory=list)
@@ -87,7 +170,7 @@ class Checkpoint:
 
     @property
     def total_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
+        return sum(s.tensors.nbytes for s in self.shards)
 
     @property
     def is_partial(self) -> bool:
@@ -356,7 +439,7 @@ def _open_directory(text: str, root: Path) -> Checkpoint:
         headers.append(parse_header(f))
     tensors = _tensor_infos(headers)
     if index is not None:
-        _cross_check_index(index_path, index, headers, warnings)
+        _cross_check_index(index_path, index, headers, tensors, warnings)
     for h in headers:
         _refuse_quantised(h)
     config = _read_config(root)
@@ -377,7 +460,7 @@ def assemble_checkpoint(text: str, where: Path, headers: list[ShardHeader], inde
     warnings: list[str] = []
     tensors = _tensor_infos(headers)
     if index is not None:
-        _cross_check_index(where / INDEX_NAME, index, headers, warnings)
+        _cross_check_index(where / INDEX_NAME, index, headers, tensors, warnings)
     for h in headers:
         _refuse_quantised(h)
     check_config(where / "config.json", config)
@@ -387,15 +470,8 @@ def assemble_checkpoint(text: str, where: Path, headers: list[ShardHeader], inde
                       quant=scan_quantized(tensors, config if isinstance(config, dict) else None, str(where)))
 
 
-def _tensor_infos(headers: list[ShardHeader]) -> dict[str, TensorInfo]:
-    tensors: dict[str, TensorInfo] = {}
-    for h in headers:
-        for e in h.tensors:
-            if e.name in tensors:
-                raise SurgeonError(f"{h.path}: tensor {e.name!r} is also stored in {tensors[e.name].file.name}; "
-                                   "two files of the model hold it: remove the stray one")
-            tensors[e.name] = e
-    return tensors
+def _tensor_infos(headers: list[ShardHeader]) -> TensorMap:
+    return TensorMap([h.tensors for h in headers])
 
 
 def _read_config(root: Path) -> dict | None:
@@ -464,34 +540,32 @@ def validate_index(index_path: Path, index: object) -> list[str]:
     return sorted(names)
 
 
-def _cross_check_index(index_path: Path, index: dict, headers: list[ShardHeader], warnings: list[str]) -> None:
-    where: dict[str, str] = {}
-    for h in headers:
-        for e in h.tensors:
-            where[e.name] = h.path.name
-    for tensor, file in index["weight_map"].items():
-        actual = where.get(tensor)
-        if actual is None:
+def _cross_check_index(index_path: Path, index: dict, headers: list[ShardHeader], tensors: TensorMap,
+                       warnings: list[str]) -> None:
+    weight_map = index["weight_map"]
+    for tensor, file in weight_map.items():
+        stored = tensors.file_of(tensor)
+        if stored is None:
             raise SurgeonError(f"{index_path}: lists tensor {tensor[:80]!r} in {file}, but no shard listed in the index "
                                "contains it; the index and the shards disagree: download the model again")
-        if actual != file:
-            raise SurgeonError(f"{index_path}: lists tensor {tensor[:80]!r} in {file}, but it is stored in {actual}; "
+        if stored.name != file:
+            raise SurgeonError(f"{index_path}: lists tensor {tensor[:80]!r} in {file}, but it is stored in {stored.name}; "
                                "the index and the shards disagree: download the model again")
-    unlisted = [n for n in where if n not in index["weight_map"]]
-    if unlisted:
+    if len(tensors) > len(weight_map):
+        unlisted = [n for n in tensors if n not in weight_map]
         warnings.append(f"{index_path}: {len(unlisted)} tensor(s) in shards are not in the weight_map (e.g. {unlisted[0]!r}); transformers would ignore them")
     total = index.get("metadata", {}).get("total_size") if isinstance(index.get("metadata"), dict) else None
-    actual_total = sum(e.nbytes for h in headers for e in h.tensors)
+    actual_total = sum(h.tensors.nbytes for h in headers)
     if isinstance(total, int) and total != actual_total:
         warnings.append(f"{index_path}: metadata.total_size is {total} but the tensors hold {actual_total} bytes")
 
 
 def _refuse_quantised(header: ShardHeader) -> None:
-    for e in header.tensors:
-        if e.name.endswith((".qweight", ".qzeros", ".g_idx")):
-            raise SurgeonError(f"{header.path}: GPTQ/AWQ-quantized weights ({e.name}); the engine works on plain float weights: use the unquantized model")
-        if e.name.endswith((".absmax", ".quant_map", ".quant_state.bitsandbytes__nf4", ".SCB")):
-            raise SurgeonError(f"{header.path}: bitsandbytes-quantized weights ({e.name}); use the unquantized model")
+    for name in header.tensors.names:
+        if name.endswith((".qweight", ".qzeros", ".g_idx")):
+            raise SurgeonError(f"{header.path}: GPTQ/AWQ-quantized weights ({name}); the engine works on plain float weights: use the unquantized model")
+        if name.endswith((".absmax", ".quant_map", ".quant_state.bitsandbytes__nf4", ".SCB")):
+            raise SurgeonError(f"{header.path}: bitsandbytes-quantized weights ({name}); use the unquantized model")
 
 
 def _pickle_error(path: Path) -> SurgeonError:

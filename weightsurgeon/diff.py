@@ -44,7 +44,7 @@ DECODED_CHUNK_ELEMS = 4 * 1024 * 1024  # elements per slice of a quantized pair 
 _SHOWN_MISSING = 4  # mismatches named in the error message
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pair:
     """One comparison: the first `numel` elements of a base tensor against those of a tuned tensor."""
 
@@ -90,11 +90,11 @@ def _logical_names(ckpt: Checkpoint) -> list[str]:
     """Every logical tensor in on-disk order: a quantized tensor once, at its data; scales never."""
     parts, quantized = ckpt.quant.parts, ckpt.quant.tensors
     out = []
-    for info in ckpt:
-        logical = parts.get(info.name)
+    for name in ckpt.tensors:  # names only: no record made per tensor
+        logical = parts.get(name)
         if logical is None:
-            out.append(info.name)
-        elif quantized[logical].data.name == info.name:
+            out.append(name)
+        elif quantized[logical].data.name == name:
             out.append(logical)
     return out
 
@@ -248,7 +248,8 @@ def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
     notes: list[str] = []
     renames, note = prefix_renames(_logical_names(base), _logical_names(other), label)
     back = {base_name: tuned_name for tuned_name, base_name in renames.items()}
-    other_tensors = {renames.get(n, n): info for n, info in other.tensors.items()}
+    # the tuned model's names in the base's terms (the checkpoint's own map when nothing is renamed: no records made)
+    other_tensors = {renames.get(n, n): info for n, info in other.tensors.items()} if renames else other.tensors
     if note:
         notes.append(note)
     other_layout = layout_of(other_tensors, other.config)
@@ -312,7 +313,7 @@ def _order_pairs(pairs: list[Pair], base: Checkpoint) -> list[tuple[TensorInfo, 
     by_base: dict[str, list[Pair]] = {}
     for p in pairs:
         by_base.setdefault(p.base.name, []).append(p)
-    return [(info, by_base[info.name]) for info in base if info.name in by_base]
+    return [(group[0].base, group) for name in base.tensors if (group := by_base.get(name)) is not None]
 
 
 def _missing_error(missing: list[dict]) -> SurgeonError:
@@ -330,15 +331,16 @@ def _missing_error(missing: list[dict]) -> SurgeonError:
 # Identities
 # ---------------------------------------------------------------------------------------
 
-def identify(ckpt: Checkpoint, label: str | None = None) -> ModelIdentity:
-    """The report's identity of one input: its layout digest, and its Hub identity where that is known."""
+def identify(ckpt: Checkpoint, label: str | None = None, layout: ModelLayout | None = None) -> ModelIdentity:
+    """The report's identity of one input: its layout digest, and its Hub identity where that is known.
+    `layout`: the checkpoint's, when the caller has it (classifying 100k names again costs time and memory)."""
     from weightsurgeon.identity import hub_identity, layout_digest
     from weightsurgeon.report.model import ModelIdentity
 
     by_dtype: Counter = Counter()
-    for info in ckpt:
-        by_dtype[info.dtype] += info.nbytes
-    layout = layout_of(ckpt.tensors, ckpt.config)
+    for shard in ckpt.shards:
+        by_dtype.update(shard.tensors.bytes_by_dtype())
+    layout = layout or layout_of(ckpt.tensors, ckpt.config)
     arch = ckpt.config_view.architecture
     path = ckpt.location if ckpt.is_remote else str(ckpt.path.resolve())
     hub = hub_identity(ckpt)
@@ -939,7 +941,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
     kept = sorted(rows.kept, key=lambda r: sort_key(index[r.tuned], r.layer, r.module, r.name))
     units = rows.units.result(plan.labels)
     return DiffReport(
-        base=identify(plan.base),
+        base=identify(plan.base, layout=plan.layout),
         tuned=[identify(c, label) for c, label in zip(plan.others, plan.labels)],
         options=dict(plan.options),
         tensors=kept,

@@ -20,6 +20,8 @@ import os
 import re
 import stat
 import struct
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +79,124 @@ class TensorInfo:
         return itemsize(self.dtype)
 
 
+_new_object = object.__new__
+_SET_FIELDS = tuple(TensorInfo.__dict__[f].__set__ for f in ("name", "dtype", "shape", "file", "begin", "end"))
+
+
+def _record(name: str, dtype: str, shape: tuple[int, ...], file: Path, begin: int, end: int) -> TensorInfo:
+    """TensorInfo(name, dtype, shape, file, begin, end) at twice the speed of the frozen dataclass's
+    __init__ (its slots set directly): tables make a record on every access, 100k per pass."""
+    info = _new_object(TensorInfo)
+    set_name, set_dtype, set_shape, set_file, set_begin, set_end = _SET_FIELDS
+    set_name(info, name)
+    set_dtype(info, dtype)
+    set_shape(info, shape)
+    set_file(info, file)
+    set_begin(info, begin)
+    set_end(info, end)
+    return info
+
+
+# Dtype codes of a TensorTable's dtype column: the table's order, one byte per tensor.
+DTYPE_NAMES: tuple[str, ...] = tuple(TABLE)
+_DTYPE_CODE = {name: code for code, name in enumerate(DTYPE_NAMES)}
+_WIDTHS = tuple(TABLE[name].width for name in DTYPE_NAMES)
+
+
+class TensorTable(Sequence[TensorInfo]):
+    """One shard's tensors in on-disk order, held as columns; a `TensorInfo` is made on access.
+
+    A MoE checkpoint holds about 100k tensors and a header may hold a million. One frozen
+    object per tensor (a name, a dtype string, a shape tuple, two offsets, the record) cost
+    about 400 bytes each, twice over for the pair of a diff. Here a tensor costs its name
+    (a str, shared with every caller that iterates), one dtype byte, a shape id (equal
+    shapes are stored once: a MoE layer repeats a few shapes thousands of times) and two
+    8-byte offsets: under 40 bytes beyond the name. Records are plain and short-lived, so
+    the engine still passes immutable TensorInfo inward.
+    """
+
+    __slots__ = ("file", "names", "_dtypes", "_shape_ids", "_shapes", "_begins", "_ends")
+
+    def __init__(self, file: Path, names: list[str], dtypes: array, shape_ids: array, shapes: list[tuple[int, ...]],
+                 begins: array, ends: array) -> None:
+        self.file = file
+        self.names = names  # in on-disk order
+        self._dtypes, self._shape_ids, self._shapes = dtypes, shape_ids, shapes
+        self._begins, self._ends = begins, ends  # absolute byte offsets in `file`
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self.info(j) for j in range(*i.indices(len(self.names)))]
+        if i < 0:
+            i += len(self.names)
+        if not 0 <= i < len(self.names):
+            raise IndexError("tensor index out of range")
+        return self.info(i)
+
+    def info(self, i: int) -> TensorInfo:
+        """The record of row `i` (0 <= i < len)."""
+        return _record(self.names[i], DTYPE_NAMES[self._dtypes[i]], self._shapes[self._shape_ids[i]], self.file,
+                       self._begins[i], self._ends[i])
+
+    def __iter__(self) -> Iterator[TensorInfo]:
+        shapes, file = self._shapes, self.file
+        for name, code, sid, begin, end in zip(self.names, self._dtypes, self._shape_ids, self._begins, self._ends):
+            yield _record(name, DTYPE_NAMES[code], shapes[sid], file, begin, end)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (TensorTable, tuple, list)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TensorTable({os.path.basename(self.file)}, {len(self)} tensors)"
+
+    @property
+    def nbytes(self) -> int:
+        """Data bytes of every tensor (the shard's data section: offsets are contiguous)."""
+        return sum(self._ends) - sum(self._begins)
+
+    def bytes_by_dtype(self) -> dict[str, int]:
+        """Data bytes per dtype name, without a record per tensor."""
+        out: dict[str, int] = {}
+        for code, begin, end in zip(self._dtypes, self._begins, self._ends):
+            name = DTYPE_NAMES[code]
+            out[name] = out.get(name, 0) + end - begin
+        return out
+
+
+class _Columns:
+    """A TensorTable being filled, entry by entry, in header order (see _finish_table)."""
+
+    __slots__ = ("names", "dtypes", "shape_ids", "shapes", "shape_id", "begins", "ends")
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.dtypes, self.shape_ids = array("B"), array("I")
+        self.shapes: list[tuple[int, ...]] = []
+        self.shape_id: dict = {}  # shape (or its header text) -> index in `shapes`
+        self.begins, self.ends = array("q"), array("q")
+
+    def shape_index(self, key: object, shape: tuple[int, ...]) -> int:
+        sid = self.shape_id.get(key)
+        if sid is None:
+            sid = self.shape_id[key] = len(self.shapes)
+            self.shapes.append(shape)
+        return sid
+
+    def add(self, name: str, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> None:
+        self.names.append(name)
+        self.dtypes.append(_DTYPE_CODE[dtype])
+        self.shape_ids.append(self.shape_index(shape, shape))
+        self.begins.append(begin)
+        self.ends.append(end)
+
+
 @dataclass(frozen=True)
 class ShardHeader:
     """A validated header: tensors in on-disk order, metadata, where data starts."""
@@ -85,7 +205,7 @@ class ShardHeader:
     file_size: int
     data_start: int
     metadata: dict[str, str]
-    tensors: tuple[TensorInfo, ...]
+    tensors: TensorTable
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
@@ -200,7 +320,9 @@ def parse_header(path: Path) -> ShardHeader:
         raise SurgeonError(f"{where}: cannot read: {e.strerror or e}") from e
     if len(raw) != header_len:
         raise SurgeonError(f"{where}: file shrank while reading its header")
-    return _validate_header(path, raw, file_size)
+    text = _header_text(where, raw)
+    del raw  # a million-tensor header is 100 MB: not held twice while its table is built
+    return _validate_header(path, text, 8 + header_len, file_size)
 
 
 def header_length(where: str, first8: bytes, file_size: int) -> int:
@@ -223,7 +345,7 @@ def header_from_bytes(path: Path, head: bytes, file_size: int) -> ShardHeader:
     header_len = header_length(str(path), head, file_size)
     if len(head) < 8 + header_len:
         raise SurgeonError(f"internal: {path}: {len(head)} header bytes, need {8 + header_len}")
-    return _validate_header(path, bytes(head[8:8 + header_len]), file_size)
+    return _validate_header(path, _header_text(str(path), memoryview(head)[8:8 + header_len]), 8 + header_len, file_size)
 
 
 def _file_size(f) -> int:
@@ -237,14 +359,15 @@ _COMPACT_ENTRY = re.compile(r'"([^"\\\x00-\x1f]*)":\{"dtype":"([A-Z0-9_]{1,16})"
 _PADDING = re.compile(r"[ \t\n\r]*")
 
 
-def _compact_entries(text: str, path: Path, data_start: int, data_size: int) -> tuple[dict, list[TensorInfo]] | None:
-    """The header as written by safetensors itself, read without building a JSON object per tensor; else None.
+def _compact_entries(text: str, data_start: int, data_size: int) -> tuple[dict, _Columns] | None:
+    """The header as written by safetensors itself, scanned into columns without a JSON object per tensor; else None.
 
-    json.loads spent more on a 100k-tensor header (a dict, two lists and five strings per
-    tensor) than the rest of opening it. This path takes only the exact form the library
-    writes, with every rule of the strict path checked (integers of at most 19 digits are
-    below 2**64); anything else (spaces, another key order, escapes, a wrong size, a
-    duplicate) returns None and the strict path decides, with its messages.
+    json.loads builds a dict, two lists and five strings per tensor at once (about 1 KB per
+    tensor of transient peak: a gigabyte for a million tensors). This path takes only the
+    exact form the library writes, keeps per tensor only its name and the column entries,
+    and checks every rule of the strict path (integers of at most 19 digits are below
+    2**64); anything else (spaces, another key order, escapes, a wrong size, a duplicate)
+    returns None and the strict path decides, with its messages.
     """
     metadata: dict = {}
     pos = 1
@@ -261,34 +384,43 @@ def _compact_entries(text: str, path: Path, data_start: int, data_size: int) -> 
         pos += 1
     elif text.startswith("{}"):
         return None  # the strict path handles an empty table
-    entries: list[TensorInfo] = []
+    cols = _Columns()
+    names, dtypes, shape_ids, begins, ends = cols.names, cols.dtypes, cols.shape_ids, cols.begins, cols.ends
+    shape_id, numels = cols.shape_id, []
+    codes, widths = _DTYPE_CODE, _WIDTHS
     match = _COMPACT_ENTRY.match
     while True:
         m = match(text, pos)
         if m is None:
             return None
         name, dtype, shape_text, begin, end, closing = m.groups()
-        entry = TABLE.get(dtype)
-        shape = tuple(map(int, shape_text.split(","))) if shape_text else ()
+        code = codes.get(dtype)
+        sid = shape_id.get(shape_text)
+        if sid is None:
+            shape = tuple(map(int, shape_text.split(","))) if shape_text else ()
+            sid = cols.shape_index(shape_text, shape)
+            numels.append(math.prod(shape))
         begin, end = int(begin), int(end)
-        if entry is None or end < begin or end > data_size or math.prod(shape) * entry.width != end - begin \
+        if code is None or end < begin or end > data_size or numels[sid] * widths[code] != end - begin \
                 or name == "__metadata__":
             return None
-        entries.append(TensorInfo(name=name, dtype=dtype, shape=shape, file=path, begin=data_start + begin,
-                                  end=data_start + end))
+        names.append(name)
+        dtypes.append(code)
+        shape_ids.append(sid)
+        begins.append(data_start + begin)
+        ends.append(data_start + end)
         pos = m.end()
         if closing == "}":
             break
-    if _PADDING.match(text, pos).end() != len(text) or len({e.name for e in entries}) != len(entries):
+    if _PADDING.match(text, pos).end() != len(text) or len(set(names)) != len(names):
         return None
-    return dict(metadata), entries
+    return dict(metadata), cols
 
 
-def _strict_entries(where: str, path: Path, raw: bytes, text: str, data_start: int,
-                    data_size: int) -> tuple[dict, list[TensorInfo]]:
+def _strict_entries(where: str, text: str, data_start: int, data_size: int) -> tuple[dict, _Columns]:
     """Every header rule in turn, through json: any header, with a message naming what is wrong."""
     try:
-        check_numbers(raw)
+        check_numbers(text.encode("utf-8"))  # the header's bytes again (valid UTF-8 round-trips exactly)
         obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
     except _Duplicate as e:
         raise SurgeonError(f"{where}: header names {str(e.args[0])[:80]!r} twice") from e
@@ -312,40 +444,66 @@ def _strict_entries(where: str, path: Path, raw: bytes, text: str, data_start: i
             _check_utf8(value)
         except ValueError as e:
             raise SurgeonError(f"{where}: __metadata__: {e}") from None
-    return metadata, [_validate_entry(where, path, name, spec, data_start, data_size) for name, spec in obj.items()]
+    cols = _Columns()
+    for name, spec in obj.items():
+        _validate_entry(where, cols, name, spec, data_start, data_size)
+    return metadata, cols
 
 
-def _validate_header(path: Path, raw: bytes, file_size: int) -> ShardHeader:
-    where = str(path)
+def _header_text(where: str, raw: bytes | memoryview) -> str:
     try:
-        text = raw.decode("utf-8")
+        return str(raw, "utf-8")
     except UnicodeDecodeError as e:
         raise SurgeonError(f"{where}: header is not valid UTF-8 (byte {e.start})") from e
-    data_start = 8 + len(raw)
-    data_size = file_size - data_start
-    compact = _compact_entries(text, path, data_start, data_size)
-    metadata, entries = compact if compact is not None else _strict_entries(where, path, raw, text, data_start, data_size)
-    entries.sort(key=lambda e: (e.begin, e.end))
 
+
+def _validate_header(path: Path, text: str, data_start: int, file_size: int) -> ShardHeader:
+    where = str(path)
+    data_size = file_size - data_start
+    compact = _compact_entries(text, data_start, data_size)
+    metadata, cols = compact if compact is not None else _strict_entries(where, text, data_start, data_size)
+    return ShardHeader(path=path, file_size=file_size, data_start=data_start, metadata=dict(metadata),
+                       tensors=_finish_table(where, path, cols, data_start, file_size))
+
+
+def _contiguous(begins: array, ends: array, cursor: int) -> bool:
+    for begin, end in zip(begins, ends):
+        if begin != cursor:
+            return False
+        cursor = end
+    return True
+
+
+def _finish_table(where: str, path: Path, cols: _Columns, data_start: int, file_size: int) -> TensorTable:
+    """The columns in on-disk order (sorted by offsets where the header lists them otherwise),
+    checked to cover the data section exactly: no gap, no overlap, nothing after."""
+    if not _contiguous(cols.begins, cols.ends, data_start):
+        begins, ends = cols.begins, cols.ends
+        order = sorted(range(len(cols.names)), key=lambda i: (begins[i], ends[i]))
+        cols.names = [cols.names[i] for i in order]
+        for column in ("dtypes", "shape_ids", "begins", "ends"):
+            old = getattr(cols, column)
+            setattr(cols, column, array(old.typecode, (old[i] for i in order)))
+        del order
     cursor = data_start
-    for e in entries:
-        if e.begin != cursor:
-            if e.begin < cursor:
-                raise SurgeonError(f"{where}: tensor {e.name!r} overlaps the previous tensor's bytes")
-            raise SurgeonError(f"{where}: gap of {e.begin - cursor} bytes before tensor {e.name!r} (offsets must be contiguous)")
-        cursor = e.end
+    for name, begin, end in zip(cols.names, cols.begins, cols.ends):
+        if begin != cursor:
+            if begin < cursor:
+                raise SurgeonError(f"{where}: tensor {name!r} overlaps the previous tensor's bytes")
+            raise SurgeonError(f"{where}: gap of {begin - cursor} bytes before tensor {name!r} (offsets must be contiguous)")
+        cursor = end
     if cursor != file_size:
         if cursor < file_size:
             raise SurgeonError(f"{where}: {file_size - cursor} trailing bytes after the last tensor (data section must end at end of file)")
-        raise SurgeonError(f"{where}: truncated: tensors need {cursor - data_start} data bytes, file has {data_size}")
-    return ShardHeader(path=path, file_size=file_size, data_start=data_start, metadata=dict(metadata), tensors=tuple(entries))
+        raise SurgeonError(f"{where}: truncated: tensors need {cursor - data_start} data bytes, file has {file_size - data_start}")
+    return TensorTable(path, cols.names, cols.dtypes, cols.shape_ids, cols.shapes, cols.begins, cols.ends)
 
 
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _validate_entry(where: str, path: Path, name: str, spec: object, data_start: int, data_size: int) -> TensorInfo:
+def _validate_entry(where: str, cols: _Columns, name: str, spec: object, data_start: int, data_size: int) -> None:
     # An empty name and unknown extra fields in an entry are accepted, as safetensors does.
     # Written for speed (type() is, one pass over the shape): it runs once per tensor, 100k times for a MoE model.
     if type(spec) is dict:
@@ -361,8 +519,8 @@ def _validate_entry(where: str, path: Path, name: str, spec: object, data_start:
             else:
                 if type(begin) is int and type(end) is int and 0 <= begin <= end <= data_size \
                         and numel * entry.width == end - begin:
-                    return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), file=path, begin=data_start + begin,
-                                      end=data_start + end)
+                    cols.add(name, dtype, tuple(shape), data_start + begin, data_start + end)
+                    return
     raise _entry_error(where, name, spec, data_size)
 
 

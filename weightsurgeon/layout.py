@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from sys import intern
 from typing import Iterable
 
 from weightsurgeon.errors import SurgeonError
@@ -164,7 +165,7 @@ def classify(name: str) -> Location:
             return Location(layer, "expert_" + stacked.group("module"), stacked.group("suffix") or "weight")
         rest_stem, _, rest_param = m.group("rest").rpartition(".")
         module, expert = _layer_module(rest_stem)
-        return Location(layer, module, rest_param, expert)
+        return Location(layer, module, intern(rest_param), expert)  # one "weight" for 100k locations
     for pattern, module in _COMPILED_GLOBAL:
         if pattern.match(stem):
             return Location(None, module, param)

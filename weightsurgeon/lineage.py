@@ -86,7 +86,7 @@ def choose_sample(model: Checkpoint, modules: str = DEFAULT_SAMPLE, layers: str 
 
 def _shape_problem(model: Checkpoint, cand: Checkpoint, renames: dict[str, str]) -> str | None:
     """Why `cand` cannot be MODEL's parent from the headers alone, or None."""
-    mapped = {renames.get(n, n): info for n, info in cand.tensors.items()}
+    mapped = {renames.get(n, n): info for n, info in cand.tensors.items()} if renames else cand.tensors
     only_model = [n for n in model.tensors if n not in mapped]
     only_cand = [n for n in mapped if n not in model.tensors]
     if only_model or only_cand:
