@@ -38,12 +38,12 @@ from weightsurgeon.kernels.decode import storage_dtype
 from weightsurgeon.kernels.dtypes import itemsize
 from weightsurgeon.progress import ByteProgress
 from weightsurgeon.surgery import Plan, PlannedTensor, Source, gaussian_key, gaussian_values, input_paths
+from weightsurgeon.writeback import WriteBehind
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
 CHUNK_ELEMS = 1 << 21  # elements per computed chunk: enough parts for every thread of the Gaussian
 COPY_SLICE = 64 * 1024 * 1024  # bytes per copy_file_range call: progress and signals between calls
 COPY_BUFFER = 16 * 1024 * 1024  # the fallback copy's one buffer
-WRITE_BEHIND = 64 * 1024 * 1024  # start writeback of each finished window of the output this large
 # copy_file_range unsupported here (old kernel, cross-device, odd file system): use the buffer.
 _FALLBACK_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM,
                     getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
@@ -297,32 +297,6 @@ def pwrite_all(fd: int, data: object, pos: int) -> int:
 # ---------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------
-
-class WriteBehind:
-    """Progress wrapper that starts the kernel's writeback of each finished window of a shard.
-
-    posix_fadvise(DONTNEED) on written data queues it for writeback now (and drops it from the
-    page cache once clean), so the final fsync finds little left to do and writing overlaps
-    with copying instead of following it; it also keeps the output from crowding the cache.
-    """
-
-    def __init__(self, fd: int, start: int, progress: ByteProgress, enabled: bool = True) -> None:
-        self.fd = fd
-        self.pos = start
-        self.flushed = 0
-        self.progress = progress
-        self.enabled = enabled and hasattr(os, "posix_fadvise")
-
-    def advance(self, n: int) -> None:
-        self.pos += n
-        self.progress.advance(n)
-        if self.enabled and self.pos - self.flushed >= WRITE_BEHIND:
-            os.posix_fadvise(self.fd, self.flushed, self.pos - self.flushed, os.POSIX_FADV_DONTNEED)
-            self.flushed = self.pos
-
-    def describe(self, text: str) -> None:
-        self.progress.describe(text)
-
 
 def _check_plan(plan: Plan) -> None:
     seen: set[str] = set()
