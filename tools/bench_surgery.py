@@ -15,9 +15,14 @@ On a generated BASE and DONOR (tools/benchmodels.py: ``--shape``, ``--size``; ke
 Per job: median and best wall time, the ratio to its copy bound, and the process's own peak
 RSS (GNU time's %M). The load average is printed before and after: the machine may be shared.
 ``--cold`` drops the inputs from the page cache before every job (fsync + fadvise DONTNEED).
+``--jobs splice,zero,remove`` runs only those (the cp bounds always run; ``checksums`` names the
+``--checksums`` splices); ``--baseline PATH`` also runs every surgeon job from another checkout
+of the project (e.g. ``git worktree add /tmp/before main``) in the same shuffled rounds, so a
+change is measured before and after on the same disk in the same minutes.
 
     python tools/bench_surgery.py                                   # small shape, 1.3 GB, 3 rounds
     python tools/bench_surgery.py --shape qwen2.5-14b --size 6 --repeat 3 --cold
+    python tools/bench_surgery.py --shape qwen2.5-14b --size 12 --repeat 3 --cold --jobs splice,zero,remove --baseline /tmp/before
 """
 from __future__ import annotations
 
@@ -127,6 +132,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the rounds' shuffled orders")
     ap.add_argument("--mergekit", default="", help="mergekit-yaml of a separate venv, to run the same jobs with it")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--jobs", default="", help="comma list of the jobs to run: splice, checksums, zero, remove, reinit, "
+                                               "mergekit (default all; the cp bounds always run)")
+    ap.add_argument("--baseline", type=Path, help="another checkout of the project: its surgeon jobs run beside this tree's")
     args = ap.parse_args()
 
     models = ensure_models(args.workdir, args.shape, args.size, tuned=0, donor=True)
@@ -164,7 +172,18 @@ def main() -> None:
         jobs["mergekit linear (o_proj filter)"] = [args.mergekit, str(linear), "{out}", "--quiet"]
         jobs[f"mergekit passthrough (remove {layers})"] = [args.mergekit, str(passthrough), "{out}", "--quiet"]
 
+    def kind(name: str) -> str:
+        return "checksums" if "--checksums" in name else name.split()[0]
+
+    if args.jobs:
+        wanted = set(args.jobs.split(","))
+        jobs = {name: cmd for name, cmd in jobs.items() if name.startswith("cp") or kind(name) in wanted}
     env = dict(os.environ, HF_HUB_OFFLINE="1")
+    envs = {name: env for name in jobs}
+    if args.baseline:
+        old = dict(env, PYTHONPATH=str(args.baseline.resolve()))
+        for name in [n for n, cmd in jobs.items() if cmd[:len(SURGEON)] == SURGEON]:
+            jobs[f"baseline: {name}"], envs[f"baseline: {name}"] = jobs[name], old
     subprocess.run(SURGEON + ["zero", str(base), "--module", "o_proj", "--layers", "0", "-q", "--no-fsync",
                               "-o", str(outs / "warmup")], check=True, env=env)  # numba's cache filled before timing
     shutil.rmtree(outs / "warmup")
@@ -176,7 +195,7 @@ def main() -> None:
             out = outs / f"r{round_}-{list(jobs).index(name)}"
             if args.cold:
                 drop_cached(inputs)
-            wall, rss, cpu, rc, err = run([c.replace("{out}", str(out)) for c in jobs[name]], env=env)
+            wall, rss, cpu, rc, err = run([c.replace("{out}", str(out)) for c in jobs[name]], env=envs[name])
             shutil.rmtree(out, ignore_errors=True)
             if rc:
                 raise SystemExit(f"{name} failed (exit {rc}): {err.strip()[-400:]}")
@@ -194,19 +213,20 @@ def main() -> None:
     print(f"{'job':44s} {'median s':>9s} {'best s':>7s} {'bound':>12s} {'x bound':>8s} {'CPU s':>6s} {'peak RSS MiB':>13s}")
     for name, r in results.items():
         med, best = statistics.median(r["walls"]), min(r["walls"])
-        syncs = not name.startswith("cp") and "--no-fsync" not in name and not name.startswith("mergekit")
+        syncs = not name.startswith("cp") and "--no-fsync" not in name and "mergekit" not in name
         bound, bound_name = (cps, "cp -r + sync") if syncs else (cp, "cp -r")
         r.update({"median_s": med, "best_s": best, "bound": bound_name, "ratio": med / bound})
         cpu = statistics.median(r["cpus"])
         print(f"{name:44s} {med:9.2f} {best:7.2f} {bound_name:>12s} {med / bound:8.2f} {cpu:6.2f} {r['rss_mib']:13.0f}")
-    for fsync in ("", " --no-fsync"):
+    for fsync in ("", " --no-fsync") if "splice --take o_proj --checksums" in results else ():
         on, off = results[f"splice --take o_proj{fsync} --checksums"]["median_s"], results[f"splice --take o_proj{fsync}"]["median_s"]
         print(f"sha256 while writing{fsync or ' (with fsync)'}: {on / off:.3f}x the splice without it ({(on / off - 1) * 100:+.1f}%)")
     rname = f"reinit --module {mlp} --layers {layers}"
-    print(f"\nreinit generated {generated / 1e9:.2f} GB of N(0, 0.02) values: "
-          f"{generated / results[rname]['median_s'] / 1e9:.2f} GB/s over the whole command (median)")
-    for line in generator_alone():
-        print(line)
+    if rname in results:
+        print(f"\nreinit generated {generated / 1e9:.2f} GB of N(0, 0.02) values: "
+              f"{generated / results[rname]['median_s'] / 1e9:.2f} GB/s over the whole command (median)")
+        for line in generator_alone():
+            print(line)
     if args.json:
         args.json.write_text(json.dumps({"shape": args.shape, "model_bytes": model_bytes, "layers": n,
                                          "load_before": load_before, "load_after": load_after,
