@@ -9,6 +9,8 @@ Kept small and generic so every test module can use them:
 - ``surgeon(*args)``: the same entry point in-process (fast); returns ``CliResult``.
 - ``write_raw(path, header, data)``: a .safetensors file from a header (dict, str or
   bytes) and data bytes, for malformed-file tests. Importable: ``from conftest import write_raw``.
+- ``one_error(result, *words)``: asserts the error contract on a ``surgeon(...)`` result (exit 1,
+  one ``error:`` line, holding ``words``). Importable like ``write_raw``.
 """
 from __future__ import annotations
 
@@ -122,6 +124,16 @@ class CliResult:
     @property
     def err_lines(self) -> list[str]:
         return [line for line in self.stderr.splitlines() if line.strip()]
+
+
+def one_error(res: CliResult, *words: str) -> str:
+    """The error contract: exit 1 and one `error:` line, the last on stderr (a progress notice or a printed
+    command may come before it), holding every one of `words`. Returns the line."""
+    errors = [line for line in res.err_lines if line.startswith("error: ")]
+    assert res.code == 1 and len(errors) == 1 and res.err_lines[-1] == errors[0], res.stderr
+    for w in words:
+        assert w in errors[0], errors[0]
+    return errors[0]
 
 
 @pytest.fixture

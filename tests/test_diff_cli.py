@@ -107,7 +107,7 @@ def test_refusals(pair: tuple[Path, Path], tmp_path: Path, surgeon) -> None:
     res = surgeon("diff", base, tmp_path / "pickled")
     assert res.code == 1 and "pickle" in res.stderr and len(res.err_lines) == 1
     res = surgeon("diff", base, tuned, "--bins", "0")
-    assert res.code == 1 and res.err_lines[0].startswith("error: bins must be")
+    assert res.code == 1 and res.err_lines[0].startswith("error: --bins must be")
     res = surgeon("diff", base, tuned, "--module", "o_prj")
     assert res.code == 1 and "unknown module 'o_prj'" in res.stderr
     res = surgeon("diff", base, tuned, "--label", "x", "--label", "y")

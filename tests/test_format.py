@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from conftest import tensor_entry, write_raw
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.format import MAX_HEADER_BYTES, build_header, normalize_dtype, parse_header
+from weightsurgeon.format import MAX_HEADER_BYTES, build_header, parse_header
 from weightsurgeon.kernels.dtypes import TABLE
 
 
@@ -198,12 +198,6 @@ def test_build_header_roundtrip_matches_library(tmp_path: Path) -> None:
 def test_build_header_refuses_duplicates() -> None:
     with pytest.raises(SurgeonError):
         build_header([("a", "F32", (1,)), ("a", "F32", (1,))])
-
-
-def test_normalize_dtype() -> None:
-    assert normalize_dtype("bf16") == "BF16" and normalize_dtype("float32") == "F32" and normalize_dtype("F16") == "F16"
-    with pytest.raises(SurgeonError):
-        normalize_dtype("float8")
 
 
 def test_files_written_by_the_library_are_accepted(tmp_path: Path) -> None:

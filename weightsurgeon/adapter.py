@@ -42,7 +42,7 @@ def is_adapter_dir(path: str | Path) -> bool:
 def module_of(tensor_name: str) -> str:
     """``model.layers.3.self_attn.o_proj.weight`` -> ``model.layers.3.self_attn.o_proj`` (the PEFT module key)."""
     if not tensor_name.endswith(".weight"):
-        raise SurgeonError(f"internal: {tensor_name} is not a weight")
+        raise SurgeonError(f"internal: {tensor_name} is not a weight")  # internal: callers pass only .weight names
     return tensor_name[: -len(".weight")]
 
 
@@ -190,14 +190,15 @@ def open_adapter(path: str | Path, whole_modules: bool = False) -> Adapter:
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise SurgeonError(f"{cfg_path}: cannot read the adapter config: {e}") from e
+        raise SurgeonError(f"{cfg_path}: cannot read the adapter config: {e}; save the adapter again") from e
     if not isinstance(config, dict):
-        raise SurgeonError(f"{cfg_path}: not a JSON object")
+        raise SurgeonError(f"{cfg_path}: not a JSON object; save the adapter again (PeftModel.save_pretrained)")
     if not weights.is_file():
         if (root / "adapter_model.bin").exists():
             raise SurgeonError(f"{root / 'adapter_model.bin'}: pickle adapters are never opened; save the adapter "
                                "with safetensors (PeftModel.save_pretrained(..., safe_serialization=True))")
-        raise SurgeonError(f"{root}: has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}")
+        raise SurgeonError(f"{root}: has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}; an adapter folder needs both: "
+                           "save the adapter again")
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise SurgeonError(f"{cfg_path}: peft_type {config.get('peft_type')!r}; only LoRA adapters can be merged")
     refused = [("use_dora", "DoRA adapters"), ("fan_in_fan_out", "fan_in_fan_out (GPT-2 Conv1D) adapters")]
@@ -223,7 +224,7 @@ def open_adapter(path: str | Path, whole_modules: bool = False) -> Adapter:
         module, which, param = parsed
         found.setdefault(module, {})[f"{which}.{param}"] = entry.name
     if not found and not whole:
-        raise SurgeonError(f"{weights}: holds no LoRA tensors")
+        raise SurgeonError(f"{weights}: holds no LoRA tensors (an empty adapter); save it again")
     rank_pattern = dict(config.get("rank_pattern") or {})
     alpha_pattern = dict(config.get("alpha_pattern") or {})
     modules: dict[str, AdapterModule] = {}
@@ -234,7 +235,8 @@ def open_adapter(path: str | Path, whole_modules: bool = False) -> Adapter:
         a, b = shapes[parts["A.weight"]], shapes[parts["B.weight"]]
         rank = int(_pattern_value(rank_pattern, module, config["r"]))
         if len(a) != 2 or len(b) != 2 or a[0] != rank or b[1] != rank:
-            raise SurgeonError(f"{weights}: {module}: lora_A {list(a)} and lora_B {list(b)} do not match rank {rank}")
+            raise SurgeonError(f"{weights}: {module}: lora_A {list(a)} and lora_B {list(b)} do not match rank {rank}; "
+                               "the adapter's r (or rank_pattern) must be the rank its tensors have")
         alpha = float(_pattern_value(alpha_pattern, module, config["lora_alpha"]))
         scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         modules[module] = AdapterModule(module, rank, scaling, parts["A.weight"], parts["B.weight"], parts.get("B.bias"))

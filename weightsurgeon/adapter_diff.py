@@ -44,7 +44,7 @@ def plan_adapter_pairs(base: Checkpoint, weights: Checkpoint, adapter: Adapter, 
 
     if base.quant.tensors:
         raise SurgeonError(f"{label}: the base holds quantized tensors (FP8/MXFP4 with scales); diffing a LoRA adapter "
-                           f"against a quantized base is not supported")
+                           f"against a quantized base is not supported: cast the base first (surgeon cast BASE --dtype bf16)")
     pairs: list[Pair] = []
     missing: list[dict] = []
     factors: dict[str, LoraFactors] = {}

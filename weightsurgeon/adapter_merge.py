@@ -61,7 +61,8 @@ def plan_splice_adapter(base: Checkpoint, adapter_weights: Checkpoint, adapter_d
             warnings.append(f"{len(left)} adapted tensor(s) outside --take/--layers keep BASE's values, e.g. {left[0]}")
         sources = {n: s for n, s in sources.items() if n in chosen}
         if not sources:
-            raise SurgeonError("--take/--layers select none of the adapter's modules")
+            kinds = sorted({m.rsplit(".", 1)[-1] for m in adapter.modules})
+            raise SurgeonError(f"--take/--layers select none of the adapter's modules (it adapts {', '.join(kinds)})")
     tensors = [PlannedTensor(t.name, t.dtype, t.shape, sources.get(t.name, Source("copy", role="base", name=t.name)),
                              t.name in sources and alpha > 0) for t in base]
     return Plan(operation="splice", arguments=arguments or {}, inputs={"base": base, "adapter": adapter_weights},

@@ -205,7 +205,8 @@ def _plan_quantize(model: Checkpoint, modules: str | None, layers: str | None, e
             targets.append(n)
     if not targets:
         raise _problems("selected weight(s) cannot be quantized, and nothing else was selected", skipped) if skipped \
-            else SurgeonError("the selection holds no bf16/f16/f32 linear weight to quantize")
+            else SurgeonError("the selection holds no bf16/f16/f32 linear weight to quantize; select linear modules such as "
+                               "o_proj or mlp")
     chosen = set(targets)
     clash = [n + suffix for n in targets if n + suffix in model.tensors]
     if clash:

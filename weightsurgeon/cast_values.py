@@ -76,7 +76,7 @@ def values(reader: "SourceReader", t: "PlannedTensor", start: int, count: int) -
         return _quantize(reader, t, start, count)
     if kind == "quantize_scale":
         return _scales(reader, t)
-    raise SurgeonError(f"internal: {kind!r} is not a cast source")
+    raise SurgeonError(f"internal: {kind!r} is not a cast source")  # internal: CAST_KINDS lists every kind handled above
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,7 +165,8 @@ def write_dequant_run(tensors: list["PlannedTensor"], reader: "SourceReader", fd
     window = reader.buffer("run-in", hi - lo)
     got = ckpt.byte_source(file).read_into(lo, window)
     if got != hi - lo:
-        raise SurgeonError(f"{file}: file is shorter than its header says (truncated near {taken[0].name!r})")
+        raise SurgeonError(f"{file}: file is shorter than its header says (truncated near {taken[0].name!r}); "
+                           "download the model again")
     table = np.array(entries, dtype=np.int64)
     table[:, :2] -= lo  # file offsets -> offsets in the window
     out = reader.buffer("run-out", out_bytes)
@@ -283,5 +284,6 @@ def _scales(reader: "SourceReader", t: "PlannedTensor") -> np.ndarray:
             pass
     grid = reader.cache[key]
     if math.prod(grid.shape) != t.numel:
+        # internal: the planner shapes the scale tensor from the same blocks the quantizer fills
         raise SurgeonError(f"internal: {t.name} has {t.numel} scales, the weight's blocks {grid.size}")
     return encode_from_float32(grid.reshape(-1), t.dtype)

@@ -206,9 +206,9 @@ class Checkpoint:
         try:
             got = self.byte_source(shard.path).read_into(0, memoryview(head))
         except OSError as e:
-            raise SurgeonError(f"{shard.path}: cannot read: {e.strerror or e}") from e
+            raise SurgeonError(f"{shard.path}: cannot read ({e.strerror or e}); check the file's permissions and the disk") from e
         if got != len(head):
-            raise SurgeonError(f"{shard.path}: file shrank below its header")
+            raise SurgeonError(f"{shard.path}: file shrank below its header while this run was reading it; rerun once nothing writes it")
         return hashlib.sha256(head).hexdigest()
 
     # -- reading --------------------------------------------------------------------------
@@ -241,13 +241,15 @@ class Checkpoint:
         """Fill ``out`` with the tensor's bytes starting ``offset`` bytes into the tensor."""
         view = memoryview(out).cast("B")
         if offset < 0 or offset + len(view) > info.nbytes:
+            # internal: every caller reads within the tensor it names (offsets come from its header entry)
             raise SurgeonError(f"internal: read of {len(view)} bytes at {offset} outside tensor {info.name!r}")
         try:
             done = self.byte_source(info.file).read_into(info.begin + offset, view)
         except OSError as e:
-            raise SurgeonError(f"{info.file}: read failed in tensor {info.name!r}: {e.strerror}") from e
+            raise SurgeonError(f"{info.file}: read failed in tensor {info.name!r} ({e.strerror or e}); check the disk and rerun") from e
         if done != len(view):
-            raise SurgeonError(f"{info.file}: file is shorter than its header says (truncated while reading {info.name!r})")
+            raise SurgeonError(f"{info.file}: file is shorter than its header says (truncated while reading {info.name!r}); "
+                               "download the model again")
 
     def iter_chunks(self, info: TensorInfo, chunk_bytes: int = DEFAULT_CHUNK_BYTES, buffer: bytearray | None = None) -> Iterator[np.ndarray]:
         """Yield the tensor as 1-D arrays of its stored dtype (BF16 as uint16 bits).
@@ -263,7 +265,7 @@ class Checkpoint:
         if buffer is None:
             buffer = bytearray(min(step, max(info.nbytes, size)))
         elif len(buffer) < size:
-            raise SurgeonError("internal: read buffer smaller than one element")
+            raise SurgeonError("internal: read buffer smaller than one element")  # internal: callers size buffers in chunks
         step = min(step, len(buffer) - len(buffer) % size)
         dtype = storage_dtype(info.dtype)
         offset = 0
@@ -319,7 +321,7 @@ def file_identity(path: Path) -> FileIdentity | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise SurgeonError(f"{path}: cannot access: {e.strerror}") from e
+        raise SurgeonError(f"{path}: cannot access ({e.strerror or e}); check the path and its permissions") from e
     return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
@@ -343,12 +345,12 @@ def open_checkpoint(source: str | os.PathLike, remote: bool = False, revision: s
     """
     text = str(source)
     if not text.strip() or "\x00" in text:
-        raise SurgeonError(f"{text!r}: not a path or Hub id")
+        raise SurgeonError(f"{text!r}: not a path or Hub id; give a model folder, a .safetensors file or ORG/NAME")
     path = Path(text).expanduser()
     try:
         exists = path.exists()
     except OSError as e:  # a name too long, a permission problem on a parent
-        raise SurgeonError(f"{text}: cannot access: {e.strerror or e}") from e
+        raise SurgeonError(f"{text}: cannot access ({e.strerror or e}); check the path and its permissions") from e
     if exists:
         if path.is_dir():
             return _open_directory(text, path)
@@ -386,7 +388,8 @@ def _resolve_hub_id(repo_id: str, revision: str | None = None, missing_ok: bool 
         raise SurgeonError(f"{shown}: no such directory, and not in the local Hugging Face cache; download it first "
                            f"with `hf download {repo_id}`, or pass --remote to fetch only the bytes the command needs") from e
     except Exception as e:  # invalid ids and cache oddities: report, never crash
-        raise SurgeonError(f"{shown}: cannot resolve from the local Hugging Face cache ({type(e).__name__}: {str(e)[:120]})") from e
+        raise SurgeonError(f"{shown}: cannot resolve from the local Hugging Face cache ({type(e).__name__}: {str(e)[:120]}); "
+                           "check the cache folder (HF_HUB_CACHE) or pass a local path") from e
     if missing_ok and not any(folder.glob("*.safetensors")):
         return None  # a snapshot with side files only (config, README): the weights are not cached
     return folder
@@ -435,7 +438,7 @@ def _open_directory(text: str, root: Path) -> Checkpoint:
     headers = []
     for f in files:
         if not f.is_file():
-            raise SurgeonError(f"{f}: is not a regular file")
+            raise SurgeonError(f"{f}: is not a regular file; a shard must be a file (or a link to one)")
         headers.append(parse_header(f))
     tensors = _tensor_infos(headers)
     if index is not None:
@@ -485,7 +488,7 @@ def _read_config(root: Path) -> dict | None:
 def check_config(path: Path, config: object) -> None:
     """config.json must be an object; a quantization_config is refused."""
     if config is not None and not isinstance(config, dict):
-        raise SurgeonError(f"{path}: must be a JSON object")
+        raise SurgeonError(f"{path}: must be a JSON object, got {type(config).__name__}; {REDOWNLOAD}")
     why = quant_refusal(config) if isinstance(config, dict) else None
     if why:
         raise SurgeonError(f"{path.parent}: quantized checkpoint ({why}); the engine decodes FP8 and MXFP4 weights only: dequantize it first")
@@ -495,29 +498,31 @@ def _read_json_if_present(path: Path) -> object | None:
     if not path.exists():
         return None
     if not path.is_file():  # a directory, a FIFO (would block), a device
-        raise SurgeonError(f"{path}: not a regular file")
+        raise SurgeonError(f"{path}: not a regular file; it must be a JSON file (or a link to one)")
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_JSON_BYTES + 1)
     except OSError as e:
-        raise SurgeonError(f"{path}: cannot read: {e.strerror}") from e
+        raise SurgeonError(f"{path}: cannot read ({e.strerror or e}); check the file's permissions and the disk") from e
     return parse_json_file(path, raw)
 
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
+# What to do about a damaged side-car JSON file (config.json, the index).
+REDOWNLOAD = "the file is damaged: download the model again"
 
 
 def parse_json_file(path: Path, raw: bytes) -> object:
     """A side-car JSON file's bytes (config, index, surgeon.json), with the size and JSON-bomb checks."""
     if len(raw) > MAX_JSON_BYTES:
-        raise SurgeonError(f"{path}: larger than 64 MB; not a checkpoint JSON file")
+        raise SurgeonError(f"{path}: larger than 64 MB, so not a checkpoint JSON file; {REDOWNLOAD}")
     bomb = json_bomb_reason(raw)
     if bomb:
-        raise SurgeonError(f"{path}: not a checkpoint JSON file: {bomb}")
+        raise SurgeonError(f"{path}: not a checkpoint JSON file: {bomb}; {REDOWNLOAD}")
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise SurgeonError(f"{path}: not valid JSON ({str(e)[:100]})") from e
+        raise SurgeonError(f"{path}: not valid JSON ({str(e)[:100]}); {REDOWNLOAD}") from e
 
 
 def _plain_file_name(name: object) -> bool:
@@ -528,7 +533,7 @@ def _plain_file_name(name: object) -> bool:
 def validate_index(index_path: Path, index: object) -> list[str]:
     """The index's shape and file names; returns shard names sorted (model-00001-of-N first)."""
     if not isinstance(index, dict):
-        raise SurgeonError(f"{index_path}: must be a JSON object")
+        raise SurgeonError(f"{index_path}: must be a JSON object, got {type(index).__name__}; {REDOWNLOAD}")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise SurgeonError(f"{index_path}: missing or empty 'weight_map'; the index is damaged: download it again")

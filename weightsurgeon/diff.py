@@ -696,7 +696,7 @@ def _check_histogram(bins: int, clip: float) -> tuple[int, float]:
     try:
         return check_histogram(bins, clip)
     except ValueError as e:
-        raise SurgeonError(str(e)) from e
+        raise SurgeonError(f"--{e}") from e  # the option the user typed: --bins, --clip
 
 
 @dataclass
@@ -776,7 +776,8 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
         raise SurgeonError("a LoRA adapter and a quantized (FP8/MXFP4) model cannot be diffed in one run: "
                            "diff them against the base separately")
     if not pairs:
-        raise SurgeonError("no tensor pairs to compare: the models share no tensor of the same shape")
+        raise SurgeonError("no tensor pairs to compare: the models share no tensor of the same shape; "
+                           "diff models of one architecture and size")
     for p in pairs:
         for side, info in (("base", p.base), (names[p.tuned], p.other)):
             if dtype_info(info.dtype).work is None:

@@ -85,7 +85,7 @@ def plan_lora(base: Checkpoint, donor: Checkpoint, take: str, layers: str | None
         raise _problems("selected tensor(s) cannot go into a LoRA adapter (only linear layers' weights can; "
                         "vLLM refuses embeddings and the head): select linear modules, or drop --lora for a plain plugin", refused)
     if not targets:
-        raise SurgeonError(f"--take {take!r} selects no linear layer weights")
+        raise SurgeonError(f"--take {take!r} selects no linear layer weights; select linear modules such as o_proj, q_proj or mlp")
     problems: list[str] = []
     for t in targets + [LoraTarget(b, k, (0, 0)) for k, b in biases.items()]:
         n = t.weight
@@ -254,7 +254,8 @@ def _check_adapter(folder: Path, plan: Plan) -> None:
     got = {e.name: (e.dtype, tuple(e.shape)) for e in header.tensors}
     want = {t.name: (t.dtype, tuple(t.shape)) for t in plan.tensors}
     if got != want:
-        raise SurgeonError(f"{folder / ADAPTER_WEIGHTS}: written tensors differ from the plan")
+        # internal: the writer wrote the plan's tensors; only a writer bug reaches this
+        raise SurgeonError(f"internal: {folder / ADAPTER_WEIGHTS}: written tensors differ from the plan")
 
 
 def energy_summary(report: dict) -> list[list[str]]:

@@ -34,21 +34,8 @@ HEADER_ALIGN = 8
 # safetensors stores shapes and offsets as usize: anything from 2**64 up is not a valid value.
 MAX_USIZE = 2**64 - 1
 
-# numpy / torch-style names users may type (--cast) -> safetensors names.
-DTYPE_ALIASES = {
-    "bf16": "BF16", "bfloat16": "BF16", "f16": "F16", "fp16": "F16", "float16": "F16", "half": "F16",
-    "f32": "F32", "fp32": "F32", "float32": "F32", "float": "F32", "f64": "F64", "float64": "F64",
-}
-
-
-def normalize_dtype(name: str) -> str:
-    """Accept 'bf16', 'float32', 'F32' ... and return the safetensors name."""
-    if name in TABLE:
-        return name
-    alias = DTYPE_ALIASES.get(name.lower())
-    if alias is None:
-        raise SurgeonError(f"unknown dtype {name!r} (use one of {', '.join(sorted(DTYPE_ALIASES))})")
-    return alias
+# What a user can do about a damaged header; every message about a file's bytes ends with it.
+DAMAGED = "the file is damaged or not safetensors: download or save it again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,17 +296,17 @@ def parse_header(path: Path) -> ShardHeader:
     where = str(path)
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
-            raise SurgeonError(f"{where}: not a regular file")
+            raise SurgeonError(f"{where}: not a regular file; give a .safetensors file or a model folder")
         with open(path, "rb") as f:
             file_size = _file_size(f)
             if file_size < 8:
-                raise SurgeonError(f"{where}: not a safetensors file (only {file_size} bytes; need an 8-byte header length)")
+                raise SurgeonError(f"{where}: not a safetensors file (only {file_size} bytes; need an 8-byte header length); {DAMAGED}")
             header_len = header_length(where, f.read(8), file_size)
             raw = f.read(header_len)
     except OSError as e:
-        raise SurgeonError(f"{where}: cannot read: {e.strerror or e}") from e
+        raise SurgeonError(f"{where}: cannot read ({e.strerror or e}); check the file's permissions and the disk") from e
     if len(raw) != header_len:
-        raise SurgeonError(f"{where}: file shrank while reading its header")
+        raise SurgeonError(f"{where}: file shrank while reading its header; is something still writing it? rerun once it is complete")
     text = _header_text(where, raw)
     del raw  # a million-tensor header is 100 MB: not held twice while its table is built
     return _validate_header(path, text, 8 + header_len, file_size)
@@ -328,12 +315,12 @@ def parse_header(path: Path) -> ShardHeader:
 def header_length(where: str, first8: bytes, file_size: int) -> int:
     """The JSON header's length from a file's first 8 bytes, checked against the limit and the file size."""
     if file_size < 8 or len(first8) < 8:
-        raise SurgeonError(f"{where}: not a safetensors file (only {file_size} bytes; need an 8-byte header length)")
+        raise SurgeonError(f"{where}: not a safetensors file (only {file_size} bytes; need an 8-byte header length); {DAMAGED}")
     (header_len,) = struct.unpack("<Q", first8[:8])
     if header_len > MAX_HEADER_BYTES:
-        raise SurgeonError(f"{where}: header length {header_len} exceeds the 100 MB limit (corrupt or not safetensors)")
+        raise SurgeonError(f"{where}: header length {header_len} exceeds the 100 MB limit; {DAMAGED}")
     if 8 + header_len > file_size:
-        raise SurgeonError(f"{where}: header length {header_len} runs past the end of the file ({file_size} bytes): truncated or corrupt")
+        raise SurgeonError(f"{where}: header length {header_len} runs past the end of the file ({file_size} bytes); {DAMAGED}")
     return header_len
 
 
@@ -344,6 +331,7 @@ def header_from_bytes(path: Path, head: bytes, file_size: int) -> ShardHeader:
     """
     header_len = header_length(str(path), head, file_size)
     if len(head) < 8 + header_len:
+        # internal: the Hub reader fetches 8 + the declared length (checked above) before it calls this
         raise SurgeonError(f"internal: {path}: {len(head)} header bytes, need {8 + header_len}")
     return _validate_header(path, _header_text(str(path), memoryview(head)[8:8 + header_len]), 8 + header_len, file_size)
 
@@ -423,27 +411,23 @@ def _strict_entries(where: str, text: str, data_start: int, data_size: int) -> t
         check_numbers(text.encode("utf-8"))  # the header's bytes again (valid UTF-8 round-trips exactly)
         obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
     except _Duplicate as e:
-        raise SurgeonError(f"{where}: header names {str(e.args[0])[:80]!r} twice") from e
+        raise SurgeonError(f"{where}: header names tensor {str(e.args[0])[:80]!r} twice; {DAMAGED}") from e
     except (ValueError, RecursionError) as e:
-        raise SurgeonError(f"{where}: header is not valid JSON ({str(e)[:120]})") from e
+        raise SurgeonError(f"{where}: header is not valid JSON ({str(e)[:120]}); {DAMAGED}") from e
     if _SURROGATE_ESCAPE.search(text):  # rare: pay for a full check only when an escape is there
         try:
             _check_utf8(json.dumps(obj, ensure_ascii=False))
         except ValueError as e:
-            raise SurgeonError(f"{where}: header is not valid JSON ({e})") from None
+            raise SurgeonError(f"{where}: header is not valid JSON ({e}); {DAMAGED}") from None
     if not isinstance(obj, dict):
-        raise SurgeonError(f"{where}: header must be a JSON object, got {type(obj).__name__}")
+        raise SurgeonError(f"{where}: header must be a JSON object, got {type(obj).__name__}; {DAMAGED}")
 
     metadata = obj.pop("__metadata__", {})
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise SurgeonError(f"{where}: __metadata__ must map strings to strings")
-    for value in metadata.values():
-        try:
-            _check_utf8(value)
-        except ValueError as e:
-            raise SurgeonError(f"{where}: __metadata__: {e}") from None
+        raise SurgeonError(f"{where}: __metadata__ must map strings to strings; {DAMAGED}")
+    # A lone surrogate in a metadata value is an escape in the text: the whole-header check above refused it.
     cols = _Columns()
     for name, spec in obj.items():
         _validate_entry(where, cols, name, spec, data_start, data_size)
@@ -454,7 +438,7 @@ def _header_text(where: str, raw: bytes | memoryview) -> str:
     try:
         return str(raw, "utf-8")
     except UnicodeDecodeError as e:
-        raise SurgeonError(f"{where}: header is not valid UTF-8 (byte {e.start})") from e
+        raise SurgeonError(f"{where}: header is not valid UTF-8 (byte {e.start}); {DAMAGED}") from e
 
 
 def _validate_header(path: Path, text: str, data_start: int, file_size: int) -> ShardHeader:
@@ -489,13 +473,11 @@ def _finish_table(where: str, path: Path, cols: _Columns, data_start: int, file_
     for name, begin, end in zip(cols.names, cols.begins, cols.ends):
         if begin != cursor:
             if begin < cursor:
-                raise SurgeonError(f"{where}: tensor {name!r} overlaps the previous tensor's bytes")
-            raise SurgeonError(f"{where}: gap of {begin - cursor} bytes before tensor {name!r} (offsets must be contiguous)")
+                raise SurgeonError(f"{where}: tensor {name!r} overlaps the previous tensor's bytes; {DAMAGED}")
+            raise SurgeonError(f"{where}: gap of {begin - cursor} bytes before tensor {name!r} (offsets must be contiguous); {DAMAGED}")
         cursor = end
-    if cursor != file_size:
-        if cursor < file_size:
-            raise SurgeonError(f"{where}: {file_size - cursor} trailing bytes after the last tensor (data section must end at end of file)")
-        raise SurgeonError(f"{where}: truncated: tensors need {cursor - data_start} data bytes, file has {file_size - data_start}")
+    if cursor != file_size:  # never past it: every entry was checked to end within the data section
+        raise SurgeonError(f"{where}: {file_size - cursor} trailing bytes after the last tensor (data section must end at end of file); {DAMAGED}")
     return TensorTable(path, cols.names, cols.dtypes, cols.shape_ids, cols.shapes, cols.begins, cols.ends)
 
 
@@ -528,29 +510,30 @@ def _entry_error(where: str, name: str, spec: object, data_size: int) -> Surgeon
     """What is wrong with an entry `_validate_entry` refused (the slow path: every rule in turn)."""
     shown = name if len(name) <= 120 else name[:117] + "..."
     if not isinstance(spec, dict):
-        return SurgeonError(f"{where}: tensor {shown!r}: entry must be an object with dtype, shape, data_offsets")
+        return SurgeonError(f"{where}: tensor {shown!r}: entry must be an object with dtype, shape, data_offsets; {DAMAGED}")
     missing = {"dtype", "shape", "data_offsets"} - set(spec)
     if missing:
-        return SurgeonError(f"{where}: tensor {shown!r}: missing {', '.join(sorted(missing))}")
+        return SurgeonError(f"{where}: tensor {shown!r}: its entry is missing {', '.join(sorted(missing))}; {DAMAGED}")
     dtype = spec["dtype"]
     if isinstance(dtype, str) and dtype in SUBBYTE_DTYPES:
-        return SurgeonError(f"{where}: tensor {shown!r}: packed sub-byte dtype {dtype} is not supported")
+        return SurgeonError(f"{where}: tensor {shown!r}: packed sub-byte dtype {dtype} is not supported: "
+                            "convert the model to BF16, F16 or F32 first")
     if not isinstance(dtype, str) or dtype not in TABLE:
-        return SurgeonError(f"{where}: tensor {shown!r}: unknown dtype {str(dtype)[:40]!r}")
+        return SurgeonError(f"{where}: tensor {shown!r} has an unknown dtype {str(dtype)[:40]!r}; {DAMAGED}")
     shape = spec["shape"]
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        return SurgeonError(f"{where}: tensor {shown!r}: shape must be a list of non-negative integers")
+        return SurgeonError(f"{where}: tensor {shown!r}: shape must be a list of non-negative integers; {DAMAGED}")
     offsets = spec["data_offsets"]
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
-        return SurgeonError(f"{where}: tensor {shown!r}: data_offsets must be two integers")
+        return SurgeonError(f"{where}: tensor {shown!r}: data_offsets must be two integers; {DAMAGED}")
     begin, end = offsets
     if begin < 0 or end < begin:
-        return SurgeonError(f"{where}: tensor {shown!r}: invalid data_offsets [{begin}, {end}]")
+        return SurgeonError(f"{where}: tensor {shown!r}: invalid data_offsets [{begin}, {end}]; {DAMAGED}")
     if end > data_size:
-        return SurgeonError(f"{where}: tensor {shown!r}: data ends at byte {end} but the data section has {data_size} bytes (truncated?)")
+        return SurgeonError(f"{where}: tensor {shown!r}: data ends at byte {end} but the data section has {data_size} bytes (truncated?); {DAMAGED}")
     numel = math.prod(shape)
     return SurgeonError(
-        f"{where}: tensor {shown!r}: {dtype}{list(shape)} needs {numel * itemsize(dtype)} bytes but data_offsets span {end - begin}"
+        f"{where}: tensor {shown!r}: {dtype}{list(shape)} needs {numel * itemsize(dtype)} bytes but data_offsets span {end - begin}; {DAMAGED}"
     )
 
 
@@ -574,7 +557,7 @@ def build_header(tensors: list[tuple[str, str, tuple[int, ...]]], metadata: dict
         offset += size
         sizes.append(size)
     if len(header) != len(tensors) + (1 if metadata else 0):
-        raise SurgeonError("internal: duplicate tensor names in a planned shard")
+        raise SurgeonError("internal: duplicate tensor names in a planned shard")  # internal: plans key tensors by name
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % HEADER_ALIGN)
     return struct.pack("<Q", len(blob)) + blob, sizes

@@ -239,7 +239,7 @@ def parse_layers(spec: str | None, num_layers: int) -> frozenset[int] | None:
     for part in str(spec).split(","):
         part = part.strip()
         if not part:
-            raise SurgeonError(f"bad layer list {spec!r}: empty item")
+            raise SurgeonError(f"bad layer list {spec!r}: empty item; write layers as 5-30, 0,2,5-9 or all")
         m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
         if not m:
             raise SurgeonError(f"bad layer list {spec!r}: {part!r} is not N or N-M")

@@ -18,7 +18,7 @@ def report_path(path: Path) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         if not (path / REPORT_JSON).is_file():
-            raise SurgeonError(f"{path}: folder has no {REPORT_JSON}")
+            raise SurgeonError(f"{path}: folder has no {REPORT_JSON}; give a folder written by `surgeon diff`, or its {REPORT_JSON}")
         return path / REPORT_JSON
     return path
 
@@ -51,10 +51,10 @@ def plot_cmd(report: Path, output: Path | None, every: int | None, formats: str,
     loaded = DiffReport.from_json(report_path(report))
     out_dir = output if output is not None else (report if report.is_dir() else report.parent)
     out_dir = out_dir.expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SurgeonError(f"{out_dir}: exists and is not a folder")
+    if out_dir.exists() and not out_dir.is_dir():  # click checks -o as typed; `~/file` is only a file once expanded
+        raise SurgeonError(f"{out_dir}: exists and is not a folder; give -o a folder for the figures")
     if not out_dir.parent.is_dir():
-        raise SurgeonError(f"{out_dir.parent}: the output's parent folder does not exist")
+        raise SurgeonError(f"{out_dir.parent}: the output's parent folder does not exist; create it first")
     figures = draw_all(loaded, out_dir, every=every, formats=fmts)
     written = [str(p) for p in figures]
     if not no_html:

@@ -201,7 +201,7 @@ def splice_cmd(ctx: click.Context, base: str, donor: str, take: str | None, excl
     surgeon splice BASE plugin/ --take o_proj -o merged/     (plugin/ from surgeon extract)
     surgeon splice BASE adapter/ -o merged/                  (a PEFT LoRA adapter, merged in)
     """
-    from weightsurgeon.adapter import ADAPTER_WEIGHTS, is_adapter_dir
+    from weightsurgeon.adapter import ADAPTER_WEIGHTS, is_adapter_dir, open_adapter
     from weightsurgeon.surgery import plan_splice
 
     if is_adapter_dir(donor):  # a PEFT LoRA adapter: merge it (--take/--layers filter its modules)
@@ -209,6 +209,7 @@ def splice_cmd(ctx: click.Context, base: str, donor: str, take: str | None, excl
 
         if exclude is not None or cast or head_from_embeddings or tokenizer_from != "base":
             raise click.UsageError("merging an adapter takes only --take, --layers and --alpha")
+        open_adapter(donor)  # first: a missing or pickle weights file gets the adapter's message, not "no such file"
         _run(ctx, lambda b, a: plan_splice_adapter(b, a, donor, take=take, layers=layers, alpha=alpha,
                                                    arguments=_arguments(ctx)), [base, str(Path(donor) / ADAPTER_WEIGHTS)])
         return
