@@ -347,7 +347,8 @@ def test_plot_missing_inputs_and_bad_options_fail_cleanly(tmp_path, run_cli):
     done = run_cli("plot", tmp_path / "nope.json")
     assert done.returncode == 1 and done.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.json'}: no such file"]
     done = run_cli("plot", tmp_path)
-    assert done.returncode == 1 and done.stderr.strip() == f"error: {tmp_path}: folder has no report.json"
+    assert done.returncode == 1 and done.stderr.strip() == (f"error: {tmp_path}: folder has no report.json; give a folder "
+                                                            "written by `surgeon diff`, or its report.json")
     (tmp_path / "report.json").write_text(json.dumps(make_report(tuned=("a",), num_layers=2)))
     done = run_cli("plot", tmp_path, "--format", "png,gif")
     assert done.returncode == 1 and done.stderr.strip() == "error: unknown figure format 'gif'; choose from png, svg"
