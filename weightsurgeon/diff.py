@@ -804,10 +804,14 @@ def _unit_groups(plan: DiffPlan) -> dict[tuple[int, str], Any]:
     from weightsurgeon.units import units_of
 
     out = {}
+    locations = plan.layout.locations if plan.layout is not None else {}
     for p in plan.pairs:
         # a quantized side's units are those of its values (logical shape), streamed in logical order
         shape = p.base_q.shape if p.base_q is not None else p.base.shape
-        units = units_of(classify(p.name), shape, plan.base.config) if not p.added_rows else None
+        loc = locations.get(p.name)
+        if loc is None or loc.layer is None:  # the name's own classification (DeepSeek's MTP layers included)
+            loc = classify(p.name)
+        units = units_of(loc, shape, plan.base.config) if not p.added_rows else None
         if units is not None:
             out[(p.tuned, p.name)] = Groups(units.run, units.count, units.kind)
     return out
@@ -830,7 +834,14 @@ class _LazyStats(dict):
 
 class _Rows:
     """Each pair's row once its last chunk is done: into the module totals, and streamed to
-    report.csv + histograms.safetensors in `folder` (or kept in memory when there is none)."""
+    report.csv + histograms.safetensors in `folder` (or kept in memory when there is none).
+
+    Rows travel in blocks (kernels/stats.StatsColumns): a batch of small pairs arrives as
+    one (`done_block`); rows computed one at a time (`done`) wait in a short queue that
+    becomes a block, ahead of the next batch so that the order stays the order of completion.
+    """
+
+    QUEUE = 1024  # rows computed one at a time that make a block
 
     def __init__(self, plan: DiffPlan, stats: _LazyStats, groups: dict[tuple[int, str], Any], folder: Path | None) -> None:
         from weightsurgeon.report.model import ModuleTotals
@@ -838,35 +849,72 @@ class _Rows:
         from weightsurgeon.report.units import UnitTotals
 
         self.plan, self.stats, self.groups = plan, stats, groups
+        self.bins, self.clip = plan.options["bins"], plan.options["clip"]
         self.locations = plan.layout.locations if plan.layout is not None else {}
-        self.totals = ModuleTotals(plan.options["bins"], plan.options["clip"])
+        self.totals = ModuleTotals(self.bins, self.clip)
         self.kept: list[Any] = []  # TensorDiff rows when nothing is streamed
         self.units = UnitTotals()
         self.flagged: set[tuple[int, str]] = set()  # pairs holding NaN/Inf
-        self.writer = None if folder is None else RowWriter(folder, len(plan.pairs), plan.options["bins"],
+        self.queue: list[tuple[Pair, Any]] = []
+        self.writer = None if folder is None else RowWriter(folder, len(plan.pairs), self.bins,
                                                             max(p.numel for p in plan.pairs))
 
     def done(self, pairs: list[Pair]) -> None:
+        """Pairs whose DeltaStats (in `stats`) are complete."""
+        for p in pairs:
+            stats = self.stats.pop((p.tuned, p.name), None)
+            self.queue.append((p, stats if stats is not None else self.stats.empty()))
+        if len(self.queue) >= self.QUEUE:
+            self.close()
+
+    def done_block(self, pairs: list[Pair], columns: Any) -> None:
+        """Pairs computed together, their statistics as columns (row i: pairs[i])."""
+        self.close()
+        self._block(pairs, columns)
+
+    def close(self) -> None:
+        """Take the queued rows: every row handed over so far is in the totals and the files."""
+        if self.queue:
+            from weightsurgeon.kernels.stats import StatsColumns
+
+            queue, self.queue = self.queue, []
+            self._block([p for p, _ in queue], StatsColumns.of([s for _, s in queue], self.bins))
+
+    def _meta(self, p: Pair) -> tuple:
+        """The row's report/rows.META tuple."""
+        loc = self.locations.get(p.name) or classify(p.name)
+        return (self.plan.labels[p.tuned], p.name, loc.layer, loc.module, loc.param, _side_label(p.base, p.base_q),
+                _side_label(p.other, p.other_q), p.base_q.shape if p.base_q is not None else p.base.shape, p.numel,
+                p.added_rows, p.lora.rank if p.lora is not None else None)
+
+    def _block(self, pairs: list[Pair], columns: Any) -> None:
+        import numpy as np
+
+        meta = [self._meta(p) for p in pairs]
+        self.totals.add_block([(m[0], m[2], m[3]) for m in meta], [m[8] for m in meta], columns)
+        sum_sq_delta, sum_sq_a = columns.sum_sq_delta.tolist(), columns.sum_sq_a.tolist()
+        for i, (p, m) in enumerate(zip(pairs, meta)):
+            units = self.groups.get((p.tuned, p.name))
+            if units is not None:
+                self.units.add_groups(m[0], m[2], m[3], units)
+            else:
+                loc = self.locations.get(p.name)
+                expert = loc.expert if loc is not None and loc.layer is not None else classify(p.name).expert
+                if expert is not None:
+                    self.units.add_expert(m[0], m[2], m[3], expert, sum_sq_delta[i], sum_sq_a[i])
+        for i in np.flatnonzero(columns.n_nonfinite).tolist():
+            self.flagged.add((pairs[i].tuned, pairs[i].name))
+        if self.writer is not None:
+            self.writer.add_block(meta, columns, self.clip)
+            return
         from weightsurgeon.report.model import TensorDiff
 
-        for p in pairs:
-            key = (p.tuned, p.name)
-            stats = self.stats.pop(key, None)
-            if stats is None:
-                stats = self.stats.empty()
-            loc = self.locations.get(p.name) or classify(p.name)
-            row = TensorDiff(tuned=self.plan.labels[p.tuned], name=p.name, layer=loc.layer, module=loc.module,
-                             param=loc.param, dtype=_side_label(p.base, p.base_q), dtype_tuned=_side_label(p.other, p.other_q),
-                             shape=p.base_q.shape if p.base_q is not None else p.base.shape, numel=p.numel, stats=stats,
-                             added_rows=p.added_rows, lora_rank=p.lora.rank if p.lora is not None else None)
-            self.totals.add(row.tuned, row.layer, row.module, row.numel, stats)
-            self.units.add(row, self.groups.get(key))
-            if stats.n_nonfinite:
-                self.flagged.add(key)
-            if self.writer is None:
-                self.kept.append(row)
-            else:
-                self.writer.add(row)
+        for i, m in enumerate(meta):
+            tuned, name, layer, module, param, dtype, dtype_tuned, shape, numel, added_rows, lora_rank = m
+            self.kept.append(TensorDiff(tuned=tuned, name=name, layer=layer, module=module, param=param, dtype=dtype,
+                                        dtype_tuned=dtype_tuned, shape=shape, numel=numel,
+                                        stats=columns.row(i, self.bins, self.clip), added_rows=added_rows,
+                                        lora_rank=lora_rank))
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -906,7 +954,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
             reader.then(rows.done, pairs)
         return nbytes
 
-    small = SmallPairs(plan.base, plan.others, stats, groups, one, rows.done)
+    small = SmallPairs(plan.base, plan.others, bins, clip, groups, one, rows.done_block)
     bytes_read = 0
     try:
         with _prefetch(work, plan.base, plan.others):
@@ -930,6 +978,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
             from weightsurgeon.spectrum import measure_spectra
 
             spectra = measure_spectra(plan, plan.options["spectrum"], progress)
+        rows.close()
         seconds = time.perf_counter() - started
         nonfinite = _nonfinite_tensors(plan, rows.flagged)
         _check_unchanged(plan.base, plan.others)  # the last shard too: no report of bytes that never existed together

@@ -6,7 +6,8 @@ each: 70-100 us of CPU per tiny tensor, most of a diff's time there. The diff's 
 each chunk here first; a chunk that is a whole small tensor (at most one kernel part) read
 by the kernel itself waits in a batch, and the batch goes to the kernel in one launch
 when it is full, when the loop reaches a chunk that cannot join, or at the end. The
-numbers are those of one call per tensor, bit for bit (kernels.delta.accumulate_batch_from_files).
+numbers are those of one call per tensor, bit for bit (kernels.delta.batch_from_files), and
+they stay columns of arrays (kernels/stats.StatsColumns) on their way to the report.
 """
 from __future__ import annotations
 
@@ -25,18 +26,18 @@ class SmallPairs:
     """Collects whole small tensor pairs that the kernel reads itself, and runs them in batches.
 
     `fallback(info, pairs, start, stop)` computes the pairs of a batch whose read failed (it
-    reads them itself and names the error) as the diff computes any chunk; `done(pairs)`
-    gets the pairs the batch completed.
+    reads them itself and names the error) as the diff computes any chunk; `done(pairs,
+    columns)` gets the pairs the batch completed and their statistics (row i: pairs[i]).
     """
 
-    def __init__(self, base: Checkpoint, others: list[Checkpoint], stats: dict[tuple[int, str], Any],
+    def __init__(self, base: Checkpoint, others: list[Checkpoint], bins: int, clip: float,
                  groups: dict[tuple[int, str], Any], fallback: Callable[..., int],
-                 done: Callable[[list[Pair]], None]) -> None:
-        from weightsurgeon.kernels.delta import accumulate_batch_from_files, reads_files
+                 done: Callable[[list[Pair], Any], None]) -> None:
+        from weightsurgeon.kernels.delta import batch_from_files, reads_files
 
-        self.base, self.others, self.stats, self.groups = base, others, stats, groups
+        self.base, self.others, self.bins, self.clip, self.groups = base, others, bins, clip, groups
         self.fallback, self.done = fallback, done
-        self.run_batch, self.reads_files = accumulate_batch_from_files, reads_files
+        self.run_batch, self.reads_files = batch_from_files, reads_files
         # (base fd, tuned fd, base dtype, tuned dtype) -> [(info, pair, base position, tuned position)]
         self.pending: dict[tuple, list[tuple[TensorInfo, Pair, int, int]]] = {}
         self.count = 0
@@ -79,14 +80,11 @@ class SmallPairs:
 
         pending, self.pending, self.count = self.pending, {}, 0
         for (fd_a, fd_b, dtype_a, dtype_b), entries in pending.items():
-            targets = [self.stats[(p.tuned, p.name)] for _, p, _, _ in entries]
-            failed = self.run_batch(targets, fd_a, np.array([e[2] for e in entries], dtype=np.int64), dtype_a, fd_b,
-                                    np.array([e[3] for e in entries], dtype=np.int64), dtype_b,
-                                    np.array([p.numel for _, p, _, _ in entries], dtype=np.int64))
-            completed = []
-            for (info, p, _, _), bad in zip(entries, failed.tolist()):
-                if bad:
+            columns, failed = self.run_batch(self.bins, self.clip, fd_a, np.array([e[2] for e in entries], dtype=np.int64),
+                                             dtype_a, fd_b, np.array([e[3] for e in entries], dtype=np.int64), dtype_b,
+                                             np.array([p.numel for _, p, _, _ in entries], dtype=np.int64))
+            bad = failed.tolist()
+            self.done([p for (_, p, _, _), b in zip(entries, bad) if not b], columns)
+            for (info, p, _, _), b in zip(entries, bad):
+                if b:
                     self.fallback(info, [p], 0, info.numel)
-                else:
-                    completed.append(p)
-            self.done(completed)

@@ -14,7 +14,7 @@ import numpy as np
 from weightsurgeon.kernels.decode import as_bits, decode_to_float32, decode_to_float64, work_dtype
 from weightsurgeon.kernels.dtypes import dtype_info, itemsize
 from weightsurgeon.kernels.shape import central_sums
-from weightsurgeon.kernels.stats import PART, DeltaStats
+from weightsurgeon.kernels.stats import PART, DeltaStats, StatsColumns
 
 # numba's portable "workqueue" threading layer aborts the process when two threads launch
 # parallel kernels at once: launches are serialised.
@@ -209,26 +209,26 @@ def delta_parts(items_a: np.ndarray, pool_a: np.ndarray, items_b: np.ndarray, po
                                        grouping)
 
 
-def accumulate_batch_from_files(targets: list[DeltaStats], fd_a: int, pos_a: np.ndarray, dtype_a: str, fd_b: int,
-                                pos_b: np.ndarray, dtype_b: str, numel: np.ndarray) -> np.ndarray:
+def batch_from_files(bins: int, clip: float, fd_a: int, pos_a: np.ndarray, dtype_a: str, fd_b: int,
+                     pos_b: np.ndarray, dtype_b: str, numel: np.ndarray) -> tuple[StatsColumns, np.ndarray]:
     """accumulate_delta_from_files on many small pairs in one kernel launch: pair i is numel[i]
-    (1..PART) elements at byte positions pos_a[i], pos_b[i], folded into the fresh targets[i].
+    (1..PART) elements at byte positions pos_a[i], pos_b[i].
 
-    The results are those of one accumulate_delta_from_files call per pair, bit for bit (a
-    pair of at most PART elements is one part either way). Returns a boolean mask of the
-    pairs whose read failed: their targets are untouched and the caller reads them itself.
+    Returns (the statistics of the pairs that were read, as columns: row j is the j-th pair
+    not in the mask; the boolean mask of pairs whose read failed, which the caller reads
+    itself). Each row equals one accumulate_delta_from_files call on fresh statistics, bit for
+    bit (a pair of at most PART elements is one part either way).
     """
     if not reads_files(dtype_a, dtype_b):
         raise ValueError(f"no file path for {dtype_a} against {dtype_b}: use accumulate_delta")
     numel = np.asarray(numel, dtype=np.int64)
     if numel.size == 0:
-        return np.zeros(0, dtype=bool)
+        return StatsColumns.empty(0, bins), np.zeros(0, dtype=bool)
     if numel.min() < 1 or numel.max() > PART:
         raise ValueError(f"a batched pair holds 1..{PART} elements")
-    first = targets[0]
     dt = work_dtype(dtype_a, dtype_b)
     wide = dt is np.float64
-    consts, edges = _histogram_constants(first.bins, first.clip, dt)
+    consts, edges = _histogram_constants(bins, clip, dt)
     like = _LIKE[itemsize(dtype_a)]
     import numba  # loaded by _compiled() already
 
@@ -238,9 +238,25 @@ def accumulate_batch_from_files(targets: list[DeltaStats], fd_a: int, pos_a: np.
             np.asarray(pos_b, dtype=np.int64), like, _file_code(dtype_b, wide), numel, consts, edges,
             numba.get_num_threads())
     bad = failed.astype(bool)
-    ok = ~bad
-    kept = [t for t, good in zip(targets, ok.tolist()) if good]
-    fold_segments(kept, np.arange(len(kept)), sums[ok], counts[ok], hists[ok], numel[ok])  # one part per tensor
+    if bad.any():
+        ok = ~bad
+        sums, counts, hists, numel = sums[ok], counts[ok], hists[ok], numel[ok]
+    if not numel.size:
+        return StatsColumns.empty(0, bins), bad
+    return segment_columns(np.arange(numel.size), sums, counts, hists, numel), bad  # one part per tensor
+
+
+def accumulate_batch_from_files(targets: list[DeltaStats], fd_a: int, pos_a: np.ndarray, dtype_a: str, fd_b: int,
+                                pos_b: np.ndarray, dtype_b: str, numel: np.ndarray) -> np.ndarray:
+    """batch_from_files folded into the fresh targets[i]; returns the mask of failed reads (their
+    targets untouched)."""
+    if not targets:
+        return np.zeros(0, dtype=bool)
+    first = targets[0]
+    columns, bad = batch_from_files(first.bins, first.clip, fd_a, pos_a, dtype_a, fd_b, pos_b, dtype_b, numel)
+    kept = [t for t, failed in zip(targets, bad.tolist()) if not failed]
+    for j, t in enumerate(kept):
+        columns.into(j, t)
     return bad
 
 
@@ -267,25 +283,13 @@ def fold_parts(stats: DeltaStats, sums: np.ndarray, counts: np.ndarray, hists: n
     stats.hist += hists.sum(axis=0)
 
 
-def fold_segments(targets: list[DeltaStats], first: np.ndarray, sums: np.ndarray, counts: np.ndarray,
-                  hists: np.ndarray, n: np.ndarray) -> None:
-    """fold_parts for many tensors at once: rows first[i] .. first[i + 1] - 1 of the kernel's per-part
-    results (n: each part's elements) belong to targets[i] (the last segment runs to the end).
-
-    A batch of small tensors is thousands of segments; fold_parts on each costs ~20 numpy
-    calls per tensor. Here every reduction is one numpy call over the whole batch and each
-    target gets a few float additions. The parts' shape sums merge into one mean and central
-    sums per segment first (the formula of shape.combine, by segment), then into the target.
-    """
-    from weightsurgeon.kernels.shape import combine
-
-    if not targets:
-        return
+def _segments(first: np.ndarray, sums: np.ndarray, counts: np.ndarray, hists: np.ndarray, n: np.ndarray) -> tuple:
+    """Each segment's sums, counts, histogram and merged moments (see fold_segments), as columns."""
     k = _compiled()
     first = np.asarray(first, dtype=np.intp)
     lengths = np.diff(np.append(first, sums.shape[0]))
-    seg = {col: np.add.reduceat(sums[:, col], first) for col in (k.SUM_SQ_DELTA, k.SUM_SQ_A, k.SUM_SQ_B, k.DOT_AB,
-                                                                  k.SUM_DELTA)}
+    seg = [np.add.reduceat(sums[:, col], first) for col in (k.SUM_SQ_DELTA, k.SUM_SQ_A, k.SUM_SQ_B, k.DOT_AB,
+                                                             k.SUM_DELTA)]
     max_abs = np.maximum.reduceat(sums[:, k.MAX_ABS_DELTA], first)
     n_finite = np.add.reduceat(counts[:, k.N_FINITE], first)
     n_base_zero = np.add.reduceat(counts[:, k.N_BASE_ZERO], first)
@@ -300,9 +304,27 @@ def fold_segments(targets: list[DeltaStats], first: np.ndarray, sums: np.ndarray
     c3 = np.add.reduceat(m3 + 3.0 * m2 * d + n_r * d ** 3, first)
     c4 = np.maximum(np.add.reduceat(m4 + 4.0 * m3 * d + 6.0 * m2 * d * d + n_r * d ** 4, first), 0.0)
     numel = np.add.reduceat(np.asarray(n, dtype=np.int64), first)
-    columns = [seg[c].tolist() for c in (k.SUM_SQ_DELTA, k.SUM_SQ_A, k.SUM_SQ_B, k.DOT_AB, k.SUM_DELTA)]
-    rows = zip(targets, *columns, max_abs.tolist(), n_finite.tolist(), numel.tolist(), n_base_zero.tolist(),
-               total.tolist(), pooled.tolist(), c2.tolist(), c3.tolist(), c4.tolist(), hist)
+    return seg, max_abs, n_finite, numel, n_base_zero, total, pooled, c2, c3, c4, hist
+
+
+def fold_segments(targets: list[DeltaStats], first: np.ndarray, sums: np.ndarray, counts: np.ndarray,
+                  hists: np.ndarray, n: np.ndarray) -> None:
+    """fold_parts for many tensors at once: rows first[i] .. first[i + 1] - 1 of the kernel's per-part
+    results (n: each part's elements) belong to targets[i] (the last segment runs to the end).
+
+    A batch of small tensors is thousands of segments; fold_parts on each costs ~20 numpy
+    calls per tensor. Here every reduction is one numpy call over the whole batch and each
+    target gets a few float additions. The parts' shape sums merge into one mean and central
+    sums per segment first (the formula of shape.combine, by segment), then into the target.
+    """
+    from weightsurgeon.kernels.shape import combine
+
+    if not targets:
+        return
+    seg, max_abs, n_finite, numel, n_base_zero, total, pooled, c2, c3, c4, hist = _segments(first, sums, counts,
+                                                                                            hists, n)
+    rows = zip(targets, *(c.tolist() for c in seg), max_abs.tolist(), n_finite.tolist(), numel.tolist(),
+               n_base_zero.tolist(), total.tolist(), pooled.tolist(), c2.tolist(), c3.tolist(), c4.tolist(), hist)
     for st, sdd, saa, sbb, sab, sd, mx, nf, ne, nbz, nr, mu, q2, q3, q4, h in rows:
         st.sum_sq_delta += sdd
         st.sum_sq_a += saa
@@ -321,6 +343,26 @@ def fold_segments(targets: list[DeltaStats], first: np.ndarray, sums: np.ndarray
                                                                   np.array([st.r_m2, q2]), np.array([st.r_m3, q3]),
                                                                   np.array([st.r_m4, q4]))
         st.hist += h
+
+
+def segment_columns(first: np.ndarray, sums: np.ndarray, counts: np.ndarray, hists: np.ndarray,
+                    n: np.ndarray) -> StatsColumns:
+    """What fold_segments leaves in fresh (empty) targets, as columns: no DeltaStats per tensor.
+
+    Each value is the fresh target's field after fold_segments' update (0.0 + sum, max(0.0, m),
+    the moments where the histogram counted anything), so the two agree bit for bit.
+    """
+    seg, max_abs, n_finite, numel, n_base_zero, total, pooled, c2, c3, c4, hist = _segments(first, sums, counts,
+                                                                                            hists, n)
+    counted = total > 0
+    zero = np.zeros(len(total))
+    return StatsColumns(
+        n=n_finite.astype(np.int64), n_nonfinite=(numel - n_finite).astype(np.int64),
+        n_base_zero=n_base_zero.astype(np.int64), sum_sq_delta=0.0 + seg[0], sum_sq_a=0.0 + seg[1],
+        sum_sq_b=0.0 + seg[2], dot_ab=0.0 + seg[3], sum_delta=0.0 + seg[4],
+        max_abs_delta=np.where(max_abs > 0.0, max_abs, 0.0),  # Python's max(0.0, m): NaN stays out
+        r_mean=np.where(counted, pooled, zero), r_m2=np.where(counted, c2, zero), r_m3=np.where(counted, c3, zero),
+        r_m4=np.where(counted, c4, zero), hist=hist.astype(np.int64, copy=False))
 
 
 def count_nonfinite(x: np.ndarray, dtype: str) -> int:

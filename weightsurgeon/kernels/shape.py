@@ -19,13 +19,16 @@ Modes are counted on the histogram the report already holds, after a stated smoo
 the two end bins are left out (clip() piles every value beyond the range there, a
 feature of the clipping, not of the distribution); the inner counts are smoothed with a
 Gaussian kernel (zero outside, truncated at 4 sigma) of sigma = max(1 bin, Silverman's
-0.9 * std * n^(-1/5)); a mode is a local maximum whose prominence (its height above the
+0.9 * std * n^(-1/5)), each smoothed value adding its mirror pairs of counts nearest first
+(so counts symmetric about a point smooth to exactly symmetric values, and a tie is a tie
+whatever the machine); a mode is a local maximum whose prominence (its height above the
 higher of the two lowest points that separate it from a higher peak or the ends, as
 scipy.signal.find_peaks defines it) is at least MODE_PROMINENCE of the tallest value.
 """
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -97,62 +100,38 @@ def bimodality(n: int, skewness: float, excess_kurtosis: float) -> float:
     return (g1 * g1 + 1.0) / denom if denom > 0 else math.nan
 
 
-def smoothing_sigma(n: int, std: float, clip: float, bins: int) -> float:
-    """The smoothing's sigma in bins: Silverman's bandwidth 0.9 * std * n^(-1/5), at least one bin."""
-    width = 2.0 * clip / bins
-    if n <= 0 or not math.isfinite(std) or std <= 0:
-        return 1.0
-    return max(1.0, 0.9 * std * n ** -0.2 / width)
-
-
-def smooth(counts: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing of counts, zero outside, kernel truncated at 4 sigma and normalised."""
-    radius = int(4.0 * sigma + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel = np.exp(-0.5 * (x / sigma) ** 2)
-    kernel /= kernel.sum()
-    return np.convolve(np.asarray(counts, dtype=np.float64), kernel, mode="full")[radius:radius + len(counts)]
-
-
-def _prominences(y: np.ndarray, peaks: list[int]) -> list[float]:
-    """Each peak's height above the higher of the lowest points on its two sides, each side
-    running to the first value higher than the peak (or the end, beyond which y is 0)."""
-    out = []
-    last = len(y) - 1
-    for i in peaks:
-        h = y[i]
-        higher = np.flatnonzero(y[:i] > h)
-        j = int(higher[-1]) + 1 if higher.size else 0
-        left = float(y[j:i + 1].min())
-        if j == 0:
-            left = min(left, 0.0)
-        higher = np.flatnonzero(y[i + 1:] > h)
-        k = i + int(higher[0]) if higher.size else last
-        right = float(y[i:k + 1].min())
-        if k == last:
-            right = min(right, 0.0)
-        out.append(float(h) - max(left, right))
-    return out
-
-
 def histogram_modes(hist: np.ndarray, clip: float, std: float) -> list[float]:
-    """Positions (bin centres, in units of the relative change) of the modes of a clipped histogram."""
-    hist = np.asarray(hist, dtype=np.float64)
-    bins = len(hist)
-    if bins < 3:
-        return []
-    inner = hist[1:-1]
-    n = int(inner.sum())
-    if n == 0:
-        return []
-    y = smooth(inner, smoothing_sigma(n, std, clip, bins))
-    padded = np.concatenate(([0.0], y, [0.0]))
-    floor = MODE_PROMINENCE * float(y.max())
-    # a plateau's left end counts once; a plateau that rises again is not a peak (prominence 0).
-    # A prominence is at most the peak's height (y >= 0), so peaks lower than the floor are
-    # left out before the walk: the same modes, without walking every ripple of the tails.
-    centre = padded[1:-1]
-    peaks = np.flatnonzero((centre > padded[:-2]) & (centre >= padded[2:]) & (centre >= floor)).tolist()
-    kept = [i for i, p in zip(peaks, _prominences(y, peaks)) if p >= floor and p > 0]
+    """Positions (bin centres, in units of the relative change) of the modes of a clipped histogram.
+
+    The compiled loop of kernels/_rowstats.py, on one row: a report's rows derived in
+    batches and one at a time get the same modes, ties included.
+    """
+    from weightsurgeon.kernels import _rowstats
+
+    hist = np.asarray(hist, dtype=np.int64).reshape(1, -1)
+    _, found = _rowstats.modes(hist, np.array([std], dtype=np.float64), float(clip), MODE_PROMINENCE)
+    return mode_positions(found.tolist(), clip, hist.shape[1])
+
+
+def mode_positions(found: list[int], clip: float, bins: int) -> list[float]:
+    """Bin indices of modes -> their bin centres."""
     width = 2.0 * clip / bins
-    return [float(-clip + (i + 1.5) * width) for i in kept]
+    return [float(-clip + (i + 0.5) * width) for i in found]
+
+
+def derive_columns(columns: Any, clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(derived, offsets, mode bins) of many rows (kernels/stats.StatsColumns): `derived` holds the
+    columns _rowstats.L2_DELTA .. BIMODALITY, row i's modes are bins[offsets[i]:offsets[i + 1]]
+    (mode_positions turns them into centres). Each number equals DeltaStats' own, bit for bit."""
+    from weightsurgeon.kernels import _rowstats
+
+    r_n = columns.r_n
+    derived = _rowstats.derive(columns.n, columns.sum_sq_delta, columns.sum_sq_a, columns.sum_sq_b, columns.dot_ab,
+                               columns.sum_delta, r_n, columns.r_m2, columns.r_m3, columns.r_m4)
+    for i in np.flatnonzero(r_n >= _rowstats.BIMODALITY_EXACT_BELOW).tolist():  # exact integer division, in Python
+        derived[i, _rowstats.BIMODALITY] = bimodality(int(r_n[i]), float(derived[i, _rowstats.R_SKEW]),
+                                                      float(derived[i, _rowstats.R_KURT]))
+    hist = columns.hist if columns.hist.dtype == np.int64 else columns.hist.astype(np.int64)
+    offsets, found = _rowstats.modes(hist, np.ascontiguousarray(derived[:, _rowstats.R_STD]), float(clip),
+                                     MODE_PROMINENCE)
+    return derived, offsets, found

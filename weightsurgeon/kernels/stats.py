@@ -242,3 +242,77 @@ class DeltaStats:
             hist=np.asarray(d["hist"], dtype=np.int64),
             **{k: _from_json_float(d.get(k)) for k in ("r_mean", "r_m2", "r_m3", "r_m4")},
         )
+
+
+# DeltaStats' additive fields, in the order StatsColumns holds them.
+INT_FIELDS = ("n", "n_nonfinite", "n_base_zero")
+FLOAT_FIELDS = ("sum_sq_delta", "sum_sq_a", "sum_sq_b", "dot_ab", "sum_delta", "max_abs_delta", "r_mean", "r_m2",
+                "r_m3", "r_m4")
+
+
+@dataclass(eq=False)
+class StatsColumns:
+    """The DeltaStats of many tensors as columns: row i of every array is one tensor's field.
+
+    A batch of ~4,000 small tensors leaves the kernel as arrays; kept as arrays, its rows are
+    derived (kernels/_rowstats.py), written (report/rows.py) and summed into module totals
+    without a Python object per tensor.
+    """
+
+    n: np.ndarray
+    n_nonfinite: np.ndarray
+    n_base_zero: np.ndarray
+    sum_sq_delta: np.ndarray
+    sum_sq_a: np.ndarray
+    sum_sq_b: np.ndarray
+    dot_ab: np.ndarray
+    sum_delta: np.ndarray
+    max_abs_delta: np.ndarray
+    r_mean: np.ndarray
+    r_m2: np.ndarray
+    r_m3: np.ndarray
+    r_m4: np.ndarray
+    hist: np.ndarray  # [rows, bins] int64
+
+    def __len__(self) -> int:
+        return len(self.n)
+
+    @classmethod
+    def empty(cls, rows: int, bins: int) -> "StatsColumns":
+        return cls(**{f: np.zeros(rows, dtype=np.int64) for f in INT_FIELDS},
+                   **{f: np.zeros(rows, dtype=np.float64) for f in FLOAT_FIELDS},
+                   hist=np.zeros((rows, bins), dtype=np.int64))
+
+    @classmethod
+    def of(cls, stats: list[DeltaStats], bins: int) -> "StatsColumns":
+        """Columns of DeltaStats objects (rows computed one at a time: large or quantized tensors)."""
+        if not stats:
+            return cls.empty(0, bins)
+        return cls(**{f: np.array([getattr(s, f) for s in stats], dtype=np.int64) for f in INT_FIELDS},
+                   **{f: np.array([getattr(s, f) for s in stats], dtype=np.float64) for f in FLOAT_FIELDS},
+                   hist=np.stack([s.hist for s in stats]))
+
+    @classmethod
+    def concat(cls, parts: list["StatsColumns"]) -> "StatsColumns":
+        return cls(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in INT_FIELDS + FLOAT_FIELDS + ("hist",)})
+
+    def take(self, index: Any) -> "StatsColumns":
+        return StatsColumns(**{f: getattr(self, f)[index] for f in INT_FIELDS + FLOAT_FIELDS + ("hist",)})
+
+    @property
+    def r_n(self) -> np.ndarray:
+        """Elements of the relative change per row: its histogram's count."""
+        return self.hist.sum(axis=1)
+
+    def into(self, i: int, target: DeltaStats) -> None:
+        """Row i's fields into a DeltaStats (a fresh one: the fields are set, not added)."""
+        for f in INT_FIELDS:
+            setattr(target, f, int(getattr(self, f)[i]))
+        for f in FLOAT_FIELDS:
+            setattr(target, f, float(getattr(self, f)[i]))
+        target.hist = self.hist[i].astype(np.int64, copy=True)
+
+    def row(self, i: int, bins: int, clip: float) -> DeltaStats:
+        out = DeltaStats.empty(bins, clip)
+        self.into(i, out)
+        return out

@@ -226,43 +226,90 @@ class ModuleDiff:
 class ModuleTotals:
     """(tuned, layer, module) rows built tensor by tensor, exactly (sums and counts add).
 
-    Sums, counts and histograms are added as tensors arrive; the moments of the relative
-    change are merged once per module at the end (one shape.combine_rows over its
-    tensors: a merge per tensor cost more than everything else a tiny tensor needs). So a
-    diff keeps per-module aggregates only, whatever the number of tensors.
+    Rows arrive in blocks (kernels/stats.StatsColumns) and are summed into per-module
+    arrays by module id, in arrival order (a compiled loop, kernels/_rowstats.add_rows: the
+    same sums, bit for bit, as adding the rows one by one). The moments of the relative change are
+    merged once per module at the end (one shape.combine over its tensors, in arrival
+    order). So a diff keeps per-module aggregates only, whatever the number of tensors.
     """
+
+    _SUMS = ("sum_sq_delta", "sum_sq_a", "sum_sq_b", "dot_ab", "sum_delta")
+    _COUNTS = ("n", "n_nonfinite", "n_base_zero")
 
     def __init__(self, bins: int, clip: float) -> None:
         self.bins, self.clip = bins, clip
-        self.rows: dict[tuple, ModuleDiff] = {}
-        self.moments: dict[tuple, list[tuple[int, float, float, float, float]]] = {}
+        self.index: dict[tuple, int] = {}
+        self.sums = np.zeros((0, len(self._SUMS)))
+        self.max_abs = np.zeros(0)
+        self.counts = np.zeros((0, len(self._COUNTS) + 2), dtype=np.int64)  # + numel, tensors
+        self.hist = np.zeros((0, bins), dtype=np.int64)
+        self.moments: list[tuple[np.ndarray, ...]] = []  # (module ids, r_n, r_mean, r_m2, r_m3, r_m4) per block
+
+    def _grow(self, size: int) -> None:
+        have = len(self.max_abs)
+        if size <= have:
+            return
+        size = max(size, 2 * have, 64)
+        self.sums = np.concatenate([self.sums, np.zeros((size - have, self.sums.shape[1]))])
+        self.max_abs = np.concatenate([self.max_abs, np.zeros(size - have)])
+        self.counts = np.concatenate([self.counts, np.zeros((size - have, self.counts.shape[1]), dtype=np.int64)])
+        self.hist = np.concatenate([self.hist, np.zeros((size - have, self.bins), dtype=np.int64)])
+
+    def add_block(self, keys: list[tuple], numel: Any, columns: Any) -> None:
+        """Rows of many tensors: their (tuned, layer, module) keys, element counts and statistics."""
+        if not keys:
+            return
+        index = self.index
+        ids = np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
+        self._grow(len(index))
+        from weightsurgeon.kernels import _rowstats
+
+        sums = np.stack([getattr(columns, name) for name in self._SUMS], axis=1)
+        counts = np.stack([getattr(columns, name) for name in self._COUNTS]
+                          + [np.asarray(numel, dtype=np.int64), np.ones(len(keys), dtype=np.int64)], axis=1)
+        _rowstats.add_rows(ids, sums, columns.max_abs_delta, counts, columns.hist, self.sums, self.max_abs, self.counts,
+                           self.hist)
+        self.moments.append((ids, columns.r_n, columns.r_mean, columns.r_m2, columns.r_m3, columns.r_m4))
 
     def add(self, tuned: str, layer: int | None, module: str, numel: int, stats: Any) -> None:
-        key = (tuned, layer, module)
-        row = self.rows.get(key)
-        if row is None:
-            row = self.rows[key] = ModuleDiff(tuned, layer, module, 0, 0, _stats_cls().empty(self.bins, self.clip))
-            self.moments[key] = []
-        self.moments[key].append((stats.r_n, stats.r_mean, stats.r_m2, stats.r_m3, stats.r_m4))
-        row.stats.add_sums(stats)
-        row.numel += numel
-        row.num_tensors += 1
+        """One tensor's row."""
+        from weightsurgeon.kernels.stats import StatsColumns
+
+        self.add_block([(tuned, layer, module)], [numel], StatsColumns.of([stats], self.bins))
 
     def result(self, tuned_order: list[str]) -> list[ModuleDiff]:
         from weightsurgeon.kernels.shape import combine
 
-        for key, row in self.rows.items():
-            n, mean, m2, m3, m4 = (np.array(column, dtype=np.float64) for column in zip(*self.moments[key]))
-            _, row.stats.r_mean, row.stats.r_m2, row.stats.r_m3, row.stats.r_m4 = combine(n, mean, m2, m3, m4)
+        rows = []
+        if self.moments:
+            ids, n, mean, m2, m3, m4 = (np.concatenate(c) for c in zip(*self.moments))
+            order = np.argsort(ids, kind="stable")  # each module's tensors in arrival order
+            starts = np.searchsorted(ids[order], np.arange(len(self.index) + 1))
+            n, mean, m2, m3, m4 = (c[order].astype(np.float64) for c in (n, mean, m2, m3, m4))
+        for (tuned, layer, module), k in self.index.items():
+            stats = _stats_cls().empty(self.bins, self.clip)
+            for j, name in enumerate(self._SUMS):
+                setattr(stats, name, float(self.sums[k, j]))
+            stats.max_abs_delta = float(self.max_abs[k])
+            for j, name in enumerate(self._COUNTS):
+                setattr(stats, name, int(self.counts[k, j]))
+            stats.hist = self.hist[k].copy()
+            a, b = starts[k], starts[k + 1]
+            _, stats.r_mean, stats.r_m2, stats.r_m3, stats.r_m4 = combine(n[a:b], mean[a:b], m2[a:b], m3[a:b],
+                                                                          m4[a:b])
+            rows.append(ModuleDiff(tuned, layer, module, int(self.counts[k, -2]), int(self.counts[k, -1]), stats))
         index = {label: i for i, label in enumerate(tuned_order)}
-        return sorted(self.rows.values(), key=lambda m: sort_key(index.get(m.tuned, len(index)), m.layer, m.module))
+        return sorted(rows, key=lambda m: sort_key(index.get(m.tuned, len(index)), m.layer, m.module))
 
 
 def aggregate_modules(tensors: Iterable[TensorDiff], tuned_order: list[str], bins: int, clip: float) -> list[ModuleDiff]:
     """Merge tensor rows into (tuned, layer, module) rows, exactly (sums and counts add)."""
+    from weightsurgeon.kernels.stats import StatsColumns
+
+    tensors = list(tensors)
     totals = ModuleTotals(bins, clip)
-    for t in tensors:
-        totals.add(t.tuned, t.layer, t.module, t.numel, t.stats)
+    totals.add_block([(t.tuned, t.layer, t.module) for t in tensors], [t.numel for t in tensors],
+                     StatsColumns.of([t.stats for t in tensors], bins))
     return totals.result(tuned_order)
 
 

@@ -17,7 +17,6 @@ them back when the rows are asked for.
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 from typing import IO, Any, Iterable
 
@@ -37,21 +36,74 @@ CSV_EXTRA = ("dtype_tuned", "shape", "added_rows", "n", "r_mean", "r_std", "r_sk
 _INT_COLUMNS = ("numel", "n_base_zero", "n_nonfinite", "added_rows", "n")
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ""
-    return str(value)
+# A row's metadata, as `RowWriter.add_block` takes it: one tuple per tensor row.
+META = ("tuned", "name", "layer", "module", "param", "dtype", "dtype_tuned", "shape", "numel", "added_rows",
+        "lora_rank")
+
+
+def meta_of(t: Any) -> tuple:
+    """One TensorDiff's META tuple."""
+    return (t.tuned, t.name, t.layer, t.module, t.param, t.dtype, t.dtype_tuned, tuple(t.shape), int(t.numel),
+            int(t.added_rows), t.lora_rank)
+
+
+def _floats(column: np.ndarray) -> list[str]:
+    """repr of each value (the shortest text that reads back exactly); empty for NaN/inf."""
+    cells = list(map(repr, column.tolist()))
+    bad = np.flatnonzero(~np.isfinite(column))
+    for i in bad.tolist():
+        cells[i] = ""
+    return cells
+
+
+def _optional(values: Iterable[Any]) -> list[str]:
+    return ["" if v is None else str(v) for v in values]
+
+
+def csv_cells(meta: list[tuple], columns: Any, clip: float) -> list[list[str]] | Any:
+    """report.csv's cells of many rows (kernels/stats.StatsColumns and their META tuples): the
+    numbers `report.model.stats_fields` gives each row, derived for all rows at once
+    (kernels/shape.derive_columns); empty cells for null/NaN. Returns an iterable of rows."""
+    from weightsurgeon.kernels import _rowstats
+    from weightsurgeon.kernels.shape import derive_columns, mode_positions
+
+    if not meta:
+        return []
+    derived, offsets, found = derive_columns(columns, clip)
+    bins = columns.hist.shape[1]
+    table = {i: repr(round(c, 12)) for i, c in zip(sorted(set(found.tolist())),
+                                                    mode_positions(sorted(set(found.tolist())), clip, bins))}
+    names = [table[i] for i in found.tolist()]
+    bounds = offsets.tolist()
+    modes = [";".join(names[a:b]) for a, b in zip(bounds, bounds[1:])]
+    n_modes = np.diff(offsets).tolist()
+    tuned, name, layer, module, param, dtype, dtype_tuned, shape, numel, added_rows, lora_rank = zip(*meta)
+    d = [derived[:, c] for c in range(_rowstats.N_DERIVED)]
+    out = {
+        "tuned": tuned, "name": name, "layer": _optional(layer), "module": module, "param": param, "dtype": dtype,
+        "numel": list(map(str, numel)), "l2_delta": _floats(d[_rowstats.L2_DELTA]),
+        "l2_base": _floats(d[_rowstats.L2_A]), "l2_tuned": _floats(d[_rowstats.L2_B]),
+        "rel_l2": _floats(d[_rowstats.REL_L2]), "cosine": _floats(d[_rowstats.COSINE]),
+        "max_abs_delta": _floats(columns.max_abs_delta), "mean_delta": _floats(d[_rowstats.MEAN_DELTA]),
+        "n_base_zero": list(map(str, columns.n_base_zero.tolist())),
+        "n_nonfinite": list(map(str, columns.n_nonfinite.tolist())), "dtype_tuned": dtype_tuned,
+        "shape": ["x".join(map(str, s)) for s in shape], "added_rows": list(map(str, added_rows)),
+        "n": list(map(str, columns.n.tolist())), "r_mean": _floats(columns.r_mean), "r_std": _floats(d[_rowstats.R_STD]),
+        "r_skewness": _floats(d[_rowstats.R_SKEW]), "r_excess_kurtosis": _floats(d[_rowstats.R_KURT]),
+        "bimodality": _floats(d[_rowstats.BIMODALITY]), "n_modes": list(map(str, n_modes)), "modes": modes,
+        "lora_rank": _optional(lora_rank), "sum_sq_delta": _floats(columns.sum_sq_delta),
+        "sum_sq_base": _floats(columns.sum_sq_a), "sum_sq_tuned": _floats(columns.sum_sq_b),
+        "dot_base_tuned": _floats(columns.dot_ab), "sum_delta": _floats(columns.sum_delta),
+        "r_m2": _floats(columns.r_m2), "r_m3": _floats(columns.r_m3), "r_m4": _floats(columns.r_m4),
+    }
+    return zip(*(out[c] for c in CSV_COLUMNS + CSV_EXTRA))
 
 
 def csv_row(t: Any) -> list[str]:
     """One TensorDiff as report.csv's cells: empty cells for null/NaN."""
-    row = t.to_dict(hist=False)
-    row["shape"] = "x".join(str(s) for s in t.shape)
-    row["n_modes"] = len(row["modes"])
-    row["modes"] = ";".join(repr(m) for m in row["modes"])
-    return [_cell(row[c]) for c in CSV_COLUMNS + CSV_EXTRA]
+    from weightsurgeon.kernels.stats import StatsColumns
+
+    return list(next(iter(csv_cells([meta_of(t)], StatsColumns.of([t.stats], t.stats.bins), t.stats.clip))))
 
 
 def hist_dtype(largest: int) -> str:
@@ -80,12 +132,19 @@ class RowWriter:
                                  {"format": "np", "rows": f"the rows of {TENSORS_CSV}, in order"})
         self.hist_file.write(prefix)
 
-    def add(self, t: Any) -> None:
-        if self.done >= self.rows:
+    def add_block(self, meta: list[tuple], columns: Any, clip: float) -> None:
+        """Rows of many tensors at once: their META tuples and statistics (kernels/stats.StatsColumns)."""
+        if self.done + len(meta) > self.rows:
             raise RuntimeError(f"internal: more than the {self.rows} planned tensor rows")
-        self.csv.writerow(csv_row(t))
-        self.hist_file.write(np.asarray(t.stats.hist, dtype=self.np_dtype).tobytes())
-        self.done += 1
+        self.csv.writerows(csv_cells(meta, columns, clip))
+        self.hist_file.write(np.ascontiguousarray(columns.hist, dtype=self.np_dtype).tobytes())
+        self.done += len(meta)
+
+    def add(self, t: Any) -> None:
+        """One TensorDiff's row."""
+        from weightsurgeon.kernels.stats import StatsColumns
+
+        self.add_block([meta_of(t)], StatsColumns.of([t.stats], t.stats.bins), t.stats.clip)
 
     def close(self) -> dict:
         """Close both files; report.json's ``tensor_files`` entry."""
@@ -105,8 +164,11 @@ def write_rows(tensors: Iterable[Any], folder: Path, rows: int, bins: int) -> di
     tensors = list(tensors)
     writer = RowWriter(folder, rows, bins, max((t.numel for t in tensors), default=0))
     try:
-        for t in tensors:
-            writer.add(t)
+        if tensors:
+            from weightsurgeon.kernels.stats import StatsColumns
+
+            writer.add_block([meta_of(t) for t in tensors], StatsColumns.of([t.stats for t in tensors], bins),
+                             tensors[0].stats.clip)
     except BaseException:
         writer.abort()
         raise

@@ -76,17 +76,15 @@ class UnitTotals:
             row.sum_sq_delta += sd
             row.sum_sq_base += sa
 
-    def add(self, t: Any, groups: Any) -> None:
-        """One tensor row (TensorDiff) and its grouped sums (kernels.delta.Groups) or None."""
-        if groups is not None:
-            for i, (sd, sa) in enumerate(groups.sums.tolist()):
-                self._add(t.tuned, t.layer, t.module, groups.kind, i, sd, sa)
-            return
-        from weightsurgeon.layout import classify
+    def add_groups(self, tuned: str, layer: int | None, module: str, groups: Any) -> None:
+        """One tensor's grouped sums (kernels.delta.Groups): a row per head or stacked expert."""
+        for i, (sd, sa) in enumerate(groups.sums.tolist()):
+            self._add(tuned, layer, module, groups.kind, i, sd, sa)
 
-        expert = classify(t.name).expert
-        if expert is not None:
-            self._add(t.tuned, t.layer, t.module, "expert", expert, t.stats.sum_sq_delta, t.stats.sum_sq_a)
+    def add_expert(self, tuned: str, layer: int | None, module: str, expert: int, sum_sq_delta: float,
+                   sum_sq_base: float) -> None:
+        """One expert stored as a tensor of its own: its tensor's sums."""
+        self._add(tuned, layer, module, "expert", expert, sum_sq_delta, sum_sq_base)
 
     def result(self, labels: list[str]) -> list[UnitDiff]:
         order = {label: i for i, label in enumerate(labels)}
