@@ -80,7 +80,7 @@ def test_csv_cells_of_a_block_equal_each_row_alone_and_the_json_fields() -> None
     rows = edge_rows()
     tensors = [TensorDiff("t", f"model.layers.{i}.mlp.up_proj.weight", i, "up_proj", "weight", "F32", "F32", (4, 8),
                           32, s) for i, s in enumerate(rows)]
-    block = list(csv_cells([meta_of(t) for t in tensors], StatsColumns.of(rows, BINS), CLIP))
+    block = list(zip(*csv_cells([meta_of(t) for t in tensors], StatsColumns.of(rows, BINS), CLIP)))
     header = CSV_COLUMNS + CSV_EXTRA
     for t, cells in zip(tensors, block):
         assert list(cells) == csv_row(t)
@@ -154,3 +154,46 @@ def test_a_batch_from_files_gives_the_columns_of_fresh_statistics(tmp_path) -> N
                                                a.nbytes + 4 * int(start), "F32", size)
             assert stats_fields(columns.row(i, BINS, CLIP)) == stats_fields(one)
             np.testing.assert_array_equal(columns.hist[i], one.hist)
+
+
+def test_head_and_expert_rows_written_as_columns_equal_each_row_alone(tmp_path) -> None:
+    """report_heads.csv (one row per expert: ~100k in a MoE diff) written as columns: each row's
+    cells are UnitDiff.to_dict's numbers, empty where they are null."""
+    import csv
+
+    from weightsurgeon.report.units import CSV_COLUMNS as UNIT_COLUMNS
+    from weightsurgeon.report.units import UnitDiff, read_units_csv, write_units_csv
+
+    values = [(0.0, 0.0), (1e-300, 4.0), (2.5, 0.0), (math.nan, 1.0), (math.inf, 2.0), (3.0, math.inf), (0.1, 0.3)]
+    units = [UnitDiff("t", None if i == 0 else i, "o_proj", "head" if i % 2 else "expert", i, sd, sa)
+             for i, (sd, sa) in enumerate(values)]
+    path = write_units_csv(units, tmp_path / "heads.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for u, row in zip(units, rows):
+        want = u.to_dict()
+        for c in UNIT_COLUMNS:
+            v = want[c]
+            assert row[c] == ("" if v is None else repr(v) if isinstance(v, float) else str(v)), (c, row[c], v)
+    back = read_units_csv(path, "test")
+    assert [(b.layer, b.index, b.sum_sq_base) for b in back][-1] == (6, 6, 0.3)
+    assert [(b.layer, b.index) for b in back] == [(u.layer, u.index) for u in units]
+
+
+@pytest.mark.parametrize("name", ["model.layers.0.mlp.up_proj.weight", 'odd,name "quoted"\nweight'])
+def test_rows_joined_in_one_write_equal_the_csv_writer(name: str) -> None:
+    """report.csv's fast path (one join per block) writes what csv.writer writes; a name that needs
+    quoting takes csv.writer itself."""
+    import csv
+    import io
+
+    from weightsurgeon.report.rows import write_csv_columns
+
+    rows = edge_rows()
+    tensors = [TensorDiff("t", name, i, "up_proj", "weight", "F32", "F32", (4, 8), 32, s) for i, s in enumerate(rows)]
+    cells = csv_cells([meta_of(t) for t in tensors], StatsColumns.of(rows, BINS), CLIP)
+    fast, slow = io.StringIO(newline=""), io.StringIO(newline="")
+    write_csv_columns(fast, csv.writer(fast), cells)
+    csv.writer(slow).writerows(zip(*cells))
+    assert fast.getvalue() == slow.getvalue()
+    assert [r[1] for r in csv.reader(io.StringIO(fast.getvalue(), newline=""))] == [name] * len(rows)

@@ -59,8 +59,19 @@ def _input_paths(checkpoints: Sequence[Any]) -> list[Path]:
     return [c.path for c in checkpoints if not c.is_remote]
 
 
-def input_reads(plan: Any) -> list[dict]:
-    """What each input of a diff plan reads (fetches, when remote), against its full size."""
+def input_reads(plan: Any, per: dict[int, int] | None = None) -> list[dict]:
+    """What each input of a diff plan reads (fetches, when remote), against its full size
+    (`per`: read_bytes(plan), where the caller has it)."""
+    from weightsurgeon.output import input_read_row
+
+    per = read_bytes(plan) if per is None else per
+
+    return [input_read_row(label, ckpt, per.get(i, 0))
+            for i, (ckpt, label) in enumerate([(plan.base, "base"), *zip(plan.others, plan.labels)], start=-1)]
+
+
+def read_bytes(plan: Any) -> dict[int, int]:
+    """Bytes each input of a diff plan reads: -1 the base, i the i-th tuned model."""
     per: dict[int, int] = {}
     seen: set[str] = set()
     for p in plan.pairs:
@@ -68,10 +79,7 @@ def input_reads(plan: Any) -> list[dict]:
             seen.add(p.base.name)
             per[-1] = per.get(-1, 0) + p.base.nbytes
         per[p.tuned] = per.get(p.tuned, 0) + p.numel * p.other.itemsize
-    from weightsurgeon.output import input_read_row
-
-    return [input_read_row(label, ckpt, per.get(i, 0))
-            for i, (ckpt, label) in enumerate([(plan.base, "base"), *zip(plan.others, plan.labels)], start=-1)]
+    return per
 
 
 def _say_reads(rows: list[dict], done: bool) -> None:
@@ -183,7 +191,8 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
                     click.echo(f"{r['input']}: {r['source']}: will {verb} {human(r['read_bytes'])} "
                                f"of {human(r['total_bytes'])} ({r['origin']})")
             return
-        _say_reads(input_reads(plan), done=False)
+        per = read_bytes(plan)
+        _say_reads(input_reads(plan, per), done=False)
         kernels_ready(quiet)
         written: list[str] = []
         extra_warnings: list[str] = []
@@ -194,7 +203,7 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
                                   rows_folder=Path(folder) if folder is not None else None)
             if strict and report.nonfinite:
                 _refuse_nonfinite(report.nonfinite)
-            reads = input_reads(plan)
+            reads = input_reads(plan, per)
             fetched = {r["input"]: r["fetched_bytes"] for r in reads if "fetched_bytes" in r}
             if fetched:
                 report.timing["fetched_bytes"] = fetched

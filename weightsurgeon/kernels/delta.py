@@ -138,6 +138,7 @@ def _file_code(dtype: str, wide: bool) -> int | None:
     return _fast_code(dtype)
 
 
+@functools.lru_cache(maxsize=64)  # asked once per tensor pair: ~100k times in a MoE diff
 def reads_files(dtype_a: str, dtype_b: str) -> bool:
     """Whether accumulate_delta_from_files handles this pair of stored dtypes (same width, decoded in the kernel)."""
     # Equal widths among these: BF16/F16 pairs, F32 pairs, F64 pairs (the kernel decodes all).

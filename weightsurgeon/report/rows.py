@@ -60,10 +60,11 @@ def _optional(values: Iterable[Any]) -> list[str]:
     return ["" if v is None else str(v) for v in values]
 
 
-def csv_cells(meta: list[tuple], columns: Any, clip: float) -> list[list[str]] | Any:
+def csv_cells(meta: list[tuple], columns: Any, clip: float) -> list[list[str]]:
     """report.csv's cells of many rows (kernels/stats.StatsColumns and their META tuples): the
     numbers `report.model.stats_fields` gives each row, derived for all rows at once
-    (kernels/shape.derive_columns); empty cells for null/NaN. Returns an iterable of rows."""
+    (kernels/shape.derive_columns); empty cells for null/NaN. Returns the columns, in the
+    file's order."""
     from weightsurgeon.kernels import _rowstats
     from weightsurgeon.kernels.shape import derive_columns, mode_positions
 
@@ -96,14 +97,31 @@ def csv_cells(meta: list[tuple], columns: Any, clip: float) -> list[list[str]] |
         "dot_base_tuned": _floats(columns.dot_ab), "sum_delta": _floats(columns.sum_delta),
         "r_m2": _floats(columns.r_m2), "r_m3": _floats(columns.r_m3), "r_m4": _floats(columns.r_m4),
     }
-    return zip(*(out[c] for c in CSV_COLUMNS + CSV_EXTRA))
+    return [list(out[c]) for c in CSV_COLUMNS + CSV_EXTRA]
+
+
+_TEXT = ("tuned", "name", "module", "param", "dtype", "dtype_tuned")  # the cells that may hold any text
+
+
+def write_csv_columns(f: IO[str], writer: Any, cells: list[list[str]]) -> None:
+    """Rows given as columns into a CSV file opened with newline="": what `writer.writerows`
+    writes (its "\\r\\n" line ends), joined in one call where no text cell needs quoting."""
+    if not cells or not cells[0]:
+        return
+    header = CSV_COLUMNS + CSV_EXTRA
+    text = "".join("".join(cells[header.index(c)]) for c in _TEXT)
+    rows = zip(*cells)
+    if any(ch in text for ch in ',"\r\n'):
+        writer.writerows(rows)
+    else:
+        f.write("\r\n".join(map(",".join, rows)) + "\r\n")
 
 
 def csv_row(t: Any) -> list[str]:
     """One TensorDiff as report.csv's cells: empty cells for null/NaN."""
     from weightsurgeon.kernels.stats import StatsColumns
 
-    return list(next(iter(csv_cells([meta_of(t)], StatsColumns.of([t.stats], t.stats.bins), t.stats.clip))))
+    return [column[0] for column in csv_cells([meta_of(t)], StatsColumns.of([t.stats], t.stats.bins), t.stats.clip)]
 
 
 def hist_dtype(largest: int) -> str:
@@ -136,7 +154,7 @@ class RowWriter:
         """Rows of many tensors at once: their META tuples and statistics (kernels/stats.StatsColumns)."""
         if self.done + len(meta) > self.rows:
             raise RuntimeError(f"internal: more than the {self.rows} planned tensor rows")
-        self.csv.writerows(csv_cells(meta, columns, clip))
+        write_csv_columns(self.csv_file, self.csv, csv_cells(meta, columns, clip))
         self.hist_file.write(np.ascontiguousarray(columns.hist, dtype=self.np_dtype).tobytes())
         self.done += len(meta)
 

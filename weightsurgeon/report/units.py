@@ -93,15 +93,31 @@ class UnitTotals:
 
 
 def write_units_csv(units: Iterable[UnitDiff], path: str | Path) -> Path:
-    """report_heads.csv: one row per head or expert of each (tuned, layer, module); empty cells for NaN."""
+    """report_heads.csv: one row per head or expert of each (tuned, layer, module); empty cells for NaN.
+
+    A MoE diff has a row per expert (~100k): the numbers are derived as columns (the same
+    operations as UnitDiff's properties, so the same bits) and written in one call.
+    """
+    import numpy as np
+
+    from weightsurgeon.report.rows import _floats, _optional
+
+    units = list(units)
+    sd = np.array([u.sum_sq_delta for u in units], dtype=np.float64)
+    sa = np.array([u.sum_sq_base for u in units], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        l2_delta = np.where(sd >= 0, np.sqrt(sd), math.nan)
+        l2_base = np.where(sa >= 0, np.sqrt(sa), math.nan)
+        rel_l2 = np.where(sa > 0, l2_delta / np.where(sa > 0, l2_base, 1.0), math.nan)
+    columns = {"tuned": [u.tuned for u in units], "layer": _optional(u.layer for u in units),
+               "module": [u.module for u in units], "kind": [u.kind for u in units],
+               "index": [str(u.index) for u in units], "l2_delta": _floats(l2_delta), "l2_base": _floats(l2_base),
+               "rel_l2": _floats(rel_l2), "sum_sq_delta": _floats(sd), "sum_sq_base": _floats(sa)}
     path = Path(path)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
-        for u in units:
-            row = u.to_dict()
-            writer.writerow(["" if row[c] is None else (repr(row[c]) if isinstance(row[c], float) else row[c])
-                             for c in CSV_COLUMNS])
+        writer.writerows(zip(*(columns[c] for c in CSV_COLUMNS)))
     return path
 
 
