@@ -340,12 +340,14 @@ def identify(ckpt: Checkpoint, label: str | None = None, layout: ModelLayout | N
     by_dtype: Counter = Counter()
     for shard in ckpt.shards:
         by_dtype.update(shard.tensors.bytes_by_dtype())
-    layout = layout or layout_of(ckpt.tensors, ckpt.config)
+    num_layers = ckpt.config_view.num_layers  # what layout_of takes from the config; the names decide only without it
+    if num_layers is None or num_layers < 0:
+        num_layers = (layout or layout_of(ckpt.tensors, ckpt.config)).num_layers
     arch = ckpt.config_view.architecture
     path = ckpt.location if ckpt.is_remote else str(ckpt.path.resolve())
     hub = hub_identity(ckpt)
     return ModelIdentity(source=ckpt.source, path=path, layout_digest=layout_digest(ckpt), architecture=arch,
-                         num_layers=layout.num_layers, dtype=by_dtype.most_common(1)[0][0] if by_dtype else None,
+                         num_layers=num_layers, dtype=by_dtype.most_common(1)[0][0] if by_dtype else None,
                          label=label, origin=ckpt.origin, repo=hub["repo"], commit=hub["commit"], shards=hub["shards"])
 
 
