@@ -180,6 +180,46 @@ def test_parallel_parts_give_the_serial_bytes_and_the_first_overflow():
     assert bad == (1, int(first[0]))
 
 
+@pytest.mark.parametrize("target", ["BF16", "F16", "F32"])
+def test_decoded_tables_give_the_bytes_of_the_per_element_loop(target):
+    """fp8_cast looks each element up in its block's 256 decoded values where a block serves enough
+    elements, and computes each element where it serves few (one-row parts): every code of both FP8
+    formats under scales from tiny to F16-overflowing, NaN and zero scales, F32/BF16/F16 scales,
+    comes out the same both ways, and so does the first F16 overflow, in the middle of a block."""
+    from weightsurgeon.kernels import quant
+    from weightsurgeon.kernels.quant import FP8_TABLES, OUT_KINDS, SCALE_KINDS, cast_fp8
+
+    rng = np.random.default_rng(7)
+    rows, cols = 260, 300
+    scales_f32 = rng.choice(np.array([1e-3, 2.0 ** -130, 1.0, 300.0, np.nan, 0.0, -2.5], np.float32), (3, 3))
+    scales_f32[2, 2] = 1.0
+    window, entries = bytearray(), []
+    for s_kind, scales in (("F32", scales_f32), ("BF16", (scales_f32.view(np.uint32) >> 16).astype(np.uint16)),
+                           ("F16", scales_f32.astype(np.float16))):
+        for table in FP8_TABLES:
+            codes = rng.integers(0, 256, rows * cols, dtype=np.uint8)
+            codes[:256] = np.arange(256)
+            stored = scales
+            if not entries:  # small values and one 448 x 300, beyond F16, in the last block column
+                codes[:] = 0x30
+                codes[200 * cols + 280] = 0x7E
+                stored = np.ones_like(scales_f32)
+                stored[1, 2] = 300.0
+            entries.append([len(window), len(window) + codes.size, SCALE_KINDS[s_kind], rows, cols, 128, 128,
+                            FP8_TABLES.index(table), len(entries) * rows * cols * 4, OUT_KINDS[target], 0])
+            window += codes.tobytes() + stored.tobytes()
+    table_rows, src = np.array(entries), np.frombuffer(bytes(window), np.uint8)
+    tables, direct = np.zeros(len(entries) * rows * cols * 4, np.uint8), np.zeros(len(entries) * rows * cols * 4, np.uint8)
+    bad = cast_fp8(src, table_rows, tables)
+    saved, quant.CAST_PART_ELEMS = quant.CAST_PART_ELEMS, 300  # one-row parts: too few elements for a table
+    try:
+        assert cast_fp8(src, table_rows, direct) == bad
+    finally:
+        quant.CAST_PART_ELEMS = saved
+    assert np.array_equal(tables, direct) and tables.any()
+    assert bad == ((0, 200 * cols + 280) if target == "F16" else None)
+
+
 def test_partial_cast_keeps_the_rest_quantized(tmp_path, surgeon):
     model, tensors = _fp8_model(tmp_path / "fp8")
     out = tmp_path / "out"

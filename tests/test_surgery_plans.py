@@ -351,6 +351,74 @@ def test_verify_catches_a_corrupted_output(bf16, tmp_path):
             compare_written(plan, out, SourceReader(plan.inputs))
 
 
+def _no_output(out: Path) -> None:
+    assert not out.exists() and not [p for p in out.parent.iterdir() if p.name.startswith(".surgeon-tmp-")]
+
+
+def test_a_written_file_that_differs_from_the_plan_fails_the_run(capsys, bf16, tmp_path, monkeypatch):
+    """The check before the rename compares each shard's header on disk with the one built from the
+    plan, and each file's size with the plan's: a header, a shard or the index that came out other
+    than meant is one error line and no output."""
+    import weightsurgeon.writer as writer
+
+    _, base, donor = bf16
+    real_pwrite, real_shard = writer.pwrite_all, writer._write_shard
+
+    def header_changed(fd, data, pos):  # the header lands with one dtype changed (same length, valid JSON)
+        view = bytes(memoryview(data).cast("B"))
+        return real_pwrite(fd, view.replace(b'"BF16"', b'"F16" ', 1) if pos == 0 else view, pos)
+
+    monkeypatch.setattr(writer, "pwrite_all", header_changed)
+    out = tmp_path / "hdr"
+    assert "(the header) differ from those written" in fails(capsys, "splice", base, donor, "--take", "o_proj", "-o", out)
+    _no_output(out)
+    monkeypatch.setattr(writer, "pwrite_all", real_pwrite)
+
+    def short_shard(path, *args, **kw):  # a shard that ends one byte early
+        real_shard(path, *args, **kw)
+        os.truncate(path, path.stat().st_size - 1)
+
+    monkeypatch.setattr(writer, "_write_shard", short_shard)
+    out = tmp_path / "short"
+    line = fails(capsys, "zero", base, "--module", "o_proj", "--max-shard-size", "200KB", "-o", out)
+    assert "bytes after writing, the plan says" in line and "model-00001-of-" in line, line
+    _no_output(out)
+    monkeypatch.setattr(writer, "_write_shard", real_shard)
+
+    real_side = writer._write_side_files
+
+    def index_changed(plan, tmp, mapping, expected=None):  # the index rewritten after the writer wrote it
+        doc = real_side(plan, tmp, mapping, expected)
+        index = tmp / "model.safetensors.index.json"
+        index.write_text(index.read_text().replace('"total_size": ', '"total_size": 1'))
+        return doc
+
+    monkeypatch.setattr(writer, "_write_side_files", index_changed)
+    out = tmp_path / "index"
+    assert "model.safetensors.index.json: holds" in fails(capsys, "remove", base, "--layers", "1", "-o", out)
+    _no_output(out)
+
+
+def test_verify_parses_the_written_headers_again(bf16, tmp_path, monkeypatch):
+    """A header built wrong from the plan would pass the byte comparison with itself; --verify parses
+    the output again and compares every tensor's dtype, shape and shard with the plan."""
+    import weightsurgeon.writer as writer
+    from weightsurgeon.format import build_header
+
+    _, base, donor = bf16
+
+    def wrong_header(tensors, metadata=None):
+        return build_header([(n, "F16" if n.endswith("o_proj.weight") else d, s) for n, d, s in tensors], metadata)
+
+    monkeypatch.setattr(writer, "build_header", wrong_header)
+    with open_checkpoint(base) as b, open_checkpoint(donor) as d:
+        plan = plan_splice(b, d, take="o_proj")
+        write_plan(plan, tmp_path / "unchecked", WriteOptions(quiet=True, fsync=False))  # same bytes: not seen
+        with pytest.raises(SurgeonError, match=r"o_proj.weight is F16\[.*the plan says BF16"):
+            write_plan(plan, tmp_path / "checked", WriteOptions(quiet=True, fsync=False, verify=True))
+    _no_output(tmp_path / "checked")
+
+
 def test_refusals_before_any_byte_is_written(capsys, f32, tmp_path, monkeypatch):
     _, base, donor = f32
     out = tmp_path / "out"

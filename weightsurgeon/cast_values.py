@@ -29,7 +29,7 @@ from weightsurgeon.kernels.quant import FP8_TABLES, OUT_KINDS, SCALE_KINDS
 if TYPE_CHECKING:
     from weightsurgeon.quant import QuantTensor
     from weightsurgeon.surgery import PlannedTensor
-    from weightsurgeon.writer import SourceReader
+    from weightsurgeon.writer import OverlappedWrites, SourceReader
 
 CAST_KINDS = ("dequantize", "quantize", "quantize_scale")
 RUN_INPUT_BYTES = 8 * 1024 * 1024  # input bytes one batched call may span (its output: at most twice that)
@@ -116,7 +116,7 @@ def _fp8_rows(reader: "SourceReader", t: "PlannedTensor", q: "QuantTensor", star
     window = reader.buffer("cast-in", count + s_len)
     ckpt.read_into(q.data, start, window[:count])
     ckpt.read_into(q.scale, s_off, window[count:])
-    out = reader.buffer("cast-out", count * itemsize(t.dtype))
+    out = reader.rotating("cast-out", count * itemsize(t.dtype))
     bad = cast_fp8(np.frombuffer(window, np.uint8), np.array([fp8_entry(q, 0, count, row0, rows, 0, t.dtype)]),
                    np.frombuffer(out, np.uint8))
     if bad is not None and t.source.overflow != "inf":
@@ -124,14 +124,14 @@ def _fp8_rows(reader: "SourceReader", t: "PlannedTensor", q: "QuantTensor", star
     return out
 
 
-def write_dequant_run(tensors: list["PlannedTensor"], reader: "SourceReader", fd: int, pos: int, behind,
+def write_dequant_run(tensors: list["PlannedTensor"], reader: "SourceReader", writes: "OverlappedWrites", pos: int,
                       digest=None) -> tuple[int, int]:
     """Write the leading FP8 dequantize sources of `tensors` that batch (see `batchable`) with one read,
-    one compiled call and one write; returns (how many tensors, bytes written).
+    one compiled call and one write (handed to `writes`, which writes it while the next run is
+    computed); returns (how many tensors, bytes written).
 
     The loop below runs once per tensor of a 90k-tensor model: it keeps to plain lookups."""
     from weightsurgeon.kernels.quant import cast_fp8
-    from weightsurgeon.writer import pwrite_all
 
     role = tensors[0].source.role
     ckpt = reader.inputs[role]
@@ -169,15 +169,20 @@ def write_dequant_run(tensors: list["PlannedTensor"], reader: "SourceReader", fd
                            "download the model again")
     table = np.array(entries, dtype=np.int64)
     table[:, :2] -= lo  # file offsets -> offsets in the window
-    out = reader.buffer("run-out", out_bytes)
+    out = reader.rotating("run-out", out_bytes)
     bad = cast_fp8(np.frombuffer(window, np.uint8), table, np.frombuffer(out, np.uint8))
     if bad is not None and taken[bad[0]].source.overflow != "inf":
         raise _overflow_error(taken[bad[0]], bad[1])
     if digest is not None:
         digest.update(out)
-    pwrite_all(fd, out, pos)
-    behind.advance(out_bytes)
+    writes.put(out, pos, taken[0].name)
     return len(taken), out_bytes
+
+
+def overlappable(reader: "SourceReader", t: "PlannedTensor") -> bool:
+    """An FP8 dequantize source: its chunks are computed into buffers that take turns (SourceReader.rotating),
+    so each may be written while the next is computed."""
+    return t.source.kind == "dequantize" and quant_of(reader, t).scheme != "mxfp4"
 
 
 def batchable(reader: "SourceReader", t: "PlannedTensor") -> bool:

@@ -79,11 +79,14 @@ def _run(ctx: click.Context, build: Callable, sources: list[str]) -> None:
                 check_output_path(output, input_paths(plan), p["force"])
             _show_plan(plan, output, max_shard, p["as_json"])
             return
-        _say_reads(plan, done=False)
+        # what each input gives: said on stderr for inputs off the local disk, and in --json (a walk over every tensor)
+        told = p["as_json"] or any(c.origin != "local" for c in plan.inputs.values())
+        if told:
+            _say_reads(plan, done=False)
         result = write_plan(plan, output, WriteOptions(max_shard_bytes=max_shard, force=p["force"],
                                                        verify=p["verify"], quiet=p["quiet"],
                                                        fsync=not p["no_fsync"], checksums=p["checksums"]))
-        reads = input_reads(plan)
+        reads = input_reads(plan) if told else []
     print_warnings(result.warnings)
     _say_reads(plan, done=True, reads=reads)
     if p["as_json"]:

@@ -85,10 +85,32 @@ def _put(out, p, h, width):  # pragma: no cover - compiled
         out[p + q] = np.uint8((h >> np.uint32(8 * q)) & np.uint32(0xFF))
 
 
+@njit(inline="always")
+def _out_bits(v, okind):  # pragma: no cover - compiled
+    """The stored bits of float32 v in the output dtype: BF16 (nearest even, NaN kept quiet), F16, F32."""
+    if okind == 0:
+        x = f32_bits(v)
+        if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+            return (x >> np.uint32(16)) | np.uint32(0x40)
+        return (x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    if okind == 1:
+        return _f16_bits(v)
+    return f32_bits(v)
+
+
+LUT_MIN_ELEMS = 1024  # elements a decoded table must serve to be worth its 256 products
+
+
 @njit(nogil=True, error_model="numpy", boundscheck=False)
 def _cast_rows(window, entries, e, r_lo, r_hi, tables, out):  # pragma: no cover - compiled
     """Rows [r_lo, r_hi) of entry e (see fp8_cast); returns the entry's element index of the first
-    finite value that overflows F16 in those rows, or -1."""
+    finite value that overflows F16 in those rows, or -1.
+
+    A block has one scale and an FP8 code 256 values, so each block's 256 output words are
+    computed once (the same float32 product and rounding as per element) and the elements
+    are looked up: one gather per element instead of a multiply, a rounding and its checks.
+    Where a table would serve fewer than LUT_MIN_ELEMS elements (tiny tensors, one-row parts)
+    every element is computed instead; both give the same bits."""
     codes = entries[e, E_CODES]
     sbase = entries[e, E_SCALES]
     skind = entries[e, E_SCALE_KIND]
@@ -100,33 +122,53 @@ def _cast_rows(window, entries, e, r_lo, r_hi, tables, out):  # pragma: no cover
     okind = entries[e, E_OUT_KIND]
     row0 = entries[e, E_ROW0]
     swidth = 4 if skind == 0 else 2
+    width = 4 if okind == 2 else 2
     nblocks = (cols + bc - 1) // bc
     srow0 = row0 // br
     first_bad = -1
+    use_lut = min(r_hi - r_lo, br) * min(bc, cols) >= LUT_MIN_ELEMS
+    lut = np.empty((nblocks if use_lut else 0, 256), dtype=np.uint32)
+    over = np.zeros(nblocks if use_lut else 0, dtype=np.int64)  # per block: a code that overflows F16, + 1, or 0
+    current = -1
     for i in range(r_lo, r_hi):
         srow = (row0 + i) // br - srow0
+        if use_lut and srow != current:
+            current = srow
+            for b in range(nblocks):
+                s = _scale_at(window, sbase + (srow * nblocks + b) * swidth, skind)
+                over[b] = 0
+                for c in range(256):
+                    v = tables[tab, c] * s
+                    h = _out_bits(v, okind)
+                    lut[b, c] = h
+                    if okind == 1 and over[b] == 0 and (h & np.uint32(0x7FFF)) == np.uint32(0x7C00) and np.isfinite(v):
+                        over[b] = 1
         for b in range(nblocks):
-            s = _scale_at(window, sbase + (srow * nblocks + b) * swidth, skind)
             lo = i * cols + b * bc
             hi = i * cols + min(cols, (b + 1) * bc)
-            if okind == 0:
-                for k in range(lo, hi):
-                    x = f32_bits(tables[tab, window[codes + k]] * s)
-                    if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-                        h = (x >> np.uint32(16)) | np.uint32(0x40)
-                    else:
-                        h = (x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-                    _put(out, dst + 2 * k, h, 2)
-            elif okind == 1:
-                for k in range(lo, hi):
-                    v = tables[tab, window[codes + k]] * s
-                    h = _f16_bits(v)
-                    if (h & np.uint32(0x7FFF)) == np.uint32(0x7C00) and np.isfinite(v) and first_bad < 0:
-                        first_bad = k
-                    _put(out, dst + 2 * k, h, 2)
-            else:
-                for k in range(lo, hi):
-                    _put(out, dst + 4 * k, f32_bits(tables[tab, window[codes + k]] * s), 4)
+            if use_lut:
+                if width == 2:
+                    for k in range(lo, hi):
+                        _put(out, dst + 2 * k, lut[b, window[codes + k]], 2)
+                else:
+                    for k in range(lo, hi):
+                        _put(out, dst + 4 * k, lut[b, window[codes + k]], 4)
+                if over[b] and first_bad < 0:  # rare: find the element, as the direct path would
+                    s = _scale_at(window, sbase + (srow * nblocks + b) * swidth, skind)
+                    for k in range(lo, hi):
+                        v = tables[tab, window[codes + k]] * s
+                        h = lut[b, window[codes + k]]
+                        if (h & np.uint32(0x7FFF)) == np.uint32(0x7C00) and np.isfinite(v):
+                            first_bad = k
+                            break
+                continue
+            s = _scale_at(window, sbase + (srow * nblocks + b) * swidth, skind)
+            for k in range(lo, hi):
+                v = tables[tab, window[codes + k]] * s
+                h = _out_bits(v, okind)
+                if okind == 1 and first_bad < 0 and (h & np.uint32(0x7FFF)) == np.uint32(0x7C00) and np.isfinite(v):
+                    first_bad = k
+                _put(out, dst + width * k, h, width)
     return first_bad
 
 
