@@ -106,7 +106,8 @@ def main() -> int:
         order = list(cases)
         random.shuffle(order)
         for name in order:
-            shutil.rmtree(copy, ignore_errors=True)
+            for old in (copy, args.workdir / "cast-2"):  # every command writes into a fresh folder, none times a removal
+                shutil.rmtree(old, ignore_errors=True)
             subprocess.run(["sync"])
             results[name].append(cases[name]())
     shutil.rmtree(copy, ignore_errors=True)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from sys import intern
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from weightsurgeon.errors import SurgeonError
 
@@ -315,9 +315,15 @@ class ModelLayout:
         return sorted({loc.module for loc in self.locations.values()})
 
 
-def layout_of(names: Iterable[str], config: dict | None) -> ModelLayout:
-    """Classify every tensor; read num_layers and tying from the config, else from the tensors."""
-    locations = {n: classify(n) for n in names}
+def layout_of(names: Iterable[str], config: dict | None, known: Mapping[str, Location] | None = None) -> ModelLayout:
+    """Classify every tensor; read num_layers and tying from the config, else from the tensors.
+
+    ``known``: locations of some of these names already classified (an input's layout, for an output
+    that keeps its names), taken as they are: a DeepSeek-sized model is 92k names to classify."""
+    if known:
+        locations = {n: known.get(n) or classify(n) for n in names}
+    else:
+        locations = {n: classify(n) for n in names}
     max_layer = max((loc.layer for loc in locations.values() if loc.layer is not None), default=-1)
     view = ConfigView(config)
     num_layers = view.num_layers

@@ -27,7 +27,7 @@ from weightsurgeon.checkpoint import Checkpoint
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.kernels.dtypes import dtype_info, itemsize
 from weightsurgeon.layout import (LAYER_INDEX_LISTS, NO_DERIVED_LISTS, PER_LAYER_LISTS, WINDOW_RULES, ConfigView,
-                                  ModelLayout, classify, layout_of, parse_experts, parse_layers, parse_modules, select_names,
+                                  Location, ModelLayout, classify, layout_of, parse_experts, parse_layers, parse_modules, select_names,
                                   split_layer)
 
 MAX_LISTED_PROBLEMS = 8
@@ -117,6 +117,9 @@ class Plan:
     provenance: dict = field(default_factory=dict)  # extra keys for surgeon.json
     warnings: list[str] = field(default_factory=list)
     shard_of: dict[str, int] | None = None  # output tensor -> shard number (cast: the input's); None: by size
+    # Tensor name -> Location, classified already by the planner (its input's layout, read only): the check of
+    # the written model reuses them for the names the output keeps (layout_of's `known`)
+    locations: dict[str, Location] = field(default_factory=dict, repr=False, compare=False)
     _summary: tuple | None = field(default=None, repr=False, compare=False)
 
     @functools.cached_property
@@ -307,7 +310,7 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
     if tokenizer_from == "donor" and donor.root is None:
         raise SurgeonError("--tokenizer-from donor: the DONOR is a single file with no folder of tokenizer files")
     return Plan(operation="splice", arguments=arguments or {}, inputs={"base": base, "donor": donor}, tensors=tensors,
-                config=config, config_edits=edits, files_from=tokenizer_from, warnings=warnings)
+                config=config, config_edits=edits, files_from=tokenizer_from, warnings=warnings, locations=lay_b.locations)
 
 
 def _embedding_weight(layout: ModelLayout) -> str | None:
@@ -471,7 +474,7 @@ def _donor_leftovers(donor: Checkpoint, lay_b: ModelLayout, lay_d: ModelLayout, 
 # ---------------------------------------------------------------------------------------
 
 def _destruction_targets(model: Checkpoint, modules: str, layers: str | None,
-                         experts: str | None = None) -> tuple[list[str], list[str]]:
+                         experts: str | None = None) -> tuple[list[str], list[str], ModelLayout]:
     _refuse_partial(model, "MODEL")
     lay = layout_of(model.tensors, model.config)
     if lay.tied_embeddings and _wants_head_only(modules, lay):
@@ -481,13 +484,13 @@ def _destruction_targets(model: Checkpoint, modules: str, layers: str | None,
     warnings: list[str] = []
     if lay.tied_embeddings and any(lay.locations[n].module == "embed_tokens" for n in names):
         warnings.append("the model ties lm_head to embed_tokens: the head changes with the embeddings")
-    return names, warnings
+    return names, warnings, lay
 
 
 def plan_zero(model: Checkpoint, modules: str, layers: str | None = None, arguments: dict | None = None,
               experts: str | None = None) -> Plan:
     """Set every parameter (weights and biases) of the selected modules to 0."""
-    names, warnings = _destruction_targets(model, modules, layers, experts)
+    names, warnings, lay = _destruction_targets(model, modules, layers, experts)
     chosen = set(names) - model.quant.scales  # zero codes with their scales kept: valid and zero (FP8 0x00, E2M1 0)
     bad = [f"{n} ({model[n].dtype})" for n in chosen if not dtype_info(model[n].dtype).has_zero]
     if bad:
@@ -495,7 +498,7 @@ def plan_zero(model: Checkpoint, modules: str, layers: str | None = None, argume
     tensors = [PlannedTensor(t.name, t.dtype, t.shape, Source("zeros") if t.name in chosen else Source("copy", role="base", name=t.name),
                              t.name in chosen) for t in model]
     return Plan(operation="zero", arguments=arguments or {}, inputs={"base": model}, tensors=tensors,
-                config=copy.deepcopy(model.config), warnings=warnings)
+                config=copy.deepcopy(model.config), warnings=warnings, locations=lay.locations)
 
 
 def plan_reinit(model: Checkpoint, modules: str, layers: str | None = None, std: float = 0.02, mean: float = 0.0,
@@ -503,7 +506,7 @@ def plan_reinit(model: Checkpoint, modules: str, layers: str | None = None, std:
     """Re-initialise the selected modules with a seeded Gaussian N(mean, std^2)."""
     if not (std >= 0.0) or not np.isfinite(std) or not np.isfinite(mean):
         raise SurgeonError(f"--std must be a finite number >= 0 and --mean finite (got std={std}, mean={mean})")
-    names, warnings = _destruction_targets(model, modules, layers, experts)
+    names, warnings, lay = _destruction_targets(model, modules, layers, experts)
     chosen = set(names)
     quantized = [f"{n} ({model.quant.tensors[model.quant.parts[n]].scheme})" for n in names
                  if n in model.quant.parts and model.quant.tensors[model.quant.parts[n]].data.name == n]
@@ -517,7 +520,7 @@ def plan_reinit(model: Checkpoint, modules: str, layers: str | None = None, std:
     tensors = [PlannedTensor(t.name, t.dtype, t.shape, src if t.name in chosen else Source("copy", role="base", name=t.name),
                              t.name in chosen) for t in model]
     return Plan(operation="reinit", arguments=arguments or {}, inputs={"base": model}, tensors=tensors,
-                config=copy.deepcopy(model.config), warnings=warnings)
+                config=copy.deepcopy(model.config), warnings=warnings, locations=lay.locations)
 
 
 def _refuse_quantization_mismatch(base: Checkpoint, donor: Checkpoint, taken: list[str]) -> None:
@@ -769,7 +772,7 @@ def plan_remove(model: Checkpoint, layers: str, arguments: dict | None = None) -
         config, edits = None, {}
         warnings.append("no config.json: num_hidden_layers not edited")
     return Plan(operation="remove", arguments=arguments or {}, inputs={"base": model}, tensors=tensors, config=config,
-                config_edits=edits, warnings=warnings,
+                config_edits=edits, warnings=warnings, locations=lay.locations,
                 provenance={"removed_layers": sorted(removed), "kept_layers": kept})
 
 
@@ -785,7 +788,7 @@ def plan_extract(model: Checkpoint, take: str, layers: str | None = None, argume
                          experts=parse_experts(experts))
     source_model = model.surgeon.get("source_model") if model.is_partial and model.surgeon else None
     return Plan(operation="extract", arguments=arguments or {}, inputs={"base": model}, tensors=_copy(model, "base", names),
-                config=copy.deepcopy(model.config), files_from=None, partial=True,
+                config=copy.deepcopy(model.config), files_from=None, partial=True, locations=lay.locations,
                 provenance={"source_model": source_model or str(model.root or model.source), "modules": take,
                             "layers": layers or "all"})
 

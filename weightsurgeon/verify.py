@@ -32,10 +32,11 @@ class VerifyResult:
 
 
 def verify_checkpoint(ckpt: Checkpoint, deep: bool = False, progress: object | None = None,
-                      require_config: bool = True) -> VerifyResult:
+                      require_config: bool = True, layout: ModelLayout | None = None) -> VerifyResult:
     """Check the whole model; ``require_config``: a (whole) model folder without config.json is an error,
-    since loaders cannot build it (a single file needs none; `inspect` only warns)."""
-    layout = layout_of(ckpt.tensors, ckpt.config)
+    since loaders cannot build it (a single file needs none; `inspect` only warns). ``layout``: the
+    checkpoint's, when the caller has it (the writer's check of its output)."""
+    layout = layout or layout_of(ckpt.tensors, ckpt.config)
     result = VerifyResult(layout=layout, warnings=list(ckpt.warnings))
     where = ckpt.root or ckpt.source
     if layout.other:

@@ -678,6 +678,7 @@ def check_written(plan: Plan, folder: Path, mapping: dict[str, str], expected: l
     headers hold, taken from the plan: parsing again a header just built from the plan would only
     read the plan back, and cost 2 s of DeepSeek-V3's 92k tensors. ``--verify`` parses the output
     again and compares every byte (compare_written)."""
+    from weightsurgeon.layout import layout_of
     from weightsurgeon.verify import verify_checkpoint
 
     for w in expected:
@@ -697,7 +698,8 @@ def check_written(plan: Plan, folder: Path, mapping: dict[str, str], expected: l
         raise SurgeonError(f"{folder}: the shards written differ from the plan (unexpected {stray[:3]})")
     out = Checkpoint(source=str(folder), root=folder, shards=(), tensors=_written_tensors(folder, mapping, expected, shards),
                      config=plan.config, index=None, surgeon={"partial": plan.partial})
-    return verify_checkpoint(out, require_config=plan.config is not None).warnings
+    layout = layout_of(out.tensors, plan.config, known=plan.locations)
+    return verify_checkpoint(out, require_config=plan.config is not None, layout=layout).warnings
 
 
 def _written_tensors(folder: Path, mapping: dict[str, str], expected: list[WrittenFile],
