@@ -466,6 +466,12 @@ def test_helpers():
     assert parse_size("5GB") == 5_000_000_000 and parse_size("2GiB") == 2 << 30 and parse_size("100") == 100
     with pytest.raises(SurgeonError):
         parse_size("five")
+    from weightsurgeon.writer import index_json
+
+    for mapping in ({}, {"a.weight": "model-00001-of-00001.safetensors"},
+                    {'q"uote\\back.weight': "f\u00e9.safetensors", "tab\t\n.weight": "x", "\u2028.w": "\U0001f600"}):
+        doc = {"metadata": {"total_size": 123}, "weight_map": mapping}  # the index as json.dumps(indent=2) writes it
+        assert index_json(123, mapping) == (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def test_cast_refuses_non_float_tensors_with_one_line(capsys, tmp_path):

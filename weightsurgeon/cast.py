@@ -78,25 +78,30 @@ def _plan_dequantize(model: Checkpoint, target: str, modules: str | None, layers
     overflow = "inf" if allow_overflow else None
     tensors: list[PlannedTensor] = []
     shard_of: dict[str, int] = {}
+    transposed: list[str] = []
+    kinds: dict[tuple, QuantTensor] = {}  # one tensor of each encoding, for the labels (92k tensors, a handful of kinds)
     for info in _disk_order(model):
         logical = quant.parts.get(info.name)
         if logical in chosen:
             q = quant.tensors[logical]
             if info.name != q.data.name:
                 continue  # the scale: folded into the values
-            t = PlannedTensor(logical, target, dequantized_shape(q), Source("dequantize", role="base", name=logical,
-                                                                               overflow=overflow), True)
+            shape = dequantized_shape(q)
+            if shape != q.shape:
+                transposed.append(logical)
+            kinds.setdefault((q.scheme, q.block, q.data.dtype, q.scale.dtype, q.scale.name.rsplit(".", 1)[-1]), q)
+            t = PlannedTensor(logical, target, shape, Source("dequantize", role="base", name=logical, overflow=overflow), True)
         else:
             t = PlannedTensor(info.name, info.dtype, info.shape, Source("copy", role="base", name=info.name), False)
         tensors.append(t)
         shard_of[t.name] = rank[info.file]
     config, edits = _dequantized_config(model.config, quant.tensors, chosen)
-    transposed = sorted(n for n in chosen if dequantized_shape(quant.tensors[n]) != quant.tensors[n].shape)
+    transposed.sort()
     warnings = []
     if transposed:
         warnings.append(f"{len(transposed)} MXFP4 expert stack(s) written as transformers' bf16 layout [experts, in, out] "
                         f"(stored [experts, out, in]), e.g. {transposed[0]}")
-    schemes = sorted({quant.tensors[n].label for n in chosen})
+    schemes = sorted({q.label for q in kinds.values()})
     return Plan(operation="cast", arguments=arguments, inputs={"base": model}, tensors=tensors, config=config,
                 config_edits=edits, warnings=warnings, shard_of=shard_of,
                 provenance={"cast": {"to": target, "dequantized": len(chosen), "from": schemes,
