@@ -21,7 +21,7 @@ import re
 import stat
 import struct
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -432,6 +432,16 @@ def _strict_entries(where: str, text: str, data_start: int, data_size: int) -> t
     for name, spec in obj.items():
         _validate_entry(where, cols, name, spec, data_start, data_size)
     return metadata, cols
+
+
+def tensor_table(path: Path, rows: Iterable[tuple[str, str, tuple[int, ...], int, int]]) -> TensorTable:
+    """A table of records known already, (name, dtype, shape, begin, end) in on-disk order: the header
+    the writer built from its plan, which it has just compared with the disk byte for byte; nothing
+    is parsed or checked again."""
+    cols = _Columns()
+    for row in rows:
+        cols.add(*row)
+    return TensorTable(path, cols.names, cols.dtypes, cols.shape_ids, cols.shapes, cols.begins, cols.ends)
 
 
 def _header_text(where: str, raw: bytes | memoryview) -> str:

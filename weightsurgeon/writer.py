@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -30,10 +31,10 @@ from weightsurgeon._version import __version__
 from weightsurgeon.atomic import atomic_output_dir, check_output_path
 from weightsurgeon.card import write_card
 from weightsurgeon.cast_values import CAST_KINDS
-from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint
+from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, TensorMap, open_checkpoint
 from weightsurgeon.source import ByteSource
 from weightsurgeon.errors import SurgeonError
-from weightsurgeon.format import TensorInfo, build_header
+from weightsurgeon.format import build_header, tensor_table
 from weightsurgeon.kernels.decode import storage_dtype
 from weightsurgeon.kernels.dtypes import itemsize
 from weightsurgeon.progress import ByteProgress
@@ -712,17 +713,16 @@ def check_written(plan: Plan, folder: Path, mapping: dict[str, str], expected: l
 
 
 def _written_tensors(folder: Path, mapping: dict[str, str], expected: list[WrittenFile],
-                     shards: list[list[PlannedTensor]]) -> dict[str, TensorInfo]:
-    """The tensors of the headers written, as their records: shard by shard, back to back after each header."""
+                     shards: list[list[PlannedTensor]]) -> TensorMap:
+    """The tensors of the headers written, as the plan says them: shard by shard, back to back after each header."""
     heads = {w.path.name: w.head for w in expected}
-    tensors: dict[str, TensorInfo] = {}
+    tables = []
     for shard in shards:
         fname = mapping[shard[0].name]
-        path, pos = folder / fname, heads[fname]
-        for t in shard:
-            tensors[t.name] = TensorInfo(t.name, t.dtype, t.shape, path, pos, pos + t.nbytes)
-            pos += t.nbytes
-    return tensors
+        ends = list(itertools.accumulate((t.nbytes for t in shard), initial=heads[fname]))
+        tables.append(tensor_table(folder / fname, ((t.name, t.dtype, t.shape, begin, end)
+                                                    for t, begin, end in zip(shard, ends, ends[1:]))))
+    return TensorMap(tables)
 
 
 def _check_headers(plan: Plan, folder: Path, out: Checkpoint, mapping: dict[str, str] | None) -> None:
