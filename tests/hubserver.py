@@ -52,6 +52,7 @@ class Faults:
     data_status: dict[str, int] = field(default_factory=dict)  # ... on reads past the header (start > 0) only
     delay_s: float = 0.0  # wait before answering resolve/cdn requests
     require_token: str | None = None  # every request needs "Authorization: Bearer <token>"
+    info_status: int | None = None  # answer the model info (the file list) with this status
 
 
 class _Loopback:
@@ -193,6 +194,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo, commit = self._repo(repo_id, rev)
         if repo is None:
             return self._error(401, "RepoNotFound")  # as the Hub: unknown and private look alike
+        if self.hub.faults.info_status:
+            return self._error(self.hub.faults.info_status)
         if commit is None:
             return self._error(404, "RevisionNotFound")
         if repo.gated and not self.headers.get("Authorization"):

@@ -213,7 +213,9 @@ def scan(tensors: dict[str, "TensorInfo"], config: dict | None, where: str) -> Q
         else:
             continue
         if q.scale.name in parts:
-            raise SurgeonError(f"{where}: scale {q.scale.name!r} belongs to two weights")
+            # internal: a scale's name is its weight's name plus a suffix (_scale_inv, _scale, _scales) and a
+            # scale's dtype is never a weight's, so two weights cannot name one scale; kept as a guard
+            raise SurgeonError(f"internal: {where}: scale {q.scale.name!r} belongs to two weights")
         found[q.name] = q
         parts[q.data.name] = q.name
         parts[q.scale.name] = q.name

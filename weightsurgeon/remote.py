@@ -94,6 +94,7 @@ class HubRepo:
         if src is None:
             meta = self.files.get(path.name)
             if meta is None or path.parent != self.where:
+                # internal: paths come from this repository's own file list, checked at open (_open)
                 raise SurgeonError(f"internal: {path} is not a file of {self.label}")
             src = self._sources[path] = HubFile(self, path, meta)
         return src
@@ -641,7 +642,8 @@ def resolve(repo_id: str, revision: str | None) -> HubRepo:
     except hub_errors.HFValidationError as e:
         raise SurgeonError(f"{shown}: not a valid Hub id ({str(e)[:120]})") from None
     except Exception as e:  # connection refused, DNS, timeouts: whatever the HTTP library raises
-        raise SurgeonError(f"{shown}: cannot reach {endpoint} ({type(e).__name__}: {str(e)[:160]})") from None
+        raise SurgeonError(f"{shown}: cannot reach {endpoint} ({type(e).__name__}: {str(e)[:160]}); check the network, "
+                           "HF_ENDPOINT and any proxy settings") from None
     commit = getattr(info, "sha", None)
     if not commit:
         raise SurgeonError(f"{shown}: the Hub named no commit for this revision")

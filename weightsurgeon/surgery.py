@@ -623,6 +623,7 @@ _LAYER_IN_NAME = re.compile(r"^(?P<head>(?:.*?\.)?(?:layers|h|blocks)\.)(?P<laye
 def _renumber(name: str, old: int, new: int) -> str:
     m = _LAYER_IN_NAME.match(name)
     if not m or int(m.group("layer")) != old:
+        # internal: called only for names layout.classify placed in layer `old`, whose number is in the name
         raise SurgeonError(f"internal: cannot find layer {old} in tensor name {name!r}")
     return f"{m.group('head')}{new}{m.group('tail')}"
 
@@ -760,7 +761,8 @@ def plan_remove(model: Checkpoint, layers: str, arguments: dict | None = None) -
             tensors.append(PlannedTensor(t.name, t.dtype, t.shape, Source("copy", role="base", name=t.name), False))
             continue
         if loc.layer >= n:
-            raise SurgeonError(f"{t.name}: layer {loc.layer} is beyond num_hidden_layers ({n}); cannot renumber it")
+            raise SurgeonError(f"{model.source}: config.json says num_hidden_layers is {n} but {t.name} is in layer "
+                               f"{loc.layer}, which cannot be renumbered: correct num_hidden_layers in config.json")
         if loc.layer in removed:
             continue
         new_name = _renumber(t.name, loc.layer, new_index[loc.layer])

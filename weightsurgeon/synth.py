@@ -236,6 +236,7 @@ def _write_shards(out: Path, shards: list[list[tuple[str, tuple[int, ...]]]], dt
                     f.write(data)
                     written += len(data)
                 if written != size:
+                    # internal: the chunks are generated from the spec's numel, in the spec's dtype
                     raise SurgeonError(f"internal: synth wrote {written} bytes for {name}, expected {size}")
                 weight_map[name] = fname
                 total += size

@@ -250,6 +250,7 @@ def make_frontier(path: str | Path, shape: str = "deepseek-v3", hidden: int = 25
             f.write(prefix)
             for (name, _, _), want in zip(stored, sizes):
                 if len(data[name]) != want:
+                    # internal: the encoders return numel x itemsize bytes of the planned shapes
                     raise SurgeonError(f"internal: synth encoded {len(data[name])} bytes for {name}, expected {want}")
                 f.write(data[name])
                 weight_map[name] = fname

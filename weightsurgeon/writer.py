@@ -165,7 +165,7 @@ class SourceReader:
 
     def __init__(self, inputs: dict[str, Checkpoint], chunk_elems: int = CHUNK_ELEMS) -> None:
         if chunk_elems <= 0:
-            raise SurgeonError("internal: chunk_elems must be positive")
+            raise SurgeonError("internal: chunk_elems must be positive")  # internal: callers pass the module's constant or a test's
         self.inputs = inputs
         self.chunk_elems = chunk_elems
         self._buffers: dict[str, bytearray] = {}
@@ -225,6 +225,7 @@ class SourceReader:
             from weightsurgeon import cast_values
 
             return cast_values.values(self, t, start, count)
+        # internal: the planners build every Source from the kinds handled above
         raise SurgeonError(f"internal: unknown source kind {src.kind!r} for {t.name}")
 
     def _gaussian(self, t: PlannedTensor, start: int, count: int) -> np.ndarray:
@@ -371,19 +372,23 @@ def _check_plan(plan: Plan) -> None:
     seen: set[str] = set()
     for t in plan.tensors:
         if t.name in seen:
-            raise SurgeonError(f"internal: the plan writes {t.name!r} twice")
+            raise SurgeonError(f"internal: the plan writes {t.name!r} twice")  # internal: planners key outputs by name
         seen.add(t.name)
         src = t.source
         if src.kind in ("copy", "cast"):
             info = plan.inputs[src.role][src.name]
             if tuple(info.shape) != tuple(t.shape) or (src.kind == "copy" and info.dtype != t.dtype):
+                # internal: planners copy shape and dtype from the source they name
                 raise SurgeonError(f"internal: plan for {t.name} does not match its source {src.name}")
         elif src.kind == "dequantize":
             q = plan.inputs[src.role].quant.tensors.get(src.name)
             if q is None or math.prod(q.shape) != t.numel:
+                # internal: cast plans dequantize sources found by quant.scan, with their logical shape
                 raise SurgeonError(f"internal: plan for {t.name} does not match the quantized tensor {src.name}")
     if not plan.tensors:
-        raise SurgeonError("nothing to write: the plan holds no tensor; check the selection (--take, --module, --layers)")
+        held = sum(len(c.tensors) for c in plan.inputs.values())
+        raise SurgeonError(f"nothing to write: the plan holds no tensor (the input(s) hold {held}); check the inputs and "
+                           "the selection (--take, --module, --layers)")
 
 
 def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: SourceReader, copier: RawCopier,
@@ -466,6 +471,7 @@ def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: S
             i += 1
         writes.wait()
         if pos != len(prefix) + sum(sizes):
+            # internal: every source yields exactly its planned bytes; a short input file raises before this
             raise SurgeonError(f"internal: {path.name} has {pos} bytes, the plan says {len(prefix) + sum(sizes)}")
     finally:
         if writes is not None:

@@ -76,7 +76,7 @@ def copy_recipe(name: str, dest: str | Path, force: bool = False) -> Path:
     if dest.exists() and not force:
         raise SurgeonError(f"{dest}: exists; pass --force to overwrite it")
     if not dest.parent.is_dir():
-        raise SurgeonError(f"{dest.parent}: no such directory")
+        raise SurgeonError(f"{dest.parent}: no such directory; create it first, or copy into an existing folder")
     shutil.copyfile(src, dest)
     return dest
 
@@ -90,6 +90,8 @@ def read_recipe(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise SurgeonError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SurgeonError(f"{path}: not a recipe (the file is not UTF-8 text); give a YAML file") from None
     except yaml.YAMLError as exc:
         raise SurgeonError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(tree, dict):

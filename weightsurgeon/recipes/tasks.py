@@ -135,9 +135,9 @@ def shuffle_choices(correct: str, incorrect: list[str], seed: int, problem_id: s
     return shown, LETTERS[order.index(0)]
 
 
-def normalize_row(spec: TaskSpec, row: dict[str, Any], index: int, seed: int = 0) -> Problem:
-    """Turn a Hub row or a local JSONL record into a `Problem`; errors name the record."""
-    where = f"{spec.name} record {index}"
+def normalize_row(spec: TaskSpec, row: dict[str, Any], index: int, seed: int = 0, origin: str | None = None) -> Problem:
+    """Turn a Hub row or a local JSONL record into a `Problem`; errors name the file (``origin``) and the record."""
+    where = f"{origin + ': ' if origin else ''}{spec.name} record {index}"
     pid = _first(row, "id", "unique_id", "Record ID", "ID")
     pid = _clean(pid) if pid is not None else str(index)
     question = _first(row, "question", "problem", "Question")
@@ -147,7 +147,7 @@ def normalize_row(spec: TaskSpec, row: dict[str, Any], index: int, seed: int = 0
     if spec.kind != "choice":
         answer = _first(row, "answer", "Answer")
         if answer is None:
-            raise SurgeonError(f"{where}: no 'answer' field")
+            raise SurgeonError(f"{where}: no 'answer' field (each record needs its reference answer)")
         return Problem(spec.name, pid, question, _clean(answer))
 
     choices = _first(row, "choices", "options")
@@ -184,13 +184,19 @@ def _read_local(path: Path) -> Iterator[dict[str, Any]]:
             raise SurgeonError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from exc
         yield from pq.read_table(path).to_pylist()
         return
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SurgeonError(f"{path}: not a JSON/JSONL task file (not UTF-8 text)") from None
     if suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise SurgeonError(f"{path}: invalid JSON: {exc}") from None
-        yield from rows
+            raise SurgeonError(f"{path}: invalid JSON ({exc}); a .json task file is a list of records") from None
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise SurgeonError(f"{path}: item {i} is not a JSON object (a task file is a list of records)")
+            yield row
         return
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -198,7 +204,7 @@ def _read_local(path: Path) -> Iterator[dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise SurgeonError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
+            raise SurgeonError(f"{path}:{lineno}: invalid JSON ({exc.msg}); a .jsonl task file holds one record per line") from None
         if not isinstance(row, dict):
             raise SurgeonError(f"{path}:{lineno}: expected a JSON object per line")
         yield row
@@ -231,6 +237,7 @@ def is_local_source(source: str | None) -> bool:
 def iter_problems(name: str, source: str | None = None, seed: int = 0) -> Iterator[Problem]:
     """Stream a task's problems from the Hub (default id) or ``source`` (file or Hub id)."""
     spec = get_task(name)
+    origin = source or spec.hub_id
     if is_local_source(source):
         path = Path(source)  # type: ignore[arg-type]
         if not path.is_file():
@@ -239,7 +246,7 @@ def iter_problems(name: str, source: str | None = None, seed: int = 0) -> Iterat
     else:
         rows = _read_hub(spec, source)
     for index, row in enumerate(rows):
-        yield normalize_row(spec, row, index, seed)
+        yield normalize_row(spec, row, index, seed, origin)
 
 
 def load_problems(name: str, source: str | None = None, limit: int | None = None, seed: int = 0) -> list[Problem]:

@@ -576,14 +576,14 @@ class DiffReport:
         if not text.lstrip().startswith("{"):
             path = Path(source).expanduser()
             if not path.exists():
-                raise SurgeonError(f"{path}: no such file")
+                raise SurgeonError(f"{path}: no such file (give the report.json, or the folder, that `surgeon diff -o` wrote)")
             where = str(path)
             try:
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError:
                 raise SurgeonError(f"{path}: not a JSON report (the file is not UTF-8 text)") from None
             except OSError as e:
-                raise SurgeonError(f"{path}: cannot read ({e.strerror or e})") from None
+                raise SurgeonError(f"{path}: cannot read ({e.strerror or e}); check that the file is readable") from None
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:

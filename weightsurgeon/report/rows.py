@@ -227,5 +227,6 @@ def read_rows(folder: Path, files: dict, source: str) -> list[dict]:
                      hist=hists[i] if i < len(hists) else None)
             out.append(d)
     if len(out) != len(hists):
-        raise SurgeonError(f"{source}: {csv_path.name} has {len(out)} rows but {hist_path.name} {len(hists)}")
+        raise SurgeonError(f"{source}: {csv_path.name} has {len(out)} rows but {hist_path.name} {len(hists)}: the report "
+                           "folder is damaged; run surgeon diff again")
     return out

@@ -57,16 +57,15 @@ class EvalConfig:
             self.tasks = parse_task_list(self.tasks)
         else:
             self.tasks = parse_task_list(",".join(self.tasks))
-        for name, value in (("samples", self.samples), ("max_tokens", self.max_tokens),
-                            ("max_thinking_tokens", self.max_thinking_tokens),
-                            ("max_answer_tokens", self.max_answer_tokens)):
-            if int(value) < 1:
-                raise SurgeonError(f"{name} must be at least 1, not {value}")
-        for name in ("budget_forcing", "limit", "samples", "seed"):
+        # the type first: `samples=abc` on the command line must not reach int()
+        for name in ("samples", "max_tokens", "max_thinking_tokens", "max_answer_tokens", "budget_forcing", "limit", "seed"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not (value is None or isinstance(value, int)):
-                raise SurgeonError(f"{name} must be a whole number{' or null' if name in ('budget_forcing', 'limit') else ''}, "
-                                   f"not {value!r}")
+            nullable = name in ("budget_forcing", "limit")
+            if isinstance(value, bool) or not ((nullable and value is None) or isinstance(value, int)):
+                raise SurgeonError(f"{name} must be a whole number{' or null' if nullable else ''}, not {value!r}")
+        for name in ("samples", "max_tokens", "max_thinking_tokens", "max_answer_tokens"):
+            if getattr(self, name) < 1:
+                raise SurgeonError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.limit is not None and int(self.limit) < 1:
             raise SurgeonError(f"limit must be at least 1, not {self.limit}")
         if self.budget_forcing is not None and int(self.budget_forcing) < 0:

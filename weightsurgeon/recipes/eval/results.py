@@ -37,8 +37,8 @@ def load_results(path: str | Path) -> dict[str, Any]:
         data = json.loads(file.read_text(encoding="utf-8"))
     except OSError:
         raise SurgeonError(f"{file}: no results.json here (is this a finished `surgeon eval` output?)") from None
-    except json.JSONDecodeError as exc:
-        raise SurgeonError(f"{file}: invalid JSON: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SurgeonError(f"{file}: invalid JSON: {exc}; give the folder `surgeon eval -o` wrote") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise SurgeonError(f"{file}: not a surgeon eval result (schema {SCHEMA} expected)")
     return data

@@ -105,7 +105,7 @@ def load_sweep(spec: str, num_layers: int, donor: str | None = None) -> Sweep:
     def as_list(key: str, default: list | None = None) -> list[str]:
         value = raw.get(key, default)
         if value is None:
-            raise SurgeonError(f"{path}: {key} is required")
+            raise SurgeonError(f"{path}: {key} is required: add a `{key}:` entry (a name or a list of names)")
         items = [value] if isinstance(value, (str, int)) else value
         if not isinstance(items, list) or not items or not all(isinstance(v, (str, int)) for v in items):
             raise SurgeonError(f"{path}: {key} must be a string or a non-empty list of strings")

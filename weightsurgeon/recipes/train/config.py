@@ -248,7 +248,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise SurgeonError(f"{path}: no such config file (see `surgeon recipe ls`)")
-    return config_from_dict(read_recipe(path, overrides))
+    tree = read_recipe(path, overrides)
+    try:
+        return config_from_dict(tree)
+    except SurgeonError as e:  # name the file the setting came from
+        raise SurgeonError(f"{path}: {e}") from None
 
 
 def gradient_accumulation(cfg: RecipeConfig, world_size: int) -> int:

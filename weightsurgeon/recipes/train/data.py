@@ -67,9 +67,15 @@ def _load_local(path: Path) -> list[dict[str, Any]]:
         import datasets
 
         return list(datasets.Dataset.from_parquet(str(path)))
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SurgeonError(f"{path}: not a JSON/JSONL data file (not UTF-8 text)") from None
     if path.suffix == ".json" and text.lstrip().startswith("["):
-        rows = json.loads(text)
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SurgeonError(f"{path}: invalid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     else:
         rows = []
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -232,8 +238,12 @@ def read_eval_file(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise SurgeonError(f"{path}: decontamination file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SurgeonError(f"{path}: not a decontamination file (not UTF-8 text); give JSONL or plain text") from None
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:

@@ -20,13 +20,16 @@ def read_loss(run: Path) -> tuple[list[float], list[float]]:
     if not path.is_file():
         raise SurgeonError(f"{run}: no {REPORT_DIR}/loss.csv (not a `surgeon train` output?)")
     steps, losses = [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            try:
-                steps.append(float(row["step"]))
-                losses.append(float(row["loss"]))
-            except (KeyError, ValueError):
-                raise SurgeonError(f"{path}: malformed row {row}") from None
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                try:
+                    steps.append(float(row["step"]))
+                    losses.append(float(row["loss"]))
+                except (KeyError, TypeError, ValueError):
+                    raise SurgeonError(f"{path}: malformed row {row} (needs numbers in the step and loss columns)") from None
+    except UnicodeDecodeError:
+        raise SurgeonError(f"{path}: not a loss table (the file is not UTF-8 text)") from None
     return steps, losses
 
 
