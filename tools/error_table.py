@@ -107,8 +107,11 @@ def _tests() -> dict[str, set[str]]:
                             texts |= tables[name.id]
                 pieces = set()
                 for t in texts:  # the text itself, or a pytest.raises(match=...) regex's literal runs
-                    for piece in [t] + re.split(r"\.\*|\.\+|\||\\[dswDSW][+*]?|[()\[\]^$?]", t.replace("\\.", ".")):
-                        piece = piece.replace("\\", "").strip(" :;,.'\"")
+                    runs = re.split(r"\.\*|\.\+|\||\\[dswDSW][+*]?|[()\[\]^$?]", t.replace("\\.", "."))
+                    whole = t.replace("\\", "").strip()
+                    core = whole.strip(" :;,.'\"")  # long enough without its edge punctuation, then tried with it too
+                    for piece in ([whole, core] if len(core) >= MIN_MATCH else []) + \
+                            [r.replace("\\", "").strip(" :;,.'\"") for r in runs]:
                         if len(piece) >= MIN_MATCH and not re.fullmatch(r"[\w.\-/]+", piece):
                             pieces.add(piece)
                 out[f"{path.name}::{fn.name}"] = pieces
