@@ -51,6 +51,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cfg = json.loads((out["no_layers"] / "config.json").read_text())
     cfg["num_hidden_layers"] = 0
     (out["no_layers"] / "config.json").write_text(json.dumps(cfg))
+    # a donor whose layer-0 o_proj has a bias the base lacks
+    biased = load_file(str(out["donor"] / "model.safetensors"))
+    biased["model.layers.0.self_attn.o_proj.bias"] = biased["model.layers.0.input_layernorm.weight"].copy()
+    out["biased"] = Path(shutil.copytree(out["donor"], root / "biased"))
+    save_file(biased, str(out["biased"] / "model.safetensors"), metadata={"format": "pt"})
     # one layer's norm of another width than the other two layers'
     three = load_file(str(out["donor3"] / "model.safetensors"))
     three["model.layers.1.input_layernorm.weight"] = three["model.layers.1.input_layernorm.weight"][:16]
@@ -96,6 +101,9 @@ CLI_CASES = [
      ["has 3 layers and BASE", "layers and BASE", "would be left out", "pass --layers 0-1 to take only the layers both have"]),
     ("donor-tied", ["splice", "{base}", "{tied}", "--take", "head", "-o", "{out}"],
      ["ties lm_head to embed_tokens (no lm_head.weight) while BASE stores its own head: pass --head-from-embeddings"]),
+    ("donor-only-bias", ["splice", "{base}", "{biased}", "--take", "o_proj", "-o", "{out}"],
+     ["1 DONOR tensor(s) in the taken modules that BASE lacks: the output would not hold them",
+      "(pass --drop-donor-only to leave them out): model.layers.0.self_attn.o_proj.bias"]),
     ("tokenizer-single-file", ["splice", "{base}", "{donor}/model.safetensors", "--take", "o_proj", "--tokenizer-from", "donor",
                                "-o", "{out}"],
      ["--tokenizer-from donor: the DONOR is a single file with no folder of tokenizer files"]),
@@ -218,7 +226,7 @@ QUANT_CASES = [
     ("no-scale", [(W, "F8_E4M3", [256, 256])], "fp8", f"FP8 weight '{W}' has no scale ({W}_scale_inv or {W}_scale) in a fp8-quantized"),
     ("mxfp4-misfit", [(E + "_blocks", "U8", [4, 2, 16]), (E + "_scales", "U8", [4, 3])], "mxfp4",
      "do not fit: expected U8 [..., g, 16] blocks and U8 [..., g] scales"),
-    ("mxfp4-no-scales", [(E + "_blocks", "U8", [4, 2, 16])], "mxfp4", f"MXFP4 blocks '{E}_blocks' have no scales ({E}_scales)"),
+    ("mxfp4-no-scales", [(E + "_blocks", "U8", [4, 2, 16])], "mxfp4", f"have no scales ({E}_scales)"),
     ("mxfp4-twice", [(E, "BF16", [4, 64]), (E + "_blocks", "U8", [4, 2, 16]), (E + "_scales", "U8", [4, 2])], "mxfp4",
      f"'{E}' is stored both plain and as MXFP4 blocks"),
 ]
@@ -261,3 +269,26 @@ def test_synth_tuned_and_frontier_refusals(models: dict[str, Path], tmp_path: Pa
         make_frontier(tmp_path / "f", shape="gpt5")
     with pytest.raises(SurgeonError, match=r"synth: --hidden must be a multiple of 64, at least 64 \(got 100\)"):
         make_frontier(tmp_path / "f", hidden=100)
+
+
+O = "model.layers.0.self_attn.o_proj.weight"
+STORED_CASES = [
+    ("reinit-fp8", [(O, "F8_E4M3", [128, 128]), (O + "_scale_inv", "F32", [1, 1])], "fp8",
+     ["reinit", "{m}", "--module", "o_proj", "-o", "{out}"],
+     "1 selected tensor(s) are quantized: re-initialising them would need fresh scales, which reinit does not write"),
+    ("splice-alpha-fp8", [(O, "F8_E4M3", [128, 128]), (O + "_scale_inv", "F32", [1, 1])], "fp8",
+     ["splice", "{m}", "{m}", "--take", "o_proj", "--alpha", "0.5", "-o", "{out}"],
+     "--alpha 0.5: BASE holds FP8/MXFP4-quantized weights (weight x scale); splicing them copies weight and scale bytes"),
+    ("zero-e8m0", [(O, "F8_E8M0", [4, 4])], None, ["zero", "{m}", "--module", "o_proj", "-o", "{out}"],
+     f"1 selected tensor(s) have no zero value (a scale format) and cannot be zeroed: {O} (F8_E8M0)"),
+]
+
+
+@pytest.mark.parametrize("tensors,method,argv,words", [c[1:] for c in STORED_CASES], ids=[c[0] for c in STORED_CASES])
+def test_values_that_cannot_be_computed_are_refused(tmp_path: Path, surgeon, tensors: list, method: str | None,
+                                                     argv: list[str], words: str) -> None:
+    """Quantized weights need their scales to be values; a scale format has no zero: refused before writing."""
+    m = _quantized(tmp_path / "m", tensors, method)
+    out = tmp_path / "out"
+    _one_error(surgeon(*(a.format(m=m, out=out) for a in argv)), words)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -345,7 +345,8 @@ def test_plot_rejects_bad_reports_with_one_error_line(case, tmp_path, surgeon):
 
 def test_plot_missing_inputs_and_bad_options_fail_cleanly(tmp_path, run_cli):
     done = run_cli("plot", tmp_path / "nope.json")
-    assert done.returncode == 1 and done.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.json'}: no such file"]
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith(f"error: {tmp_path / 'nope.json'}: no such file (give the report.json")
     done = run_cli("plot", tmp_path)
     assert done.returncode == 1 and done.stderr.strip() == (f"error: {tmp_path}: folder has no report.json; give a folder "
                                                             "written by `surgeon diff`, or its report.json")
