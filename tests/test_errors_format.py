@@ -36,7 +36,7 @@ CASES = [
     ("metadata_surrogate", '{"__metadata__": {"a": "\\udc00"}}', b"", None,
      ("header is not valid JSON", "string with a lone surrogate escape"), True),
     ("negative_integer", {"a": tensor_entry("F32", [-1], 0, 4)}, b"\0" * 4, None,
-     ("header is not valid JSON", "(negative integer -1)"), True),
+     ("header refused: it holds a negative integer (-1)", "shapes and offsets included, is unsigned"), True),
     ("entry_not_object", {"a": [1, 2]}, b"", None, "entry must be an object with dtype, shape, data_offsets", True),
     ("entry_missing_shape", {"a": {"dtype": "F32", "data_offsets": [0, 4]}}, b"\0" * 4, None,
      ("its entry is missing", "missing shape"), True),

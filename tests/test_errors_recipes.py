@@ -286,6 +286,10 @@ def test_training_data_refusals(tmp_path: Path) -> None:
     chat = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
     with pytest.raises(SurgeonError, match="data row 0: the chat template renders the prompt differently"):
         to_prompt_completion(chat, _ShiftingTemplate(), _data_cfg("synth:1", format="messages"))
+    for messages in (["q", "a"], [{"role": "user", "content": "q"}, "a"], [], None):  # was an AttributeError
+        with pytest.raises(SurgeonError, match=r"data row 0: 'messages' must be a chat list of \{role, content\} "
+                                               "objects ending with an assistant turn"):
+            to_prompt_completion([{"messages": messages}], _ShiftingTemplate(), _data_cfg("synth:1", format="messages"))
     with pytest.raises(SurgeonError, match="gone.txt: decontamination file not found"):
         read_eval_file(tmp_path / "gone.txt")
     with pytest.raises(SurgeonError, match="not a decontamination file"):

@@ -275,7 +275,8 @@ def check_numbers(raw: bytes) -> None:
     skeleton, strings = _STRING.subn(b"", raw)
     hit = _NEGATIVE_INT.search(skeleton)
     if hit:
-        raise ValueError(f"negative integer {hit.group().decode()[:40]}")
+        raise ValueError(f"it holds a negative integer ({hit.group().decode()[:40]}): every number in a "
+                         "safetensors header, shapes and offsets included, is unsigned")
     for hit in _LONG_INT.finditer(skeleton):
         if int(hit.group()) > MAX_USIZE:
             raise ValueError(f"integer {hit.group().decode()[:40]} does not fit in 64 bits")
@@ -409,6 +410,9 @@ def _strict_entries(where: str, text: str, data_start: int, data_size: int) -> t
     """Every header rule in turn, through json: any header, with a message naming what is wrong."""
     try:
         check_numbers(text.encode("utf-8"))  # the header's bytes again (valid UTF-8 round-trips exactly)
+    except ValueError as e:  # valid JSON, but not a valid header: say which rule, not "not valid JSON"
+        raise SurgeonError(f"{where}: header refused: {e}; {DAMAGED}") from None
+    try:
         obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
     except _Duplicate as e:
         raise SurgeonError(f"{where}: header names tensor {str(e.args[0])[:80]!r} twice; {DAMAGED}") from e

@@ -147,8 +147,10 @@ def to_prompt_completion(rows: list[dict[str, Any]], tokenizer: Any, cfg: DataCo
             prompt, completion = question, _field(row, "completion", i)
         else:
             messages = row.get("messages")
-            if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
-                raise SurgeonError(f"data row {i}: 'messages' must be a chat list ending with an assistant turn")
+            if (not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages)
+                    or messages[-1].get("role") != "assistant"):
+                raise SurgeonError(f"data row {i}: 'messages' must be a chat list of {{role, content}} objects "
+                                   "ending with an assistant turn")
             question = "\n".join(_text(m.get("content")) for m in messages if m.get("role") == "user")
             prompt = _render(tokenizer, messages[:-1], generation_prompt=True)
             full = _render(tokenizer, messages, generation_prompt=False)
