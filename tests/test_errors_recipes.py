@@ -191,8 +191,8 @@ TASK_CASES = [
      "gpqa_diamond record 0: 'choices' given without an 'answer' letter"),
     ("answer-not-letter", "gpqa_diamond", '{"question": "q", "choices": ["a", "b"], "answer": "C"}\n',
      "gpqa_diamond record 0: answer 'C' is not a letter of its 2 choices"),
-    ("bad-line", "math500", '{"question": "q", "answer": "1"}\n{oops\n', "a .jsonl task file holds one record per line"),
-    ("not-object-line", "math500", "[1, 2]\n", "t.jsonl:1: expected a JSON object per line"),
+    ("bad-line", "math500", '{"question": "q", "answer": "1"}\n{oops\n', "a .jsonl task file holds one JSON object per line"),
+    ("not-object-line", "math500", "[1, 2]\n", "t.jsonl:1: not a JSON object; a .jsonl task file holds one JSON object per line"),
     ("empty", "math500", "\n", "task math500: no problems loaded from"),
 ]
 
@@ -270,8 +270,8 @@ def test_training_data_refusals(tmp_path: Path) -> None:
         (_data_cfg("synth:many"), "data.source 'synth:many': expected synth:N with N rows"),
         (_data_cfg(str(tmp_path / "adir.jsonl")), "adir.jsonl: data file not found"),
         (_data_cfg(str(tmp_path / "empty.jsonl")), "empty.jsonl: the data set has no rows"),
-        (_data_cfg(str(tmp_path / "bad.jsonl")), "bad.jsonl:2: not a JSON object"),
-        (_data_cfg(str(tmp_path / "list.json")), "list.json: every row must be a JSON object"),
+        (_data_cfg(str(tmp_path / "bad.jsonl")), "bad.jsonl:2: invalid JSON ("),
+        (_data_cfg(str(tmp_path / "list.json")), "list.json: item 0 is not a JSON object (a .json data file is a list of records)"),
         (_data_cfg(str(tmp_path / "broken.json")), "broken.json: invalid JSON (line 1, column 3:"),  # was internal
         (_data_cfg(str(tmp_path / "bin.jsonl")), "bin.jsonl: not a JSON/JSONL data file (not UTF-8 text)"),  # was internal
     ]

@@ -28,7 +28,6 @@ the evaluation; or export it once to JSONL and pass the file.
 """
 from __future__ import annotations
 
-import json
 import random
 import string
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from weightsurgeon.errors import SurgeonError
+from weightsurgeon.recipes.records import read_records
 
 LETTERS = string.ascii_uppercase
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -184,30 +184,7 @@ def _read_local(path: Path) -> Iterator[dict[str, Any]]:
             raise SurgeonError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from exc
         yield from pq.read_table(path).to_pylist()
         return
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SurgeonError(f"{path}: not a JSON/JSONL task file (not UTF-8 text)") from None
-    if suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SurgeonError(f"{path}: invalid JSON ({exc}); a .json task file is a list of records") from None
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise SurgeonError(f"{path}: item {i} is not a JSON object (a task file is a list of records)")
-            yield row
-        return
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SurgeonError(f"{path}:{lineno}: invalid JSON ({exc.msg}); a .jsonl task file holds one record per line") from None
-        if not isinstance(row, dict):
-            raise SurgeonError(f"{path}:{lineno}: expected a JSON object per line")
-        yield row
+    yield from read_records(path, "task")
 
 
 def _read_hub(spec: TaskSpec, source: str | None) -> Iterator[dict[str, Any]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from weightsurgeon.errors import SurgeonError
+from weightsurgeon.recipes.records import read_records
 
 from .config import DataConfig
 
@@ -67,26 +68,7 @@ def _load_local(path: Path) -> list[dict[str, Any]]:
         import datasets
 
         return list(datasets.Dataset.from_parquet(str(path)))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SurgeonError(f"{path}: not a JSON/JSONL data file (not UTF-8 text)") from None
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SurgeonError(f"{path}: invalid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    else:
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise SurgeonError(f"{path}:{lineno}: not a JSON object ({exc.msg})") from None
-    if not all(isinstance(r, dict) for r in rows):
-        raise SurgeonError(f"{path}: every row must be a JSON object")
-    return rows
+    return list(read_records(path, "data"))
 
 
 def _load_hub(name: str, split: str) -> list[dict[str, Any]]:
