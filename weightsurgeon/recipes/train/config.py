@@ -252,6 +252,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         return config_from_dict(tree)
     except SurgeonError as e:  # name the file the setting came from
+        # values: config_from_dict's messages (each a row of its own) with the recipe file in front
         raise SurgeonError(f"{path}: {e}") from None
 
 

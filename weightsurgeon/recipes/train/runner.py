@@ -384,6 +384,7 @@ def run(cfg: RecipeConfig, base_dir: Path | None = None) -> dict[str, Any]:
                 make_checkpoint(model_dir, **cfg.model.synth)
     error = _broadcast(error)
     if error:
+        # values: rank 0's refusal of the output folder (check_output_path's rows, or the OSError of making its parent), on every rank
         raise SurgeonError(error)
     try:
         summary = _train(cfg, state, work, base_dir, world)
