@@ -19,7 +19,11 @@ from weightsurgeon.errors import SurgeonError
 F32x1 = tensor_entry("F32", [1], 0, 4)
 DAMAGED = "the file is damaged or not safetensors: download or save it again"
 
+# A header over 1 MB whose unknown field is far denser in JSON values than any tensor table.
+_BOMB_HEAD = b'{"a": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0], "x": ['
+
 # (id, header, data, declared header length or None, the words the message must hold, whether it ends with DAMAGED)
+
 CASES = [
     ("too_short", None, b"", None, "need an 8-byte header length", True),
     ("length_over_limit", b"{}", b"", 100_000_001, "exceeds the 100 MB limit", True),
@@ -37,6 +41,12 @@ CASES = [
      ("header is not valid JSON", "string with a lone surrogate escape"), True),
     ("negative_integer", {"a": tensor_entry("F32", [-1], 0, 4)}, b"\0" * 4, None,
      ("header refused: it holds a negative integer (-1)", "shapes and offsets included, is unsigned"), True),
+    ("integer_over_64_bits", '{"a": {"dtype": "F32", "shape": [18446744073709551617], "data_offsets": [0, 4]}}',
+     b"\0" * 4, None, "header refused: integer 18446744073709551617 does not fit in 64 bits", True),
+    ("width_bomb_arrays", _BOMB_HEAD + b"[]," * 1_000_000 + b"0]}}", b"", None,
+     ("header refused: 2 objects, 1000003 arrays", "far denser than any tensor table (a JSON bomb?)"), True),
+    ("width_bomb_integers", _BOMB_HEAD + b"1000," * 600_000 + b"0]}}", b"", None,
+     "header refused: far more integers than a tensor table holds (a JSON bomb?)", True),
     ("entry_not_object", {"a": [1, 2]}, b"", None, "entry must be an object with dtype, shape, data_offsets", True),
     ("entry_missing_shape", {"a": {"dtype": "F32", "data_offsets": [0, 4]}}, b"\0" * 4, None,
      ("its entry is missing", "missing shape"), True),

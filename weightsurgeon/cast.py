@@ -209,13 +209,15 @@ def _plan_quantize(model: Checkpoint, modules: str | None, layers: str | None, e
         else:
             targets.append(n)
     if not targets:
-        raise _problems("selected weight(s) cannot be quantized, and nothing else was selected", skipped) if skipped \
+        raise _problems("selected weight(s) cannot be quantized, and nothing else was selected (select linear "
+                        "modules such as o_proj or mlp)", skipped) if skipped \
             else SurgeonError("the selection holds no bf16/f16/f32 linear weight to quantize; select linear modules such as "
                                "o_proj or mlp")
     chosen = set(targets)
     clash = [n + suffix for n in targets if n + suffix in model.tensors]
     if clash:
-        raise _problems("scale tensor name(s) already taken in MODEL", clash)
+        raise _problems(f"scale tensor name(s) already taken in {model.root or model.source} (a plain weight beside "
+                        "an FP8 scale: the model is half quantized); give the unquantized model", clash)
     rank = {f: i for i, f in enumerate(model.files)}
     tensors: list[PlannedTensor] = []
     shard_of: dict[str, int] = {}

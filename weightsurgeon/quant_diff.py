@@ -41,6 +41,7 @@ class PartBatch:
         self.base, self.others, self.bins, self.clip = base, others, bins, clip
         self.delta = delta
         self.max_parts = max(1, min(MAX_BATCH_PARTS, HIST_BUDGET_BYTES // (8 * bins)))
+        self.paths: dict[int, Any] = {}  # descriptor -> shard path, for messages
         self._reset()
 
     def _reset(self) -> None:
@@ -85,6 +86,7 @@ class PartBatch:
         import numpy as np
 
         fd, begin = ckpt.locate(info)  # type: ignore[misc]
+        self.paths[fd] = info.file
         enc = self.delta.part_encoding(info.dtype, q.scheme if q is not None else None)
         if q is None:
             return fd, begin + start * info.itemsize, enc, (0, 1, _WHOLE, _WHOLE, 0), (stop - start) * info.itemsize
@@ -164,7 +166,10 @@ class PartBatch:
             sums, counts, hists, groups, failed = self.delta.delta_parts(items_a, pools[0], items_b, pools[1], n,
                                                                          grouping, self.bins, self.clip)
             if failed.any():
-                raise SurgeonError("read failed while diffing quantized tensors (the files changed or went away)")
+                files = sorted({str(self.paths.get(int(row[0]), "?")) for k in failed.nonzero()[0]
+                                for row in (items_a[k], items_b[k])})
+                raise SurgeonError(f"{' or '.join(files)}: a read failed twice while diffing quantized tensors (the file changed "
+                                   "or went away during the run); run again once nothing writes to the model")
         self._fold(sums, counts, hists, groups, n)
         waiting = self.waiting
         self._reset()
@@ -190,13 +195,15 @@ class PartBatch:
             for row in (items_a[i], items_b[i]):
                 fd, pos, enc = int(row[0]), int(row[1]), int(row[2])
                 want = _bytes(enc, int(n[i]), self.delta)
+                path = self.paths.get(fd, "a checkpoint file")
                 try:
                     got = len(os.pread(fd, want, pos))
                 except OSError as e:
-                    raise SurgeonError(f"read failed while diffing quantized tensors: {e.strerror}") from e
+                    raise SurgeonError(f"{path}: read failed while diffing quantized tensors ({e.strerror}); check "
+                                       "the file's permissions and the disk") from e
                 if got != want:
-                    raise SurgeonError("a checkpoint file is shorter than its header says (truncated while diffing "
-                                       "quantized tensors)")
+                    raise SurgeonError(f"{path}: shorter than its header says (truncated while diffing quantized "
+                                       "tensors); download or save the model again")
 
 
 def _bytes(enc: int, elems: int, delta: Any) -> int:

@@ -48,7 +48,8 @@ def open_sequential(path: Path) -> int:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as e:
-        raise SurgeonError(f"{path}: cannot open: {e.strerror}") from e
+        raise SurgeonError(f"{path}: cannot open: {e.strerror} (its header was read when the run started: was it "
+                           "moved, deleted or made unreadable since?)") from e
     if hasattr(os, "posix_fadvise"):
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)

@@ -64,6 +64,7 @@ class DataParallelBackend:
         from transformers import AutoTokenizer
 
         self.name = f"{name}x{replicas}"
+        self.model = model
         if gpus_per_replica is None:
             gpus_per_replica = int(options.get("tensor_parallel_size", 1)) if name == "vllm" else 0
         groups = gpu_groups(replicas, gpus_per_replica, os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -85,10 +86,11 @@ class DataParallelBackend:
             kind, payload = conn.recv()
         except EOFError:
             self.close()
-            raise SurgeonError("a data-parallel worker died (out of memory?)") from None
+            raise SurgeonError(f"{self.model}: a data-parallel worker died without a word (killed, out of memory?); "
+                               "check the system log (dmesg), or lower --data-parallel-size or --batch-size") from None
         if kind == "error":
             self.close()
-            raise SurgeonError(f"data-parallel worker failed: {payload}")
+            raise SurgeonError(f"{self.model}: a data-parallel worker failed: {payload}")
         return payload
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int], stop: Sequence[str],
