@@ -109,13 +109,19 @@ def _fp8_model(root: Path, scale_dtype=torch.float32, shards: int = 2, big: floa
 
 @pytest.mark.parametrize("target,torch_dtype", [("bf16", torch.bfloat16), ("f16", torch.float16), ("f32", torch.float32)])
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("path", ["batched", "streamed", "row-parts"])
+@pytest.mark.parametrize("path", ["file", "file-slices", "batched", "streamed", "row-parts"])
 def test_fp8_cast_equals_torch_bit_for_bit(tmp_path, surgeon, monkeypatch, target, torch_dtype, scale_dtype, path):
+    """Every path of the writer: the compiled file-to-file writer (the default; with parts of a row or
+    less and a compiled call every few parts), and the Python paths --checksums takes (batched runs,
+    row slices, one-row parts)."""
     from weightsurgeon import cast_values
     from weightsurgeon.kernels import quant
 
     if path == "row-parts":  # every tensor cut into parts of a row or two that the threads share
         monkeypatch.setattr(quant, "CAST_PART_ELEMS", 300)
+    if path == "file-slices":  # one row (or less) per part, each small tensor a part of its own, many calls
+        monkeypatch.setattr(cast_values, "PART_OUT_BYTES", 1000)
+        monkeypatch.setattr(cast_values, "CALL_OUT_BYTES", 5000)
 
     model, tensors = _fp8_model(tmp_path / "fp8", scale_dtype)
     out = tmp_path / "out"
@@ -125,10 +131,12 @@ def test_fp8_cast_equals_torch_bit_for_bit(tmp_path, surgeon, monkeypatch, targe
         from weightsurgeon.writer import WriteOptions, write_plan
 
         monkeypatch.setattr(cast_values, "RUN_TENSOR_BYTES", 0)
+        monkeypatch.setattr(cast_values, "file_castable", lambda reader, t: False)
         with open_checkpoint(model) as ckpt:
             write_plan(plan_cast(ckpt, target), out, WriteOptions(chunk_elems=1000, quiet=True, fsync=False, verify=True))
     else:
-        result = surgeon("cast", model, "--dtype", target, "-o", out, "--verify")
+        hashed = ["--checksums"] if path in ("batched", "row-parts") else []  # hashing takes the Python paths
+        result = surgeon("cast", model, "--dtype", target, "-o", out, "--verify", *hashed)
         assert result.code == 0, result.stderr
     got = _load(out)
     assert not any(n.endswith("_scale_inv") for n in got)
@@ -218,6 +226,32 @@ def test_decoded_tables_give_the_bytes_of_the_per_element_loop(target):
         quant.CAST_PART_ELEMS = saved
     assert np.array_equal(tables, direct) and tables.any()
     assert bad == ((0, 200 * cols + 280) if target == "F16" else None)
+
+
+@pytest.mark.parametrize("parts", ["default", "one-row"])
+def test_compiled_writer_writes_the_files_of_the_python_path(tmp_path, surgeon, monkeypatch, parts):
+    """The file-to-file writer (FP8 weights and the small unchanged tensors between them read, cast and
+    written by compiled code, part by part) gives every output file byte for byte as the Python path
+    (--checksums) does, headers included, and the same first F16 overflow, named the same way."""
+    from weightsurgeon import cast_values
+
+    if parts == "one-row":
+        monkeypatch.setattr(cast_values, "PART_OUT_BYTES", 600)
+        monkeypatch.setattr(cast_values, "CALL_OUT_BYTES", 2000)
+    model, _ = _fp8_model(tmp_path / "fp8", big=1e6, shards=1)
+    calls = []
+    real = cast_values.write_cast_file_run
+    monkeypatch.setattr(cast_values, "write_cast_file_run", lambda *a: calls.append(1) or real(*a))
+    for target in ("bf16", "f32"):
+        fast, slow = tmp_path / f"fast-{target}", tmp_path / f"slow-{target}"
+        assert surgeon("cast", model, "--dtype", target, "-o", fast, "-q").code == 0
+        assert surgeon("cast", model, "--dtype", target, "-o", slow, "-q", "--checksums").code == 0
+        for f in sorted(slow.glob("*.safetensors")) + [slow / "model.safetensors.index.json"]:
+            assert (fast / f.name).read_bytes() == f.read_bytes(), f.name
+    assert len(calls) == 2  # the default runs took the compiled writer, the --checksums ones not
+    refused = [surgeon("cast", model, "--dtype", "f16", "-o", tmp_path / "f16", *extra) for extra in ([], ["--checksums"])]
+    assert refused[0].code == refused[1].code == 1 and refused[0].stderr == refused[1].stderr
+    assert "element" in refused[0].stderr and not (tmp_path / "f16").exists()
 
 
 def test_partial_cast_keeps_the_rest_quantized(tmp_path, surgeon):
@@ -498,3 +532,43 @@ def test_gpt_oss_mxfp4_cast_loads_as_transformers_bf16_gpt_oss(tmp_path, surgeon
     blocks, scales = stored[name + "_blocks"].numpy(), stored[name + "_scales"].numpy()
     assert torch.equal(got[name], torch.from_numpy(_ocp_mxfp4(blocks, scales)).float().transpose(1, 2))
     assert "model.layers.0.mlp.experts.down_proj_blocks" in got
+
+
+def test_compiled_writer_reports_failed_reads_and_writes(tmp_path, surgeon, monkeypatch):
+    """cast_fp8_file says which part failed and why: a read past the end of the input (-1), a write to a
+    descriptor that cannot be written (its errno); through the CLI, a full disk in the compiled writer is
+    one line naming the shard, the tensor and the reason, and nothing is left behind."""
+    import errno
+    import os
+
+    from weightsurgeon import cast_values
+    from weightsurgeon.kernels import quant
+    from weightsurgeon.kernels.quant import ENTRY_WIDTH
+
+    src = tmp_path / "in.bin"
+    src.write_bytes(bytes(range(256)) * 4)
+    entry = np.zeros((1, ENTRY_WIDTH), dtype=np.int64)
+    entry[0, quant.E_RAW] = 100
+    fd_in = os.open(src, os.O_RDONLY)
+    try:
+        parts = np.array([[0, 1, fd_in, 0, 100, 0, 0, 0, 100],  # fine, but written to a read-only descriptor
+                          [0, 1, fd_in, 2000, 100, 0, 0, 100, 100]], dtype=np.int64)  # past the end of the input
+        _, status = quant.cast_fp8_file(fd_in, entry, parts)
+    finally:
+        os.close(fd_in)
+    assert list(status) == [errno.EBADF, -1]
+
+    real = quant.cast_fp8_file
+
+    def full(fd, entries, parts):
+        bad, status = real(fd, entries, parts)
+        status[-1] = errno.ENOSPC
+        return bad, status
+
+    monkeypatch.setattr(quant, "cast_fp8_file", full)
+    model, _ = _fp8_model(tmp_path / "fp8", shards=1)
+    out = tmp_path / "out"
+    r = surgeon("cast", model, "--dtype", "bf16", "-o", out)
+    assert r.code == 1 and len(r.err_lines) == 1, r.stderr
+    assert "model-00001-of-00001.safetensors: writing failed in " in r.stderr and "No space left on device" in r.stderr
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["fp8", "in.bin"]

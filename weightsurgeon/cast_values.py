@@ -18,13 +18,16 @@ Many small FP8 tensors in a row (a DeepSeek-V3 layer has 768 expert matrices) ar
 from __future__ import annotations
 
 import math
+import os
+import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.kernels.dtypes import itemsize
-from weightsurgeon.kernels.quant import FP8_TABLES, OUT_KINDS, SCALE_KINDS
+from weightsurgeon.kernels.quant import (E_CODES, E_COLS, E_OUT, E_RAW, E_ROW0, E_SCALES, ENTRY_WIDTH, FP8_TABLES,
+                                         OUT_KINDS, P_E0, P_E1, SCALE_KINDS)
 
 if TYPE_CHECKING:
     from weightsurgeon.quant import QuantTensor
@@ -177,6 +180,192 @@ def write_dequant_run(tensors: list["PlannedTensor"], reader: "SourceReader", wr
         digest.update(out)
     writes.put(out, pos, taken[0].name)
     return len(taken), out_bytes
+
+
+PART_OUT_BYTES = 256 * 1024  # output bytes of one part of the compiled writer: with its input, within one core's L2
+RAW_PART_BYTES = 64 * 1024  # unchanged tensors up to this size between FP8 weights travel in the parts
+CALL_OUT_BYTES = 64 * 1024 * 1024  # output bytes per compiled call: the write-behind's window moves between calls
+
+
+def file_castable(reader: "SourceReader", t: "PlannedTensor") -> bool:
+    """An FP8 dequantize source the compiled writer reads itself (cast_fp8_file): data and scale in one
+    local file, on Linux (it reads errno through glibc)."""
+    if t.source.kind != "dequantize" or not sys.platform.startswith("linux"):
+        return False
+    q = quant_of(reader, t)
+    return (q.scheme != "mxfp4" and q.data.file == q.scale.file and q.numel > 0
+            and reader.inputs[t.source.role].byte_source(q.data.file).fileno() is not None)
+
+
+class _Parts:
+    """The tables of cast_fp8_file (kernels/quant.py: E_*, P_*), built part by part.
+
+    A part is either several whole small tensors (FP8 weights and small unchanged ones) whose
+    input spans stay within PART_OUT_BYTES and whose output fits it, or one row slice of a large
+    FP8 weight. Its input is span A (weights' codes, raw tensors) and span B (their scales), or
+    one span where the two lie close; entries hold file positions until the part is closed, then
+    offsets in the lane's window."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.entries: list[list[int]] = []
+        self.parts: list[list[int]] = []
+        self.owner: list[int] = []  # per entry: the index of its tensor in the run
+        self.in_b: list[bool] = []  # per entry: its scale lies in span B
+        self.out_bytes = 0  # output bytes of the closed parts
+        self._open: list[int] | None = None  # e0, a_lo, a_hi, b_lo, b_hi, out_pos, out_len
+
+    def fits(self, a: tuple[int, int], b: tuple[int, int] | None, out: int) -> bool:
+        """Whether the open part can take an entry reading span a (and scales b) and writing `out` bytes."""
+        o = self._open
+        if o is None:
+            return False
+        a_len = max(o[2], a[1]) - min(o[1], a[0])
+        if b is None:
+            b_len = o[4] - o[3]
+        elif o[4] > o[3]:
+            b_len = max(o[4], b[1]) - min(o[3], b[0])
+        else:
+            b_len = b[1] - b[0]
+        return a_len + b_len <= 2 * PART_OUT_BYTES and o[6] + out <= PART_OUT_BYTES
+
+    def add(self, entry: list[int], owner: int, a: tuple[int, int], b: tuple[int, int] | None, out: int,
+            out_pos: int) -> None:
+        """Add one entry (E_CODES/E_SCALES as file positions, E_OUT ignored) to the open part, or a new one."""
+        if not self.fits(a, b, out):
+            self.close()
+            self._open = [len(self.entries), a[0], a[1], 0, 0, out_pos, 0]
+        o = self._open
+        o[1], o[2] = min(o[1], a[0]), max(o[2], a[1])
+        if b is not None:
+            o[3], o[4] = (min(o[3], b[0]), max(o[4], b[1])) if o[4] > o[3] else b
+        entry[E_OUT] = o[6]
+        o[6] += out
+        self.entries.append(entry)
+        self.owner.append(owner)
+
+    def close(self) -> None:
+        o, self._open = self._open, None
+        if o is None:
+            return
+        e0, a_lo, a_hi, b_lo, b_hi, out_pos, out_len = o
+        if b_hi > b_lo and max(a_hi, b_hi) - min(a_lo, b_lo) <= (a_hi - a_lo) + (b_hi - b_lo) + PART_OUT_BYTES // 4:
+            a_lo, a_hi, b_lo, b_hi = min(a_lo, b_lo), max(a_hi, b_hi), 0, 0  # one read, a small gap included
+        a_len = a_hi - a_lo
+        for e in self.entries[e0:]:
+            e[E_CODES] -= a_lo
+            if not e[E_RAW]:
+                e[E_SCALES] = e[E_SCALES] - a_lo if b_hi <= b_lo else a_len + e[E_SCALES] - b_lo
+        self.parts.append([e0, len(self.entries), self.fd, a_lo, a_len, b_lo, b_hi - b_lo, out_pos, out_len])
+        self.out_bytes += out_len
+
+    def take(self) -> tuple[np.ndarray, np.ndarray, list[int], int]:
+        """The closed parts' tables (entries renumbered from 0), their owners, and their output bytes; then empty."""
+        self.close()
+        entries = np.array(self.entries, dtype=np.int64).reshape(-1, ENTRY_WIDTH)
+        parts = np.array(self.parts, dtype=np.int64).reshape(-1, 9)
+        owner, n = self.owner, self.out_bytes
+        self.entries, self.parts, self.owner, self.out_bytes = [], [], [], 0
+        return entries, parts, owner, n
+
+
+def _slice_rows(q: "QuantTensor", width: int) -> int:
+    """Rows of a large FP8 weight per part: whole block rows where PART_OUT_BYTES holds one, else the largest
+    power-of-two share of a block row that fits (each block's 256 outputs are computed once per part)."""
+    per_row = q.cols * width
+    if q.block[0] * per_row <= PART_OUT_BYTES:
+        return q.block[0] * (PART_OUT_BYTES // (q.block[0] * per_row))
+    rows = q.block[0]
+    while rows > 1 and rows * per_row > PART_OUT_BYTES:
+        rows //= 2
+    return max(rows, 1)
+
+
+def write_cast_file_run(tensors: list["PlannedTensor"], reader: "SourceReader", fd: int, pos: int, behind,
+                        path) -> tuple[int, int]:
+    """Write the leading tensors of `tensors` that the compiled writer can do (file_castable FP8 weights, and
+    unchanged tensors of at most RAW_PART_BYTES of the same file between them) with cast_fp8_file: no byte
+    passes through Python, and both cores read, compute and write. Returns (how many tensors, bytes written).
+    Every CALL_OUT_BYTES of output, `behind` (writeback.WriteBehind) moves its window.
+
+    The loop below runs once per tensor of a 90k-tensor model: plain lookups only."""
+    role = tensors[0].source.role
+    ckpt = reader.inputs[role]
+    quant = ckpt.quant.tensors
+    file = quant[tensors[0].source.name].data.file
+    src_fd = ckpt.byte_source(file).fileno()
+    build = _Parts(src_fd)
+    taken: list["PlannedTensor"] = []
+    start = pos
+    for t in tensors:
+        src = t.source
+        if src.role != role:
+            break
+        owner = len(taken)
+        if src.kind == "copy":
+            info = ckpt[src.name]
+            if info.file != file or not 0 < info.nbytes <= RAW_PART_BYTES:
+                break
+            entry = [info.begin, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, info.nbytes]
+            build.add(entry, owner, (info.begin, info.end), None, info.nbytes, pos)
+        elif src.kind == "dequantize":
+            q = quant[src.name]
+            data, scale = q.data, q.scale
+            if q.scheme == "mxfp4" or data.file != file or scale.file != file or not data.nbytes:
+                break
+            width = itemsize(t.dtype)
+            if t.nbytes <= PART_OUT_BYTES:
+                entry = fp8_entry(q, data.begin, scale.begin, 0, q.numel // q.cols, 0, t.dtype) + [0]
+                build.add(entry, owner, (data.begin, data.end), (scale.begin, scale.end), t.nbytes, pos)
+            else:
+                build.close()
+                rows, cols = q.numel // q.cols, q.cols
+                step = _slice_rows(q, width)
+                for row0 in range(0, rows, step):
+                    n = min(step, rows - row0)
+                    s_off, s_len = _scale_rows(q, row0, n)
+                    codes = data.begin + row0 * cols
+                    entry = fp8_entry(q, codes, scale.begin + s_off, row0, n, 0, t.dtype) + [0]
+                    build.add(entry, owner, (codes, codes + n * cols), (scale.begin + s_off, scale.begin + s_off + s_len),
+                              n * cols * width, pos + row0 * cols * width)
+                    build.close()
+        else:
+            break
+        taken.append(t)
+        pos += t.nbytes
+        if build.out_bytes >= CALL_OUT_BYTES:
+            _run_parts(build, taken, ckpt, fd, behind)
+    _run_parts(build, taken, ckpt, fd, behind)
+    return len(taken), pos - start
+
+
+def _run_parts(build: _Parts, taken: list["PlannedTensor"], ckpt, fd: int, behind) -> None:
+    """One compiled call on the parts built so far; errors named as the Python path names them."""
+    from weightsurgeon.kernels.quant import cast_fp8_file
+
+    entries, parts, owner, nbytes = build.take()
+    if not len(parts):
+        return
+    bad, status = cast_fp8_file(fd, entries, parts)
+    failed = np.flatnonzero(status)
+    if failed.size:
+        p = int(failed[0])
+        names = [taken[owner[e]] for e in range(parts[p, P_E0], parts[p, P_E1])]
+        if status[p] > 0:
+            raise OSError(int(status[p]), os.strerror(int(status[p])))  # the writer names the file and tensor
+        for t in names:  # a read failed or came short: read again here, for the message that says which and why
+            ckpt_info = ckpt[t.source.name] if t.source.kind == "copy" else None
+            infos = [ckpt_info] if ckpt_info is not None else [ckpt.quant.tensors[t.source.name].data,
+                                                                 ckpt.quant.tensors[t.source.name].scale]
+            for info in infos:
+                for _chunk in ckpt.iter_chunks(info):
+                    pass
+        raise SurgeonError(f"{names[0].source.name}: reading its bytes failed; check the disk and rerun")
+    if bad is not None:
+        t = taken[owner[bad[0]]]
+        if t.source.overflow != "inf":
+            raise _overflow_error(t, int(entries[bad[0], E_ROW0] * entries[bad[0], E_COLS] + bad[1]))
+    behind.advance(nbytes)
 
 
 def overlappable(reader: "SourceReader", t: "PlannedTensor") -> bool:

@@ -414,8 +414,19 @@ def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: S
             t = tensors[i]
             overlap = False
             if t.source.kind == "dequantize":
-                from weightsurgeon.cast_values import batchable, overlappable, write_dequant_run
+                from weightsurgeon.cast_values import (batchable, file_castable, overlappable, write_cast_file_run,
+                                                       write_dequant_run)
 
+                if digest is None and file_castable(reader, t):  # file to file in compiled code (no hashing there)
+                    writes.wait()
+                    try:
+                        taken, n = write_cast_file_run(tensors[i:], reader, fd, pos, behind, path)
+                    except OSError as e:
+                        raise SurgeonError(f"{path}: writing failed in {t.name}: {e.strerror or e}") from e
+                    pos += n
+                    result.computed_bytes += n
+                    i += taken
+                    continue
                 overlap = overlappable(reader, t)
                 if batchable(reader, t):
                     try:

@@ -187,6 +187,38 @@ def c_pread(typingctx, fd, out, nbytes, offset):
     return types.int64(fd, out, nbytes, offset), codegen
 
 
+@intrinsic
+def c_pwrite(typingctx, fd, data, nbytes, offset):
+    """pwrite(2) from compiled code of the array `data`'s first bytes; returns bytes written, or -1 (see c_errno).
+    Called by name as c_pread is (the kernel stays cacheable)."""
+    if not isinstance(data, types.Array) or not all(isinstance(t, types.Integer) for t in (fd, nbytes, offset)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fd_v, data_v, n_v, off_v = args
+        ptr = context.make_array(signature.args[1])(context, builder, data_v).data
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(32), i8p, ir.IntType(64), ir.IntType(64)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "pwrite")
+        return builder.call(fn, [_to_width(builder, fd_v, 32), builder.bitcast(ptr, i8p),
+                                 _to_width(builder, n_v, 64), _to_width(builder, off_v, 64)])
+
+    return types.int64(fd, data, nbytes, offset), codegen
+
+
+@intrinsic
+def c_errno(typingctx):
+    """The calling thread's errno (glibc's __errno_location: Linux only), read right after a failed c_pread/c_pwrite,
+    so that a compiled writer can say why (ENOSPC, EIO) as os.pwrite would."""
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32.as_pointer(), []), "__errno_location")
+        return builder.sext(builder.load(builder.call(fn, [])), ir.IntType(64))
+
+    return types.int64(), codegen
+
+
 MOMENT_LANES = 8  # lanes of the power sums' explicit vectors (two AVX2 registers of float64)
 
 

@@ -45,8 +45,10 @@ def mxfp4_groups(raw, scales, e2m1, out):  # pragma: no cover - compiled
 # ---------------------------------------------------------------------------------------
 
 # Columns of the `entries` table fp8_cast reads (one row per tensor slice): kernels/quant.py.
-from weightsurgeon.kernels.quant import (E_BC, E_BR, E_CODES, E_COLS, E_OUT, E_OUT_KIND, E_ROW0, E_ROWS,  # noqa: E402
-                                         E_SCALE_KIND, E_SCALES, E_TABLE)
+from weightsurgeon.kernels._compiled import _read_full, c_errno, c_pwrite  # noqa: E402
+from weightsurgeon.kernels.quant import (E_BC, E_BR, E_CODES, E_COLS, E_OUT, E_OUT_KIND, E_RAW, E_ROW0,  # noqa: E402
+                                         E_ROWS, E_SCALE_KIND, E_SCALES, E_TABLE, P_A, P_A_LEN, P_B, P_B_LEN,
+                                         P_E0, P_E1, P_FD, P_OUT, P_OUT_LEN)
 
 
 @njit(inline="always")
@@ -191,5 +193,64 @@ def fp8_cast(window, entries, parts, tables, out, bad):  # pragma: no cover - co
     for p in range(parts.shape[0]):
         if found[p] >= 0:
             bad[0] = parts[p, 0]
+            bad[1] = found[p]
+            break
+
+
+@njit(nogil=True, error_model="numpy", boundscheck=False)
+def _write_full(fd, data, pos):  # pragma: no cover - compiled
+    """pwrite all of `data` at `pos`; 0, or the errno of the failed call (no progress: EIO)."""
+    done = 0
+    while done < data.size:
+        got = c_pwrite(fd, data[done:], data.size - done, pos + done)
+        if got <= 0:
+            return c_errno() if got < 0 else 5
+        done += got
+    return 0
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy", boundscheck=False)
+def fp8_cast_file(fd_out, entries, parts, tables, lanes, in_size, out_size, bad, status):  # pragma: no cover - compiled
+    """fp8_cast from file to file: each part reads its input with pread, computes its output in the
+    lane's own buffers and writes it with one pwrite, so no byte passes through Python.
+
+    Lane k (one per thread) takes parts k, k + lanes, ...: together the lanes move through the
+    input and the output front to back, and a part's bytes (at most in_size in, out_size out)
+    stay in its core's L2 cache between the read, the loop and the write. An entry is an FP8
+    row slice as in fp8_cast (E_CODES, E_SCALES: offsets in the part's window; E_OUT: in the
+    part's output) or, with E_RAW > 0, a raw copy of that many bytes (a norm, a router between
+    FP8 weights). `bad` receives (entry, element) of the first finite value that overflows F16,
+    in entry order; status[p] is 0, -1 for a read that failed or came short, or the errno of
+    the part's failed write.
+    """
+    nparts = parts.shape[0]
+    found = np.full(nparts, -1, dtype=np.int64)
+    found_entry = np.full(nparts, -1, dtype=np.int64)
+    for lane in prange(lanes):
+        window = np.empty(in_size, dtype=np.uint8)
+        out = np.empty(out_size, dtype=np.uint8)
+        for p in range(lane, nparts, lanes):
+            a_len = parts[p, P_A_LEN]
+            b_len = parts[p, P_B_LEN]
+            fd = parts[p, P_FD]
+            if not _read_full(fd, window[:a_len], parts[p, P_A]) or \
+                    (b_len > 0 and not _read_full(fd, window[a_len:a_len + b_len], parts[p, P_B])):
+                status[p] = -1
+                continue
+            for e in range(parts[p, P_E0], parts[p, P_E1]):
+                raw = entries[e, E_RAW]
+                if raw > 0:
+                    src = entries[e, E_CODES]
+                    dst = entries[e, E_OUT]
+                    out[dst:dst + raw] = window[src:src + raw]
+                    continue
+                k = _cast_rows(window, entries, e, 0, entries[e, E_ROWS], tables, out)
+                if k >= 0 and found_entry[p] < 0:
+                    found_entry[p] = e
+                    found[p] = k
+            status[p] = _write_full(fd_out, out[:parts[p, P_OUT_LEN]], parts[p, P_OUT])
+    for p in range(nparts):
+        if found_entry[p] >= 0:
+            bad[0] = found_entry[p]
             bad[1] = found[p]
             break

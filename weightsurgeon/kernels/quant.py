@@ -106,6 +106,12 @@ def quantize_fp8_blocks(values: np.ndarray, block: tuple[int, int], dtype: str =
 FP8_TABLES = ("F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ")  # rows of fp8_tables(), by dtype
 # Columns of one row of cast_fp8's `entries` table, and the codes of its dtypes.
 E_CODES, E_SCALES, E_SCALE_KIND, E_ROWS, E_COLS, E_BR, E_BC, E_TABLE, E_OUT, E_OUT_KIND, E_ROW0 = range(11)
+E_RAW = 11  # cast_fp8_file only: > 0 makes the entry a raw copy of that many bytes from E_CODES to E_OUT
+ENTRY_WIDTH = 12
+# Columns of one row of cast_fp8_file's `parts` table: its entries [P_E0, P_E1), the file it reads, span A
+# (P_A, P_A_LEN bytes) read to the lane's window at 0 and span B right after it (P_B_LEN 0: none), and the
+# output range (P_OUT, P_OUT_LEN bytes) its entries fill, written with one pwrite.
+P_E0, P_E1, P_FD, P_A, P_A_LEN, P_B, P_B_LEN, P_OUT, P_OUT_LEN = range(9)
 SCALE_KINDS = {"F32": 0, "BF16": 1, "F16": 2}
 OUT_KINDS = {"BF16": 0, "F16": 1, "F32": 2}
 
@@ -128,6 +134,23 @@ def cast_fp8(window: np.ndarray, entries: np.ndarray, out: np.ndarray) -> tuple[
         entries = np.ascontiguousarray(entries, dtype=np.int64)
         _compiled().fp8_cast(window, entries, cast_parts(entries), fp8_tables(), out, bad)
     return None if bad[0] < 0 else (int(bad[0]), int(bad[1]))
+
+
+def cast_fp8_file(fd_out: int, entries: np.ndarray, parts: np.ndarray) -> tuple[tuple[int, int] | None, np.ndarray]:
+    """Run _quant_loops.fp8_cast_file on its tables (int64, ENTRY_WIDTH and P_* columns): the parts read
+    their input and write their output themselves, one lane per numba thread. Returns (entry, element)
+    of the first finite value F16 cannot hold, or None, and each part's status (0, -1: a read failed or
+    came short, else the errno of its failed write)."""
+    import numba
+
+    bad = np.full(2, -1, dtype=np.int64)
+    status = np.zeros(len(parts), dtype=np.int64)
+    if len(parts):
+        in_size = int((parts[:, P_A_LEN] + parts[:, P_B_LEN]).max())
+        out_size = int(parts[:, P_OUT_LEN].max())
+        lanes = max(1, min(numba.get_num_threads(), len(parts)))
+        _compiled().fp8_cast_file(fd_out, entries, parts, fp8_tables(), lanes, in_size, out_size, bad, status)
+    return (None if bad[0] < 0 else (int(bad[0]), int(bad[1]))), status
 
 
 CAST_PART_ELEMS = 1 << 17  # elements per unit of fp8_cast's parallel loop: a writer chunk (2M elements) gives 16
