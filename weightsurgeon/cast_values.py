@@ -353,14 +353,17 @@ def _run_parts(build: _Parts, taken: list["PlannedTensor"], ckpt, fd: int, behin
         names = [taken[owner[e]] for e in range(parts[p, P_E0], parts[p, P_E1])]
         if status[p] > 0:
             raise OSError(int(status[p]), os.strerror(int(status[p])))  # the writer names the file and tensor
-        for t in names:  # a read failed or came short: read again here, for the message that says which and why
-            ckpt_info = ckpt[t.source.name] if t.source.kind == "copy" else None
-            infos = [ckpt_info] if ckpt_info is not None else [ckpt.quant.tensors[t.source.name].data,
-                                                                 ckpt.quant.tensors[t.source.name].scale]
-            for info in infos:
-                for _chunk in ckpt.iter_chunks(info):
-                    pass
-        raise SurgeonError(f"{names[0].source.name}: reading its bytes failed; check the disk and rerun")
+        infos = []
+        for t in names:
+            if t.source.kind == "copy":
+                infos.append(ckpt[t.source.name])
+            else:
+                infos += [ckpt.quant.tensors[t.source.name].data, ckpt.quant.tensors[t.source.name].scale]
+        for info in infos:  # a read failed or came short: read again here, for the message that says which and why
+            for _chunk in ckpt.iter_chunks(info):
+                pass
+        # untested: a read that fails in compiled code and then succeeds when read again here
+        raise SurgeonError(f"{infos[0].file}: read failed in tensor {infos[0].name!r}; check the disk and rerun")
     if bad is not None:
         t = taken[owner[bad[0]]]
         if t.source.overflow != "inf":
