@@ -48,12 +48,11 @@ def meta_of(t: Any) -> tuple:
 
 
 def _floats(column: np.ndarray) -> list[str]:
-    """repr of each value (the shortest text that reads back exactly); empty for NaN/inf."""
-    cells = list(map(repr, column.tolist()))
-    bad = np.flatnonzero(~np.isfinite(column))
-    for i in bad.tolist():
-        cells[i] = ""
-    return cells
+    """repr of each value (the shortest text that reads back exactly); empty for NaN/inf. Compiled
+    (kernels/_floattext.py): repr itself cost ~0.5 us a value, 2.5M values at 100k tensors."""
+    from weightsurgeon.kernels._floattext import float_cells
+
+    return float_cells(column)
 
 
 def _optional(values: Iterable[Any]) -> list[str]:

@@ -1,0 +1,210 @@
+"""Compiled float-to-text: `repr(x)` of many float64 values at once, character for character.
+
+report.csv holds ~20 floats a row; a 100k-tensor diff wrote 2.5M of them with `repr`, which
+costs ~0.5 us each here (Python's dtoa plus an object per call): a third of the diff's
+per-tensor time. The text must read back to the same bits, and repr's is the shortest
+that does. This computes the same shortest digits in compiled code, by the Schubfach
+method (R. Giulietti, "The Schubfach way to render doubles", 2020): scale the value and
+the two ends of its rounding interval by a 126-bit approximation of a power of ten, with
+round-to-odd, so that comparisons against candidate digit strings are exact. The digits
+are then laid out as repr lays them out (fixed notation for decimal exponents -4 < e <= 16,
+else d.ddde+XX). tests/test_floattext.py compares it with repr on every exponent, the
+interval's edge cases and millions of random values.
+
+The power-of-ten table and the floor(log) tables are computed here, once, with Python's
+exact integers.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_Q_MIN, _Q_MAX = -1074, 971  # binary exponents of a double's integer significand
+
+
+def _floor_log10(num: int, den: int) -> int:
+    """The largest k with 10^k <= num/den (num, den > 0), exactly."""
+    k = int((num.bit_length() - den.bit_length()) * 0.30102999566398120)  # within one of the answer
+    while (num * 10 ** -k if k < 0 else num) < (den * 10 ** k if k >= 0 else den):
+        k -= 1
+    while (num * 10 ** -(k + 1) if k + 1 < 0 else num) >= (den * 10 ** (k + 1) if k + 1 >= 0 else den):
+        k += 1
+    return k
+
+
+def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """k(q) = floor(log10 2^q), k34(q) = floor(log10 (3/4 * 2^q)), and for e = -k: r(e) = floor(log2 10^e)
+    and g(e) = floor(10^e * 2^(125 - r(e))) + 1 (in [2^125, 2^126]) split into two 63-bit halves."""
+    qs = range(_Q_MIN, _Q_MAX + 1)
+    k = np.array([_floor_log10(2 ** q, 1) if q >= 0 else _floor_log10(1, 2 ** -q) for q in qs], dtype=np.int64)
+    k34 = np.array([_floor_log10(3 * 2 ** q, 4) if q >= 0 else _floor_log10(3, 4 * 2 ** -q) for q in qs],
+                   dtype=np.int64)
+    e_min, e_max = -int(max(k.max(), k34.max())), -int(min(k.min(), k34.min()))
+    r = np.empty(e_max - e_min + 1, dtype=np.int64)
+    g1 = np.empty(e_max - e_min + 1, dtype=np.uint64)
+    g0 = np.empty(e_max - e_min + 1, dtype=np.uint64)
+    for i, e in enumerate(range(e_min, e_max + 1)):
+        r_e = (10 ** e).bit_length() - 1 if e >= 0 else -(10 ** -e).bit_length()
+        shift = 125 - r_e
+        if e >= 0:
+            g = (10 ** e << shift if shift >= 0 else 10 ** e >> -shift) + 1
+        else:
+            g = (1 << shift) // 10 ** -e + 1
+        assert 1 << 125 <= g <= 1 << 126
+        r[i], g1[i], g0[i] = r_e, g >> 63, g & ((1 << 63) - 1)
+    return k, k34, r, g1, g0, e_min
+
+
+_K, _K34, _R, _G1, _G0, _E_MIN = _tables()
+_M32 = np.uint64(0xFFFFFFFF)
+_M63 = np.uint64((1 << 63) - 1)
+_U32, _U63, _U1, _U0 = np.uint64(32), np.uint64(63), np.uint64(1), np.uint64(0)
+MAX_CHARS = 24  # "-1.2345678901234567e-308"
+
+
+@numba.njit(cache=True, inline="always")
+def _mul_high(a, b):
+    """The upper 64 bits of the 128-bit product of two uint64."""
+    a_lo, a_hi = a & _M32, a >> _U32
+    b_lo, b_hi = b & _M32, b >> _U32
+    p0, p1, p2, p3 = a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi
+    mid = (p0 >> _U32) + (p1 & _M32) + (p2 & _M32)
+    return p3 + (p1 >> _U32) + (p2 >> _U32) + (mid >> _U32)
+
+
+@numba.njit(cache=True, inline="always")
+def _round_to_odd(g1, g0, cp):
+    """floor(g * cp / 2^127), its lowest bit set when the bits below (but the last 64) are not all zero."""
+    x1 = _mul_high(g0, cp)
+    y0 = g1 * cp
+    y1 = _mul_high(g1, cp)
+    z = (y0 >> _U1) + x1
+    high = y1 + (z >> _U63)
+    return high | (((z & _M63) + _M63) >> _U63)
+
+
+@numba.njit(cache=True)
+def _shortest(bits):
+    """(digits, exponent) of a positive finite double's shortest round-trip decimal, nearest the
+    value among the shortest (ties to even digits): value ~ digits * 10^exponent."""
+    biased = np.int64((bits >> np.uint64(52)) & np.uint64(0x7FF))
+    fraction = bits & np.uint64((1 << 52) - 1)
+    if biased:
+        c = fraction | np.uint64(1 << 52)
+        q = biased - 1075
+    else:
+        c = fraction
+        q = np.int64(_Q_MIN)
+    odd = np.int64(c & _U1)
+    closer = fraction == _U0 and biased > 1
+    cb = c << np.uint64(2)
+    cbr = cb + np.uint64(2)
+    cbl = cb - np.uint64(1) if closer else cb - np.uint64(2)
+    k = _K34[q - _Q_MIN] if closer else _K[q - _Q_MIN]
+    e = -k - _E_MIN
+    h = np.uint64(q + _R[e] + 2)
+    g1, g0 = _G1[e], _G0[e]
+    vb = np.int64(_round_to_odd(g1, g0, cb << h))
+    vbl = np.int64(_round_to_odd(g1, g0, cbl << h))
+    vbr = np.int64(_round_to_odd(g1, g0, cbr << h))
+    lower, upper = vbl + odd, vbr - odd
+    s = vb >> 2
+    if s >= 10:
+        sp = s // 10
+        up_in = lower <= 40 * sp
+        wp_in = 40 * sp + 40 <= upper
+        if up_in != wp_in:
+            return sp + wp_in, k + 1
+    u_in = lower <= 4 * s
+    w_in = 4 * s + 4 <= upper
+    if u_in != w_in:
+        return s + w_in, k
+    mid = 4 * s + 2
+    return s + (vb > mid or (vb == mid and (s & 1) != 0)), k
+
+
+@numba.njit(cache=True)
+def _write(bits, out, at, text):
+    """repr of the double with these bits into out[at:]; returns the end. NaN and infinities write
+    nothing (an empty cell). `text`: 20 bytes of scratch."""
+    if (bits >> np.uint64(52)) & np.uint64(0x7FF) == np.uint64(0x7FF):
+        return at
+    if bits >> _U63:
+        out[at] = 45  # '-'
+        at += 1
+        bits &= _M63
+    if bits == _U0:
+        out[at], out[at + 1], out[at + 2] = 48, 46, 48  # "0.0"
+        return at + 3
+    digits, exponent = _shortest(bits)
+    while digits % 10 == 0:
+        digits //= 10
+        exponent += 1
+    n = 0
+    while digits:
+        text[n] = 48 + digits % 10
+        digits //= 10
+        n += 1
+    point = n + exponent  # value = 0.DIGITS * 10^point
+    if -4 < point <= 16:
+        if point <= 0:
+            out[at], out[at + 1] = 48, 46
+            at += 2
+            for _ in range(-point):
+                out[at] = 48
+                at += 1
+            for i in range(n):
+                out[at] = text[n - 1 - i]
+                at += 1
+        else:
+            for i in range(max(n, point)):
+                if i == point:
+                    out[at] = 46
+                    at += 1
+                out[at] = text[n - 1 - i] if i < n else 48
+                at += 1
+            if point >= n:
+                out[at], out[at + 1] = 46, 48  # ".0"
+                at += 2
+        return at
+    out[at] = text[n - 1]
+    at += 1
+    if n > 1:
+        out[at] = 46
+        at += 1
+        for i in range(1, n):
+            out[at] = text[n - 1 - i]
+            at += 1
+    power = point - 1
+    out[at] = 101  # 'e'
+    out[at + 1] = 45 if power < 0 else 43
+    at += 2
+    power = abs(power)
+    if power >= 100:
+        out[at] = 48 + power // 100
+        at += 1
+    out[at], out[at + 1] = 48 + power // 10 % 10, 48 + power % 10
+    return at + 2
+
+
+@numba.njit(cache=True)
+def write_lines(bits, out):
+    """The repr of each double (given as its bits) followed by a newline (an empty line for NaN/inf)
+    into out; returns the length used."""
+    at = 0
+    text = np.empty(20, dtype=np.uint8)
+    for i in range(bits.size):
+        at = _write(bits[i], out, at, text)
+        out[at] = 10
+        at += 1
+    return at
+
+
+def float_cells(values: np.ndarray) -> list[str]:
+    """repr of each float64 value (the shortest text that reads back exactly); empty for NaN/inf."""
+    values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+    if not values.size:
+        return []
+    out = np.empty(values.size * (MAX_CHARS + 1), dtype=np.uint8)
+    end = write_lines(values.view(np.uint64), out)
+    return out[:end - 1].tobytes().decode("ascii").split("\n")
