@@ -45,10 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmodels import add_model_arguments, drop_cached, ensure_models, load_average, model_files  # noqa: E402
 
 SURGEON = [sys.executable, "-m", "weightsurgeon"]
+TREE = Path(__file__).resolve().parents[1]  # the checkout this benchmark belongs to: its surgeon is timed
 TIME = "/usr/bin/time"  # GNU time: reports its child's own peak RSS (%M, KiB)
 
 
-def run(cmd: list[str], env: dict | None = None) -> tuple[float, float, float, float, int, str]:
+def run(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, float, float, float, int, str]:
     """(wall seconds, peak RSS MiB, CPU seconds and GB read from the disk by the command's own process,
     exit status, stderr tail).
 
@@ -59,7 +60,7 @@ def run(cmd: list[str], env: dict | None = None) -> tuple[float, float, float, f
     """
     wrapped = [TIME, "-f", "BENCH_MAXRSS_KB=%M %U %S %I", *cmd] if os.path.exists(TIME) else cmd
     t0 = time.perf_counter()
-    proc = subprocess.Popen(wrapped, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(wrapped, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stderr = proc.stderr.read().decode(errors="replace")
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -186,14 +187,18 @@ def main() -> None:
     if args.jobs:
         wanted = set(args.jobs.split(","))
         jobs = {name: cmd for name, cmd in jobs.items() if name.startswith("cp") or kind(name) in wanted}
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    # `python -m weightsurgeon` puts its working folder ahead of PYTHONPATH on sys.path: each job runs
+    # in the tree whose package it means to time, or a baseline run from this tree would time this tree.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(TREE))
     envs = {name: env for name in jobs}
+    cwds = {name: TREE for name in jobs}
     if args.baseline:
         old = dict(env, PYTHONPATH=str(args.baseline.resolve()))
         for name in [n for n, cmd in jobs.items() if cmd[:len(SURGEON)] == SURGEON]:
             jobs[f"baseline: {name}"], envs[f"baseline: {name}"] = jobs[name], old
+            cwds[f"baseline: {name}"] = args.baseline.resolve()
     subprocess.run(SURGEON + ["zero", str(base), "--module", "o_proj", "--layers", "0", "-q", "--no-fsync",
-                              "-o", str(outs / "warmup")], check=True, env=env)  # numba's cache filled before timing
+                              "-o", str(outs / "warmup")], check=True, env=env, cwd=TREE)  # numba's cache filled before timing
     shutil.rmtree(outs / "warmup")
 
     def bound_of(name: str) -> str:
@@ -204,7 +209,8 @@ def main() -> None:
     def timed(name: str, out: Path) -> float:
         if args.cold:
             drop_cached(inputs)
-        wall, rss, cpu, read_gb, rc, err = run([c.replace("{out}", str(out)) for c in jobs[name]], env=envs[name])
+        wall, rss, cpu, read_gb, rc, err = run([c.replace("{out}", str(out)) for c in jobs[name]], env=envs[name],
+                                               cwd=cwds[name])
         shutil.rmtree(out, ignore_errors=True)
         if rc:
             raise SystemExit(f"{name} failed (exit {rc}): {err.strip()[-400:]}")
