@@ -11,9 +11,12 @@ Kept small and generic so every test module can use them:
   bytes) and data bytes, for malformed-file tests. Importable: ``from conftest import write_raw``.
 - ``one_error(result, *words)``: asserts the error contract on a ``surgeon(...)`` result (exit 1,
   one ``error:`` line, holding ``words``). Importable like ``write_raw``.
+- ``cachestat(fd, offset, length)``: (pages cached, pages dirty) of a file range, or None where
+  the kernel has no cachestat(2). Importable like ``write_raw``.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -226,3 +229,18 @@ def report_units(folder: Path) -> list[dict]:
     from weightsurgeon.report.model import DiffReport
 
     return [u.to_dict() for u in DiffReport.from_json(Path(folder) / "report.json").units]
+
+
+def cachestat(fd: int, offset: int, length: int) -> tuple[int, int] | None:
+    """(pages cached, pages dirty) of a range, by cachestat(2) (Linux 6.5+); None where there is none."""
+    class Range(ctypes.Structure):
+        _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+    class Stat(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_uint64) for n in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+
+    r, s = Range(offset, length), Stat()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(451, fd, ctypes.byref(r), ctypes.byref(s), 0) != 0:  # 451: cachestat on x86-64 and arm64
+        return None
+    return s.cache, s.dirty

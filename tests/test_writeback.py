@@ -4,12 +4,12 @@ that refuses sync_file_range falls back to fadvise, and a real write error is ne
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 from pathlib import Path
 
 import pytest
+from conftest import cachestat
 
 from weightsurgeon import writeback
 from weightsurgeon.atomic import TEMP_PREFIX
@@ -116,21 +116,6 @@ def test_a_write_error_while_waiting_is_one_error_line_and_no_output(tiny_model,
     assert {p.name: p.read_bytes() for p in base.iterdir()} == before
 
 
-def _cachestat(fd: int, offset: int, length: int) -> tuple[int, int] | None:
-    """(pages cached, pages dirty) of a range, by cachestat(2) (Linux 6.5+); None where there is none."""
-    class Range(ctypes.Structure):
-        _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
-
-    class Stat(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_uint64) for n in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
-
-    r, s = Range(offset, length), Stat()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(451, fd, ctypes.byref(r), ctypes.byref(s), 0) != 0:  # 451: cachestat on x86-64 and arm64
-        return None
-    return s.cache, s.dirty
-
-
 @linux_only
 def test_on_a_real_disk_the_waited_windows_are_clean_and_out_of_the_cache(tmp_path):
     if os.uname().machine not in ("x86_64", "aarch64"):
@@ -141,7 +126,7 @@ def test_on_a_real_disk_the_waited_windows_are_clean_and_out_of_the_cache(tmp_pa
     try:
         os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        seen = _cachestat(fd, 0, MiB)
+        seen = cachestat(fd, 0, MiB)
     finally:
         os.close(fd)
     if seen is None:
@@ -152,7 +137,7 @@ def test_on_a_real_disk_the_waited_windows_are_clean_and_out_of_the_cache(tmp_pa
     behind, data = write_windows(path, [MiB] * 6, window=MiB)
     fd = os.open(path, os.O_RDONLY)
     try:
-        waited = _cachestat(fd, 0, 4096 + 4 * MiB)  # windows 1-4: each waited for when the next one finished
+        waited = cachestat(fd, 0, 4096 + 4 * MiB)  # windows 1-4: each waited for when the next one finished
     finally:
         os.close(fd)
     assert behind.mode == "sync_file_range"

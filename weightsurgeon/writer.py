@@ -34,6 +34,7 @@ from weightsurgeon.cast_values import CAST_KINDS
 from weightsurgeon.checkpoint import INDEX_NAME, Checkpoint, TensorMap, open_checkpoint
 from weightsurgeon.source import ByteSource
 from weightsurgeon.errors import SurgeonError
+from weightsurgeon.exactreads import ExactReads, RunAhead
 from weightsurgeon.format import build_header, tensor_table
 from weightsurgeon.kernels.decode import storage_dtype
 from weightsurgeon.kernels.dtypes import itemsize
@@ -45,6 +46,7 @@ DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
 CHUNK_ELEMS = 1 << 21  # elements per computed chunk: enough parts for every thread of the Gaussian
 COPY_SLICE = 64 * 1024 * 1024  # bytes per copy_file_range call: progress and signals between calls
 COPY_BUFFER = 16 * 1024 * 1024  # the fallback copy's one buffer
+EXACT_SLICE = 16 * 1024 * 1024  # bytes per copy_file_range call with exact read-ahead: the next ones are asked for between calls
 # copy_file_range unsupported here (old kernel, cross-device, odd file system): use the buffer.
 _FALLBACK_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM,
                     getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
@@ -255,25 +257,35 @@ class SourceReader:
 class RawCopier:
     """Copies byte ranges into the output: copy_file_range from a local file where it works, a
     remote file's fetched pieces written out from the fetch buffers (no copy), else through
-    one reused buffer."""
+    one reused buffer. A local run is read with read-ahead that stops at the run's end
+    (exactreads.py): the bytes between runs (a spliced-out or zeroed tensor, a removed layer)
+    are never read."""
 
     def __init__(self, use_copy_file_range: bool = True) -> None:
         self.use_cfr = use_copy_file_range and hasattr(os, "copy_file_range")
         self._buffer: bytearray | None = None
+        self._exact = ExactReads()
 
     def copy(self, src: ByteSource, src_off: int, dst_fd: int, dst_off: int, length: int,
              progress: "WriteBehind | ByteProgress", digest: "hashlib._Hash | None" = None) -> None:
         """With ``digest``, the bytes pass through the one buffer and are hashed on their way (no
         copy_file_range); a source with no local descriptor (a remote file) always passes through it."""
         src_fd = src.fileno()
+        fd, ahead, slice_ = src_fd, None, COPY_SLICE
+        if digest is None and src_fd is not None and self.use_cfr:
+            twin = self._exact.twin(src_fd)
+            if twin is not None:
+                fd, ahead, slice_ = twin[0], RunAhead(twin[0], twin[1], src_off, src_off + length), EXACT_SLICE
         done = 0
         while done < length:
-            want = min(COPY_SLICE, length - done)
+            want = min(slice_, length - done)
             if digest is not None or src_fd is None:
                 n = self._copy_buffered(src, src_off + done, dst_fd, dst_off + done, want, digest)
             elif self.use_cfr:
+                if ahead is not None:
+                    ahead.before_copy(src_off + done, want)
                 try:
-                    n = os.copy_file_range(src_fd, dst_fd, want, src_off + done, dst_off + done)
+                    n = os.copy_file_range(fd, dst_fd, want, src_off + done, dst_off + done)
                 except OSError as e:
                     if e.errno in _FALLBACK_ERRNOS:
                         self.use_cfr = False
@@ -309,7 +321,8 @@ class RawCopier:
         return got
 
     def close(self) -> None:
-        self._buffer = None  # the sources' descriptors belong to their checkpoints
+        self._buffer = None  # the sources' descriptors belong to their checkpoints; their twins are ours
+        self._exact.close()
 
 
 def pwrite_all(fd: int, data: object, pos: int) -> int:
