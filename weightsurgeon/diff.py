@@ -590,9 +590,13 @@ class _ChunkReader:
             self._run_lent(info, pairs, start, stop, stats, groups)
             return nbytes + sum(count * p.other.itemsize for p in pairs)
         base_view: np.ndarray | None = None
+        together = self._run_together(pairs, start, count, stats, groups) if len(pairs) > 1 else ()
         for k, p in enumerate(pairs):
             target = stats[(p.tuned, p.name)]
             units = groups.get((p.tuned, p.name))
+            if k in together:
+                nbytes += count * p.other.itemsize
+                continue
             if p.kind == "lora":
                 from weightsurgeon.adapter_diff import LoraBlocks
 
@@ -616,6 +620,40 @@ class _ChunkReader:
             self.accumulate(target, base_view, view, p.base.dtype, p.other.dtype, units, start)
         return nbytes
 
+
+    def _run_together(self, pairs: list[Pair], start: int, count: int, stats: dict[tuple[int, str], Any],
+                      groups: dict[tuple[int, str], Any]) -> set[int]:
+        """Several tuned models against one base tensor (`surgeon diff BASE T1 T2 ...`): the pairs the file
+        kernel can read, computed in one launch that reads and decodes each base part once for all of
+        them (kernels.accumulate_tuned_from_files) instead of once per tuned model. Returns the indices
+        into `pairs` it computed; the rest (and all of them after a failed read) go one by one."""
+        from weightsurgeon.kernels.delta import accumulate_tuned_from_files
+        from weightsurgeon.kernels.decode import work_dtype
+
+        picked: list[int] = []
+        key = None
+        for k, p in enumerate(pairs):
+            if p.kind != "file" or p.base != pairs[0].base or not self.reads_files(p.base.dtype, p.other.dtype):
+                continue
+            units = groups.get((p.tuned, p.name))
+            this = (work_dtype(p.base.dtype, p.other.dtype), None if units is None else (units.run, units.count))
+            if key is None:
+                key = this
+            if this == key and self.others[p.tuned].locate(p.other) is not None:
+                picked.append(k)
+        at_a = self.base.locate(pairs[0].base)
+        if len(picked) < 2 or at_a is None:
+            return set()
+        itemsize = pairs[0].base.itemsize
+        sides = []
+        for k in picked:
+            p = pairs[k]
+            fd, pos = self.others[p.tuned].locate(p.other)
+            sides.append((fd, pos + start * p.other.itemsize, p.other.dtype))
+        ok = accumulate_tuned_from_files([stats[(pairs[k].tuned, pairs[k].name)] for k in picked], at_a[0],
+                                         at_a[1] + start * itemsize, pairs[0].base.dtype, sides, count,
+                                         [groups.get((pairs[k].tuned, pairs[k].name)) for k in picked], start)
+        return set(picked) if ok else set()
 
     def _run_lent(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int,
                   stats: dict[tuple[int, str], Any], groups: dict[tuple[int, str], Any]) -> None:

@@ -761,6 +761,49 @@ def delta_file(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, cons
 
 
 @njit(nogil=True, parallel=True, error_model="numpy", cache=True)
+def delta_file_tuned(fd_a, pos_a, like_a, code_a, fds_b, pos_b, like_b, codes_b, n, consts, edges, threads, grouping):
+    """delta_file of one base range against several tuned files at once (`surgeon diff BASE T1 T2 ...`):
+    tuned k is fds_b[k] at byte pos_b[k], decoded by codes_b[k]. Each lane reads a base part once
+    and computes it against every tuned model's part while it is in the core's L2 cache; one
+    delta_file call per tuned model read each base part from the page cache again. Results as
+    delta_file's with a leading axis k, each (k, part) row computed by the same _delta_part on the
+    same bytes, so bit for bit what delta_file gives tuned k alone.
+    """
+    tuned = fds_b.size
+    nparts = (n + PART - 1) // PART
+    nbins = edges.size - 1
+    sums = np.zeros((tuned, nparts, N_SUMS), dtype=np.float64)
+    counts = np.zeros((tuned, nparts, 2), dtype=np.int64)
+    hists = np.zeros((tuned, nparts, nbins), dtype=np.int64)
+    failed = np.zeros(nparts, dtype=np.int64)
+    groups = np.zeros((tuned, nparts, max(grouping[2], 1), 2), dtype=np.float64)
+    lanes = max(1, min(threads, nparts))
+    size_a = like_a.itemsize
+    size_b = like_b.itemsize
+    for lane in prange(lanes):
+        a = np.empty(PART, dtype=like_a.dtype)
+        b = np.empty(PART, dtype=like_b.dtype)
+        scratch, codes, sub, acc = _part_scratch(consts, nbins)
+        part_grouping = np.empty(3, dtype=np.int64)
+        for p in range(lane, nparts, lanes):
+            start = p * PART
+            count = min(n, start + PART) - start
+            if not _read_full(fd_a, a[:count], pos_a + start * size_a):
+                failed[p] = 1
+                continue
+            for k in range(tuned):
+                if not _read_full(fds_b[k], b[:count], pos_b[k] + start * size_b):
+                    failed[p] = 1
+                    break
+                part_grouping[0] = grouping[0] + start
+                part_grouping[1] = grouping[1]
+                part_grouping[2] = grouping[2]
+                _delta_part(a[:count], code_a, b[:count], codes_b[k], consts, edges, sums[k, p], counts[k, p],
+                            hists[k, p], scratch, codes, sub, acc, part_grouping, groups[k, p])
+    return sums, counts, hists, groups, failed.sum()
+
+
+@njit(nogil=True, parallel=True, error_model="numpy", cache=True)
 def delta_file_batch(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, consts, edges, threads):
     """delta_file on many small pairs in one launch: pair i is n[i] <= PART elements at byte
     positions pos_a[i], pos_b[i] of the two files, so it is one part, and its row of the

@@ -182,6 +182,47 @@ def accumulate_delta_from_files(stats: DeltaStats, fd_a: int, pos_a: int, dtype_
     return True
 
 
+def accumulate_tuned_from_files(targets: list[DeltaStats], fd_a: int, pos_a: int, dtype_a: str,
+                                sides: list[tuple[int, int, str]], numel: int, groups: list[Groups | None],
+                                start: int = 0) -> bool:
+    """accumulate_delta_from_files of one base range against several tuned files in one launch:
+    side k is (descriptor, byte position, stored dtype) of tuned k, folded into targets[k] (and
+    groups[k]). The kernel reads each base part once for all of them (delta_file_tuned); the
+    statistics are bit for bit those of one call per side. Every side must be a reads_files pair
+    of the base's width, with the same grouping (run, count) or none. Returns False, leaving every
+    target untouched, when a read fails: the caller then goes one side at a time.
+    """
+    if not sides or any(not reads_files(dtype_a, d) for _, _, d in sides):
+        raise ValueError("accumulate_tuned_from_files: every side must be a same-width file pair of the base")
+    shapes = {None if g is None else (g.run, g.count) for g in groups}
+    if len(shapes) != 1:
+        raise ValueError("accumulate_tuned_from_files: the sides' groupings differ")
+    if numel <= 0:
+        return True
+    dt = work_dtype(dtype_a, sides[0][2])
+    if any(work_dtype(dtype_a, d) is not dt for _, _, d in sides):
+        raise ValueError("accumulate_tuned_from_files: the sides' work dtypes differ")
+    wide = dt is np.float64
+    consts, edges = _histogram_constants(targets[0].bins, targets[0].clip, dt)
+    like = _LIKE[itemsize(dtype_a)]
+    fds = np.array([fd for fd, _, _ in sides], dtype=np.int64)
+    positions = np.array([pos for _, pos, _ in sides], dtype=np.int64)
+    codes = np.array([_file_code(d, wide) for _, _, d in sides], dtype=np.int64)
+    import numba  # loaded by _compiled() already
+
+    with _LAUNCH:
+        sums, counts, hists, group_sums, failed = _compiled().delta_file_tuned(
+            fd_a, pos_a, like, _file_code(dtype_a, wide), fds, positions, like, codes, numel, consts, edges,
+            numba.get_num_threads(), _grouping(groups[0], start))
+    if failed:
+        return False
+    for k, target in enumerate(targets):
+        fold_parts(target, sums[k], counts[k], hists[k], numel)
+        if groups[k] is not None:
+            groups[k].add(group_sums[k])
+    return True
+
+
 def part_encoding(dtype: str, scheme: str | None = None) -> int | None:
     """The parts kernel's encoding code of one side: a plain BF16/F16/F32 tensor (scheme None) or
     the data of a quantized one (fp8-* schemes: its F8 dtype; mxfp4); None where it has none."""
