@@ -63,6 +63,9 @@ def warm_cache(files: list[Path]) -> None:
                 pass
 
 
+# `python -m weightsurgeon` puts its working folder ahead of PYTHONPATH on sys.path: the diff runs in
+# this checkout (and with it on PYTHONPATH), whatever folder the benchmark was started from.
+TREE = Path(__file__).resolve().parents[1]
 GNU_TIME = shutil.which("time") if Path("/usr/bin/time").exists() else None
 PEAK_MARK = "__peak_rss_kib__"
 
@@ -117,7 +120,7 @@ class Throttle:
 
 
 def run_child(cmd: list[str], stdout: int | None = subprocess.DEVNULL, env: dict | None = None,
-              throttle: Throttle | None = None) -> dict:
+              throttle: Throttle | None = None, cwd: Path = TREE) -> dict:
     """Run a command; wall time, and the command's own CPU time (user + system) and peak RSS.
 
     A child forked from this (numpy-sized) process starts with our resident pages counted
@@ -126,7 +129,7 @@ def run_child(cmd: list[str], stdout: int | None = subprocess.DEVNULL, env: dict
     """
     wrapped = ["/usr/bin/time", "-f", PEAK_MARK + " %M %U %S", *cmd] if GNU_TIME else cmd
     started = time.perf_counter()
-    proc = subprocess.Popen(wrapped, stdout=stdout, stderr=subprocess.PIPE, env=env,
+    proc = subprocess.Popen(wrapped, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=cwd,
                             preexec_fn=throttle.enter if throttle is not None else None)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
@@ -194,16 +197,19 @@ def main() -> None:
     base, tuned = models["base"], [models[f"tuned{i}"] for i in range(1, args.tuned + 1)]
     files = model_files(base) + [f for t in tuned for f in model_files(t)]
     total = sum(f.stat().st_size for f in files)
+    base_bytes = sum(f.stat().st_size for f in model_files(base))
+    kernel_bytes = total - base_bytes + len(tuned) * base_bytes  # the kernel computes each tuned model against the base
     report_dir = args.workdir / "report"
     surgeon = [sys.executable, "-m", "weightsurgeon", "diff", str(base), *map(str, tuned), "-o", str(report_dir),
                "--no-plots", "--force", "-q", *(["--chunk-mb", str(args.chunk_mb)] if args.chunk_mb else [])]
     tools: dict[str, tuple[list[str], dict | None]] = {
-        "surgeon diff": (surgeon, None),
+        "surgeon diff": (surgeon, dict(os.environ, PYTHONPATH=str(TREE))),
         "cat > /dev/null": (["cat", *map(str, files)], None),
     }
     if not args.skip_transformers and args.tuned == 1:
         tools["transformers by hand"] = ([sys.executable, "-c", BY_HAND, str(base), str(tuned[0])], None)
-    subprocess.run(surgeon, check=True, stdout=subprocess.DEVNULL)  # numba's cache filled; the report folder exists
+    subprocess.run(surgeon, check=True, stdout=subprocess.DEVNULL, cwd=TREE,  # numba's cache filled; the report folder exists
+                   env=dict(os.environ, PYTHONPATH=str(TREE)))
     throttle = Throttle(files[0], args.throttle) if args.throttle else None
 
     load_before = load_average()
@@ -235,7 +241,7 @@ def main() -> None:
             throttle.close()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     for threads in sorted({1, max(1, cores - 1), cores}):
-        results[f"kernel alone, {threads} thread(s)"] = kernel_alone(total, threads)
+        results[f"kernel alone, {threads} thread(s)"] = kernel_alone(kernel_bytes, threads)
     load_after = load_average()
 
     print(f"\n{args.shape}: {base} + {len(tuned)} tuned: {total / 1e9:.2f} GB read in all ({len(files)} files); "
@@ -243,7 +249,7 @@ def main() -> None:
           + (f"; disk reads throttled to {args.throttle:g} MB/s" if args.throttle else ""))
     print(f"{'tool':34s} {'seconds':>9s} {'best':>7s} {'GB/s':>7s} {'CPU s':>7s} {'peak RSS MiB':>13s}")
     for name, r in results.items():
-        gbps = total / r["seconds"] / 1e9
+        gbps = r.get("gb_per_s") or total / r["seconds"] / 1e9  # the kernel's own rate: of the bytes it computes
         rss = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
         best = f"{r['best_seconds']:7.2f}" if "best_seconds" in r else f"{'-':>7s}"
         cpu = f"{r['cpu_seconds']:7.2f}" if "cpu_seconds" in r else f"{'-':>7s}"
@@ -257,6 +263,15 @@ def main() -> None:
         if hand:
             ratios[f"by-hand / diff time ({cache})"] = hand["seconds"] / d["seconds"]
             ratios[f"by-hand / diff peak RSS ({cache})"] = hand["peak_rss_mib"] / d["peak_rss_mib"]
+    # Is the diff bound by the disk or by the CPUs? The kernel's in-memory rate on every core
+    # against the disk's rate (cat), and the CPU time the diff used against the wall time.
+    kernel = results[f"kernel alone, {cores} thread(s)"]
+    cold, cat_cold = results["surgeon diff (cold)"], results["cat > /dev/null (cold)"]
+    print(f"\nbound: the kernel computes {kernel_bytes / 1e9:.2f} GB (base and tuned bytes of {len(tuned)} pair(s)) at "
+          f"{kernel['gb_per_s']:.2f} GB/s on {cores} threads: {kernel['seconds']:.2f} s of {cores} cores; the disk "
+          f"gives the {total / 1e9:.2f} GB in {cat_cold['seconds']:.2f} s ({total / cat_cold['seconds'] / 1e9:.2f} GB/s, "
+          f"cat using {cat_cold['cpu_seconds']:.2f} CPU-s); the cold diff used {cold['cpu_seconds']:.2f} CPU-s in "
+          f"{cold['seconds']:.2f} s = {cold['cpu_seconds'] / cold['seconds']:.2f} of {cores} cores busy")
     print("\nratios (goals: diff/cat cold <= 1.2; by-hand/diff time >= 5; by-hand/diff peak RSS >= 10)")
     for name, value in ratios.items():
         print(f"  {name:44s} {value:6.2f}")
