@@ -1,5 +1,5 @@
 """Several fine-tunes in one pass (`surgeon diff BASE T1 T2 T3`): each base part is read from the
-page cache and decoded once for all tuned models (kernels.delta_file_tuned), and every tuned
+page cache and decoded once for all tuned models (kernels._compiled.delta_file), and every tuned
 model's statistics are bit for bit those of diffing it alone."""
 from __future__ import annotations
 

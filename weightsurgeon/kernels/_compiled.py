@@ -718,56 +718,22 @@ def _read_full(fd, out, pos):
 
 
 @njit(nogil=True, parallel=True, error_model="numpy", cache=True)
-def delta_file(fd_a, pos_a, like_a, code_a, fd_b, pos_b, like_b, code_b, n, consts, edges, threads, grouping):
-    """delta_chunk on n elements read straight from two files at byte positions pos_a, pos_b.
+def delta_file(fd_a, pos_a, like_a, code_a, fds_b, pos_b, like_b, codes_b, n, consts, edges, threads, grouping):
+    """delta_chunk on n elements read straight from files: the base at byte pos_a of fd_a against each
+    tuned file k, fds_b[k] at byte pos_b[k], decoded by codes_b[k] (one, or several for `surgeon diff
+    BASE T1 T2 ...`).
 
     Each thread (a lane) takes parts lane, lane + lanes, ... round-robin, so the threads
     move through each file together, front to back: the OS sees one sequential reader
     and reads ahead. A part is read into the lane's own buffers of PART elements, which
     stay in that core's L2 cache, so the bytes cross memory once (page cache -> L2) and
-    no thread copies while the others compute. `like_a`/`like_b` are empty arrays of the
-    stored bit width (their dtype picks the compiled variant); `threads` is numba's
-    thread count (results do not depend on it). The last result is the number of parts
+    no thread copies while the others compute; a base part is read once and computed against
+    every tuned model's part in turn (one call per tuned model read it again each time). Each
+    (k, part) row comes from the same _delta_part on the same bytes, so tuned k's numbers do
+    not depend on the others. `like_a`/`like_b` are empty arrays of the stored bit width (their
+    dtype picks the compiled variant); `threads` is numba's thread count (results do not depend
+    on it). Results: (sums, counts, hists, groups) with a leading axis k, and the number of parts
     whose read failed: their rows are zero, and the caller must not use any result then.
-    """
-    nparts = (n + PART - 1) // PART
-    nbins = edges.size - 1
-    sums = np.zeros((nparts, N_SUMS), dtype=np.float64)
-    counts = np.zeros((nparts, 2), dtype=np.int64)
-    hists = np.zeros((nparts, nbins), dtype=np.int64)
-    failed = np.zeros(nparts, dtype=np.int64)
-    groups = np.zeros((nparts, max(grouping[2], 1), 2), dtype=np.float64)
-    lanes = max(1, min(threads, nparts))  # numba.get_num_threads() here would make the kernel uncacheable
-    size_a = like_a.itemsize
-    size_b = like_b.itemsize
-    for lane in prange(lanes):
-        a = np.empty(PART, dtype=like_a.dtype)
-        b = np.empty(PART, dtype=like_b.dtype)
-        scratch, codes, sub, acc = _part_scratch(consts, nbins)
-        part_grouping = np.empty(3, dtype=np.int64)
-        for p in range(lane, nparts, lanes):
-            start = p * PART
-            count = min(n, start + PART) - start
-            if (_read_full(fd_a, a[:count], pos_a + start * size_a)
-                    and _read_full(fd_b, b[:count], pos_b + start * size_b)):
-                part_grouping[0] = grouping[0] + start
-                part_grouping[1] = grouping[1]
-                part_grouping[2] = grouping[2]
-                _delta_part(a[:count], code_a, b[:count], code_b, consts, edges, sums[p], counts[p], hists[p],
-                            scratch, codes, sub, acc, part_grouping, groups[p])
-            else:
-                failed[p] = 1
-    return sums, counts, hists, groups, failed.sum()
-
-
-@njit(nogil=True, parallel=True, error_model="numpy", cache=True)
-def delta_file_tuned(fd_a, pos_a, like_a, code_a, fds_b, pos_b, like_b, codes_b, n, consts, edges, threads, grouping):
-    """delta_file of one base range against several tuned files at once (`surgeon diff BASE T1 T2 ...`):
-    tuned k is fds_b[k] at byte pos_b[k], decoded by codes_b[k]. Each lane reads a base part once
-    and computes it against every tuned model's part while it is in the core's L2 cache; one
-    delta_file call per tuned model read each base part from the page cache again. Results as
-    delta_file's with a leading axis k, each (k, part) row computed by the same _delta_part on the
-    same bytes, so bit for bit what delta_file gives tuned k alone.
     """
     tuned = fds_b.size
     nparts = (n + PART - 1) // PART
@@ -777,7 +743,7 @@ def delta_file_tuned(fd_a, pos_a, like_a, code_a, fds_b, pos_b, like_b, codes_b,
     hists = np.zeros((tuned, nparts, nbins), dtype=np.int64)
     failed = np.zeros(nparts, dtype=np.int64)
     groups = np.zeros((tuned, nparts, max(grouping[2], 1), 2), dtype=np.float64)
-    lanes = max(1, min(threads, nparts))
+    lanes = max(1, min(threads, nparts))  # numba.get_num_threads() here would make the kernel uncacheable
     size_a = like_a.itemsize
     size_b = like_b.itemsize
     for lane in prange(lanes):

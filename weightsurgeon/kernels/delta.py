@@ -159,49 +159,28 @@ def accumulate_delta_from_files(stats: DeltaStats, fd_a: int, pos_a: int, dtype_
     a read fails or comes up short: the caller then reads the same bytes itself, which
     retries an interrupted read and otherwise names the error. Only for `reads_files` pairs.
     """
-    if not reads_files(dtype_a, dtype_b):
-        raise ValueError(f"no file path for {dtype_a} against {dtype_b}: use accumulate_delta")
-    if numel <= 0:
-        return True
-    dt = work_dtype(dtype_a, dtype_b)
-    wide = dt is np.float64
-    consts, edges = _histogram_constants(stats.bins, stats.clip, dt)
-    code_a, code_b = _file_code(dtype_a, wide), _file_code(dtype_b, wide)
-    like = _LIKE[itemsize(dtype_a)]
-    import numba  # loaded by _compiled() already
-
-    with _LAUNCH:
-        sums, counts, hists, group_sums, failed = _compiled().delta_file(
-            fd_a, pos_a, like, code_a, fd_b, pos_b, like, code_b, numel, consts, edges, numba.get_num_threads(),
-            _grouping(groups, start))
-    if failed:
-        return False
-    fold_parts(stats, sums, counts, hists, numel)
-    if groups is not None:
-        groups.add(group_sums)
-    return True
+    return accumulate_tuned_from_files([stats], fd_a, pos_a, dtype_a, [(fd_b, pos_b, dtype_b)], numel, [groups], start)
 
 
 def accumulate_tuned_from_files(targets: list[DeltaStats], fd_a: int, pos_a: int, dtype_a: str,
                                 sides: list[tuple[int, int, str]], numel: int, groups: list[Groups | None],
                                 start: int = 0) -> bool:
-    """accumulate_delta_from_files of one base range against several tuned files in one launch:
+    """accumulate_delta_from_files of one base range against one or several tuned files in one launch:
     side k is (descriptor, byte position, stored dtype) of tuned k, folded into targets[k] (and
-    groups[k]). The kernel reads each base part once for all of them (delta_file_tuned); the
-    statistics are bit for bit those of one call per side. Every side must be a reads_files pair
-    of the base's width, with the same grouping (run, count) or none. Returns False, leaving every
-    target untouched, when a read fails: the caller then goes one side at a time.
+    groups[k]). The kernel reads each base part once for all of them (delta_file); tuned k's
+    statistics are bit for bit those of a call with it alone. Every side must be a reads_files pair
+    of the base's width, with the same work dtype and grouping (run, count), or none. Returns False,
+    leaving every target untouched, when a read fails: the caller then goes one side at a time.
     """
     if not sides or any(not reads_files(dtype_a, d) for _, _, d in sides):
-        raise ValueError("accumulate_tuned_from_files: every side must be a same-width file pair of the base")
-    shapes = {None if g is None else (g.run, g.count) for g in groups}
-    if len(shapes) != 1:
+        raise ValueError(f"no file path for {dtype_a} against {', '.join(d for _, _, d in sides)}: use accumulate_delta")
+    if len({None if g is None else (g.run, g.count) for g in groups}) != 1:
         raise ValueError("accumulate_tuned_from_files: the sides' groupings differ")
-    if numel <= 0:
-        return True
     dt = work_dtype(dtype_a, sides[0][2])
     if any(work_dtype(dtype_a, d) is not dt for _, _, d in sides):
         raise ValueError("accumulate_tuned_from_files: the sides' work dtypes differ")
+    if numel <= 0:
+        return True
     wide = dt is np.float64
     consts, edges = _histogram_constants(targets[0].bins, targets[0].clip, dt)
     like = _LIKE[itemsize(dtype_a)]
@@ -211,7 +190,7 @@ def accumulate_tuned_from_files(targets: list[DeltaStats], fd_a: int, pos_a: int
     import numba  # loaded by _compiled() already
 
     with _LAUNCH:
-        sums, counts, hists, group_sums, failed = _compiled().delta_file_tuned(
+        sums, counts, hists, group_sums, failed = _compiled().delta_file(
             fd_a, pos_a, like, _file_code(dtype_a, wide), fds, positions, like, codes, numel, consts, edges,
             numba.get_num_threads(), _grouping(groups[0], start))
     if failed:
