@@ -46,12 +46,14 @@ class TensorMap(Mapping[str, TensorInfo]):
     format.TensorTable), not a million objects. A name stored in two shards is refused.
     """
 
-    __slots__ = ("_tables", "_where")
+    __slots__ = ("_tables", "_where", "_starts")
 
     def __init__(self, tables: list[TensorTable]) -> None:
         self._tables = tables
         where: dict[str, int] = {}
+        self._starts = starts = []  # each table's first position in the map's order
         for s, table in enumerate(tables):
+            starts.append(len(where))
             before = len(where)
             start = s << _ROW_BITS
             where.update(zip(table.names, range(start, start + len(table))))
@@ -77,6 +79,12 @@ class TensorMap(Mapping[str, TensorInfo]):
 
     def items(self) -> ItemsView[str, TensorInfo]:
         return _Items(self)
+
+    def position(self, name: str) -> int | None:
+        """`name`'s place in the map's order (0 .. len - 1), or None: a row number other
+        columns over the same names share (layout.Locations)."""
+        at = self._where.get(name)
+        return None if at is None else self._starts[at >> _ROW_BITS] + (at & _ROW_MASK)
 
     def file_of(self, name: str) -> Path | None:
         """The shard file storing `name`, or None."""

@@ -27,7 +27,7 @@ from weightsurgeon.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from weightsurgeon.errors import Interrupted, SurgeonError
 from weightsurgeon.kernels.dtypes import dtype_info
 from weightsurgeon.kernels.stats import PART, check_histogram
-from weightsurgeon.layout import ModelLayout, classify, layout_of, parse_experts, parse_layers, parse_modules, select_names
+from weightsurgeon.layout import MODULE_ID, MODULES, ModelLayout, classify, layout_of, parse_experts, parse_layers, parse_modules, select_names
 from weightsurgeon.quant import QuantTensor
 from weightsurgeon.smallpairs import SmallPairs
 
@@ -111,13 +111,6 @@ class PairPlan:
 # ---------------------------------------------------------------------------------------
 # Pairing (headers only)
 # ---------------------------------------------------------------------------------------
-
-def _weight_of(layout: ModelLayout, module: str) -> str | None:
-    for name, loc in layout.locations.items():
-        if loc.module == module and loc.param == "weight" and loc.layer is None:
-            return name
-    return None
-
 
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
@@ -252,23 +245,27 @@ def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
     other_tensors = {renames.get(n, n): info for n, info in other.tensors.items()} if renames else other.tensors
     if note:
         notes.append(note)
-    other_layout = layout_of(other_tensors, other.config)
+    # the tuned model's layout, for its head and tying only: the base's rows reused for the names they share; not kept
+    other_layout = layout_of(other_tensors, other.config, known=base_layout.locations)
     consumed: set[str] = set()  # tuned names used by an effective-head pair
 
-    base_emb, base_head = _weight_of(base_layout, "embed_tokens"), _weight_of(base_layout, "lm_head")
-    other_emb, other_head = _weight_of(other_layout, "embed_tokens"), _weight_of(other_layout, "lm_head")
+    base_emb, base_head = base_layout.locations.weight_of("embed_tokens"), base_layout.locations.weight_of("lm_head")
+    other_emb, other_head = other_layout.locations.weight_of("embed_tokens"), other_layout.locations.weight_of("lm_head")
+    other_tied = other_layout.tied_embeddings
+    del other_layout
     head: tuple[str, TensorInfo, TensorInfo] | None = None  # (reported name, base side, tuned side)
     if base_head is None and other_head is not None and base_emb is not None and base_layout.tied_embeddings:
         head = (other_head, base.tensors[base_emb], other_tensors[other_head])
         consumed.add(other_head)
         notes.append(f"{label}: tied embeddings on the base only: compared base {base_emb} (its effective output head) "
                      f"against tuned {other_head}")
-    elif base_head is not None and other_head is None and other_emb is not None and other_layout.tied_embeddings:
+    elif base_head is not None and other_head is None and other_emb is not None and other_tied:
         head = (base_head, base.tensors[base_head], other_tensors[other_emb])
         notes.append(f"{label}: tied embeddings on the tuned model only: compared base {base_head} against tuned "
                      f"{other_emb} (its effective output head)")
 
     base_names = _logical_names(base)
+    module_of = base_layout.locations.module_of
     for name in base_names:
         if head is not None and name == head[0]:
             continue  # the base's own head, paired below with the tuned model's embedding
@@ -277,8 +274,7 @@ def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
         if twin is None:
             missing.append({"tuned": label, "name": name, "where": "base_only", "detail": "not in the tuned model"})
             continue
-        loc = base_layout.locations.get(name) or classify(name)
-        _match(t, label, name, info, twin[0], loc.module, pairs, missing, notes, base_q, twin[1])
+        _match(t, label, name, info, twin[0], module_of(name), pairs, missing, notes, base_q, twin[1])
     if head is not None:  # streamed in the base tensor's on-disk place (see _order_pairs)
         _match(t, label, head[0], head[1], head[2], "lm_head", pairs, missing, notes)
     known = set(base_names)
@@ -841,16 +837,21 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
 def _unit_groups(plan: DiffPlan) -> dict[tuple[int, str], Any]:
     """Per-head / per-stacked-expert accumulators of the pairs that have units (see units.py)."""
     from weightsurgeon.kernels.delta import Groups
-    from weightsurgeon.units import units_of
+    from weightsurgeon.units import HEAD_MODULES, units_of
 
     out = {}
-    locations = plan.layout.locations if plan.layout is not None else {}
+    locations = plan.layout.locations if plan.layout is not None else None
+    with_units = frozenset(MODULE_ID[m] for m in MODULES if m in HEAD_MODULES or m.startswith("expert_"))
     for p in plan.pairs:
+        row = locations.row(p.name) if locations is not None else None
+        if row is None or locations.layers[row] < 0:  # the name's own classification (DeepSeek's MTP layers included)
+            loc = classify(p.name)
+        elif locations.module_ids[row] not in with_units:
+            continue
+        else:
+            loc = locations.location(row)
         # a quantized side's units are those of its values (logical shape), streamed in logical order
         shape = p.base_q.shape if p.base_q is not None else p.base.shape
-        loc = locations.get(p.name)
-        if loc is None or loc.layer is None:  # the name's own classification (DeepSeek's MTP layers included)
-            loc = classify(p.name)
         units = units_of(loc, shape, plan.base.config) if not p.added_rows else None
         if units is not None:
             out[(p.tuned, p.name)] = Groups(units.run, units.count, units.kind)

@@ -9,10 +9,12 @@ Llama, Mistral, Qwen2/2.5, Qwen3 (q_norm/k_norm), Gemma 2/3 (also under the mult
 from __future__ import annotations
 
 import re
+from array import array
+from collections.abc import ItemsView, ValuesView
 from dataclasses import dataclass
 from functools import lru_cache
 from sys import intern
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from weightsurgeon.errors import SurgeonError
 
@@ -150,26 +152,32 @@ def _layer_module(rest_stem: str) -> tuple[str, int | None]:
     return "other", None
 
 
-def classify(name: str) -> Location:
-    """Map a tensor name to its Location; unknown names are module 'other'."""
+def _fields(name: str) -> tuple[int | None, str, str, int | None]:
+    """(layer, module, param, expert) of a tensor name: what `classify` returns, without the object."""
     if _VISION.match(name):
-        return Location(None, "vision", name.rsplit(".", 1)[-1])
+        return None, "vision", name.rsplit(".", 1)[-1], None
     stem, _, param = name.rpartition(".")
     if not stem:
-        return Location(None, "other", name)
+        return None, "other", name, None
     m = _LAYER.match(name)
     if m:
         layer = int(m.group("layer"))
         stacked = _STACKED_EXPERTS.match(m.group("rest"))
         if stacked:
-            return Location(layer, "expert_" + stacked.group("module"), stacked.group("suffix") or "weight")
+            return layer, "expert_" + stacked.group("module"), stacked.group("suffix") or "weight", None
         rest_stem, _, rest_param = m.group("rest").rpartition(".")
         module, expert = _layer_module(rest_stem)
-        return Location(layer, module, intern(rest_param), expert)  # one "weight" for 100k locations
+        return layer, module, rest_param, expert
     for pattern, module in _COMPILED_GLOBAL:
         if pattern.match(stem):
-            return Location(None, module, param)
-    return Location(None, "other", param)
+            return None, module, param, None
+    return None, "other", param, None
+
+
+def classify(name: str) -> Location:
+    """Map a tensor name to its Location; unknown names are module 'other'."""
+    layer, module, param, expert = _fields(name)
+    return Location(layer, module, intern(param), expert)  # one "weight" for 100k locations
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,44 +310,192 @@ def select_names(names: Iterable[str], modules: str | ModuleSelector, layers: st
 # A whole model's layout
 # ---------------------------------------------------------------------------------------
 
+MODULE_ID = {module: i for i, module in enumerate(MODULES)}  # a module's id in Locations.module_ids
+_NONE = -1  # "no layer" / "no expert" in the integer columns
+
+
+class Locations(Mapping[str, Location]):
+    """Every tensor's Location, classified once, held as columns; a `Location` is made on access.
+
+    A MoE checkpoint has ~100k names, and a diff used to classify each about four times and
+    keep a Location object (plus a dict entry) per name: ~100 bytes a name. Here a name costs
+    13 bytes of columns, row i describing ``names[i]``:
+
+    - ``module_ids``: array('B'), ids into ``MODULES`` (``MODULE_ID[name]`` gives one);
+    - ``layers`` and ``experts``: array('i'), -1 for None;
+    - ``param_ids``: array('I'), ids into ``params`` (a short list: "weight", "bias", ...).
+
+    ``row(name)`` is a name's row (None if absent); when the names are a checkpoint's
+    TensorMap, rows are its positions (``TensorMap.position``) and no index of our own is built.
+    The mapping API (``[name]``, ``get``, ``items``, ``values``, iteration in the names'
+    order) is a dict's, read-only.
+    """
+
+    __slots__ = ("names", "row", "module_ids", "layers", "experts", "param_ids", "params")
+
+    def __init__(self, names: Sequence[str], row: Callable[[str], int | None], module_ids: array, layers: array,
+                 experts: array, param_ids: array, params: list[str]) -> None:
+        self.names, self.row = names, row
+        self.module_ids, self.layers, self.experts, self.param_ids, self.params = (module_ids, layers, experts,
+                                                                                   param_ids, params)
+
+    @classmethod
+    def classify_all(cls, names: Iterable[str], known: Mapping[str, Location] | None = None) -> "Locations":
+        """Classify each name once (``known``: locations already classified, taken as they are)."""
+        position = getattr(names, "position", None)  # a TensorMap: its own index serves
+        names = names.keys() if isinstance(names, Mapping) else names
+        ordered: Sequence[str] = list(names)
+        module_ids, layers, experts, param_ids = array("B"), array("i"), array("i"), array("I")
+        params: list[str] = []
+        param_id: dict[str, int] = {}
+        fields = _fields
+        same = known if isinstance(known, Locations) else None  # rows copied from its columns, no object made
+        mtp = MODULE_ID["mtp"]
+        for name in ordered:
+            if same is not None:
+                r = same.row(name)
+                if r is not None and same.module_ids[r] != mtp:  # MTP layers depend on the config: classified again
+                    layer, expert = same.layers[r], same.experts[r]
+                    layer, module, param, expert = (None if layer == _NONE else layer, MODULES[same.module_ids[r]],
+                                                    same.params[same.param_ids[r]], None if expert == _NONE else expert)
+                else:
+                    layer, module, param, expert = fields(name)
+            else:
+                loc = known.get(name) if known else None
+                layer, module, param, expert = ((loc.layer, loc.module, loc.param, loc.expert) if loc is not None
+                                                else fields(name))
+            pid = param_id.get(param)
+            if pid is None:
+                pid = param_id[param] = len(params)
+                params.append(intern(param))
+            module_ids.append(MODULE_ID[module])
+            layers.append(_NONE if layer is None else layer)
+            experts.append(_NONE if expert is None else expert)
+            param_ids.append(pid)
+        if position is not None:
+            row = position
+        else:
+            index = {name: i for i, name in enumerate(ordered)}
+            if len(index) != len(ordered):  # internal: callers pass a checkpoint's (unique) names
+                raise ValueError("names given twice to Locations")
+            row = index.get
+        return cls(ordered, row, module_ids, layers, experts, param_ids, params)
+
+    def location(self, i: int) -> Location:
+        """The Location of row `i`."""
+        layer, expert = self.layers[i], self.experts[i]
+        return Location(None if layer == _NONE else layer, MODULES[self.module_ids[i]], self.params[self.param_ids[i]],
+                        None if expert == _NONE else expert)
+
+    def __getitem__(self, name: str) -> Location:
+        i = self.row(name)
+        if i is None:
+            raise KeyError(name)
+        return self.location(i)
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        i = self.row(name)
+        return default if i is None else self.location(i)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.row(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def values(self) -> ValuesView[Location]:
+        return _LocationValues(self)
+
+    def items(self) -> ItemsView[str, Location]:
+        return _LocationItems(self)
+
+    def modules(self) -> set[str]:
+        """The modules present, from the columns."""
+        return {MODULES[m] for m in set(self.module_ids)}
+
+    def layers_present(self) -> list[int]:
+        """The decoder layers that hold a tensor, sorted."""
+        return sorted(set(self.layers) - {_NONE})
+
+    def names_of(self, module: str) -> list[str]:
+        """Names of one module, in order."""
+        wanted = MODULE_ID[module]
+        return [n for n, m in zip(self.names, self.module_ids) if m == wanted]
+
+    def weight_of(self, module: str) -> str | None:
+        """The first ``weight`` outside decoder layers of a module (embed_tokens, lm_head), or None."""
+        wanted = MODULE_ID[module]
+        for i, m in enumerate(self.module_ids):
+            if m == wanted and self.layers[i] == _NONE and self.params[self.param_ids[i]] == "weight":
+                return self.names[i]
+        return None
+
+    def module_of(self, name: str) -> str:
+        """A name's module (classified on the spot if it is not among these names)."""
+        i = self.row(name)
+        return classify(name).module if i is None else MODULES[self.module_ids[i]]
+
+    def to_mtp(self, num_layers: int) -> None:
+        """DeepSeek-V3's multi-token-prediction layers (num_layers and beyond) as module "mtp", no layer."""
+        mtp = MODULE_ID["mtp"]
+        for i, layer in enumerate(self.layers):
+            if layer >= num_layers:
+                self.module_ids[i], self.layers[i], self.experts[i] = mtp, _NONE, _NONE
+
+    def __repr__(self) -> str:
+        return f"Locations({len(self)} names)"
+
+
+class _LocationValues(ValuesView):
+    def __iter__(self) -> Iterator[Location]:
+        locs = self._mapping
+        return (locs.location(i) for i in range(len(locs)))
+
+
+class _LocationItems(ItemsView):
+    def __iter__(self) -> Iterator[tuple[str, Location]]:
+        locs = self._mapping
+        return ((name, locs.location(i)) for i, name in enumerate(locs.names))
+
+
 @dataclass(frozen=True)
 class ModelLayout:
-    """Per-name locations of one checkpoint, and facts derived from them."""
+    """Per-name locations of one checkpoint (classified once, as columns), and facts derived from them."""
 
-    locations: dict[str, Location]
+    locations: Locations
     num_layers: int
     tied_embeddings: bool
     other: tuple[str, ...]
 
     def modules_present(self) -> list[str]:
-        return sorted({loc.module for loc in self.locations.values()})
+        return sorted(self.locations.modules())
 
 
 def layout_of(names: Iterable[str], config: dict | None, known: Mapping[str, Location] | None = None) -> ModelLayout:
-    """Classify every tensor; read num_layers and tying from the config, else from the tensors.
+    """Classify every tensor once; read num_layers and tying from the config, else from the tensors.
 
+    ``names``: a checkpoint's TensorMap (its index serves the locations), or any names.
     ``known``: locations of some of these names already classified (an input's layout, for an output
     that keeps its names), taken as they are: a DeepSeek-sized model is 92k names to classify."""
-    if known:
-        locations = {n: known.get(n) or classify(n) for n in names}
-    else:
-        locations = {n: classify(n) for n in names}
-    max_layer = max((loc.layer for loc in locations.values() if loc.layer is not None), default=-1)
+    locations = Locations.classify_all(names, known)
+    max_layer = max(locations.layers, default=_NONE)
     view = ConfigView(config)
     num_layers = view.num_layers
     if num_layers is None or num_layers < 0:
         num_layers = max_layer + 1
-    has_head = any(loc.module == "lm_head" for loc in locations.values())
-    has_emb = any(loc.module == "embed_tokens" for loc in locations.values())
+    present = set(locations.module_ids)
+    has_head, has_emb = MODULE_ID["lm_head"] in present, MODULE_ID["embed_tokens"] in present
     mtp = view.int_value("num_nextn_predict_layers")
-    if mtp is not None and mtp > 0:
+    if mtp is not None and mtp > 0 and max_layer >= num_layers:
         # DeepSeek-V3: layers num_hidden_layers.. are multi-token-prediction modules (a decoder block
         # plus enorm/hnorm/eh_proj/shared_head), not decoder layers.
-        locations = {n: Location(None, "mtp", loc.param) if loc.layer is not None and loc.layer >= num_layers else loc
-                     for n, loc in locations.items()}
+        locations.to_mtp(num_layers)
     tie = view.lookup("tie_word_embeddings")
     tied = (not has_head and has_emb) if tie is None else bool(tie) and not has_head
-    other = tuple(n for n, loc in locations.items() if loc.module == "other")
+    other = tuple(locations.names_of("other")) if MODULE_ID["other"] in present else ()
     return ModelLayout(locations=locations, num_layers=num_layers, tied_embeddings=tied, other=other)
 
 

@@ -249,7 +249,7 @@ def _tied_head_error(model: str) -> SurgeonError:
 
 def _wants_head_only(spec: str, layout: ModelLayout) -> bool:
     sel = parse_modules(spec)
-    present = {loc.module for loc in layout.locations.values()}
+    present = layout.locations.modules()
     if "lm_head" not in sel.modules or "lm_head" in present:
         return False
     return not (sel.modules & (present - {"lm_head"})) and not sel.patterns
@@ -276,8 +276,8 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
         raise SurgeonError(f"--alpha must be between 0 and 1, got {alpha}")
     lay_b = layout_of(base.tensors, base.config)
     lay_d = layout_of(donor.tensors, donor.config if not donor.is_partial else (donor.config or base.config))
-    base_heads = [n for n, loc in lay_b.locations.items() if loc.module == "lm_head"]
-    donor_heads = [n for n, loc in lay_d.locations.items() if loc.module == "lm_head"]
+    base_heads = lay_b.locations.names_of("lm_head")
+    donor_heads = lay_d.locations.names_of("lm_head")
     # A tied BASE stores no head: taking the DONOR's head writes one (the output is untied).
     untie_names = [n for n in donor_heads if n not in base.tensors] if (lay_b.tied_embeddings and not base_heads) else []
     candidates = list(base.tensors) + untie_names
@@ -314,7 +314,7 @@ def plan_splice(base: Checkpoint, donor: Checkpoint, take: str | None = None, ex
 
 
 def _embedding_weight(layout: ModelLayout) -> str | None:
-    return next((n for n, loc in layout.locations.items() if loc.module == "embed_tokens" and loc.param == "weight"), None)
+    return layout.locations.weight_of("embed_tokens")
 
 
 def _splice_selection(candidates: list[str], lay_b: ModelLayout, take: str | None, exclude: str | None,

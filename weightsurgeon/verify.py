@@ -66,7 +66,7 @@ def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -
     wrong = view.wrong_types()
     if wrong:
         raise SurgeonError(f"{cfg_path}: {wrong[0]}")
-    layers_present = sorted({loc.layer for loc in layout.locations.values() if loc.layer is not None})
+    layers_present = layout.locations.layers_present()
     declared = view.num_layers
     if declared is not None:
         # DeepSeek-V3/GLM-4.5 store their multi-token-prediction layers after the decoder layers.
@@ -93,20 +93,21 @@ def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -
     _check_linear_widths(ckpt, layout, hidden, cfg_path)
     # OPT-350m projects its embeddings: they are word_embed_proj_dim wide, not hidden_size.
     emb_dim = cfg.get("word_embed_proj_dim", hidden)
-    emb = next((ckpt[n] for n, loc in layout.locations.items() if loc.module == "embed_tokens" and loc.param == "weight"), None)
+    emb_name, head_name = layout.locations.weight_of("embed_tokens"), layout.locations.weight_of("lm_head")
+    emb = ckpt[emb_name] if emb_name is not None else None
     if emb is not None and isinstance(emb_dim, int) and len(emb.shape) == 2 and emb.shape[1] != emb_dim:
         raise SurgeonError(f"{cfg_path}: hidden_size is {emb_dim} but {emb.name} has shape {list(emb.shape)}")
     vocab = cfg.get("vocab_size")
     if emb is not None and isinstance(vocab, int) and len(emb.shape) == 2 and emb.shape[0] != vocab:
         raise SurgeonError(f"{cfg_path}: vocab_size is {vocab} but {emb.name} has {emb.shape[0]} rows")
-    head = next((ckpt[n] for n, loc in layout.locations.items() if loc.module == "lm_head" and loc.param == "weight"), None)
+    head = ckpt[head_name] if head_name is not None else None
     if head is not None and len(head.shape) == 2:
         if isinstance(vocab, int) and not isinstance(vocab, bool) and head.shape[0] != vocab:
             raise SurgeonError(f"{cfg_path}: vocab_size is {vocab} but {head.name} has {head.shape[0]} rows")
         if isinstance(emb_dim, int) and head.shape[1] != emb_dim:
             raise SurgeonError(f"{cfg_path}: hidden_size is {emb_dim} but {head.name} has shape {list(head.shape)}")
     tie = view.lookup("tie_word_embeddings")
-    has_head = any(loc.module == "lm_head" for loc in layout.locations.values())
+    has_head = "lm_head" in layout.locations.modules()
     if tie is False and not has_head and emb is not None and not ckpt.is_partial:
         raise SurgeonError(f"{cfg_path}: tie_word_embeddings is false but there is no lm_head.weight (the head would be random)")
     if tie is True and has_head:
@@ -115,15 +116,15 @@ def _check_config(ckpt: Checkpoint, layout: ModelLayout, result: VerifyResult) -
 
 def _check_embedding_present(ckpt: Checkpoint, layout: ModelLayout) -> None:
     """Decoder layers without any input embedding cannot run; unless an unrecognised name might be it."""
-    modules = {loc.module for loc in layout.locations.values()}
-    has_layers = any(loc.layer is not None for loc in layout.locations.values())
+    modules = layout.locations.modules()
+    has_layers = bool(layout.locations.layers_present())
     if has_layers and "embed_tokens" not in modules and "other" not in modules:
         raise SurgeonError(f"{ckpt.root or ckpt.source}: decoder layers but no input embedding (embed_tokens) tensor")
 
 
 def _warn_layer_gaps(layout: ModelLayout, result: VerifyResult, why: str) -> None:
     """Without a declared layer count, a hole in the layer numbers is suspicious but not provably wrong."""
-    present = sorted({loc.layer for loc in layout.locations.values() if loc.layer is not None})
+    present = layout.locations.layers_present()
     missing = _first_missing(present, present[-1] + 1) if present else None
     if missing is not None:
         result.warnings.append(f"{why}, and layer {missing} has no tensors (layers up to {present[-1]} exist)")
