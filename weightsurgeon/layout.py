@@ -312,6 +312,7 @@ def select_names(names: Iterable[str], modules: str | ModuleSelector, layers: st
 
 MODULE_ID = {module: i for i, module in enumerate(MODULES)}  # a module's id in Locations.module_ids
 _NONE = -1  # "no layer" / "no expert" in the integer columns
+_BIG = (1 << 63) - 1
 
 
 class Locations(Mapping[str, Location]):
@@ -319,10 +320,10 @@ class Locations(Mapping[str, Location]):
 
     A MoE checkpoint has ~100k names, and a diff used to classify each about four times and
     keep a Location object (plus a dict entry) per name: ~100 bytes a name. Here a name costs
-    13 bytes of columns, row i describing ``names[i]``:
+    21 bytes of columns, row i describing ``names[i]``:
 
     - ``module_ids``: array('B'), ids into ``MODULES`` (``MODULE_ID[name]`` gives one);
-    - ``layers`` and ``experts``: array('i'), -1 for None;
+    - ``layers`` and ``experts``: array('q'), -1 for None (lists, should a damaged name hold a number beyond 64 bits);
     - ``param_ids``: array('I'), ids into ``params`` (a short list: "weight", "bias", ...).
 
     ``row(name)`` is a name's row (None if absent); when the names are a checkpoint's
@@ -345,7 +346,7 @@ class Locations(Mapping[str, Location]):
         position = getattr(names, "position", None)  # a TensorMap: its own index serves
         names = names.keys() if isinstance(names, Mapping) else names
         ordered: Sequence[str] = list(names)
-        module_ids, layers, experts, param_ids = array("B"), array("i"), array("i"), array("I")
+        module_ids, layers, experts, param_ids = array("B"), array("q"), array("q"), array("I")
         params: list[str] = []
         param_id: dict[str, int] = {}
         fields = _fields
@@ -368,9 +369,13 @@ class Locations(Mapping[str, Location]):
             if pid is None:
                 pid = param_id[param] = len(params)
                 params.append(intern(param))
+            layer = _NONE if layer is None else layer
+            expert = _NONE if expert is None else expert
+            if (layer > _BIG or expert > _BIG) and isinstance(layers, array):
+                layers, experts = list(layers), list(experts)  # a number beyond 64 bits (a damaged name): ints from here
             module_ids.append(MODULE_ID[module])
-            layers.append(_NONE if layer is None else layer)
-            experts.append(_NONE if expert is None else expert)
+            layers.append(layer)
+            experts.append(expert)
             param_ids.append(pid)
         if position is not None:
             row = position
