@@ -181,7 +181,7 @@ def test_eval_compare_refuses_what_is_not_a_result(tmp_path: Path, surgeon) -> N
 
 
 # ---------------------------------------------------------------------------------------
-# task data (read after the model loads: called directly)
+# task data (called directly; through the CLI, before any model loads: test_errors_eval.py)
 # ---------------------------------------------------------------------------------------
 
 TASK_CASES = [
@@ -398,3 +398,69 @@ def test_a_saved_checkpoint_is_checked_against_the_model(tmp_path: Path) -> None
 def test_a_dry_run_arch_without_model_type(recipe: Path, surgeon) -> None:
     _one_error(surgeon("train", recipe, "model.arch={hidden_size: 8}", "--dry-run"),
                "config model.arch needs a model_type (e.g. qwen2)")
+
+
+# ---------------------------------------------------------------------------------------
+# training: what the run refuses after the tokenizer loads (called directly: the CLI would train first)
+# ---------------------------------------------------------------------------------------
+
+def _tiny_tokenizer(tmp_path: Path):
+    transformers = pytest.importorskip("transformers")
+    from weightsurgeon.synth import write_tokenizer
+
+    (tmp_path / "tok").mkdir()
+    return transformers.AutoTokenizer.from_pretrained(str(write_tokenizer(tmp_path / "tok")))
+
+
+def test_decontamination_that_drops_every_row(tmp_path: Path) -> None:
+    from weightsurgeon.recipes.train.config import load_config
+    from weightsurgeon.recipes.train.data import synthetic_rows
+    from weightsurgeon.recipes.train.runner import _prepare_data
+
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text("".join(json.dumps({"question": r["question"]}) + "\n" for r in synthetic_rows(4)))
+    cfg = load_config(RECIPE, ["data.source=synth:4", f"data.decontaminate.files=[{evals}]", "data.decontaminate.ngram=2"])
+    with pytest.raises(SurgeonError) as e:
+        _prepare_data(cfg, _tiny_tokenizer(tmp_path), None)
+    assert str(e.value) == ("data.source synth:4: decontamination (2-gram overlap with the evaluation sets) dropped "
+                            "every training row; check data.decontaminate (tasks, files, ngram) and the data")
+
+
+def test_a_hub_data_set_that_cannot_be_loaded(tmp_path: Path) -> None:
+    pytest.importorskip("datasets")
+    from weightsurgeon.recipes.train.config import DataConfig
+    from weightsurgeon.recipes.train.data import load_rows
+
+    with pytest.raises(SurgeonError) as e:  # offline (conftest): datasets cannot reach the Hub
+        load_rows(DataConfig(source="nobody/no-such-data-err4"))
+    assert "data set 'nobody/no-such-data-err4' (split 'train') could not be loaded (" in str(e.value)
+    assert "check the id and split, or give a local .jsonl, .json or .parquet file as data.source" in str(e.value)
+
+
+def test_a_model_neither_local_nor_fetchable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    from weightsurgeon.recipes.train.runner import resolve_checkpoint_dir
+
+    def no_hub(repo_id, local_files_only=False, **kw):
+        raise OSError("not cached" if local_files_only else "Connection refused")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(SurgeonError) as e:
+        resolve_checkpoint_dir("nobody/no-such-model")
+    assert str(e.value) == ("model 'nobody/no-such-model': not a local directory, and fetching it from the Hub failed "
+                            "(Connection refused); check the path, or the Hub id and the network")
+
+
+def test_half_precision_training_on_a_cpu(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("trl")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: bf16 is allowed")
+    from weightsurgeon.recipes.train.config import load_config
+    from weightsurgeon.recipes.train.runner import sft_args
+
+    cfg = load_config(RECIPE, ["train.precision=bf16"])
+    with pytest.raises(SurgeonError, match="train.precision=bf16 needs a GPU; on CPU set train.precision=fp32"):
+        sft_args(cfg, tmp_path, 1)

@@ -64,7 +64,8 @@ def _per_prompt(value: int | Sequence[int], n: int) -> list[int]:
 def apply_chat(tokenizer: Any, user_message: str) -> str:
     """One user turn through the model's chat template, ending where the assistant starts."""
     if not getattr(tokenizer, "chat_template", None):
-        raise SurgeonError("this model's tokenizer has no chat template; use --prompt plain")
+        raise SurgeonError(f"{getattr(tokenizer, 'name_or_path', '') or 'the model'}: its tokenizer has no chat template; "
+                           "use --prompt plain (or add a chat_template to tokenizer_config.json)")
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
     )
@@ -107,7 +108,8 @@ class HFBackend:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(device)
         except (OSError, ValueError) as exc:
-            raise SurgeonError(f"cannot load model {model}: {exc}") from exc
+            raise SurgeonError(f"{model}: transformers cannot load it ({str(exc)[:200]}); the hf backend needs a folder "
+                               "(or a Hub id in the local cache) with config.json, the tokenizer and the weights") from exc
         self.model.eval()
         self.device = device
         self.batch_size = max(1, int(batch_size))
@@ -117,7 +119,8 @@ class HFBackend:
             eos = self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         if not self.eos_ids:
-            raise SurgeonError(f"{model}: neither generation_config.json nor the tokenizer names an eos token")
+            raise SurgeonError(f"{model}: neither generation_config.json nor the tokenizer names an eos token; set "
+                               "eos_token_id in generation_config.json (generation would never stop)")
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = min(self.eos_ids)

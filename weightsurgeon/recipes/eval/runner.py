@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from weightsurgeon.recipes.eval.backends import Backend, Sampling
+from weightsurgeon.recipes.eval.backends import Backend, Sampling, check_backend
 from weightsurgeon.recipes.eval.budget import ForcedOutput, budget_forced_generate, plain_generate
 from weightsurgeon.recipes.eval.config import EvalConfig
 from weightsurgeon.recipes.eval.grading import grade
@@ -65,9 +65,12 @@ def grade_output(problem: Problem, kind: str, out: ForcedOutput, sample: int) ->
     }
 
 
-def evaluate_task(backend: Backend, task: str, cfg: EvalConfig) -> list[dict[str, Any]]:
+def evaluate_task(backend: Backend, task: str, cfg: EvalConfig,
+                  problems: list[Problem] | None = None) -> list[dict[str, Any]]:
+    """Generate and grade one task; `problems` already read (run_eval reads every task before loading a model)."""
     spec = get_task(task)
-    problems = load_problems(task, cfg.data.get(task), cfg.limit, cfg.seed)
+    if problems is None:
+        problems = load_problems(task, cfg.data.get(task), cfg.limit, cfg.seed)
     prompts, index = [], []
     for problem in problems:
         prompt = build_prompt(problem, cfg.prompt, backend)
@@ -104,12 +107,16 @@ def run_eval(
         return run_lm_eval(cfg, out_dir, force, log)
     if cfg.samples > 1 and cfg.temperature == 0:
         log("warning: --samples > 1 with temperature 0 repeats the same greedy generation")
-    started = time.time()
     owned = backend is None
-    if backend is None:
-        options = dict(cfg.backend_options)
+    options = dict(cfg.backend_options)
+    if owned:
         if cfg.backend == "vllm":
             options.setdefault("seed", cfg.seed)
+        check_backend(cfg.backend, cfg.model, options)
+    # the request, then every task's data, then the model: a bad record costs seconds, not a model load
+    problems = {task: load_problems(task, cfg.data.get(task), cfg.limit, cfg.seed) for task in cfg.tasks}
+    started = time.time()
+    if backend is None:
         backend = make_backend(cfg.backend, cfg.model, options)
     per_task: dict[str, list[dict[str, Any]]] = {}
     timings: dict[str, float] = {}
@@ -118,7 +125,7 @@ def run_eval(
             mode = "plain generation" if cfg.budget_forcing is None else f"budget forcing, {cfg.budget_forcing} x Wait"
             log(f"{task}: generating ({cfg.backend}, {cfg.prompt} prompts, {mode})")
             t0 = time.time()
-            per_task[task] = evaluate_task(backend, task, cfg)
+            per_task[task] = evaluate_task(backend, task, cfg, problems[task])
             timings[task] = time.time() - t0
     finally:
         if owned and hasattr(backend, "close"):

@@ -77,7 +77,8 @@ def _load_hub(name: str, split: str) -> list[dict[str, Any]]:
     try:
         return list(datasets.load_dataset(name, split=split))
     except Exception as exc:  # noqa: BLE001 - datasets raises many types; one line for the user
-        raise SurgeonError(f"data set {name!r} (split {split!r}) could not be loaded: {exc}") from None
+        raise SurgeonError(f"data set {name!r} (split {split!r}) could not be loaded ({str(exc)[:200]}); check the "
+                           "id and split, or give a local .jsonl, .json or .parquet file as data.source") from None
 
 
 def _text(value: Any) -> str:

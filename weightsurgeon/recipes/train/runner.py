@@ -217,7 +217,8 @@ def resolve_checkpoint_dir(path: str) -> Path:
     try:
         return Path(snapshot_download(path, allow_patterns=patterns))
     except Exception as exc:  # noqa: BLE001 - one line for the user
-        raise SurgeonError(f"model {path!r}: not a local directory, and fetching it from the Hub failed: {exc}") from None
+        raise SurgeonError(f"model {path!r}: not a local directory, and fetching it from the Hub failed "
+                           f"({str(exc)[:200]}); check the path, or the Hub id and the network") from None
 
 
 def check_saved(out_dir: Path, expected: dict[str, tuple[int, ...]]) -> None:
@@ -288,7 +289,9 @@ def _prepare_data(cfg: RecipeConfig, tokenizer: Any, base_dir: Path | None) -> t
         eval_texts.extend(data.read_eval_file(local))
     pairs, decon = data.decontaminate(pairs, eval_texts, dc.ngram)
     if not pairs:
-        raise SurgeonError("decontamination dropped every training row")
+        raise SurgeonError(f"data.source {cfg.data.source}: decontamination ({dc.ngram}-gram overlap with the "
+                           "evaluation sets) dropped every training row; check data.decontaminate (tasks, files, "
+                           "ngram) and the data")
     lengths = data.length_report(pairs, tokenizer, cfg.train.max_length)
     if lengths["rows_without_completion"] == lengths["rows"]:
         raise SurgeonError(
