@@ -12,7 +12,8 @@ It serves the endpoints weightsurgeon uses, the way the Hub answers them:
 
 It counts the body bytes it sends per kind of request, logs each request, and can be
 told to misbehave (`faults`): cut a connection after N bytes, ignore Range, answer a
-status, or wait before answering. `rate` (bytes/s, None: unlimited) paces the file bytes of
+status, wait before answering, give a wrong size or none in the file list or no commit,
+redirect in a loop or without a Location, or send a Content-Range of its choosing. `rate` (bytes/s, None: unlimited) paces the file bytes of
 all connections together, one link shared by every request in flight (tools/bench_remote.py
 --rate: curl with one connection and the diff with several then see the same link). It serves
 from threads that stop with `close()`, or by themselves after `lifetime` seconds.
@@ -53,6 +54,11 @@ class Faults:
     delay_s: float = 0.0  # wait before answering resolve/cdn requests
     require_token: str | None = None  # every request needs "Authorization: Bearer <token>"
     info_status: int | None = None  # answer the model info (the file list) with this status
+    info_no_sha: bool = False  # the model info names no commit
+    sizes: dict[str, int | None] = field(default_factory=dict)  # file name -> size the file list gives (None: none)
+    redirect_loop: bool = False  # LFS files redirect to their own resolve URL, forever
+    redirect_no_location: bool = False  # LFS files answer 302 with no Location
+    content_range: str | None = None  # the Content-Range header of every ranged answer, as given
 
 
 class _Loopback:
@@ -203,12 +209,16 @@ class _Handler(BaseHTTPRequestHandler):
         siblings = []
         for p in sorted(repo.folder.iterdir()):
             if p.is_file():
-                entry = {"rfilename": p.name, "size": p.stat().st_size, "blobId": hashlib.sha1(p.name.encode()).hexdigest()}
+                size = self.hub.faults.sizes.get(p.name, p.stat().st_size)
+                entry = {"rfilename": p.name, "size": size, "blobId": hashlib.sha1(p.name.encode()).hexdigest()}
                 if p.suffix == ".safetensors":
                     entry["lfs"] = {"sha256": self._sha(repo, p.name), "size": p.stat().st_size, "pointerSize": 134}
                 siblings.append(entry)
-        body = json.dumps({"id": repo_id, "modelId": repo_id, "sha": commit, "private": False,
-                           "gated": "manual" if repo.gated else False, "siblings": siblings}).encode()
+        info = {"id": repo_id, "modelId": repo_id, "sha": commit, "private": False,
+                "gated": "manual" if repo.gated else False, "siblings": siblings}
+        if self.hub.faults.info_no_sha:
+            del info["sha"]
+        body = json.dumps(info).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -236,7 +246,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(302)
             # another host name for the same server, as the Hub's CDN is another host (no token goes there)
             port = self.hub.httpd.server_address[1]
-            self.send_header("Location", f"http://localhost:{port}/cdn/{repo_id}/{commit}/{name}")
+            if faults.redirect_loop:
+                self.send_header("Location", self.path)
+            elif not faults.redirect_no_location:
+                self.send_header("Location", f"http://localhost:{port}/cdn/{repo_id}/{commit}/{name}")
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -270,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("ETag", f'"{etag}"')
         self.send_header("Accept-Ranges", "bytes")
         if partial:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.send_header("Content-Range", faults.content_range or f"bytes {start}-{end}/{size}")
         self.end_headers()
         self.wfile.flush()
         limit = length

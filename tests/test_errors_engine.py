@@ -269,3 +269,11 @@ def test_verify_finds_an_output_written_other_than_planned(models, surgeon, tmp_
     if case_id == "unlisted":
         assert "1 tensor(s) in shards are not in the weight_map (e.g. 'model.norm.weight')" in line
     _no_output(tmp_path, out)
+
+
+def test_verify_deep_finds_a_file_surgeon_json_lists_gone(models, surgeon, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert surgeon("zero", models["base"], "--module", "o_proj", "--checksums", "-o", out, "-q").code == 0
+    (out / "generation_config.json").unlink()
+    one_error(surgeon("verify", out, "--deep"), f"{out / 'generation_config.json'}: listed in surgeon.json but missing; "
+                                                "the output is incomplete: rewrite it")

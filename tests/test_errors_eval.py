@@ -30,7 +30,7 @@ def _eval(surgeon, model: Path, tmp_path: Path, *extra: str, text: str = '{"ques
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from weightsurgeon.synth import make_checkpoint
 
-    return make_checkpoint(tmp_path_factory.mktemp("eval-model") / "m", num_layers=1, hidden_size=32,
+    return make_checkpoint(tmp_path_factory.mktemp("eval-model") / "m", num_layers=2, hidden_size=32,
                            intermediate_size=64, dtype="f32")
 
 
@@ -66,7 +66,7 @@ def test_a_missing_task_file_is_refused_before_any_model_loads(tmp_path: Path, s
     empty.mkdir()
     res = surgeon("eval", empty, "--tasks", "math500", "--data", f"math500={tmp_path / 'gone.jsonl'}",
                   "-o", tmp_path / "out")
-    one_error(res, "gone.jsonl: data file for task math500 not found")
+    one_error(res, "gone.jsonl: data file for task math500 not found; check --data math500=FILE")
 
 
 # ---------------------------------------------------------------------------------------
@@ -157,3 +157,47 @@ def test_a_data_parallel_worker_that_dies(model: Path) -> None:
         backend._receive(parent)
     assert str(e.value) == (f"{model}: a data-parallel worker died without a word (killed, out of memory?); check the "
                             "system log (dmesg), or lower --data-parallel-size or --batch-size")
+
+
+# ---------------------------------------------------------------------------------------
+# probe --sweep: cells that cannot be applied to a loaded model in memory
+# ---------------------------------------------------------------------------------------
+
+def test_a_splice_cell_that_would_untie_the_head(tmp_path: Path) -> None:
+    from weightsurgeon.checkpoint import open_checkpoint
+    from weightsurgeon.errors import SurgeonError
+    from weightsurgeon.recipes.eval.sweep import Cell, plan_for
+    from weightsurgeon.synth import make_checkpoint
+
+    tied = make_checkpoint(tmp_path / "tied", num_layers=1, hidden_size=32, intermediate_size=64, tied=True)
+    untied = make_checkpoint(tmp_path / "untied", num_layers=1, hidden_size=32, intermediate_size=64, tied=False)
+    with open_checkpoint(tied) as base, open_checkpoint(untied) as donor:
+        with pytest.raises(SurgeonError) as e:
+            plan_for(base, Cell("splice", "head", "all"), {}, donor)
+    assert str(e.value) == ("splice head all: this splice edits config.json or adds tensors (an untied head); it "
+                            "cannot be done in memory: write it with surgeon splice")
+
+
+def test_cells_a_loaded_model_cannot_take(tiny: Path) -> None:
+    """A model class with no layer list, and one whose parameter names are not the checkpoint's."""
+    torch = pytest.importorskip("torch")
+    from weightsurgeon.checkpoint import open_checkpoint
+    from weightsurgeon.errors import SurgeonError
+    from weightsurgeon.recipes.eval.sweep import Cell, apply_cell, plan_for
+
+    class Odd(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.proj = torch.nn.Linear(2, 2)
+
+    with open_checkpoint(tiny) as ckpt:
+        with pytest.raises(SurgeonError) as e:
+            apply_cell(Odd(), plan_for(ckpt, Cell("remove", None, "0"), {}))
+        assert str(e.value) == ("Odd: cannot find the decoder's layer list (.layers, .h or .blocks) to remove layers in "
+                                "memory; write the cut model with surgeon remove and probe it instead")
+        with pytest.raises(SurgeonError) as e:
+            apply_cell(Odd(), plan_for(ckpt, Cell("zero", "o_proj", "0"), {}))
+        assert str(e.value) == ("model.layers.0.self_attn.o_proj.weight: the loaded model has no such parameter (this "
+                                "architecture's names differ between checkpoint and model); write the changed "
+                                "checkpoint with surgeon zero and probe it instead")

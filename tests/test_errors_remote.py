@@ -12,6 +12,7 @@ from conftest import run_cli
 from hubserver import HubServer
 from test_remote import BASE, hub_env
 
+from weightsurgeon.checkpoint import MAX_JSON_BYTES
 from weightsurgeon.synth import make_checkpoint
 
 
@@ -98,3 +99,87 @@ def test_a_socks_proxy_is_refused_in_one_line(hub: HubServer, model: Path, tmp_p
     monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1")
     with pytest.raises(SurgeonError, match="the proxy socks5://127.0.0.1 .* is not an http:// proxy, the only kind spoken"):
         proxy_for("http", "example.org")
+
+
+# ---------------------------------------------------------------------------------------
+# A server that answers otherwise than the Hub (a broken mirror, a proxy in the way)
+# ---------------------------------------------------------------------------------------
+
+def _shard(model: Path) -> str:
+    return sorted(p.name for p in model.glob("*.safetensors"))[0]
+
+
+SERVER_CASES = [
+    ("no-commit", lambda f, m: setattr(f, "info_no_sha", True),
+     f"{BASE}: the Hub's model info names no commit for this revision, so the files cannot be pinned; check HF_ENDPOINT"),
+    ("huge-config", lambda f, m: f.sizes.update({"config.json": 10**9}),
+     f"config.json: the Hub lists 1000000000 bytes, more than the {MAX_JSON_BYTES} this file may have: the "
+     "repository does not hold a model in safetensors"),
+    ("no-size", lambda f, m: f.sizes.update({_shard(m): None}),
+     ": the Hub's file list gives no size, so its header cannot be checked; check HF_ENDPOINT"),
+    ("redirect-loop", lambda f, m: setattr(f, "redirect_loop", True),
+     (f"{BASE}: more than 5 redirects for http", "the server redirects in a loop: check HF_ENDPOINT and any proxy")),
+    ("redirect-no-location", lambda f, m: setattr(f, "redirect_no_location", True),
+     f": redirect (HTTP 302) without a Location for {BASE}; the server is broken: check HF_ENDPOINT and any proxy"),
+    ("garbled-content-range", lambda f, m: setattr(f, "content_range", "bytes garbage"),
+     "the server sent an unreadable Content-Range 'bytes garbage'; it is not answering as the Hub does"),
+    ("wrong-content-range", lambda f, m: setattr(f, "content_range", "bytes 0-0/1"),
+     "for a request of 0-"),
+]
+
+
+@pytest.mark.parametrize("case_id,fault,words", SERVER_CASES, ids=[c[0] for c in SERVER_CASES])
+def test_a_server_that_answers_otherwise_than_the_hub(hub: HubServer, model: Path, tmp_path: Path, case_id, fault,
+                                                      words) -> None:
+    hub.add(BASE, model)
+    fault(hub.faults, model)
+    res = run_cli("inspect", BASE, env=hub_env(hub, tmp_path))
+    _one_error(res, *((words,) if isinstance(words, str) else words))
+    if case_id == "wrong-content-range":
+        assert "(file size " in res.stderr and "the file changed or the server is broken; run again" in res.stderr
+
+
+def test_a_hub_id_the_hub_would_refuse(hub: HubServer, tmp_path: Path) -> None:
+    """The CLI looks in the local cache first, which refuses the id in its own words; open_remote, the
+    Python API, says it itself (a subprocess: huggingface_hub reads HF_HUB_OFFLINE when imported)."""
+    import subprocess
+    import sys
+
+    _one_error(run_cli("inspect", "org/two--dashes", env=hub_env(hub, tmp_path)),
+               "org/two--dashes: cannot resolve from the local Hugging Face cache (HFValidationError")
+    script = ("from weightsurgeon.errors import SurgeonError\nfrom weightsurgeon.remote import open_remote\n"
+              "try:\n    open_remote('org/two--dashes', 'org/two--dashes', None)\n"
+              "except SurgeonError as e:\n    print(e)\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=hub_env(hub, tmp_path),
+                         timeout=300)
+    assert res.stdout.startswith("org/two--dashes: not a valid Hub id ("), res.stdout + res.stderr
+    assert "give ORG/NAME, or a folder that exists" in res.stdout
+
+
+def test_verify_of_a_remote_surgery_finds_bytes_changed_after_writing(hub: HubServer, model: Path,
+                                                                      tmp_path: Path) -> None:
+    """The output's bytes that came from the Hub are compared with the sha256 taken while writing them; a byte
+    flipped between writing and --verify (made here by wrapping compare_written) is named."""
+    import subprocess
+    import sys
+
+    hub.add(BASE, model)
+    script = (
+        "import sys, weightsurgeon.writer as w\n"
+        "real = w.compare_written\n"
+        "def flipped(plan, folder, *a, **kw):\n"
+        "    shard = sorted(folder.glob('*.safetensors'))[0]\n"
+        "    data = bytearray(shard.read_bytes()); data[-1] ^= 1; shard.write_bytes(bytes(data))\n"
+        "    return real(plan, folder, *a, **kw)\n"
+        "w.compare_written = flipped\n"
+        "from weightsurgeon.cli import main\n"
+        "main(sys.argv[1:])\n")
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-c", script, "zero", BASE, "--module", "o_proj", "--remote", "--verify",
+                          "-o", str(out)], capture_output=True, text=True, env=hub_env(hub, tmp_path), timeout=600)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]  # a notice of what will be fetched, then the error
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert res.returncode == 1 and errors == lines[-1:], res.stderr
+    assert f"--verify: {tmp_path}" in errors[0] and "model-00001-of-00001.safetensors: the bytes of 'lm_head.weight' " \
+        "(and any tensors written after it in one piece) differ from those fetched from the Hub while writing" in errors[0]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".surgeon-tmp")]

@@ -107,7 +107,8 @@ class HubRepo:
         if meta is None:
             return None
         if meta.size is not None and meta.size > limit:
-            raise SurgeonError(f"{self.where / filename}: {meta.size} bytes, more than the {limit} this file may have")
+            raise SurgeonError(f"{self.where / filename}: the Hub lists {meta.size} bytes, more than the {limit} this "
+                               "file may have: the repository does not hold a model in safetensors")
         size = meta.size if meta.size is not None else limit
         buf = bytearray(size)
         got = self.read_range(filename, 0, memoryview(buf), whole_ok=True) if size else 0
@@ -174,11 +175,13 @@ class HubRepo:
                 if resp.will_close or not resp.isclosed():
                     self._drop(parts.scheme, parts.netloc)
                 if not location:
-                    raise SurgeonError(f"{parts.netloc}: redirect (HTTP {resp.status}) without a Location")
+                    raise SurgeonError(f"{parts.netloc}: redirect (HTTP {resp.status}) without a Location for "
+                                       f"{self.repo_id}; the server is broken: check HF_ENDPOINT and any proxy")
                 url = urljoin(url, location)
                 continue
             return resp, (parts.scheme, parts.netloc)
-        raise SurgeonError(f"{self.repo_id}: more than {MAX_REDIRECTS} redirects")
+        raise SurgeonError(f"{self.repo_id}: more than {MAX_REDIRECTS} redirects for {url}; the server redirects "
+                           "in a loop: check HF_ENDPOINT and any proxy")
 
     def read_range(self, filename: str, pos: int, view: memoryview, whole_ok: bool = False) -> int:
         """Fill `view` with the file's bytes from `pos`, resuming a dropped transfer where it stopped.
@@ -210,7 +213,7 @@ class HubRepo:
                 if failures > RETRIES:
                     raise SurgeonError(f"{shown}: reading bytes {first}-{last} failed {failures} times in a row "
                                        f"({e}); giving up (a dropped connection resumes where it stopped, up to "
-                                       f"{RETRIES} retries)") from None
+                                       f"{RETRIES} retries): check the network and run again") from None
                 time.sleep(min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (failures - 1)))
         return done
 
@@ -222,32 +225,34 @@ class HubRepo:
                                "or private; log in with `hf auth login` (or set HF_TOKEN) with an account that has "
                                "accepted the model's licence on its Hub page")
         if status == 404:
-            raise SurgeonError(f"{self.repo_id}: {shown.name} not found at commit {self.commit} (HTTP 404)")
+            raise SurgeonError(f"{self.repo_id}: {shown.name} not found at commit {self.commit} (HTTP 404), though the "
+                               "file list names it; run again, or check HF_ENDPOINT")
         if status == 416:
             resp.close()
             size = self.files[shown.name].size
             if size is not None and first >= size:
                 return None  # asked from the end of the file: nothing there
             raise SurgeonError(f"{shown}: bytes {first}-{last} are past the end of the file on the Hub (HTTP 416): "
-                               "the file is shorter than its header says")
+                               "the file is shorter than its header says: its upload is incomplete or damaged")
         if status == 429 or status >= 500:
             raise _Retry(f"HTTP {status}")
         if status == 200 and not whole_ok:
             resp.close()  # never read the body: it is the whole file
             raise SurgeonError(f"{host}: the server ignored the Range request for {shown} and started sending the "
-                               "whole file (HTTP 200); refused, nothing more is read")
+                               "whole file (HTTP 200); refused, nothing more is read: check HF_ENDPOINT and any proxy")
         if status == 206:
             start, end, total = _content_range(resp.getheader("Content-Range"))
             size = self.files[shown.name].size
             if start != first or end > last or (size is not None and total is not None and total != size):
                 resp.close()
                 raise SurgeonError(f"{host}: answered bytes {start}-{end}/{total} of {shown} for a request of "
-                                   f"{first}-{last} (file size {size}): the file changed or the server is broken")
+                                   f"{first}-{last} (file size {size}): the file changed or the server is broken; "
+                                   "run again, and check HF_ENDPOINT and any proxy")
             want = end - start + 1
         elif status == 200:
             want = min(len(view), int(resp.getheader("Content-Length") or len(view)))
         else:
-            raise SurgeonError(f"{host}: unexpected HTTP {status} for {shown}")
+            raise SurgeonError(f"{host}: unexpected HTTP {status} for {shown}; check HF_ENDPOINT and any proxy")
         got = 0
         try:
             while got < want:
@@ -317,7 +322,8 @@ def _content_range(value: str | None) -> tuple[int, int, int | None]:
             raise ValueError(unit)
         return int(start), int(end), None if total.strip() == "*" else int(total)
     except ValueError:
-        raise SurgeonError(f"the server sent an unreadable Content-Range {str(value)[:60]!r}") from None
+        raise SurgeonError(f"the server sent an unreadable Content-Range {str(value)[:60]!r}; it is not answering "
+                           "as the Hub does: check HF_ENDPOINT and any proxy") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -465,6 +471,7 @@ class Prefetch:
                     p.buf = bytearray(PIECE_BYTES)
                 got = p.file.direct(p.begin, memoryview(p.buf)[:p.end - p.begin])
                 if got != p.end - p.begin:
+                    # internal: pieces lie inside the size the header was checked against; a short answer raises in read_range
                     raise SurgeonError(f"{p.file.name}: the file ends at byte {p.begin + got}, before its header says")
                 p.state = "done"
             except BaseException as e:  # handed to the reader, who raises it in its own thread
@@ -633,20 +640,24 @@ def resolve(repo_id: str, revision: str | None) -> HubRepo:
         raise SurgeonError(f"{repo_id}: gated repository ({_status(e)}): accept its licence on the Hub page, then "
                            "log in with `hf auth login` (or set HF_TOKEN)") from None
     except hub_errors.RevisionNotFoundError as e:
-        raise SurgeonError(f"{repo_id}: revision {revision!r} not found ({_status(e)})") from None
+        raise SurgeonError(f"{repo_id}: revision {revision!r} not found ({_status(e)}); give a branch, tag or commit "
+                           "the repository has") from None
     except hub_errors.RepositoryNotFoundError as e:
         raise SurgeonError(f"{repo_id}: repository not found on {endpoint}, or private ({_status(e)}): check the id, "
                            "or log in with `hf auth login` (or set HF_TOKEN)") from None
     except hub_errors.HfHubHTTPError as e:
-        raise SurgeonError(f"{shown}: the Hub answered {_status(e)} listing the repository") from None
+        raise SurgeonError(f"{shown}: the Hub answered {_status(e)} listing the repository; try again later, or "
+                           "check HF_ENDPOINT") from None
     except hub_errors.HFValidationError as e:
-        raise SurgeonError(f"{shown}: not a valid Hub id ({str(e)[:120]})") from None
+        raise SurgeonError(f"{shown}: not a valid Hub id ({str(e)[:120]}); give ORG/NAME, or a folder that "
+                           "exists") from None
     except Exception as e:  # connection refused, DNS, timeouts: whatever the HTTP library raises
         raise SurgeonError(f"{shown}: cannot reach {endpoint} ({type(e).__name__}: {str(e)[:160]}); check the network, "
                            "HF_ENDPOINT and any proxy settings") from None
     commit = getattr(info, "sha", None)
     if not commit:
-        raise SurgeonError(f"{shown}: the Hub named no commit for this revision")
+        raise SurgeonError(f"{shown}: the Hub's model info names no commit for this revision, so the files cannot be "
+                           "pinned; check HF_ENDPOINT (a mirror that answers otherwise than the Hub?)")
     files = {}
     for s in info.siblings or []:
         lfs = getattr(s, "lfs", None)
@@ -688,7 +699,8 @@ def _open(text: str, repo: HubRepo) -> Checkpoint:
         shards = validate_index(where / INDEX_NAME, index)
         for s in shards:
             if s not in names:
-                raise SurgeonError(f"{where / INDEX_NAME}: names shard {s!r}, which the repository does not have")
+                raise SurgeonError(f"{where / INDEX_NAME}: names shard {s!r}, which the repository does not have: "
+                                   "its upload is incomplete; choose another revision")
     elif SINGLE_NAME in names:
         shards = [SINGLE_NAME]
     else:
@@ -696,11 +708,13 @@ def _open(text: str, repo: HubRepo) -> Checkpoint:
         if not shards:
             pickles = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth")) and "/" not in n)
             hint = f" (only {pickles[0]} ...: pickle checkpoints are never opened)" if pickles else ""
-            raise SurgeonError(f"{repo.label}: no .safetensors files at the top of the repository{hint}")
+            raise SurgeonError(f"{repo.label}: no .safetensors files at the top of the repository{hint}; choose a "
+                               "repository (or revision) with safetensors weights")
     files = [repo.source(where / s) for s in shards]
     for f in files:
         if f.meta.size is None:
-            raise SurgeonError(f"{f.name}: the Hub's file list gives no size")
+            raise SurgeonError(f"{f.name}: the Hub's file list gives no size, so its header cannot be checked; "
+                               "check HF_ENDPOINT (a mirror that answers otherwise than the Hub?)")
     with ThreadPoolExecutor(max_workers=min(HEADER_WORKERS, len(files))) as pool:
         headers = list(pool.map(lambda f: f.load_header(_header_guess(index, f.path.name)), files))
     config = parse_json_file(where / "config.json", repo.fetch("config.json")) if "config.json" in names else None

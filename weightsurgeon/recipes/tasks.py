@@ -218,7 +218,7 @@ def iter_problems(name: str, source: str | None = None, seed: int = 0) -> Iterat
     if is_local_source(source):
         path = Path(source)  # type: ignore[arg-type]
         if not path.is_file():
-            raise SurgeonError(f"{path}: data file for task {name} not found")
+            raise SurgeonError(f"{path}: data file for task {name} not found; check --data {name}=FILE")
         rows: Iterator[dict[str, Any]] = _read_local(path)
     else:
         rows = _read_hub(spec, source)

@@ -279,7 +279,7 @@ class VLLMBackend:
 def check_backend(name: str, model: str, options: dict[str, Any]) -> type:
     """The class a request names, after checking it: unknown option names are an error, not ignored."""
     if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
-        raise SurgeonError(f"{model}: no such checkpoint folder")
+        raise SurgeonError(f"{model}: no such checkpoint folder; give the model's folder or a Hub id")
     if name == "hf":
         allowed = {"device", "dtype", "batch_size", "data_parallel_size"}
         cls: Any = HFBackend

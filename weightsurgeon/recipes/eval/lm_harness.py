@@ -108,7 +108,7 @@ def write_task_yamls(cfg: EvalConfig, folder: Path) -> list[str]:
         if is_local_source(source):
             path = Path(source).resolve()  # type: ignore[arg-type]
             if not path.is_file():
-                raise SurgeonError(f"{path}: data file for task {task} not found")
+                raise SurgeonError(f"{path}: data file for task {task} not found; check --data {task}=FILE")
             fmt = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix.lower(), "json")
             override.update(dataset_path=fmt, dataset_name=None, test_split="test",
                             dataset_kwargs={"data_files": {"test": str(path)}})

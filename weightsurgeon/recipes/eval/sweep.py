@@ -174,7 +174,8 @@ def _layer_list(model: Any) -> tuple[Any, str]:
     for attr in ("layers", "h", "blocks"):
         if hasattr(inner, attr):
             return inner, attr
-    raise SurgeonError("cannot find the model's decoder layers to remove them in memory")
+    raise SurgeonError(f"{type(model).__name__}: cannot find the decoder's layer list (.layers, .h or .blocks) to "
+                       "remove layers in memory; write the cut model with surgeon remove and probe it instead")
 
 
 def apply_cell(model: Any, plan: Any) -> Callable[[], None]:
@@ -218,8 +219,9 @@ def apply_cell(model: Any, plan: Any) -> Callable[[], None]:
                 try:
                     param = model.get_parameter(t.name)
                 except AttributeError as e:
-                    raise SurgeonError(f"{t.name}: the loaded model has no such parameter; "
-                                       "this architecture's names differ between checkpoint and model") from e
+                    raise SurgeonError(f"{t.name}: the loaded model has no such parameter (this architecture's "
+                                       "names differ between checkpoint and model); write the changed checkpoint "
+                                       f"with surgeon {plan.operation} and probe it instead") from e
                 saved = param.detach().clone()
                 param.copy_(_torch_tensor(reader, t).to(param.dtype))
                 undo.append(lambda p=param, s=saved: p.detach().copy_(s))
