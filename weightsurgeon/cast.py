@@ -45,10 +45,12 @@ def plan_cast(model: Checkpoint, dtype: str, modules: str | None = None, layers:
     return _plan_dequantize(model, TARGETS[dtype], modules, layers, experts, allow_overflow, arguments or {})
 
 
-def _disk_order(model: Checkpoint) -> list:
-    """Stored tensors in the order their bytes lie (file, offset): reads go front to back."""
-    rank = {f: i for i, f in enumerate(model.files)}
-    return sorted(model, key=lambda info: (rank[info.file], info.begin))
+def _disk_order(model: Checkpoint):
+    """(shard number, stored tensor) in the order their bytes lie (file, offset): reads go front to back.
+    Each shard's table is in on-disk order already (format.TensorTable); records are made one at a time."""
+    for k, shard in enumerate(model.shards):
+        for info in shard.tensors:
+            yield k, info
 
 
 def _selected(model: Checkpoint, modules: str | None, layers: str | None, experts: str | None) -> list[str] | None:
@@ -74,27 +76,31 @@ def _plan_dequantize(model: Checkpoint, target: str, modules: str | None, layers
     if not chosen:
         raise SurgeonError(f"the selection ({modules or 'all'}, layers {layers or 'all'}) holds no quantized weight: "
                            f"nothing to dequantize")
-    rank = {f: i for i, f in enumerate(model.files)}
     overflow = "inf" if allow_overflow else None
     tensors: list[PlannedTensor] = []
     shard_of: dict[str, int] = {}
     transposed: list[str] = []
     kinds: dict[tuple, QuantTensor] = {}  # one tensor of each encoding, for the labels (92k tensors, a handful of kinds)
-    for info in _disk_order(model):
-        logical = quant.parts.get(info.name)
-        if logical in chosen:
-            q = quant.tensors[logical]
-            if info.name != q.data.name:
-                continue  # the scale: folded into the values
-            shape = dequantized_shape(q)
-            if shape != q.shape:
-                transposed.append(logical)
-            kinds.setdefault((q.scheme, q.block, q.data.dtype, q.scale.dtype, q.scale.name.rsplit(".", 1)[-1]), q)
-            t = PlannedTensor(logical, target, shape, Source("dequantize", role="base", name=logical, overflow=overflow), True)
-        else:
-            t = PlannedTensor(info.name, info.dtype, info.shape, Source("copy", role="base", name=info.name), False)
-        tensors.append(t)
-        shard_of[t.name] = rank[info.file]
+    parts, quantized = quant.parts, quant.tensors
+    for k, shard in enumerate(model.shards):  # in the order the bytes lie: reads go front to back
+        table = shard.tensors  # by name: a record only for what is copied (92k names, 46k of them scales)
+        for i, name in enumerate(table.names):
+            logical = parts.get(name)
+            if logical in chosen:
+                q = quantized[logical]
+                if name != q.data.name:
+                    continue  # the scale: folded into the values
+                shape = dequantized_shape(q)
+                if shape != q.shape:
+                    transposed.append(logical)
+                kinds.setdefault((q.scheme, q.block, q.data.dtype, q.scale.dtype, q.scale.name.rsplit(".", 1)[-1]), q)
+                t = PlannedTensor(logical, target, shape, Source("dequantize", role="base", name=logical, overflow=overflow),
+                                  True)
+            else:
+                info = table.info(i)
+                t = PlannedTensor(name, info.dtype, info.shape, Source("copy", role="base", name=name), False)
+            tensors.append(t)
+            shard_of[t.name] = k
     config, edits = _dequantized_config(model.config, quant.tensors, chosen)
     transposed.sort()
     warnings = []
@@ -218,10 +224,9 @@ def _plan_quantize(model: Checkpoint, modules: str | None, layers: str | None, e
     if clash:
         raise _problems(f"scale tensor name(s) already taken in {model.root or model.source} (a plain weight beside "
                         "an FP8 scale: the model is half quantized); give the unquantized model", clash)
-    rank = {f: i for i, f in enumerate(model.files)}
     tensors: list[PlannedTensor] = []
     shard_of: dict[str, int] = {}
-    for info in _disk_order(model):
+    for k, info in _disk_order(model):
         if info.name in chosen:
             rows, cols = info.shape
             src = dict(role="base", name=info.name, block=tuple(block), scale_dtype=scale_dtype)
@@ -232,7 +237,7 @@ def _plan_quantize(model: Checkpoint, modules: str | None, layers: str | None, e
             new = [PlannedTensor(info.name, info.dtype, info.shape, Source("copy", role="base", name=info.name), False)]
         for t in new:
             tensors.append(t)
-            shard_of[t.name] = rank[info.file]
+            shard_of[t.name] = k
     config, edits = _quantized_config(model, qc, chosen, reference, own)
     warnings = []
     if skipped:

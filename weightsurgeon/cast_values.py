@@ -304,14 +304,15 @@ def write_cast_file_run(tensors: list["PlannedTensor"], reader: "SourceReader", 
         owner = len(taken)
         if src.kind == "copy":
             info = ckpt[src.name]
-            if info.file != file or not 0 < info.nbytes <= RAW_PART_BYTES:
+            if (info.file is not file and info.file != file) or not 0 < info.nbytes <= RAW_PART_BYTES:
                 break
             entry = [info.begin, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, info.nbytes]
             build.add(entry, owner, (info.begin, info.end), None, info.nbytes, pos)
         elif src.kind == "dequantize":
             q = quant[src.name]
             data, scale = q.data, q.scale
-            if q.scheme == "mxfp4" or data.file != file or scale.file != file or not data.nbytes:
+            if q.scheme == "mxfp4" or not data.nbytes or (data.file is not file and data.file != file) \
+                    or (scale.file is not file and scale.file != file):  # one Path object per shard: `is` first
                 break
             width = itemsize(t.dtype)
             if t.nbytes <= PART_OUT_BYTES:
