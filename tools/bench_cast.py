@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_frontier import R1_BYTES, R1_QUANTIZED  # noqa: E402  (the published model's size and FP8 weight count)
-from bench_surgery import run  # noqa: E402  (wall, peak RSS MiB, CPU seconds, exit status, stderr tail)
+from bench_surgery import run  # noqa: E402  (wall, peak RSS MiB, CPU seconds, GB read from disk, exit status, stderr tail)
 
 SURGEON = [sys.executable, "-m", "weightsurgeon"]
 # About: the 688.6 GB stored less about 5.6 GB of bf16 tensors (two embeddings and heads, routers, norms,
@@ -87,8 +87,8 @@ def main() -> int:
         print(f"wrote the model in {time.perf_counter() - t0:.0f} s")
     print(f"load average before: {os.getloadavg()}")
     first = run([*SURGEON, "cast", str(base), "--dtype", "bf16", "-q", "-o", str(out), "--force"], env=env)
-    if first[3] != 0:
-        print(f"cast failed: {first[4]}")
+    if first[4] != 0:
+        print(f"cast failed: {first[5]}")
         return 1
     in_bytes, out_bytes = _tree_bytes(base), _tree_bytes(out)
     print(f"input {in_bytes / 1e9:.2f} GB in {len(list(base.glob('*.safetensors')))} shards; "
@@ -117,8 +117,8 @@ def main() -> int:
     print(f"{'command':28} {'median s':>9} {'runs':>22} {'x cp':>6} {'x cp+sync':>9} {'CPU s':>7} {'peak RSS MiB':>13}")
     for name, runs in results.items():
         walls = ", ".join(f"{r[0]:.2f}" for r in runs)
-        bad = [r for r in runs if r[3] != 0]
-        note = f"  (exit {bad[0][3]}: {bad[0][4].strip()[-200:]})" if bad else ""
+        bad = [r for r in runs if r[4] != 0]
+        note = f"  (exit {bad[0][4]}: {bad[0][5].strip()[-200:]})" if bad else ""
         print(f"{name:28} {med[name]:9.2f} {walls:>22} {med[name] / cp:6.2f} {med[name] / cp_sync:9.2f} "
               f"{statistics.median(r[2] for r in runs):7.2f} {max(r[1] for r in runs):13.0f}{note}")
     import numba
