@@ -57,7 +57,7 @@ def test_powers_of_ten_and_their_neighbours():
     _check(tens)
     _check(np.nextafter(tens, math.inf))
     _check(np.nextafter(tens, 0.0))
-    _check(tens * 3.0)
+    _check(tens[:-1] * 3.0)
 
 
 def test_values_the_diff_writes_most():

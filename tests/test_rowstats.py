@@ -180,20 +180,54 @@ def test_head_and_expert_rows_written_as_columns_equal_each_row_alone(tmp_path) 
     assert [(b.layer, b.index) for b in back] == [(u.layer, u.index) for u in units]
 
 
-@pytest.mark.parametrize("name", ["model.layers.0.mlp.up_proj.weight", 'odd,name "quoted"\nweight'])
+@pytest.mark.parametrize("name", ["model.layers.0.mlp.up_proj.weight", 'odd,name "quoted"\nweight', "mod\u00e8le.w"])
 def test_rows_joined_in_one_write_equal_the_csv_writer(name: str) -> None:
-    """report.csv's fast path (one join per block) writes what csv.writer writes; a name that needs
-    quoting takes csv.writer itself."""
+    """report.csv's fast paths (one join per block; one compiled call per block) write what
+    csv.writer writes; a name that needs quoting or is not ASCII takes csv.writer itself."""
     import csv
     import io
 
-    from weightsurgeon.report.rows import write_csv_columns
+    from weightsurgeon.report.rows import write_csv_block, write_csv_columns
 
     rows = edge_rows()
-    tensors = [TensorDiff("t", name, i, "up_proj", "weight", "F32", "F32", (4, 8), 32, s) for i, s in enumerate(rows)]
-    cells = csv_cells([meta_of(t) for t in tensors], StatsColumns.of(rows, BINS), CLIP)
-    fast, slow = io.StringIO(newline=""), io.StringIO(newline="")
+    shapes = [(4, 8), (), (32,), (2, 4, 4), (1, 32)]
+    tensors = [TensorDiff(f"t{i % 2}", name if i % 3 else f"{name}.{i}", None if i % 4 == 1 else i * 17,
+                          "up_proj" if i % 2 else "other", "weight" if i % 3 else "bias", "F32", "BF16" if i % 2 else "F32",
+                          shapes[i % len(shapes)], 32, s, added_rows=i % 3, lora_rank=None if i % 2 else 16)
+               for i, s in enumerate(rows)]
+    meta, columns = [meta_of(t) for t in tensors], StatsColumns.of(rows, BINS)
+    cells = csv_cells(meta, columns, CLIP)
+    fast, slow, compiled = io.StringIO(newline=""), io.StringIO(newline=""), io.StringIO(newline="")
     write_csv_columns(fast, csv.writer(fast), cells)
+    write_csv_block(compiled, csv.writer(compiled), meta, columns, CLIP)
     csv.writer(slow).writerows(zip(*cells))
     assert fast.getvalue() == slow.getvalue()
-    assert [r[1] for r in csv.reader(io.StringIO(fast.getvalue(), newline=""))] == [name] * len(rows)
+    assert compiled.getvalue() == slow.getvalue()
+    assert [r[1] for r in csv.reader(io.StringIO(fast.getvalue(), newline=""))] == [t.name for t in tensors]
+
+
+def test_the_compiled_csv_lines_equal_the_csv_writer_on_every_kind_of_cell() -> None:
+    """kernels/_floattext.csv_text: text, integers (None: empty; negative; int64's extremes) and
+    floats (NaN/inf: empty; -0.0; subnormal; huge) as csv.writer writes their str/repr."""
+    import csv
+    import io
+
+    from weightsurgeon.kernels._floattext import FLOAT, INTEGER, TEXT, csv_text
+
+    rng = np.random.default_rng(7)
+    n = 300
+    ints = rng.integers(-(1 << 62), 1 << 62, n)
+    ints[:4] = [0, -1, np.iinfo(np.int64).max, np.iinfo(np.int64).min + 1]
+    floats = rng.standard_normal(n) * np.exp(rng.uniform(-700, 700, n))
+    floats[:6] = [math.nan, math.inf, -math.inf, -0.0, 5e-324, 1.7976931348623157e308]
+    text = [f"name.{i}" * (i % 3) for i in range(n)]  # empty cells among them
+    optional = [None if i % 5 == 0 else i for i in range(n)]
+    got = csv_text([(TEXT, text), (INTEGER, ints), (FLOAT, floats), (INTEGER, optional), (TEXT, ["x"] * n),
+                    (FLOAT, floats[::-1].copy())])
+    want = io.StringIO(newline="")
+    csv.writer(want).writerows(zip(text, ints.tolist(), ["" if not math.isfinite(v) else repr(v) for v in floats.tolist()],
+                                   ["" if v is None else v for v in optional], ["x"] * n,
+                                   ["" if not math.isfinite(v) else repr(v) for v in floats[::-1].tolist()]))
+    assert got == want.getvalue()
+    assert csv_text([(TEXT, ["a,b"]), (FLOAT, np.array([1.0]))]) is None
+    assert csv_text([(TEXT, ["caf\u00e9"]), (FLOAT, np.array([1.0]))]) is None

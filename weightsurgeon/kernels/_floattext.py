@@ -16,6 +16,8 @@ exact integers.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 
@@ -208,3 +210,92 @@ def float_cells(values: np.ndarray) -> list[str]:
     out = np.empty(values.size * (MAX_CHARS + 1), dtype=np.uint8)
     end = write_lines(values.view(np.uint64), out)
     return out[:end - 1].tobytes().decode("ascii").split("\n")
+
+
+TEXT, INTEGER, FLOAT = 0, 1, 2  # kinds of a `csv_lines` column
+NULL = np.iinfo(np.int64).min  # an INTEGER cell written empty (None)
+
+
+@numba.njit(cache=True)
+def _write_int(value, out, at, text):
+    """str(value) into out[at:]; returns the end."""
+    if value < 0:
+        out[at] = 45
+        at += 1
+        value = -value
+    n = 0
+    while True:
+        text[n] = 48 + value % 10
+        value //= 10
+        n += 1
+        if value == 0:
+            break
+    for i in range(n):
+        out[at + i] = text[n - 1 - i]
+    return at + n
+
+
+@numba.njit(cache=True)
+def csv_lines(rows, kinds, index, blob, offsets, ints, floats, out):
+    """CSV lines (comma-separated, each ended by CR LF, as csv.writer writes them) of rows whose
+    column c is TEXT (bytes blob[offsets[index[c], i]:offsets[index[c], i + 1]], written as they
+    are: the caller checked that none needs quoting), INTEGER (ints[i, index[c]], empty if NULL)
+    or FLOAT (the double with bits floats[i, index[c]], its repr; empty if NaN/inf). Returns the
+    length written into out."""
+    at = 0
+    text = np.empty(24, dtype=np.uint8)
+    for i in range(rows):
+        for c in range(kinds.size):
+            if c:
+                out[at] = 44
+                at += 1
+            j = index[c]
+            if kinds[c] == TEXT:
+                a, b = offsets[j, i], offsets[j, i + 1]
+                out[at:at + b - a] = blob[a:b]
+                at += b - a
+            elif kinds[c] == INTEGER:
+                if ints[i, j] != NULL:
+                    at = _write_int(ints[i, j], out, at, text)
+            else:
+                at = _write(floats[i, j], out, at, text)
+        out[at], out[at + 1] = 13, 10
+        at += 2
+    return at
+
+
+def csv_text(columns: list[tuple[int, Any]]) -> str | None:
+    """The CSV lines of rows given as columns, as csv.writer writes them: each column is (TEXT, list
+    of str), (INTEGER, int64 values or a list of int/None) or (FLOAT, float64 values). None where a
+    text cell is not plain ASCII or needs quoting (a comma, a quote, a line end): write those with
+    csv.writer."""
+    kinds = np.array([kind for kind, _ in columns], dtype=np.int64)
+    index = np.zeros(kinds.size, dtype=np.int64)
+    texts, ints, floats = [], [], []
+    for c, (kind, values) in enumerate(columns):
+        group = texts if kind == TEXT else ints if kind == INTEGER else floats
+        index[c] = len(group)
+        group.append(values)
+    rows = len(columns[0][1]) if columns else 0
+    blob_parts, offsets = [], np.zeros((max(1, len(texts)), rows + 1), dtype=np.int64)
+    start = 0
+    for j, cells in enumerate(texts):
+        joined = "".join(cells)
+        if not joined.isascii() or any(ch in joined for ch in ',"\r\n'):
+            return None
+        lengths = np.fromiter(map(len, cells), dtype=np.int64, count=rows)
+        np.cumsum(lengths, out=offsets[j, 1:])
+        offsets[j] += start
+        start += len(joined)
+        blob_parts.append(joined)
+    blob = np.frombuffer("".join(blob_parts).encode("ascii"), dtype=np.uint8) if start else np.zeros(1, np.uint8)
+    int_block = np.empty((rows, max(1, len(ints))), dtype=np.int64)
+    for j, values in enumerate(ints):
+        int_block[:, j] = values if isinstance(values, np.ndarray) else [NULL if v is None else v for v in values]
+    float_block = np.empty((rows, len(floats)), dtype=np.float64)
+    for j, values in enumerate(floats):
+        float_block[:, j] = values
+    size = start + rows * (len(floats) * (MAX_CHARS + 1) + len(ints) * 21 + kinds.size + 2)
+    out = np.empty(max(size, 1), dtype=np.uint8)
+    end = csv_lines(rows, kinds, index, blob, offsets, int_block, float_block.view(np.uint64), out)
+    return out[:end].tobytes().decode("ascii")

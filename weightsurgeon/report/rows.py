@@ -59,16 +59,16 @@ def _optional(values: Iterable[Any]) -> list[str]:
     return ["" if v is None else str(v) for v in values]
 
 
-def csv_cells(meta: list[tuple], columns: Any, clip: float) -> list[list[str]]:
-    """report.csv's cells of many rows (kernels/stats.StatsColumns and their META tuples): the
-    numbers `report.model.stats_fields` gives each row, derived for all rows at once
-    (kernels/shape.derive_columns); empty cells for null/NaN. Returns the columns, in the
-    file's order."""
+def _typed_columns(meta: list[tuple], columns: Any, clip: float) -> list[tuple[int, Any]]:
+    """report.csv's columns of many rows (kernels/stats.StatsColumns and their META tuples), in the
+    file's order, each as (kind, values) of kernels/_floattext (TEXT: str cells; INTEGER: ints,
+    None for an empty cell; FLOAT: float64, empty cell for NaN/inf): the numbers
+    `report.model.stats_fields` gives each row, derived for all rows at once
+    (kernels/shape.derive_columns)."""
     from weightsurgeon.kernels import _rowstats
+    from weightsurgeon.kernels._floattext import FLOAT, INTEGER, TEXT
     from weightsurgeon.kernels.shape import derive_columns, mode_positions
 
-    if not meta:
-        return []
     derived, offsets, found = derive_columns(columns, clip)
     bins = columns.hist.shape[1]
     table = {i: repr(round(c, 12)) for i, c in zip(sorted(set(found.tolist())),
@@ -76,27 +76,46 @@ def csv_cells(meta: list[tuple], columns: Any, clip: float) -> list[list[str]]:
     names = [table[i] for i in found.tolist()]
     bounds = offsets.tolist()
     modes = [";".join(names[a:b]) for a, b in zip(bounds, bounds[1:])]
-    n_modes = np.diff(offsets).tolist()
     tuned, name, layer, module, param, dtype, dtype_tuned, shape, numel, added_rows, lora_rank = zip(*meta)
+    shapes: dict[tuple, str] = {}
+    shape_text = [shapes.get(s) or shapes.setdefault(s, "x".join(map(str, s))) for s in shape]
     d = [derived[:, c] for c in range(_rowstats.N_DERIVED)]
     out = {
-        "tuned": tuned, "name": name, "layer": _optional(layer), "module": module, "param": param, "dtype": dtype,
-        "numel": list(map(str, numel)), "l2_delta": _floats(d[_rowstats.L2_DELTA]),
-        "l2_base": _floats(d[_rowstats.L2_A]), "l2_tuned": _floats(d[_rowstats.L2_B]),
-        "rel_l2": _floats(d[_rowstats.REL_L2]), "cosine": _floats(d[_rowstats.COSINE]),
-        "max_abs_delta": _floats(columns.max_abs_delta), "mean_delta": _floats(d[_rowstats.MEAN_DELTA]),
-        "n_base_zero": list(map(str, columns.n_base_zero.tolist())),
-        "n_nonfinite": list(map(str, columns.n_nonfinite.tolist())), "dtype_tuned": dtype_tuned,
-        "shape": ["x".join(map(str, s)) for s in shape], "added_rows": list(map(str, added_rows)),
-        "n": list(map(str, columns.n.tolist())), "r_mean": _floats(columns.r_mean), "r_std": _floats(d[_rowstats.R_STD]),
-        "r_skewness": _floats(d[_rowstats.R_SKEW]), "r_excess_kurtosis": _floats(d[_rowstats.R_KURT]),
-        "bimodality": _floats(d[_rowstats.BIMODALITY]), "n_modes": list(map(str, n_modes)), "modes": modes,
-        "lora_rank": _optional(lora_rank), "sum_sq_delta": _floats(columns.sum_sq_delta),
-        "sum_sq_base": _floats(columns.sum_sq_a), "sum_sq_tuned": _floats(columns.sum_sq_b),
-        "dot_base_tuned": _floats(columns.dot_ab), "sum_delta": _floats(columns.sum_delta),
-        "r_m2": _floats(columns.r_m2), "r_m3": _floats(columns.r_m3), "r_m4": _floats(columns.r_m4),
+        "tuned": (TEXT, tuned), "name": (TEXT, name), "layer": (INTEGER, layer), "module": (TEXT, module),
+        "param": (TEXT, param), "dtype": (TEXT, dtype), "numel": (INTEGER, numel),
+        "l2_delta": (FLOAT, d[_rowstats.L2_DELTA]), "l2_base": (FLOAT, d[_rowstats.L2_A]),
+        "l2_tuned": (FLOAT, d[_rowstats.L2_B]), "rel_l2": (FLOAT, d[_rowstats.REL_L2]),
+        "cosine": (FLOAT, d[_rowstats.COSINE]), "max_abs_delta": (FLOAT, columns.max_abs_delta),
+        "mean_delta": (FLOAT, d[_rowstats.MEAN_DELTA]), "n_base_zero": (INTEGER, columns.n_base_zero),
+        "n_nonfinite": (INTEGER, columns.n_nonfinite), "dtype_tuned": (TEXT, dtype_tuned),
+        "shape": (TEXT, shape_text), "added_rows": (INTEGER, added_rows), "n": (INTEGER, columns.n),
+        "r_mean": (FLOAT, columns.r_mean), "r_std": (FLOAT, d[_rowstats.R_STD]),
+        "r_skewness": (FLOAT, d[_rowstats.R_SKEW]), "r_excess_kurtosis": (FLOAT, d[_rowstats.R_KURT]),
+        "bimodality": (FLOAT, d[_rowstats.BIMODALITY]), "n_modes": (INTEGER, np.diff(offsets)),
+        "modes": (TEXT, modes), "lora_rank": (INTEGER, lora_rank), "sum_sq_delta": (FLOAT, columns.sum_sq_delta),
+        "sum_sq_base": (FLOAT, columns.sum_sq_a), "sum_sq_tuned": (FLOAT, columns.sum_sq_b),
+        "dot_base_tuned": (FLOAT, columns.dot_ab), "sum_delta": (FLOAT, columns.sum_delta),
+        "r_m2": (FLOAT, columns.r_m2), "r_m3": (FLOAT, columns.r_m3), "r_m4": (FLOAT, columns.r_m4),
     }
-    return [list(out[c]) for c in CSV_COLUMNS + CSV_EXTRA]
+    return [out[c] for c in CSV_COLUMNS + CSV_EXTRA]
+
+
+def csv_cells(meta: list[tuple], columns: Any, clip: float) -> list[list[str]]:
+    """report.csv's cells of many rows, as columns of str in the file's order (see _typed_columns);
+    empty cells for null/NaN."""
+    from weightsurgeon.kernels._floattext import FLOAT, INTEGER
+
+    if not meta:
+        return []
+    out = []
+    for kind, values in _typed_columns(meta, columns, clip):
+        if kind == FLOAT:
+            out.append(_floats(values))
+        elif kind == INTEGER:
+            out.append(_optional(values.tolist() if isinstance(values, np.ndarray) else values))
+        else:
+            out.append(list(values))
+    return out
 
 
 _TEXT = ("tuned", "name", "module", "param", "dtype", "dtype_tuned")  # the cells that may hold any text
@@ -114,6 +133,21 @@ def write_csv_columns(f: IO[str], writer: Any, cells: list[list[str]]) -> None:
         writer.writerows(rows)
     else:
         f.write("\r\n".join(map(",".join, rows)) + "\r\n")
+
+
+def write_csv_block(f: IO[str], writer: Any, meta: list[tuple], columns: Any, clip: float) -> None:
+    """Rows of many tensors into report.csv (opened with newline=""), as `writer.writerows` of
+    their csv_cells writes them: composed in one compiled call (kernels/_floattext.csv_text), or
+    cell by cell where a text cell is not plain ASCII or needs quoting."""
+    from weightsurgeon.kernels._floattext import csv_text
+
+    if not meta:
+        return
+    text = csv_text(_typed_columns(meta, columns, clip))
+    if text is None:
+        write_csv_columns(f, writer, csv_cells(meta, columns, clip))
+    else:
+        f.write(text)
 
 
 def csv_row(t: Any) -> list[str]:
@@ -153,7 +187,7 @@ class RowWriter:
         """Rows of many tensors at once: their META tuples and statistics (kernels/stats.StatsColumns)."""
         if self.done + len(meta) > self.rows:
             raise RuntimeError(f"internal: more than the {self.rows} planned tensor rows")
-        write_csv_columns(self.csv_file, self.csv, csv_cells(meta, columns, clip))
+        write_csv_block(self.csv_file, self.csv, meta, columns, clip)
         self.hist_file.write(np.ascontiguousarray(columns.hist, dtype=self.np_dtype).tobytes())
         self.done += len(meta)
 
