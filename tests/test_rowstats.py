@@ -156,7 +156,8 @@ def test_a_batch_from_files_gives_the_columns_of_fresh_statistics(tmp_path) -> N
             np.testing.assert_array_equal(columns.hist[i], one.hist)
 
 
-def test_head_and_expert_rows_written_as_columns_equal_each_row_alone(tmp_path) -> None:
+@pytest.mark.parametrize("label", ["t", 'tun\u00e9d, "2"'])
+def test_head_and_expert_rows_written_as_columns_equal_each_row_alone(tmp_path, label: str) -> None:
     """report_heads.csv (one row per expert: ~100k in a MoE diff) written as columns: each row's
     cells are UnitDiff.to_dict's numbers, empty where they are null."""
     import csv
@@ -165,7 +166,7 @@ def test_head_and_expert_rows_written_as_columns_equal_each_row_alone(tmp_path) 
     from weightsurgeon.report.units import UnitDiff, read_units_csv, write_units_csv
 
     values = [(0.0, 0.0), (1e-300, 4.0), (2.5, 0.0), (math.nan, 1.0), (math.inf, 2.0), (3.0, math.inf), (0.1, 0.3)]
-    units = [UnitDiff("t", None if i == 0 else i, "o_proj", "head" if i % 2 else "expert", i, sd, sa)
+    units = [UnitDiff(label, None if i == 0 else i, "o_proj", "head" if i % 2 else "expert", i, sd, sa)
              for i, (sd, sa) in enumerate(values)]
     path = write_units_csv(units, tmp_path / "heads.csv")
     with open(path, newline="") as f:
@@ -177,7 +178,7 @@ def test_head_and_expert_rows_written_as_columns_equal_each_row_alone(tmp_path) 
             assert row[c] == ("" if v is None else repr(v) if isinstance(v, float) else str(v)), (c, row[c], v)
     back = read_units_csv(path, "test")
     assert [(b.layer, b.index, b.sum_sq_base) for b in back][-1] == (6, 6, 0.3)
-    assert [(b.layer, b.index) for b in back] == [(u.layer, u.index) for u in units]
+    assert [(b.tuned, b.layer, b.index) for b in back] == [(u.tuned, u.layer, u.index) for u in units]
 
 
 @pytest.mark.parametrize("name", ["model.layers.0.mlp.up_proj.weight", 'odd,name "quoted"\nweight', "mod\u00e8le.w"])

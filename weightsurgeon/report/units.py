@@ -96,10 +96,11 @@ def write_units_csv(units: Iterable[UnitDiff], path: str | Path) -> Path:
     """report_heads.csv: one row per head or expert of each (tuned, layer, module); empty cells for NaN.
 
     A MoE diff has a row per expert (~100k): the numbers are derived as columns (the same
-    operations as UnitDiff's properties, so the same bits) and written in one call.
+    operations as UnitDiff's properties, so the same bits) and written in one compiled call.
     """
     import numpy as np
 
+    from weightsurgeon.kernels._floattext import FLOAT, INTEGER, TEXT, csv_text
     from weightsurgeon.report.rows import _floats, _optional
 
     units = list(units)
@@ -109,15 +110,21 @@ def write_units_csv(units: Iterable[UnitDiff], path: str | Path) -> Path:
         l2_delta = np.where(sd >= 0, np.sqrt(sd), math.nan)
         l2_base = np.where(sa >= 0, np.sqrt(sa), math.nan)
         rel_l2 = np.where(sa > 0, l2_delta / np.where(sa > 0, l2_base, 1.0), math.nan)
-    columns = {"tuned": [u.tuned for u in units], "layer": _optional(u.layer for u in units),
+    columns = {"tuned": [u.tuned for u in units], "layer": [u.layer for u in units],
                "module": [u.module for u in units], "kind": [u.kind for u in units],
-               "index": [str(u.index) for u in units], "l2_delta": _floats(l2_delta), "l2_base": _floats(l2_base),
-               "rel_l2": _floats(rel_l2), "sum_sq_delta": _floats(sd), "sum_sq_base": _floats(sa)}
+               "index": [u.index for u in units], "l2_delta": l2_delta, "l2_base": l2_base, "rel_l2": rel_l2,
+               "sum_sq_delta": sd, "sum_sq_base": sa}
+    kinds = {"tuned": TEXT, "module": TEXT, "kind": TEXT, "layer": INTEGER, "index": INTEGER}
+    typed = [(kinds.get(c, FLOAT), columns[c]) for c in CSV_COLUMNS]
+    text = csv_text(typed) if units else ""
     path = Path(path)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
-        writer.writerows(zip(*(columns[c] for c in CSV_COLUMNS)))
+        if text is not None:
+            f.write(text)
+        else:  # a label that needs quoting or is not ASCII
+            writer.writerows(zip(*(_floats(v) if k == FLOAT else _optional(v) if k == INTEGER else v for k, v in typed)))
     return path
 
 
