@@ -921,9 +921,8 @@ class _Rows:
             queue, self.queue = self.queue, []
             self._block([p for p, _ in queue], StatsColumns.of([s for _, s in queue], self.bins))
 
-    def _meta(self, p: Pair) -> tuple:
-        """The row's report/rows.META tuple."""
-        loc = self.locations.get(p.name) or classify(p.name)
+    def _meta(self, p: Pair, loc: Any) -> tuple:
+        """The row's report/rows.META tuple (`loc`: the name's Location)."""
         return (self.plan.labels[p.tuned], p.name, loc.layer, loc.module, loc.param, _side_label(p.base, p.base_q),
                 _side_label(p.other, p.other_q), p.base_q.shape if p.base_q is not None else p.base.shape, p.numel,
                 p.added_rows, p.lora.rank if p.lora is not None else None)
@@ -931,15 +930,17 @@ class _Rows:
     def _block(self, pairs: list[Pair], columns: Any) -> None:
         import numpy as np
 
-        meta = [self._meta(p) for p in pairs]
+        locations, groups = self.locations, self.groups
+        known = [locations.get(p.name) for p in pairs]  # each name looked up once
+        meta = [self._meta(p, loc if loc is not None else classify(p.name)) for p, loc in zip(pairs, known)]
         self.totals.add_block([(m[0], m[2], m[3]) for m in meta], [m[8] for m in meta], columns)
         sum_sq_delta, sum_sq_a = columns.sum_sq_delta.tolist(), columns.sum_sq_a.tolist()
-        for i, (p, m) in enumerate(zip(pairs, meta)):
-            units = self.groups.get((p.tuned, p.name))
+        for i, (p, m, loc) in enumerate(zip(pairs, meta, known)):
+            units = groups.get((p.tuned, p.name)) if groups else None
             if units is not None:
                 self.units.add_groups(m[0], m[2], m[3], units)
             else:
-                loc = self.locations.get(p.name)
+                # the name's own classification where the layout gives no layer (DeepSeek's MTP layers)
                 expert = loc.expert if loc is not None and loc.layer is not None else classify(p.name).expert
                 if expert is not None:
                     self.units.add_expert(m[0], m[2], m[3], expert, sum_sq_delta[i], sum_sq_a[i])
@@ -1001,7 +1002,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
         with _prefetch(work, plan.base, plan.others):
             shard = None
             for info, pairs, start, stop in _schedule(work, elems):
-                if info.file != shard:  # a new base shard: did any input change so far?
+                if info.file is not shard and info.file != shard:  # a new base shard: did any input change so far?
                     _surfacing_signals(small.flush)
                     shard = info.file
                     _check_unchanged(plan.base, plan.others)

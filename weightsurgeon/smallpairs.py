@@ -41,23 +41,43 @@ class SmallPairs:
         # (base fd, tuned fd, base dtype, tuned dtype) -> [(info, pair, base position, tuned position)]
         self.pending: dict[tuple, list[tuple[TensorInfo, Pair, int, int]]] = {}
         self.count = 0
+        self.readable: dict[tuple[str, str], bool] = {}  # reads_files per dtype pair: asked once, not per tensor
+        self.fds: dict[tuple[int, Any], int | None] = {}  # (model, shard path) -> descriptor: no Path hashed per tensor
+        self.last: dict[int, tuple[Any, int | None]] = {}  # model -> its last (shard path, descriptor)
+
+    def _fd(self, model: int, ckpt: Checkpoint, file: Any) -> int | None:
+        """The kernel's descriptor of a shard (None: no local descriptor); -1 is the base, i the i-th tuned model."""
+        last = self.last.get(model)
+        if last is not None and last[0] is file:  # the same shard as this model's last tensor
+            return last[1]
+        key = (model, file)
+        if key not in self.fds:
+            self.fds[key] = ckpt.byte_source(file).fileno()  # as Checkpoint.locate finds it
+        fd = self.fds[key]
+        self.last[model] = (file, fd)
+        return fd
 
     def _batchable(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int) -> list[tuple] | None:
         """Each pair's batch key and positions, or None where the chunk must run on its own."""
         if start != 0 or stop != info.numel or not 0 < info.numel <= PART:
             return None
-        at_a = self.base.locate(info)
-        if at_a is None:
+        fd_a = self._fd(-1, self.base, info.file)
+        if fd_a is None:
             return None
+        groups, readable = self.groups, self.readable
         out = []
         for p in pairs:
-            if (p.kind != "file" or p.decoded or p.numel != info.numel or (p.tuned, p.name) in self.groups
-                    or not self.reads_files(p.base.dtype, p.other.dtype)):
+            if p.kind != "file" or p.decoded or p.numel != info.numel or (groups and (p.tuned, p.name) in groups):
                 return None
-            at_b = self.others[p.tuned].locate(p.other)
-            if at_b is None:
+            other = p.other
+            dtypes = (p.base.dtype, other.dtype)
+            ok = readable.get(dtypes)
+            if ok is None:
+                ok = readable[dtypes] = self.reads_files(*dtypes)
+            fd_b = self._fd(p.tuned, self.others[p.tuned], other.file) if ok else None
+            if fd_b is None:
                 return None
-            out.append(((at_a[0], at_b[0], p.base.dtype, p.other.dtype), p, at_a[1], at_b[1]))
+            out.append(((fd_a, fd_b, *dtypes), p, info.begin, other.begin))
         return out
 
     def take(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int) -> int | None:
