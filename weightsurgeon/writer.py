@@ -430,10 +430,15 @@ def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: S
                 from weightsurgeon.cast_values import (batchable, file_castable, overlappable, write_cast_file_run,
                                                        write_dequant_run)
 
+                run = None
                 if digest is None and file_castable(reader, t):  # file to file in compiled code (no hashing there)
                     writes.wait()
+                    run = lambda: write_cast_file_run(tensors[i:], reader, fd, pos, behind, path)  # noqa: E731
+                elif batchable(reader, t):
+                    run = lambda: write_dequant_run(tensors[i:], reader, writes, pos, digest)  # noqa: E731
+                if run is not None:
                     try:
-                        taken, n = write_cast_file_run(tensors[i:], reader, fd, pos, behind, path)
+                        taken, n = run()
                     except OSError as e:
                         raise SurgeonError(f"{path}: writing failed in {t.name}: {e.strerror or e}") from e
                     pos += n
@@ -441,15 +446,6 @@ def _write_shard(path: Path, tensors: list[PlannedTensor], plan: Plan, reader: S
                     i += taken
                     continue
                 overlap = overlappable(reader, t)
-                if batchable(reader, t):
-                    try:
-                        taken, n = write_dequant_run(tensors[i:], reader, writes, pos, digest)
-                    except OSError as e:
-                        raise SurgeonError(f"{path}: writing failed in {t.name}: {e.strerror or e}") from e
-                    pos += n
-                    result.computed_bytes += n
-                    i += taken
-                    continue
             if t.source.kind == "copy":
                 info = plan.inputs[t.source.role][t.source.name]
                 length = info.nbytes

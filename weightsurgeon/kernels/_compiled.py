@@ -47,6 +47,7 @@ the mask loop measured 15% slower). The scratch arrays are skewed against each o
 from __future__ import annotations
 
 import os
+from typing import Any
 
 # numba's parallel loops run on GNU OpenMP here, whose idle threads spin at every barrier.
 # On a machine shared with other jobs that spinning takes the cores from the threads with
@@ -165,45 +166,35 @@ def to_int32(typingctx, value):
     return types.int32(value), codegen
 
 
-@intrinsic
-def c_pread(typingctx, fd, out, nbytes, offset):
-    """pread(2) from compiled code into the array `out`; returns bytes read, or -1.
+def _libc_io(symbol: str, doc: str) -> Any:
+    """An intrinsic calling libc's `symbol` (pread or pwrite: fd, array, nbytes, offset -> bytes or -1) by name.
 
-    A call to libc's symbol by name, resolved when the machine code is loaded, so the
-    kernel stays cacheable (a ctypes function pointer would bake an address into it).
+    The symbol is resolved when the machine code is loaded, so the kernel stays cacheable (a ctypes
+    function pointer would bake an address into it).
     """
-    if not isinstance(out, types.Array) or not all(isinstance(t, types.Integer) for t in (fd, nbytes, offset)):
-        return None
 
-    def codegen(context, builder, signature, args):
-        fd_v, out_v, n_v, off_v = args
-        data = context.make_array(signature.args[1])(context, builder, out_v).data
-        i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(32), i8p, ir.IntType(64), ir.IntType(64)])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "pread")
-        return builder.call(fn, [_to_width(builder, fd_v, 32), builder.bitcast(data, i8p),
-                                 _to_width(builder, n_v, 64), _to_width(builder, off_v, 64)])
+    def typer(typingctx, fd, buf, nbytes, offset):
+        if not isinstance(buf, types.Array) or not all(isinstance(t, types.Integer) for t in (fd, nbytes, offset)):
+            return None
 
-    return types.int64(fd, out, nbytes, offset), codegen
+        def codegen(context, builder, signature, args):
+            fd_v, buf_v, n_v, off_v = args
+            data = context.make_array(signature.args[1])(context, builder, buf_v).data
+            i8p = ir.IntType(8).as_pointer()
+            fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(32), i8p, ir.IntType(64), ir.IntType(64)])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, symbol)
+            return builder.call(fn, [_to_width(builder, fd_v, 32), builder.bitcast(data, i8p),
+                                     _to_width(builder, n_v, 64), _to_width(builder, off_v, 64)])
+
+        return types.int64(fd, buf, nbytes, offset), codegen
+
+    typer.__name__ = f"c_{symbol}"
+    typer.__doc__ = doc
+    return intrinsic(typer)
 
 
-@intrinsic
-def c_pwrite(typingctx, fd, data, nbytes, offset):
-    """pwrite(2) from compiled code of the array `data`'s first bytes; returns bytes written, or -1 (see c_errno).
-    Called by name as c_pread is (the kernel stays cacheable)."""
-    if not isinstance(data, types.Array) or not all(isinstance(t, types.Integer) for t in (fd, nbytes, offset)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        fd_v, data_v, n_v, off_v = args
-        ptr = context.make_array(signature.args[1])(context, builder, data_v).data
-        i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(32), i8p, ir.IntType(64), ir.IntType(64)])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "pwrite")
-        return builder.call(fn, [_to_width(builder, fd_v, 32), builder.bitcast(ptr, i8p),
-                                 _to_width(builder, n_v, 64), _to_width(builder, off_v, 64)])
-
-    return types.int64(fd, data, nbytes, offset), codegen
+c_pread = _libc_io("pread", "pread(2) from compiled code into an array; returns bytes read, or -1 (see c_errno).")
+c_pwrite = _libc_io("pwrite", "pwrite(2) from compiled code of an array's first bytes; returns bytes written, or -1 (see c_errno).")
 
 
 @intrinsic
