@@ -18,9 +18,12 @@ import pytest
 
 LAYERS, EXPERTS = 40, 250  # x 3 matrices: 30,000 tensors a model (plus the globals)
 N = LAYERS * EXPERTS * 3
-# A Location object and a dict entry per name cost ~110 bytes; columns are 13 bytes plus the
+# A Location object and a dict entry per name cost ~110 bytes; columns are 21 bytes plus the
 # names list's 8.
 LAYOUT_PER_NAME = 40
+# The run's order of the pairs: a list of groups and a dict of them by name cost ~150 bytes a
+# pair; two integer columns cost 16.
+WORK_PER_PAIR = 24
 
 
 def _names() -> list[str]:
@@ -71,6 +74,12 @@ tracemalloc.start()
 plan = plan_diff(base, [tuned])
 out["plan"] = tracemalloc.get_traced_memory()[0]
 out["pairs"] = len(plan.pairs)
+tracemalloc.stop()
+from weightsurgeon.diff import _order_pairs
+tracemalloc.start()
+work = _order_pairs(plan.pairs, base)
+out["work"] = tracemalloc.get_traced_memory()[0]
+out["groups"] = [(info.name, [p.name for p in group]) for info, group in work][:3]
 print(json.dumps(out))
 """
 
@@ -83,8 +92,21 @@ def _measure(base: Path, tuned: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_every_name_is_classified_once_into_columns(pair):
-    got = _measure(*pair)
+@pytest.fixture(scope="module")
+def measured(pair):
+    return _measure(*pair)
+
+
+def test_every_name_is_classified_once_into_columns(measured):
+    got = measured
     per_name = got["layout"] / (N + 3)
     assert per_name < LAYOUT_PER_NAME, f"{per_name:.0f} bytes a name held by the layout"
     assert got["pairs"] == N + 3
+
+
+def test_the_reading_order_of_the_pairs_is_two_integer_columns(measured):
+    got = measured
+    per_pair = got["work"] / got["pairs"]
+    assert per_pair < WORK_PER_PAIR, f"{per_pair:.0f} bytes a pair held by the reading order"
+    first = "model.embed_tokens.weight"
+    assert got["groups"][:2] == [[first, [first]], [_names()[1], [_names()[1]]]]

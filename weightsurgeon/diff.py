@@ -17,11 +17,12 @@ from __future__ import annotations
 import math
 import os
 import time
+from array import array
 from contextlib import nullcontext
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from weightsurgeon.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from weightsurgeon.errors import Interrupted, SurgeonError
@@ -304,12 +305,37 @@ def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
     return PairPlan(pairs, missing, notes)
 
 
-def _order_pairs(pairs: list[Pair], base: Checkpoint) -> list[tuple[TensorInfo, list[Pair]]]:
-    """Group pairs by base tensor, in the base's on-disk order (sequential reads)."""
-    by_base: dict[str, list[Pair]] = {}
-    for p in pairs:
-        by_base.setdefault(p.base.name, []).append(p)
-    return [(group[0].base, group) for name in base.tensors if (group := by_base.get(name)) is not None]
+class _Work:
+    """The pairs grouped by base tensor, in the base's on-disk order (sequential reads): iterating
+    gives (base tensor, its pairs), groups made as they are asked for.
+
+    Held as two integer columns (each pair's base position, the pairs' order), 12 bytes a pair:
+    a list of 100k groups and a dict of them by name cost ~150 bytes a pair for the whole run.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], base: Checkpoint) -> None:
+        position = base.tensors.position
+        at = array("q", (-1 if (i := position(p.base.name)) is None else i for p in pairs))
+        self.pairs, self.at = pairs, at
+        self.order = array("q", sorted((i for i in range(len(pairs)) if at[i] >= 0), key=at.__getitem__))  # stable
+
+    def __iter__(self) -> Iterator[tuple[TensorInfo, list[Pair]]]:
+        pairs, at = self.pairs, self.at
+        group: list[Pair] = []
+        current = -1
+        for i in self.order:
+            if at[i] != current:
+                if group:
+                    yield group[0].base, group
+                group, current = [], at[i]
+            group.append(pairs[i])
+        if group:
+            yield group[0].base, group
+
+
+def _order_pairs(pairs: Sequence[Pair], base: Checkpoint) -> _Work:
+    """Group pairs by base tensor, in the base's on-disk order (sequential reads); see _Work."""
+    return _Work(pairs, base)
 
 
 def _missing_error(missing: list[dict]) -> SurgeonError:
@@ -386,7 +412,7 @@ def _decoded_chunk(pairs: list[Pair]) -> int:
     return max(quantum, DECODED_CHUNK_ELEMS // quantum * quantum)
 
 
-def _schedule(work: list[tuple[TensorInfo, list[Pair]]], chunk_elems: int) -> Iterator[tuple[TensorInfo, list[Pair], int, int]]:
+def _schedule(work: Iterable[tuple[TensorInfo, list[Pair]]], chunk_elems: int) -> Iterator[tuple[TensorInfo, list[Pair], int, int]]:
     """The chunks in reading order: (base tensor, its pairs, first element, end element).
 
     Elements are logical ones: a quantized tensor's values, whose slices hold whole rows or groups.
@@ -421,12 +447,12 @@ def _surfacing_signals(fn: Any, *args: Any) -> Any:
         raise cause from None
 
 
-def _chunk_plan(work: list[tuple[TensorInfo, list[Pair]]], chunk_bytes: int, bins: int) -> tuple[int, int, int, int]:
+def _chunk_plan(work: Iterable[tuple[TensorInfo, list[Pair]]], chunk_bytes: int, bins: int) -> tuple[int, int, int, int]:
     """(chunk elements, base buffer bytes, tuned buffer bytes, tuned buffers), bounded in total."""
-    consumers = max(len(pairs) for _, pairs in work)
-    base_isz = max(info.itemsize for info, _ in work)
-    other_isz = max(p.other.itemsize for _, pairs in work for p in pairs)
-    largest = max(info.numel for info, _ in work)
+    consumers = base_isz = other_isz = largest = 0
+    for info, pairs in work:  # one pass: groups are made as they are asked for (see _Work)
+        consumers, base_isz, largest = max(consumers, len(pairs)), max(base_isz, info.itemsize), max(largest, info.numel)
+        other_isz = max(other_isz, max(p.other.itemsize for p in pairs))
     # Keep every buffer together under MAX_BUFFER_BYTES (many tuned models), and the
     # kernel's per-part histograms of one call under HIST_BUDGET_BYTES (--bins 100000).
     per_elem = base_isz + consumers * other_isz
@@ -698,7 +724,7 @@ def _check_unchanged(base: Checkpoint, others: list[Checkpoint]) -> None:
         ckpt.check_unchanged()
 
 
-def _fetches(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint,
+def _fetches(work: Iterable[tuple[TensorInfo, list[Pair]]], base: Checkpoint,
              others: list[Checkpoint]) -> Iterator[tuple[Checkpoint, Path, int, int]]:
     """(checkpoint, file, begin, end) of every read, in reading order: what a remote input prefetches."""
     for info, pairs in work:
@@ -707,7 +733,7 @@ def _fetches(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint,
             yield others[p.tuned], p.other.file, p.other.begin, p.other.begin + p.numel * p.other.itemsize
 
 
-def _prefetch(work: list[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others: list[Checkpoint]):
+def _prefetch(work: Iterable[tuple[TensorInfo, list[Pair]]], base: Checkpoint, others: list[Checkpoint]):
     """Remote inputs fetch what the loop will read ahead of it, a bounded window in flight (remote.Prefetch)."""
     if not (base.is_remote or any(c.is_remote for c in others)):
         return nullcontext()
@@ -846,8 +872,8 @@ def _unit_groups(plan: DiffPlan) -> dict[tuple[int, str], Any]:
         row = locations.row(p.name) if locations is not None else None
         if row is None or locations.layers[row] < 0:  # the name's own classification (DeepSeek's MTP layers included)
             loc = classify(p.name)
-        elif locations.module_ids[row] not in with_units:
-            continue
+        elif locations.module_ids[row] not in with_units or locations.experts[row] >= 0:
+            continue  # no heads, or an expert stored as a tensor of its own (its rows are its units)
         else:
             loc = locations.location(row)
         # a quantized side's units are those of its values (logical shape), streamed in logical order

@@ -42,7 +42,7 @@ class ByteProgress:
 
 
 def kernels_ready(quiet: bool = False) -> None:
-    """Compile (first run after an install) or load the numba kernels before a progress bar starts.
+    """Compile the numba kernels before a progress bar starts, on the first run after an install.
 
     Compiling takes about 20 s once; numba caches the result for every later run. A silent
     20 s looks like a hang (`make demo` on a fresh machine), so when numba's cache holds no
@@ -51,7 +51,10 @@ def kernels_ready(quiet: bool = False) -> None:
     """
     from weightsurgeon.kernels.delta import needs_compiling, warmup
 
-    if not quiet and needs_compiling():
-        print("compiling the numeric kernels (once after an install; later runs load them from the cache) ...",
-              file=sys.stderr, flush=True)
-    warmup()
+    if needs_compiling():
+        if not quiet:
+            print("compiling the numeric kernels (once after an install; later runs load them from the cache) ...",
+                  file=sys.stderr, flush=True)
+        warmup()
+    # else each kernel loads from the cache on its first use: only those the run needs (each costs
+    # a few MiB of memory: all of them ~20 MiB, most of which a diff of one dtype never calls)
