@@ -104,28 +104,34 @@ def write_units_csv(units: Iterable[UnitDiff], path: str | Path) -> Path:
     from weightsurgeon.report.rows import _floats, _optional
 
     units = list(units)
-    sd = np.array([u.sum_sq_delta for u in units], dtype=np.float64)
-    sa = np.array([u.sum_sq_base for u in units], dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        l2_delta = np.where(sd >= 0, np.sqrt(sd), math.nan)
-        l2_base = np.where(sa >= 0, np.sqrt(sa), math.nan)
-        rel_l2 = np.where(sa > 0, l2_delta / np.where(sa > 0, l2_base, 1.0), math.nan)
-    columns = {"tuned": [u.tuned for u in units], "layer": [u.layer for u in units],
-               "module": [u.module for u in units], "kind": [u.kind for u in units],
-               "index": [u.index for u in units], "l2_delta": l2_delta, "l2_base": l2_base, "rel_l2": rel_l2,
-               "sum_sq_delta": sd, "sum_sq_base": sa}
     kinds = {"tuned": TEXT, "module": TEXT, "kind": TEXT, "layer": INTEGER, "index": INTEGER}
-    typed = [(kinds.get(c, FLOAT), columns[c]) for c in CSV_COLUMNS]
-    text = csv_text(typed) if units else ""
     path = Path(path)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
-        if text is not None:
-            f.write(text)
-        else:  # a label that needs quoting or is not ASCII
-            writer.writerows(zip(*(_floats(v) if k == FLOAT else _optional(v) if k == INTEGER else v for k, v in typed)))
+        for first in range(0, len(units), _BLOCK):  # a block's text at a time: 98k rows' text at once was ~40 MB
+            block = units[first:first + _BLOCK]
+            sd = np.array([u.sum_sq_delta for u in block], dtype=np.float64)
+            sa = np.array([u.sum_sq_base for u in block], dtype=np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                l2_delta = np.where(sd >= 0, np.sqrt(sd), math.nan)
+                l2_base = np.where(sa >= 0, np.sqrt(sa), math.nan)
+                rel_l2 = np.where(sa > 0, l2_delta / np.where(sa > 0, l2_base, 1.0), math.nan)
+            columns = {"tuned": [u.tuned for u in block], "layer": [u.layer for u in block],
+                       "module": [u.module for u in block], "kind": [u.kind for u in block],
+                       "index": [u.index for u in block], "l2_delta": l2_delta, "l2_base": l2_base, "rel_l2": rel_l2,
+                       "sum_sq_delta": sd, "sum_sq_base": sa}
+            typed = [(kinds.get(c, FLOAT), columns[c]) for c in CSV_COLUMNS]
+            text = csv_text(typed)
+            if text is not None:
+                f.write(text)
+            else:  # a label that needs quoting or is not ASCII
+                writer.writerows(zip(*(_floats(v) if k == FLOAT else _optional(v) if k == INTEGER else v
+                                       for k, v in typed)))
     return path
+
+
+_BLOCK = 8192  # rows of report_heads.csv composed at once
 
 
 def read_units_csv(path: Path, source: str) -> list[UnitDiff]:
