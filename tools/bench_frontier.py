@@ -133,7 +133,7 @@ def main() -> int:
     for name in ("copy", "spliced", "removed"):
         subprocess.run(["rm", "-rf", str(args.workdir / name)])
     print(f"{'command':34} {'wall s':>8} {'CPU s':>8} {'x cat':>7} {'x cp':>7} {'peak RSS MiB':>13}")
-    for label, (wall, rss, cpu, rc, err) in rows:
+    for label, (wall, rss, cpu, _gb_read, rc, err) in rows:
         flag = "" if rc == 0 else f"  (exit {rc}: {err.strip()[-200:]})"
         print(f"{label:34} {wall:8.2f} {cpu:8.2f} {wall / cat[0]:7.2f} {wall / cp[0]:7.2f} {rss:13.0f}{flag}")
     pairs = R1_QUANTIZED + (R1_TENSORS - 2 * R1_QUANTIZED)  # logical tensors: a weight and its scale are one
