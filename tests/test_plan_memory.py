@@ -3,7 +3,8 @@
 A MoE checkpoint holds ~100k tensors (DeepSeek-V3 ~92k). Each test writes a pair of
 MoE-shaped checkpoints of N tiny tensors, then, in a fresh Python process (no cache
 warmed by other tests), measures with tracemalloc what one step keeps per tensor:
-classifying every name (layout.Locations, columns), and the whole plan of a diff.
+classifying every name (layout.Locations, columns), the whole plan of a diff (its pairs
+as a pairs.PairTable), and the run's reading order.
 """
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ N = LAYERS * EXPERTS * 3
 # names list's 8.
 LAYOUT_PER_NAME = 40
 # The run's order of the pairs: a list of groups and a dict of them by name cost ~150 bytes a
-# pair; two integer columns cost 16.
-WORK_PER_PAIR = 24
+# pair; two integer columns cost 16, and one (the PairTable's base keys serve as the other) 8.
+WORK_PER_PAIR = 12
+# The whole plan (the layout's columns included): a Pair object with a TensorInfo record of each
+# side cost ~445 bytes a pair (8c59bf3); a PairTable's four integer columns 28, ~60 in all.
+PLAN_PER_PAIR = 100
 
 
 def _names() -> list[str]:
@@ -104,7 +108,13 @@ def test_every_name_is_classified_once_into_columns(measured):
     assert got["pairs"] == N + 3
 
 
-def test_the_reading_order_of_the_pairs_is_two_integer_columns(measured):
+def test_the_plan_holds_its_pairs_as_columns(measured):
+    got = measured
+    per_pair = got["plan"] / got["pairs"]
+    assert per_pair < PLAN_PER_PAIR, f"{per_pair:.0f} bytes a pair held by the plan"
+
+
+def test_the_reading_order_of_the_pairs_is_integer_columns(measured):
     got = measured
     per_pair = got["work"] / got["pairs"]
     assert per_pair < WORK_PER_PAIR, f"{per_pair:.0f} bytes a pair held by the reading order"

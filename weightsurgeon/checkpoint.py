@@ -86,6 +86,28 @@ class TensorMap(Mapping[str, TensorInfo]):
         at = self._where.get(name)
         return None if at is None else self._starts[at >> _ROW_BITS] + (at & _ROW_MASK)
 
+    def where(self, name: str) -> int | None:
+        """`name`'s key in this map: shard index << 32 | row in that shard's table (keys sort in the
+        map's order), or None; `table_of` and `info_at` read it back without a name lookup."""
+        return self._where.get(name)
+
+    def table_of(self, at: int) -> tuple[TensorTable, int]:
+        """(the shard's table, the row) of a key from `where`."""
+        return self._tables[at >> _ROW_BITS], at & _ROW_MASK
+
+    def position_at(self, at: int) -> int:
+        """The place in the map's order (see `position`) of a key from `where`."""
+        return self._starts[at >> _ROW_BITS] + (at & _ROW_MASK)
+
+    def info_at(self, at: int) -> TensorInfo:
+        """The record of a key from `where`."""
+        return self._tables[at >> _ROW_BITS].info(at & _ROW_MASK)
+
+    @property
+    def tables(self) -> list[TensorTable]:
+        """The shards' tables in the map's order (table s holds keys s << 32 | row)."""
+        return self._tables
+
     def file_of(self, name: str) -> Path | None:
         """The shard file storing `name`, or None."""
         at = self._where.get(name)

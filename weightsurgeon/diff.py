@@ -29,6 +29,7 @@ from weightsurgeon.errors import Interrupted, SurgeonError
 from weightsurgeon.kernels.dtypes import dtype_info
 from weightsurgeon.kernels.stats import PART, check_histogram
 from weightsurgeon.layout import MODULE_ID, MODULES, ModelLayout, classify, layout_of, parse_experts, parse_layers, parse_modules, select_names
+from weightsurgeon.pairs import Pair, PairTable, numel_of
 from weightsurgeon.quant import QuantTensor
 from weightsurgeon.smallpairs import SmallPairs
 
@@ -43,28 +44,6 @@ HIST_BUDGET_BYTES = 16 * 1024 * 1024  # the kernel's per-part histograms in one 
 MIN_CHUNK_BYTES = 4096  # a guard only: tests use tiny chunks to cross many chunk boundaries
 DECODED_CHUNK_ELEMS = 4 * 1024 * 1024  # elements per slice of a quantized pair (decoded to float32 in numpy)
 _SHOWN_MISSING = 4  # mismatches named in the error message
-
-
-@dataclass(frozen=True, slots=True)
-class Pair:
-    """One comparison: the first `numel` elements of a base tensor against those of a tuned tensor."""
-
-    tuned: int  # index into the tuned list
-    name: str  # the name reported
-    base: TensorInfo
-    other: TensorInfo
-    numel: int
-    added_rows: int = 0
-    kind: str = "file"  # "file": `other` read from the tuned file; "same": the base tensor is its own tuned value; "lora": W + s * B @ A
-    lora: Any = None  # adapter_diff.LoraFactors for kind "lora"
-    base_q: QuantTensor | None = None  # set where that side is quantized (FP8 + scale, MXFP4): `base`/`other` is its data
-    other_q: QuantTensor | None = None
-    transposed: bool = False  # the plain side of an MXFP4 pair holds each expert as [in, out] (see _expert_transposed)
-
-    @property
-    def decoded(self) -> bool:
-        """Whether this pair is dequantized on the way (read here, slice by slice, not by the file kernel)."""
-        return self.base_q is not None or self.other_q is not None
 
 
 def _side_label(info: TensorInfo, q: QuantTensor | None) -> str:
@@ -90,6 +69,8 @@ def _side(ckpt: Checkpoint, name: str) -> tuple[TensorInfo, QuantTensor | None] 
 def _logical_names(ckpt: Checkpoint) -> list[str]:
     """Every logical tensor in on-disk order: a quantized tensor once, at its data; scales never."""
     parts, quantized = ckpt.quant.parts, ckpt.quant.tensors
+    if not parts:
+        return list(ckpt.tensors)
     out = []
     for name in ckpt.tensors:  # names only: no record made per tensor
         logical = parts.get(name)
@@ -104,7 +85,7 @@ def _logical_names(ckpt: Checkpoint) -> list[str]:
 class PairPlan:
     """What one tuned model is compared on, and what could not be paired."""
 
-    pairs: list[Pair]
+    pairs: PairTable | list[Pair]  # plan_pairs: a PairTable; adapter pairs: a list
     missing: list[dict]
     notes: list[str]
 
@@ -135,7 +116,7 @@ def _expert_transposed(module: str, base: TensorInfo, other: TensorInfo, base_q:
 
 
 def _match(t: int, label: str, name: str, base: TensorInfo, other: TensorInfo, module: str,
-           pairs: list[Pair], missing: list[dict], notes: list[str], base_q: QuantTensor | None = None,
+           pairs: PairTable | list[Pair], missing: list[dict], notes: list[str], base_q: QuantTensor | None = None,
            other_q: QuantTensor | None = None) -> None:
     """Pair two tensors of the same role (logical shapes: a quantized side's values), or record why they cannot be compared."""
     shape_a = base_q.shape if base_q is not None else base.shape
@@ -237,10 +218,11 @@ def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
     Names that differ from the base's only by a wrapper prefix are paired (see prefix_renames).
     """
     base_layout = base_layout or layout_of(base.tensors, base.config)
-    pairs: list[Pair] = []
+    pairs = PairTable(base.tensors, {t: other.tensors})
     missing: list[dict] = []
     notes: list[str] = []
-    renames, note = prefix_renames(_logical_names(base), _logical_names(other), label)
+    base_names, other_names = _logical_names(base), _logical_names(other)
+    renames, note = prefix_renames(base_names, other_names, label)
     back = {base_name: tuned_name for tuned_name, base_name in renames.items()}
     # the tuned model's names in the base's terms (the checkpoint's own map when nothing is renamed: no records made)
     other_tensors = {renames.get(n, n): info for n, info in other.tensors.items()} if renames else other.tensors
@@ -265,36 +247,47 @@ def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
         notes.append(f"{label}: tied embeddings on the tuned model only: compared base {base_head} against tuned "
                      f"{other_emb} (its effective output head)")
 
-    base_names = _logical_names(base)
     module_of = base_layout.locations.module_of
-    for name in base_names:
-        if head is not None and name == head[0]:
-            continue  # the base's own head, paired below with the tuned model's embedding
-        info, base_q = _side(base, name)  # type: ignore[misc]
-        twin = _side(other, back.get(name, name))
-        if twin is None:
-            missing.append({"tuned": label, "name": name, "where": "base_only", "detail": "not in the tuned model"})
-            continue
-        _match(t, label, name, info, twin[0], module_of(name), pairs, missing, notes, base_q, twin[1])
+    quantized = base.quant.tensors or base.quant.parts or other.quant.tensors or other.quant.parts
+    skip = head[0] if head is not None else None  # the base's own head, paired below with the tuned model's embedding
+    if quantized:
+        for name in base_names:
+            if name == skip:
+                continue
+            info, base_q = _side(base, name)  # type: ignore[misc]
+            twin = _side(other, back.get(name, name))
+            if twin is None:
+                missing.append({"tuned": label, "name": name, "where": "base_only", "detail": "not in the tuned model"})
+                continue
+            _match(t, label, name, info, twin[0], module_of(name), pairs, missing, notes, base_q, twin[1])  # type: ignore[arg-type]
+        mixed: Counter = Counter()
+    else:
+        mixed = _plain_pairs(base, other, t, label, back, skip, module_of, pairs, missing, notes)
     if head is not None:  # streamed in the base tensor's on-disk place (see _order_pairs)
-        _match(t, label, head[0], head[1], head[2], "lm_head", pairs, missing, notes)
+        row = len(pairs)
+        _match(t, label, head[0], head[1], head[2], "lm_head", pairs, missing, notes)  # type: ignore[arg-type]
+        if not quantized and len(pairs) > row and row not in pairs.special and head[1].dtype != head[2].dtype:
+            mixed[(head[1].dtype, head[2].dtype)] += 1  # a plain row: not among the special ones counted below
     known = set(base_names)
-    for name in (renames.get(n, n) for n in _logical_names(other)):
+    for name in (renames.get(n, n) for n in other_names):
         if name not in known and name not in consumed:
             missing.append({"tuned": label, "name": name, "where": "tuned_only", "detail": "not in the base model"})
 
-    transposed = sum(1 for p in pairs if p.transposed)
+    special = pairs.special.values()
+    transposed = sum(1 for p in special if p.transposed)
     if transposed:
         notes.append(f"{label}: {transposed} stacked expert tensor(s) are MXFP4 [experts, out, in] on one side and "
                      f"[experts, in, out] on the other (transformers' GptOssExperts layout): compared element by "
                      f"element across the transposition")
-    mixed = Counter((_side_label(p.base, p.base_q), _side_label(p.other, p.other_q)) for p in pairs
-                    if _side_label(p.base, p.base_q) != _side_label(p.other, p.other_q))
+    if quantized:  # plain rows of a model with quantized tensors: labels from records (a quantized model has ~46k)
+        special = list(pairs)
+    mixed.update((_side_label(p.base, p.base_q), _side_label(p.other, p.other_q)) for p in special
+                 if _side_label(p.base, p.base_q) != _side_label(p.other, p.other_q))
     for (da, db), n in sorted(mixed.items()):
         notes.append(f"{label}: {n} tensor(s) stored as {da} in the base and {db} in the tuned model: values compared "
                      f"after exact decoding")
     for side, key in (("base", "base_q"), ("tuned", "other_q")):
-        kinds = Counter(getattr(p, key).label for p in pairs if getattr(p, key) is not None)
+        kinds = Counter(getattr(p, key).label for p in pairs.special.values() if getattr(p, key) is not None)
         for kind, n in sorted(kinds.items()):
             notes.append(f"{label}: {n} {side} tensor(s) stored as {kind} were dequantized (value = decode(weight) x "
                          f"scale, in float32); their scale tensors are read with them, not reported")
@@ -305,17 +298,53 @@ def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
     return PairPlan(pairs, missing, notes)
 
 
+def _plain_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str, back: dict[str, str], skip: str | None,
+                 module_of: Any, pairs: PairTable, missing: list[dict], notes: list[str]) -> Counter:
+    """plan_pairs' loop where neither model holds quantized tensors, on the header tables' columns: a pair
+    of equal shapes becomes a row of `pairs` with no record made; other shapes go through _match.
+    Returns the count of pairs per (base dtype, tuned dtype) that differ (the mixed-dtype note)."""
+    from weightsurgeon.format import DTYPE_NAMES
+
+    where, table_of = other.tensors.where, other.tensors.table_of
+    add = pairs.add
+    sizes: dict[tuple[int, ...], int] = {}
+    codes_mixed: Counter = Counter()
+    for s, table in enumerate(base.tensors.tables):
+        codes, shape_ids, shapes, _, _ = table.columns()
+        key0 = s << 32
+        for row, name in enumerate(table.names):
+            if name == skip:
+                continue
+            at = where(back.get(name, name) if back else name)
+            if at is None:
+                missing.append({"tuned": label, "name": name, "where": "base_only", "detail": "not in the tuned model"})
+                continue
+            twin, r = table_of(at)
+            shape = shapes[shape_ids[row]]
+            if shape is twin.shape(r) or shape == twin.shape(r):
+                add(t, key0 | row, at, numel_of(shape, sizes))
+                if codes[row] != twin.dtype_code(r):
+                    codes_mixed[(codes[row], twin.dtype_code(r))] += 1
+            else:
+                _match(t, label, name, table.info(row), twin.info(r), module_of(name), pairs, missing, notes)  # type: ignore[arg-type]
+    return Counter({(DTYPE_NAMES[a], DTYPE_NAMES[b]): n for (a, b), n in codes_mixed.items()})
+
+
 class _Work:
     """The pairs grouped by base tensor, in the base's on-disk order (sequential reads): iterating
     gives (base tensor, its pairs), groups made as they are asked for.
 
-    Held as two integer columns (each pair's base position, the pairs' order), 12 bytes a pair:
-    a list of 100k groups and a dict of them by name cost ~150 bytes a pair for the whole run.
+    Held as integer columns: each pair's base key (a PairTable's own `base_at` column, shared)
+    and the pairs' reading order, 8 bytes a pair: a list of 100k groups and a dict of them by
+    name cost ~150 bytes a pair for the whole run.
     """
 
     def __init__(self, pairs: Sequence[Pair], base: Checkpoint) -> None:
-        position = base.tensors.position
-        at = array("q", (-1 if (i := position(p.base.name)) is None else i for p in pairs))
+        if isinstance(pairs, PairTable):
+            at = pairs.base_at
+        else:
+            where = base.tensors.where
+            at = array("q", (-1 if (k := where(p.base.name)) is None else k for p in pairs))
         self.pairs, self.at = pairs, at
         self.order = array("q", sorted((i for i in range(len(pairs)) if at[i] >= 0), key=at.__getitem__))  # stable
 
@@ -331,6 +360,57 @@ class _Work:
             group.append(pairs[i])
         if group:
             yield group[0].base, group
+
+    def groups(self) -> Iterator[tuple[int, list[int]]]:
+        """(base key, the rows of its pairs) in reading order: what the run loop walks, no pair made."""
+        at = self.at
+        rows: list[int] = []
+        current = -1
+        for i in self.order:
+            if at[i] != current:
+                if rows:
+                    yield current, rows
+                rows, current = [], at[i]
+            rows.append(i)
+        if rows:
+            yield current, rows
+
+    def sizes(self) -> tuple[int, int, int, int]:
+        """(most pairs of one base tensor, widest base element, widest tuned element, largest base tensor's
+        elements), from the columns: no pair made (see _chunk_plan)."""
+        from weightsurgeon.format import DTYPE_WIDTHS
+
+        pairs, at = self.pairs, self.at
+        if not isinstance(pairs, PairTable):
+            return _group_sizes(self)
+        special, base_of, maps = pairs.special, pairs.base.table_of, pairs.maps
+        consumers = base_isz = other_isz = largest = 0
+        run, current = 0, -1
+        counts: dict[tuple[int, ...], int] = {}
+        for i in self.order:
+            key = at[i]
+            if key != current:
+                consumers, run, current = max(consumers, run), 0, key
+                table, row = base_of(key)
+                base_isz = max(base_isz, DTYPE_WIDTHS[table.dtype_code(row)])
+                largest = max(largest, numel_of(table.shape(row), counts))
+            run += 1
+            p = special.get(i)
+            if p is not None:
+                other_isz = max(other_isz, p.other.itemsize)
+            else:
+                other, r = maps[pairs.tuned[i]].table_of(pairs.other_at[i])
+                other_isz = max(other_isz, DTYPE_WIDTHS[other.dtype_code(r)])
+        return max(consumers, run), base_isz, other_isz, largest
+
+
+def _group_sizes(work: Iterable[tuple[TensorInfo, list[Pair]]]) -> tuple[int, int, int, int]:
+    """_Work.sizes over groups of Pair objects."""
+    consumers = base_isz = other_isz = largest = 0
+    for info, pairs in work:
+        consumers, base_isz, largest = max(consumers, len(pairs)), max(base_isz, info.itemsize), max(largest, info.numel)
+        other_isz = max(other_isz, max(p.other.itemsize for p in pairs))
+    return consumers, base_isz, other_isz, largest
 
 
 def _order_pairs(pairs: Sequence[Pair], base: Checkpoint) -> _Work:
@@ -412,17 +492,16 @@ def _decoded_chunk(pairs: list[Pair]) -> int:
     return max(quantum, DECODED_CHUNK_ELEMS // quantum * quantum)
 
 
-def _schedule(work: Iterable[tuple[TensorInfo, list[Pair]]], chunk_elems: int) -> Iterator[tuple[TensorInfo, list[Pair], int, int]]:
-    """The chunks in reading order: (base tensor, its pairs, first element, end element).
+def _chunks(info: TensorInfo, pairs: list[Pair], chunk_elems: int) -> Iterator[tuple[int, int]]:
+    """One base tensor's chunks in reading order: (first element, end element).
 
     Elements are logical ones: a quantized tensor's values, whose slices hold whole rows or groups.
     """
-    for info, pairs in work:
-        numel, step = info.numel, chunk_elems
-        if any(p.decoded for p in pairs):
-            numel, step = pairs[0].numel, _decoded_chunk(pairs)
-        for start in range(0, numel, step):
-            yield info, pairs, start, min(numel, start + step)
+    numel, step = info.numel, chunk_elems
+    if any(p.decoded for p in pairs):
+        numel, step = pairs[0].numel, _decoded_chunk(pairs)
+    for start in range(0, numel, step):
+        yield start, min(numel, start + step)
 
 
 def _signal_cause(error: BaseException) -> BaseException | None:
@@ -447,12 +526,9 @@ def _surfacing_signals(fn: Any, *args: Any) -> Any:
         raise cause from None
 
 
-def _chunk_plan(work: Iterable[tuple[TensorInfo, list[Pair]]], chunk_bytes: int, bins: int) -> tuple[int, int, int, int]:
+def _chunk_plan(work: _Work, chunk_bytes: int, bins: int) -> tuple[int, int, int, int]:
     """(chunk elements, base buffer bytes, tuned buffer bytes, tuned buffers), bounded in total."""
-    consumers = base_isz = other_isz = largest = 0
-    for info, pairs in work:  # one pass: groups are made as they are asked for (see _Work)
-        consumers, base_isz, largest = max(consumers, len(pairs)), max(base_isz, info.itemsize), max(largest, info.numel)
-        other_isz = max(other_isz, max(p.other.itemsize for p in pairs))
+    consumers, base_isz, other_isz, largest = work.sizes()
     # Keep every buffer together under MAX_BUFFER_BYTES (many tuned models), and the
     # kernel's per-part histograms of one call under HIST_BUDGET_BYTES (--bins 100000).
     per_elem = base_isz + consumers * other_isz
@@ -768,7 +844,7 @@ class DiffPlan:
     base: Checkpoint
     others: list[Checkpoint]
     labels: list[str]
-    pairs: list[Pair]
+    pairs: PairTable | list[Pair]  # plan_pairs: a PairTable; adapter pairs: a list
     missing: list[dict]
     notes: list[str]
     warnings: list[str]
@@ -778,13 +854,70 @@ class DiffPlan:
     @property
     def total_bytes(self) -> int:
         """Bytes the diff reads: each paired base tensor once, plus every tuned side."""
-        base = {p.base.name: _side_bytes(p.base, p.base_q, p.base.numel) for p in self.pairs}
-        total = sum(base.values()) + sum(_side_bytes(p.other, p.other_q, p.numel) for p in self.pairs if p.kind == "file")
+        base: dict[int | str, int] = {}
+        total = 0
+        pairs = self.pairs
+        for i, p in _special_or_rows(pairs):
+            if p is not None:
+                base[p.base.name] = _side_bytes(p.base, p.base_q, p.base.numel)
+                total += _side_bytes(p.other, p.other_q, p.numel) if p.kind == "file" else 0
+            else:
+                base[pairs.base_at[i]] = _nbytes(pairs.base, pairs.base_at[i])
+                total += pairs.numel[i] * _itemsize(pairs.maps[pairs.tuned[i]], pairs.other_at[i])
+        total += sum(base.values())
         if self.options.get("spectrum"):
             from weightsurgeon.spectrum import spectrum_pairs
 
             total += sum(p.numel * (p.base.itemsize + p.other.itemsize) for p in spectrum_pairs(self, self.options["spectrum"]))
         return total
+
+    def read_bytes(self) -> dict[int, int]:
+        """Bytes each input reads: -1 the base (each paired base tensor once), i the i-th tuned model."""
+        per: dict[int, int] = {}
+        seen: set[str] = set()
+        pairs = self.pairs
+        for i, p in _special_or_rows(pairs):
+            if p is not None:
+                name, nbytes, t, other = p.base.name, p.base.nbytes, p.tuned, p.numel * p.other.itemsize
+            else:
+                table, row = pairs.base.table_of(pairs.base_at[i])
+                name, nbytes, t = table.names[row], _nbytes(pairs.base, pairs.base_at[i]), pairs.tuned[i]
+                other = pairs.numel[i] * _itemsize(pairs.maps[t], pairs.other_at[i])
+            if name not in seen:
+                seen.add(name)
+                per[-1] = per.get(-1, 0) + nbytes
+            per[t] = per.get(t, 0) + other
+        return per
+
+
+def _special_or_rows(pairs: Sequence[Pair]) -> Iterator[tuple[int, Pair | None]]:
+    """(row, the Pair object) of a list or a PairTable's special rows, (row, None) of its plain rows."""
+    if not isinstance(pairs, PairTable):
+        return enumerate(pairs)  # type: ignore[arg-type]
+    special = pairs.special
+    return ((i, special.get(i)) for i in range(len(pairs)))
+
+
+def _nbytes(tensors: Any, at: int) -> int:
+    """Stored bytes of the tensor at key `at` of a TensorMap."""
+    table, row = tensors.table_of(at)
+    _, _, _, begins, ends = table.columns()
+    return ends[row] - begins[row]
+
+
+def _itemsize(tensors: Any, at: int) -> int:
+    from weightsurgeon.format import DTYPE_WIDTHS
+
+    table, row = tensors.table_of(at)
+    return DTYPE_WIDTHS[table.dtype_code(row)]
+
+
+def _uncomparable_dtypes(base: Checkpoint, others: Sequence[Checkpoint]) -> bool:
+    """Whether any input stores a dtype whose values cannot be compared (complex), from the dtype columns."""
+    from weightsurgeon.format import DTYPE_NAMES
+
+    bad = {code for code, name in enumerate(DTYPE_NAMES) if dtype_info(name).work is None}
+    return bool(bad) and any(not bad.isdisjoint(table.columns()[0]) for c in (base, *others) for table in c.tensors.tables)
 
 
 def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | None = None, layers: str | None = None,
@@ -811,7 +944,7 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
     selector = parse_modules(modules) if modules is not None else None
     layer_set = parse_layers(layers, base_layout.num_layers) if layers is not None else None
 
-    pairs: list[Pair] = []
+    pairs = PairTable(base.tensors, {t: c.tensors for t, c in enumerate(others)})
     missing: list[dict] = []
     notes: list[str] = []
     for t, (ckpt, label) in enumerate(zip(others, names)):
@@ -821,30 +954,33 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
             plan = plan_adapter_pairs(base, ckpt, adapters[t], t, label, base_layout)
         else:
             plan = plan_pairs(base, ckpt, t, label, base_layout)
-        pairs += plan.pairs
+        pairs.extend(plan.pairs)
         missing += plan.missing
         notes += plan.notes
     expert_set = parse_experts(experts)
     if selector is not None or layer_set is not None or expert_set is not None:
-        candidates = list(dict.fromkeys([p.name for p in pairs] + [m["name"] for m in missing]))
+        pair_names = list(pairs.names())
+        candidates = list(dict.fromkeys(pair_names + [m["name"] for m in missing]))
         chosen = set(select_names(candidates, selector or parse_modules("re:."), layer_set, base_layout.num_layers,
                                   flag="--module" if selector is not None else "--layers", layout=base_layout,
                                   experts=expert_set))
-        pairs = [p for p in pairs if p.name in chosen]
+        pairs = pairs.subset(i for i, name in enumerate(pair_names) if name in chosen)
+        del pair_names
         missing = [m for m in missing if m["name"] in chosen]
     if missing and not allow_missing:
         raise _missing_error(missing)
-    if any(a is not None for a in adapters) and any(p.decoded for p in pairs):
+    if any(a is not None for a in adapters) and any(p.decoded for p in pairs.special.values()):
         raise SurgeonError("a LoRA adapter and a quantized (FP8/MXFP4) model cannot be diffed in one run: "
                            "diff them against the base separately")
     if not pairs:
         raise SurgeonError("no tensor pairs to compare: the models share no tensor of the same shape; "
                            "diff models of one architecture and size")
-    for p in pairs:
-        for side, info in (("base", p.base), (names[p.tuned], p.other)):
-            if dtype_info(info.dtype).work is None:
-                raise SurgeonError(f"{side}: tensor {info.name!r} is {info.dtype}: complex values cannot be compared "
-                                   f"(select other modules with --module)")
+    if _uncomparable_dtypes(base, others):  # only then a record per pair, to name the first such tensor
+        for p in pairs:
+            for side, info in (("base", p.base), (names[p.tuned], p.other)):
+                if dtype_info(info.dtype).work is None:
+                    raise SurgeonError(f"{side}: tensor {info.name!r} is {info.dtype}: complex values cannot be "
+                                       f"compared (select other modules with --module)")
     warnings = list(base.warnings) + [w for c in others for w in c.warnings]
     if base_layout.other:
         warnings.append(f"{len(base_layout.other)} base tensor name(s) not recognised as a known module, "
@@ -868,14 +1004,25 @@ def _unit_groups(plan: DiffPlan) -> dict[tuple[int, str], Any]:
     out = {}
     locations = plan.layout.locations if plan.layout is not None else None
     with_units = frozenset(MODULE_ID[m] for m in MODULES if m in HEAD_MODULES or m.startswith("expert_"))
-    for p in plan.pairs:
-        row = locations.row(p.name) if locations is not None else None
-        if row is None or locations.layers[row] < 0:  # the name's own classification (DeepSeek's MTP layers included)
+    pairs = plan.pairs
+    special, base_at, position_at = pairs.special, pairs.base_at, pairs.base.position_at
+    module_ids = locations.module_ids if locations is not None else None
+    for i in range(len(pairs)):
+        if locations is None:
+            row = None
+        elif i in special:
+            row = locations.row(special[i].name)
+        else:  # a plain pair's name is its base tensor's: the layout's row is the base position
+            row = position_at(base_at[i])
+            if locations.layers[row] >= 0 and (module_ids[row] not in with_units or locations.experts[row] >= 0):  # type: ignore[index]
+                continue  # the common case (below), decided without making the pair
+        p = pairs[i]
+        if row is None or locations.layers[row] < 0:  # type: ignore[union-attr]  # the name's own classification (DeepSeek's MTP layers included)
             loc = classify(p.name)
-        elif locations.module_ids[row] not in with_units or locations.experts[row] >= 0:
+        elif locations.module_ids[row] not in with_units or locations.experts[row] >= 0:  # type: ignore[union-attr]
             continue  # no heads, or an expert stored as a tensor of its own (its rows are its units)
         else:
-            loc = locations.location(row)
+            loc = locations.location(row)  # type: ignore[union-attr]
         # a quantized side's units are those of its values (logical shape), streamed in logical order
         shape = p.base_q.shape if p.base_q is not None else p.base.shape
         units = units_of(loc, shape, plan.base.config) if not p.added_rows else None
@@ -922,22 +1069,23 @@ class _Rows:
         self.kept: list[Any] = []  # TensorDiff rows when nothing is streamed
         self.units = UnitTotals()
         self.flagged: set[tuple[int, str]] = set()  # pairs holding NaN/Inf
-        self.queue: list[tuple[Pair, Any]] = []
+        self.queue: list[tuple[int, Any]] = []  # (PairTable row, DeltaStats)
         self.writer = None if folder is None else RowWriter(folder, len(plan.pairs), self.bins,
-                                                            max(p.numel for p in plan.pairs))
+                                                            max(plan.pairs.numel))
 
-    def done(self, pairs: list[Pair]) -> None:
-        """Pairs whose DeltaStats (in `stats`) are complete."""
-        for p in pairs:
-            stats = self.stats.pop((p.tuned, p.name), None)
-            self.queue.append((p, stats if stats is not None else self.stats.empty()))
+    def done(self, rows: list[int]) -> None:
+        """Pairs (rows of the plan's PairTable) whose DeltaStats (in `stats`) are complete."""
+        pairs = self.plan.pairs
+        for i in rows:
+            stats = self.stats.pop((pairs.tuned[i], pairs.name(i)), None)
+            self.queue.append((i, stats if stats is not None else self.stats.empty()))
         if len(self.queue) >= self.QUEUE:
             self.close()
 
-    def done_block(self, pairs: list[Pair], columns: Any) -> None:
-        """Pairs computed together, their statistics as columns (row i: pairs[i])."""
+    def done_block(self, rows: list[int], columns: Any) -> None:
+        """Pairs computed together, their statistics as columns (row j: pair rows[j])."""
         self.close()
-        self._block(pairs, columns)
+        self._block(rows, columns)
 
     def close(self) -> None:
         """Take the queued rows: every row handed over so far is in the totals and the files."""
@@ -945,7 +1093,7 @@ class _Rows:
             from weightsurgeon.kernels.stats import StatsColumns
 
             queue, self.queue = self.queue, []
-            self._block([p for p, _ in queue], StatsColumns.of([s for _, s in queue], self.bins))
+            self._block([i for i, _ in queue], StatsColumns.of([s for _, s in queue], self.bins))
 
     def _meta(self, p: Pair, loc: Any) -> tuple:
         """The row's report/rows.META tuple (`loc`: the name's Location)."""
@@ -953,25 +1101,65 @@ class _Rows:
                 _side_label(p.other, p.other_q), p.base_q.shape if p.base_q is not None else p.base.shape, p.numel,
                 p.added_rows, p.lora.rank if p.lora is not None else None)
 
-    def _block(self, pairs: list[Pair], columns: Any) -> None:
+    def _metas(self, rows: list[int]) -> tuple[list[tuple], list[int | None]]:
+        """Each row's META tuple and its expert number (None: not an expert's own tensor).
+
+        A plain pair's row comes from the columns: its name, shape and dtypes from the header
+        tables, its place from the layout's columns (its name is a base name: the layout's row is
+        the base position). A special one from its Pair and the name's Location."""
+        from weightsurgeon.format import DTYPE_NAMES
+        from weightsurgeon.layout import MODULES, Locations
+
+        pairs, locations, labels = self.plan.pairs, self.locations, self.plan.labels
+        special, tuned, base_at, other_at, numel, maps = (pairs.special, pairs.tuned, pairs.base_at, pairs.other_at,
+                                                          pairs.numel, pairs.maps)
+        table_of, position_at = pairs.base.table_of, pairs.base.position_at
+        columnar = isinstance(locations, Locations)
+        if columnar:
+            layers, module_ids, experts, param_ids, params = (locations.layers, locations.module_ids, locations.experts,
+                                                              locations.param_ids, locations.params)
+        meta: list[tuple] = []
+        expert_of: list[int | None] = []
+        for i in rows:
+            p = special.get(i)
+            if p is not None or not columnar:
+                p = p if p is not None else pairs[i]
+                loc = locations.get(p.name)
+                meta.append(self._meta(p, loc if loc is not None else classify(p.name)))
+                # the name's own classification where the layout gives no layer (DeepSeek's MTP layers)
+                expert_of.append(loc.expert if loc is not None and loc.layer is not None else classify(p.name).expert)
+                continue
+            key, t = base_at[i], tuned[i]
+            table, r = table_of(key)
+            codes, shape_ids, shapes, _, _ = table.columns()
+            other, o = maps[t].table_of(other_at[i])
+            pos = position_at(key)
+            layer, name = layers[pos], table.names[r]
+            meta.append((labels[t], name, None if layer == -1 else layer, MODULES[module_ids[pos]],
+                         params[param_ids[pos]], DTYPE_NAMES[codes[r]], DTYPE_NAMES[other.dtype_code(o)],
+                         shapes[shape_ids[r]], numel[i], 0, None))
+            if layer == -1:
+                expert_of.append(classify(name).expert)
+            else:
+                expert = experts[pos]
+                expert_of.append(None if expert == -1 else expert)
+        return meta, expert_of
+
+    def _block(self, rows: list[int], columns: Any) -> None:
         import numpy as np
 
-        locations, groups = self.locations, self.groups
-        known = [locations.get(p.name) for p in pairs]  # each name looked up once
-        meta = [self._meta(p, loc if loc is not None else classify(p.name)) for p, loc in zip(pairs, known)]
+        groups, tuned = self.groups, self.plan.pairs.tuned
+        meta, expert_of = self._metas(rows)
         self.totals.add_block([(m[0], m[2], m[3]) for m in meta], [m[8] for m in meta], columns)
         sum_sq_delta, sum_sq_a = columns.sum_sq_delta.tolist(), columns.sum_sq_a.tolist()
-        for i, (p, m, loc) in enumerate(zip(pairs, meta, known)):
-            units = groups.get((p.tuned, p.name)) if groups else None
+        for j, (m, expert) in enumerate(zip(meta, expert_of)):
+            units = groups.get((tuned[rows[j]], m[1])) if groups else None
             if units is not None:
                 self.units.add_groups(m[0], m[2], m[3], units)
-            else:
-                # the name's own classification where the layout gives no layer (DeepSeek's MTP layers)
-                expert = loc.expert if loc is not None and loc.layer is not None else classify(p.name).expert
-                if expert is not None:
-                    self.units.add_expert(m[0], m[2], m[3], expert, sum_sq_delta[i], sum_sq_a[i])
-        for i in np.flatnonzero(columns.n_nonfinite).tolist():
-            self.flagged.add((pairs[i].tuned, pairs[i].name))
+            elif expert is not None:
+                self.units.add_expert(m[0], m[2], m[3], expert, sum_sq_delta[j], sum_sq_a[j])
+        for j in np.flatnonzero(columns.n_nonfinite).tolist():
+            self.flagged.add((tuned[rows[j]], meta[j][1]))
         if self.writer is not None:
             self.writer.add_block(meta, columns, self.clip)
             return
@@ -990,7 +1178,7 @@ class _Rows:
 
 
 def _last_chunk(info: TensorInfo, pairs: list[Pair], stop: int) -> bool:
-    """Whether a chunk of _schedule is its tensor's last one."""
+    """Whether a chunk of _chunks is its tensor's last one."""
     return stop >= (pairs[0].numel if any(p.decoded for p in pairs) else info.numel)
 
 
@@ -1016,29 +1204,44 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
     reader = _ChunkReader(plan.base, plan.others, base_bytes, other_bytes, consumers, (bins, clip))
     rows = _Rows(plan, stats, groups, rows_folder)
 
-    def one(info: TensorInfo, pairs: list[Pair], start: int, stop: int) -> int:
+    table = plan.pairs
+
+    def one(info: TensorInfo, pairs: list[Pair], keys: list[int], start: int, stop: int) -> int:
         nbytes = reader.run(info, pairs, start, stop, stats, groups)
         if _last_chunk(info, pairs, stop):  # quantized pairs: once the reader's batch holding them is computed
-            reader.then(rows.done, pairs)
+            reader.then(rows.done, keys)
         return nbytes
 
-    small = SmallPairs(plan.base, plan.others, bins, clip, groups, one, rows.done_block)
+    def alone(i: int) -> int:  # a pair of a small batch whose read failed: read here, which names the error
+        p = table[i]
+        return one(p.base, [p], [i], 0, p.base.numel)
+
+    small = SmallPairs(plan.base, plan.others, table, bins, clip, groups, alone, rows.done_block)
     bytes_read = 0
     try:
         with _prefetch(work, plan.base, plan.others):
-            shard = None
-            for info, pairs, start, stop in _schedule(work, elems):
-                if info.file is not shard and info.file != shard:  # a new base shard: did any input change so far?
+            shard = -1
+            for key, group in work.groups():
+                if key >> 32 != shard:  # a new base shard (keys: shard << 32 | row): did any input change so far?
                     _surfacing_signals(small.flush)
-                    shard = info.file
+                    shard = key >> 32
                     _check_unchanged(plan.base, plan.others)
-                nbytes = _surfacing_signals(small.take, info, pairs, start, stop)
-                if nbytes is None:  # not a small pair: the queued ones first, in reading order
-                    _surfacing_signals(small.flush)
-                    nbytes = _surfacing_signals(one, info, pairs, start, stop)
-                bytes_read += nbytes
-                if progress is not None:
+                nbytes = _surfacing_signals(small.take, key, group, elems)
+                if nbytes is None:  # not small: the queued ones first, in reading order, then chunk by chunk
+                    pairs = [table[i] for i in group]
+                    info = pairs[0].base
+                    chunks = list(_chunks(info, pairs, elems))  # none for an empty tensor: no row, nothing flushed
+                    if chunks:
+                        _surfacing_signals(small.flush)
+                    nbytes = 0
+                    for start, stop in chunks:
+                        n = _surfacing_signals(one, info, pairs, group, start, stop)
+                        nbytes += n
+                        if progress is not None:
+                            progress.advance(n)
+                elif progress is not None:
                     progress.advance(nbytes)
+                bytes_read += nbytes
             _surfacing_signals(small.flush)
             _surfacing_signals(reader.flush)
         spectra = []
@@ -1087,9 +1290,11 @@ def _nonfinite_tensors(plan: DiffPlan, flagged: set[tuple[int, str]]) -> list[di
 
     found: list[dict] = []
     seen: set[tuple[str, str]] = set()
-    for p in plan.pairs:
-        if (p.tuned, p.name) not in flagged:
+    pairs = plan.pairs
+    for i in range(len(pairs) if flagged else 0):  # names only: a pair is made for the flagged ones
+        if (pairs.tuned[i], pairs.name(i)) not in flagged:
             continue
+        p = pairs[i]
         tuned_ckpt = plan.others[p.tuned] if p.kind == "file" else plan.base  # an adapter's other tensors are the base's
         for model, ckpt, info in (("base", plan.base, p.base), (plan.labels[p.tuned], tuned_ckpt, p.other)):
             if (model, info.name) in seen:

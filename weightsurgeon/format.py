@@ -87,7 +87,7 @@ def _record(name: str, dtype: str, shape: tuple[int, ...], file: Path, begin: in
 # Dtype codes of a TensorTable's dtype column: the table's order, one byte per tensor.
 DTYPE_NAMES: tuple[str, ...] = tuple(TABLE)
 _DTYPE_CODE = {name: code for code, name in enumerate(DTYPE_NAMES)}
-_WIDTHS = tuple(TABLE[name].width for name in DTYPE_NAMES)
+DTYPE_WIDTHS: tuple[int, ...] = tuple(TABLE[name].width for name in DTYPE_NAMES)  # bytes per element, by code
 
 
 class TensorTable(Sequence[TensorInfo]):
@@ -127,6 +127,19 @@ class TensorTable(Sequence[TensorInfo]):
         """The record of row `i` (0 <= i < len)."""
         return _record(self.names[i], DTYPE_NAMES[self._dtypes[i]], self._shapes[self._shape_ids[i]], self.file,
                        self._begins[i], self._ends[i])
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        """Row `i`'s shape (the table's shared tuple: equal shapes are one object), no record made."""
+        return self._shapes[self._shape_ids[i]]
+
+    def dtype_code(self, i: int) -> int:
+        """Row `i`'s dtype as its index in DTYPE_NAMES."""
+        return self._dtypes[i]
+
+    def columns(self) -> tuple[array, array, list[tuple[int, ...]], array, array]:
+        """(dtype codes, shape ids, shapes, begins, ends): the rows as columns, for passes over a
+        whole table that make no record (the diff's plan and its run)."""
+        return self._dtypes, self._shape_ids, self._shapes, self._begins, self._ends
 
     def __iter__(self) -> Iterator[TensorInfo]:
         shapes, file = self._shapes, self.file
@@ -376,7 +389,7 @@ def _compact_entries(text: str, data_start: int, data_size: int) -> tuple[dict, 
     cols = _Columns()
     names, dtypes, shape_ids, begins, ends = cols.names, cols.dtypes, cols.shape_ids, cols.begins, cols.ends
     shape_id, numels = cols.shape_id, []
-    codes, widths = _DTYPE_CODE, _WIDTHS
+    codes, widths = _DTYPE_CODE, DTYPE_WIDTHS
     match = _COMPACT_ENTRY.match
     while True:
         m = match(text, pos)

@@ -3,7 +3,7 @@
 A MoE checkpoint holds ~100k tensors of a few kB (DeepSeek-V3 ~91k, Qwen3-235B-A22B ~95k).
 One kernel call per tensor paid a thread-pool launch and fresh buffers and scratch for
 each: 70-100 us of CPU per tiny tensor, most of a diff's time there. The diff's loop hands
-each chunk here first; a chunk that is a whole small tensor (at most one kernel part) read
+each base tensor's pairs here first; a whole small tensor (at most one kernel part) read
 by the kernel itself waits in a batch, and the batch goes to the kernel in one launch
 when it is full, when the loop reaches a chunk that cannot join, or at the end. The
 numbers are those of one call per tensor, bit for bit (kernels.delta.batch_from_files), and
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from weightsurgeon.format import DTYPE_NAMES, DTYPE_WIDTHS
 from weightsurgeon.kernels.stats import PART
+from weightsurgeon.pairs import numel_of
 
 if TYPE_CHECKING:
-    from weightsurgeon.checkpoint import Checkpoint, TensorInfo
-    from weightsurgeon.diff import Pair
+    from weightsurgeon.checkpoint import Checkpoint
+    from weightsurgeon.pairs import PairTable
 
 BATCH_PAIRS = 4096  # pairs per launch: enough to spread the launch, few enough to keep the read order
 
@@ -25,25 +27,28 @@ BATCH_PAIRS = 4096  # pairs per launch: enough to spread the launch, few enough 
 class SmallPairs:
     """Collects whole small tensor pairs that the kernel reads itself, and runs them in batches.
 
-    `fallback(info, pairs, start, stop)` computes the pairs of a batch whose read failed (it
-    reads them itself and names the error) as the diff computes any chunk; `done(pairs,
-    columns)` gets the pairs the batch completed and their statistics (row i: pairs[i]).
+    Pairs are rows of the plan's PairTable: a plain row is judged and queued from the header
+    tables' columns, with no record or Pair made. `fallback(row)` computes a pair of a batch
+    whose read failed (it reads it itself and names the error) as the diff computes any
+    chunk; `done(rows, columns)` gets the rows the batch completed and their statistics
+    (row i of the columns: rows[i]).
     """
 
-    def __init__(self, base: Checkpoint, others: list[Checkpoint], bins: int, clip: float,
-                 groups: dict[tuple[int, str], Any], fallback: Callable[..., int],
-                 done: Callable[[list[Pair], Any], None]) -> None:
+    def __init__(self, base: Checkpoint, others: list[Checkpoint], pairs: PairTable, bins: int, clip: float,
+                 groups: dict[tuple[int, str], Any], fallback: Callable[[int], int],
+                 done: Callable[[list[int], Any], None]) -> None:
         from weightsurgeon.kernels.delta import batch_from_files, reads_files
 
-        self.base, self.others, self.bins, self.clip, self.groups = base, others, bins, clip, groups
+        self.base, self.others, self.pairs, self.bins, self.clip, self.groups = base, others, pairs, bins, clip, groups
         self.fallback, self.done = fallback, done
         self.run_batch, self.reads_files = batch_from_files, reads_files
-        # (base fd, tuned fd, base dtype, tuned dtype) -> [(info, pair, base position, tuned position)]
-        self.pending: dict[tuple, list[tuple[TensorInfo, Pair, int, int]]] = {}
+        # (base fd, tuned fd, base dtype, tuned dtype) -> [(row, base position, tuned position)]
+        self.pending: dict[tuple, list[tuple[int, int, int]]] = {}
         self.count = 0
         self.readable: dict[tuple[str, str], bool] = {}  # reads_files per dtype pair: asked once, not per tensor
         self.fds: dict[tuple[int, Any], int | None] = {}  # (model, shard path) -> descriptor: no Path hashed per tensor
         self.last: dict[int, tuple[Any, int | None]] = {}  # model -> its last (shard path, descriptor)
+        self.numels: dict[tuple[int, ...], int] = {}
 
     def _fd(self, model: int, ckpt: Checkpoint, file: Any) -> int | None:
         """The kernel's descriptor of a shard (None: no local descriptor); -1 is the base, i the i-th tuned model."""
@@ -57,38 +62,61 @@ class SmallPairs:
         self.last[model] = (file, fd)
         return fd
 
-    def _batchable(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int) -> list[tuple] | None:
-        """Each pair's batch key and positions, or None where the chunk must run on its own."""
-        if start != 0 or stop != info.numel or not 0 < info.numel <= PART:
+    def _ok(self, dtypes: tuple[str, str]) -> bool:
+        ok = self.readable.get(dtypes)
+        if ok is None:
+            ok = self.readable[dtypes] = self.reads_files(*dtypes)
+        return ok
+
+    def _batchable(self, key: int, rows: list[int], elems: int) -> tuple[list[tuple], int] | None:
+        """(each row's batch key and positions, the bytes they read) for the pairs of base tensor `key`,
+        or None where they must run on their own (not one whole small chunk, a side the kernel cannot read)."""
+        pairs = self.pairs
+        table, brow = pairs.base.table_of(key)
+        codes, shape_ids, shapes, begins, _ = table.columns()
+        numel = numel_of(shapes[shape_ids[brow]], self.numels)
+        if not 0 < numel <= min(PART, elems):  # one chunk, the whole tensor (diff._chunks)
             return None
-        fd_a = self._fd(-1, self.base, info.file)
+        fd_a = self._fd(-1, self.base, table.file)
         if fd_a is None:
             return None
-        groups, readable = self.groups, self.readable
+        dtype_a, pos_a = DTYPE_NAMES[codes[brow]], begins[brow]
+        nbytes = numel * DTYPE_WIDTHS[codes[brow]]
+        groups, special, tuned, other_at, maps = self.groups, pairs.special, pairs.tuned, pairs.other_at, pairs.maps
         out = []
-        for p in pairs:
-            if p.kind != "file" or p.decoded or p.numel != info.numel or (groups and (p.tuned, p.name) in groups):
-                return None
-            other = p.other
-            dtypes = (p.base.dtype, other.dtype)
-            ok = readable.get(dtypes)
-            if ok is None:
-                ok = readable[dtypes] = self.reads_files(*dtypes)
-            fd_b = self._fd(p.tuned, self.others[p.tuned], other.file) if ok else None
+        for i in rows:
+            p = special.get(i)
+            if p is not None:
+                if p.kind != "file" or p.decoded or p.numel != numel or (groups and (p.tuned, p.name) in groups):
+                    return None
+                t, file, pos_b, width, dtype_b = p.tuned, p.other.file, p.other.begin, p.other.itemsize, p.other.dtype
+            else:
+                t = tuned[i]
+                if groups and (t, table.names[brow]) in groups:
+                    return None
+                other, r = maps[t].table_of(other_at[i])
+                ocodes, _, _, obegins, _ = other.columns()
+                file, pos_b, width, dtype_b = other.file, obegins[r], DTYPE_WIDTHS[ocodes[r]], DTYPE_NAMES[ocodes[r]]
+            fd_b = self._fd(t, self.others[t], file) if self._ok((dtype_a, dtype_b)) else None
             if fd_b is None:
                 return None
-            out.append(((fd_a, fd_b, *dtypes), p, info.begin, other.begin))
-        return out
+            out.append(((fd_a, fd_b, dtype_a, dtype_b), i, pos_a, pos_b))
+            nbytes += numel * width
+        return out, nbytes
 
-    def take(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int) -> int | None:
-        """Queue the chunk (returns the bytes it will read), or None: run it yourself, after `flush`."""
-        entries = self._batchable(info, pairs, start, stop)
-        if entries is None:
+    def take(self, key: int, rows: list[int], elems: int) -> int | None:
+        """Queue the pairs of base tensor `key` (rows of the PairTable; `elems`: the run's chunk
+        elements) and return the bytes they will read, or None: run them yourself, after `flush`."""
+        found = self._batchable(key, rows, elems)
+        if found is None:
             return None
-        nbytes = info.numel * info.itemsize
-        for key, p, pos_a, pos_b in entries:
-            self.pending.setdefault(key, []).append((info, p, pos_a, pos_b))
-            nbytes += p.numel * p.other.itemsize
+        entries, nbytes = found
+        pending = self.pending
+        for batch, i, pos_a, pos_b in entries:
+            queue = pending.get(batch)
+            if queue is None:
+                queue = pending[batch] = []
+            queue.append((i, pos_a, pos_b))
         self.count += len(entries)
         if self.count >= BATCH_PAIRS:
             self.flush()
@@ -99,12 +127,14 @@ class SmallPairs:
         import numpy as np
 
         pending, self.pending, self.count = self.pending, {}, 0
+        numel = self.pairs.numel
         for (fd_a, fd_b, dtype_a, dtype_b), entries in pending.items():
-            columns, failed = self.run_batch(self.bins, self.clip, fd_a, np.array([e[2] for e in entries], dtype=np.int64),
-                                             dtype_a, fd_b, np.array([e[3] for e in entries], dtype=np.int64), dtype_b,
-                                             np.array([p.numel for _, p, _, _ in entries], dtype=np.int64))
+            rows = [e[0] for e in entries]
+            columns, failed = self.run_batch(self.bins, self.clip, fd_a, np.array([e[1] for e in entries], dtype=np.int64),
+                                             dtype_a, fd_b, np.array([e[2] for e in entries], dtype=np.int64), dtype_b,
+                                             np.array([numel[i] for i in rows], dtype=np.int64))
             bad = failed.tolist()
-            self.done([p for (_, p, _, _), b in zip(entries, bad) if not b], columns)
-            for (info, p, _, _), b in zip(entries, bad):
+            self.done([i for i, b in zip(rows, bad) if not b], columns)
+            for i, b in zip(rows, bad):
                 if b:
-                    self.fallback(info, [p], 0, info.numel)
+                    self.fallback(i)

@@ -61,25 +61,13 @@ def _input_paths(checkpoints: Sequence[Any]) -> list[Path]:
 
 def input_reads(plan: Any, per: dict[int, int] | None = None) -> list[dict]:
     """What each input of a diff plan reads (fetches, when remote), against its full size
-    (`per`: read_bytes(plan), where the caller has it)."""
+    (`per`: plan.read_bytes(), where the caller has it)."""
     from weightsurgeon.output import input_read_row
 
-    per = read_bytes(plan) if per is None else per
+    per = plan.read_bytes() if per is None else per
 
     return [input_read_row(label, ckpt, per.get(i, 0))
             for i, (ckpt, label) in enumerate([(plan.base, "base"), *zip(plan.others, plan.labels)], start=-1)]
-
-
-def read_bytes(plan: Any) -> dict[int, int]:
-    """Bytes each input of a diff plan reads: -1 the base, i the i-th tuned model."""
-    per: dict[int, int] = {}
-    seen: set[str] = set()
-    for p in plan.pairs:
-        if p.base.name not in seen:
-            seen.add(p.base.name)
-            per[-1] = per.get(-1, 0) + p.base.nbytes
-        per[p.tuned] = per.get(p.tuned, 0) + p.numel * p.other.itemsize
-    return per
 
 
 def _say_reads(rows: list[dict], done: bool) -> None:
@@ -191,7 +179,7 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
                     click.echo(f"{r['input']}: {r['source']}: will {verb} {human(r['read_bytes'])} "
                                f"of {human(r['total_bytes'])} ({r['origin']})")
             return
-        per = read_bytes(plan)
+        per = plan.read_bytes()
         _say_reads(input_reads(plan, per), done=False)
         kernels_ready(quiet)
         written: list[str] = []
