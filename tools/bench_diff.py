@@ -185,6 +185,12 @@ def main() -> None:
     ap.add_argument("--chunk-mb", type=int, default=None, help="surgeon diff --chunk-mb (default: the CLI's)")
     ap.add_argument("--throttle", type=float, default=None, metavar="MB/S",
                     help="run every tool in a cgroup whose disk reads are limited to this rate (Linux, root)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout of the project: its surgeon diff runs in the same rounds, beside this tree's")
+    ap.add_argument("--env", action="append", default=[], metavar="'NAME=VALUE ...'",
+                    help="run this tree's surgeon diff once more with these variables set, in the same rounds "
+                         "(e.g. SURGEON_DIRECT=0); repeatable")
+    ap.add_argument("--cache", choices=("both", "cold", "warm"), default="both", help="which page-cache states to run")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
     # Bytecode for the package, as pip writes it on a regular install: with an editable one
@@ -202,32 +208,40 @@ def main() -> None:
     report_dir = args.workdir / "report"
     surgeon = [sys.executable, "-m", "weightsurgeon", "diff", str(base), *map(str, tuned), "-o", str(report_dir),
                "--no-plots", "--force", "-q", *(["--chunk-mb", str(args.chunk_mb)] if args.chunk_mb else [])]
-    tools: dict[str, tuple[list[str], dict | None]] = {
-        "surgeon diff": (surgeon, dict(os.environ, PYTHONPATH=str(TREE))),
-        "cat > /dev/null": (["cat", *map(str, files)], None),
+    tools: dict[str, tuple[list[str], dict | None, Path]] = {
+        "surgeon diff": (surgeon, dict(os.environ, PYTHONPATH=str(TREE)), TREE),
+        "cat > /dev/null": (["cat", *map(str, files)], None, TREE),
     }
+    for setting in args.env:
+        extra = dict(pair.partition("=")[::2] for pair in setting.split())
+        tools[f"surgeon diff {setting}"] = (surgeon, dict(os.environ, PYTHONPATH=str(TREE), **extra), TREE)
+    if args.baseline:
+        old = args.baseline.resolve()  # run in the baseline's folder: `python -m` puts the working folder first
+        compileall.compile_dir(str(old / "weightsurgeon"), quiet=1)
+        tools["baseline: surgeon diff"] = (surgeon, dict(os.environ, PYTHONPATH=str(old)), old)
     if not args.skip_transformers and args.tuned == 1:
-        tools["transformers by hand"] = ([sys.executable, "-c", BY_HAND, str(base), str(tuned[0])], None)
-    subprocess.run(surgeon, check=True, stdout=subprocess.DEVNULL, cwd=TREE,  # numba's cache filled; the report folder exists
-                   env=dict(os.environ, PYTHONPATH=str(TREE)))
+        tools["transformers by hand"] = ([sys.executable, "-c", BY_HAND, str(base), str(tuned[0])], None, TREE)
+    for name, (cmd, env, cwd) in tools.items():  # numba's caches filled; the report folder exists
+        if name.startswith(("surgeon", "baseline")):
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=cwd, env=env)
     throttle = Throttle(files[0], args.throttle) if args.throttle else None
 
     load_before = load_average()
     results: dict[str, dict] = {}
     try:
-        for cache in ("cold", "warm"):
+        for cache in [c for c in ("cold", "warm") if args.cache in ("both", c)]:
             runs: dict[str, list[dict]] = {name: [] for name in tools}
             names = list(tools)
             for round_ in range(args.repeat):
                 # A fresh order each round: no tool always first, nor always after the same one.
                 order = random.Random(f"{args.seed}-{cache}-{round_}").sample(names, len(names))
                 for name in order:
-                    cmd, env = tools[name]
+                    cmd, env, cwd = tools[name]
                     if cache == "cold":
                         drop_cached(files)
                     else:
                         warm_cache(files)
-                    runs[name].append(run_child(cmd, env=env, throttle=throttle))
+                    runs[name].append(run_child(cmd, env=env, throttle=throttle, cwd=cwd))
             for name, measured in runs.items():
                 results[f"{name} ({cache})"] = {
                     "seconds": statistics.median(r["seconds"] for r in measured),
@@ -255,10 +269,15 @@ def main() -> None:
         cpu = f"{r['cpu_seconds']:7.2f}" if "cpu_seconds" in r else f"{'-':>7s}"
         print(f"{name:34s} {r['seconds']:9.2f} {best} {gbps:7.2f} {cpu} {rss:>13s}")
     ratios = {}
-    for cache in ("cold", "warm"):
+    for cache in [c for c in ("cold", "warm") if f"surgeon diff ({c})" in results]:
         d, c = results[f"surgeon diff ({cache})"], results[f"cat > /dev/null ({cache})"]
         ratios[f"diff / cat time ({cache})"] = d["seconds"] / c["seconds"]
         ratios[f"diff / cat, best runs ({cache})"] = d["best_seconds"] / c["best_seconds"]  # an uneven disk's best mode
+        for other in tools:
+            if other.startswith(("surgeon diff ", "baseline")):
+                o = results[f"{other} ({cache})"]
+                ratios[f"{other} / cat time ({cache})"] = o["seconds"] / c["seconds"]
+                ratios[f"{other} / cat, best runs ({cache})"] = o["best_seconds"] / c["best_seconds"]
         hand = results.get(f"transformers by hand ({cache})")
         if hand:
             ratios[f"by-hand / diff time ({cache})"] = hand["seconds"] / d["seconds"]
@@ -266,12 +285,18 @@ def main() -> None:
     # Is the diff bound by the disk or by the CPUs? The kernel's in-memory rate on every core
     # against the disk's rate (cat), and the CPU time the diff used against the wall time.
     kernel = results[f"kernel alone, {cores} thread(s)"]
-    cold, cat_cold = results["surgeon diff (cold)"], results["cat > /dev/null (cold)"]
+    cache = "cold" if "surgeon diff (cold)" in results else "warm"
+    cold, cat_cold = results[f"surgeon diff ({cache})"], results[f"cat > /dev/null ({cache})"]
     print(f"\nbound: the kernel computes {kernel_bytes / 1e9:.2f} GB (base and tuned bytes of {len(tuned)} pair(s)) at "
           f"{kernel['gb_per_s']:.2f} GB/s on {cores} threads: {kernel['seconds']:.2f} s of {cores} cores; the disk "
           f"gives the {total / 1e9:.2f} GB in {cat_cold['seconds']:.2f} s ({total / cat_cold['seconds'] / 1e9:.2f} GB/s, "
-          f"cat using {cat_cold['cpu_seconds']:.2f} CPU-s); the cold diff used {cold['cpu_seconds']:.2f} CPU-s in "
+          f"cat using {cat_cold['cpu_seconds']:.2f} CPU-s); the {cache} diff used {cold['cpu_seconds']:.2f} CPU-s in "
           f"{cold['seconds']:.2f} s = {cold['cpu_seconds'] / cold['seconds']:.2f} of {cores} cores busy")
+    for other in tools:
+        if other.startswith(("surgeon diff ", "baseline")):
+            o = results[f"{other} ({cache})"]
+            print(f"  {other}, {cache}: {o['cpu_seconds']:.2f} CPU-s in {o['seconds']:.2f} s = "
+                  f"{o['cpu_seconds'] / o['seconds']:.2f} of {cores} cores busy")
     print("\nratios (goals: diff/cat cold <= 1.2; by-hand/diff time >= 5; by-hand/diff peak RSS >= 10)")
     for name, value in ratios.items():
         print(f"  {name:44s} {value:6.2f}")

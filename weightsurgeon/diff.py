@@ -559,6 +559,9 @@ class _ChunkReader:
         self.batch: Any = None  # quant_diff.PartBatch, on the first quantized pair
         self.histogram = histogram
         self.accumulate, self.from_files, self.reads_files = accumulate_delta, accumulate_delta_from_files, reads_files
+        from weightsurgeon.directreads import DirectReads
+
+        self.direct = DirectReads()  # O_DIRECT for the kernel's reads of ranges the page cache lacks
 
     def _buffers(self) -> tuple[np.ndarray, list[np.ndarray]]:
         import numpy as np
@@ -663,6 +666,10 @@ class _ChunkReader:
             self.batch = PartBatch(self.base, self.others, *self.histogram)
         return self.batch
 
+    def close(self) -> None:
+        """Close the O_DIRECT descriptors."""
+        self.direct.close()
+
     def flush(self) -> None:
         """Compute whatever is still queued: every statistic is complete afterwards."""
         if self.batch is not None:
@@ -707,7 +714,7 @@ class _ChunkReader:
                 at_a, at_b = self.base.locate(p.base), source.locate(p.other)
                 if at_a is not None and at_b is not None and self.from_files(
                         target, at_a[0], at_a[1] + start * info.itemsize, p.base.dtype,
-                        at_b[0], at_b[1] + start * p.other.itemsize, p.other.dtype, count, units, start):
+                        at_b[0], at_b[1] + start * p.other.itemsize, p.other.dtype, count, units, start, self.direct):
                     continue
             base_buf, other_bufs = self._buffers()
             if base_view is None:
@@ -750,7 +757,8 @@ class _ChunkReader:
             sides.append((fd, pos + start * p.other.itemsize, p.other.dtype))
         ok = accumulate_tuned_from_files([stats[(pairs[k].tuned, pairs[k].name)] for k in picked], at_a[0],
                                          at_a[1] + start * itemsize, pairs[0].base.dtype, sides, count,
-                                         [groups.get((pairs[k].tuned, pairs[k].name)) for k in picked], start)
+                                         [groups.get((pairs[k].tuned, pairs[k].name)) for k in picked], start,
+                                         self.direct)
         return set(picked) if ok else set()
 
     def _run_lent(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int,
@@ -1257,6 +1265,8 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
     except BaseException:
         rows.abort()
         raise
+    finally:
+        reader.close()
 
     index = {label: i for i, label in enumerate(plan.labels)}
     kept = sorted(rows.kept, key=lambda r: sort_key(index[r.tuned], r.layer, r.module, r.name))

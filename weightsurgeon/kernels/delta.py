@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -150,7 +151,8 @@ _FILE_DTYPES = ("BF16", "F16", "F32", "F64")
 
 
 def accumulate_delta_from_files(stats: DeltaStats, fd_a: int, pos_a: int, dtype_a: str, fd_b: int, pos_b: int,
-                                dtype_b: str, numel: int, groups: Groups | None = None, start: int = 0) -> bool:
+                                dtype_b: str, numel: int, groups: Groups | None = None, start: int = 0,
+                                direct: Any = None) -> bool:
     """accumulate_delta on `numel` elements read by the kernel's own threads from two open files.
 
     `pos_a`/`pos_b` are byte positions in the files. Each thread reads the part it
@@ -158,19 +160,24 @@ def accumulate_delta_from_files(stats: DeltaStats, fd_a: int, pos_a: int, dtype_
     kernel runs and no large buffer exists. Returns False, leaving `stats` untouched, when
     a read fails or comes up short: the caller then reads the same bytes itself, which
     retries an interrupted read and otherwise names the error. Only for `reads_files` pairs.
+    `direct`: a directreads.DirectReads, to read the ranges the page cache lacks with O_DIRECT.
     """
-    return accumulate_tuned_from_files([stats], fd_a, pos_a, dtype_a, [(fd_b, pos_b, dtype_b)], numel, [groups], start)
+    return accumulate_tuned_from_files([stats], fd_a, pos_a, dtype_a, [(fd_b, pos_b, dtype_b)], numel, [groups], start,
+                                       direct)
 
 
 def accumulate_tuned_from_files(targets: list[DeltaStats], fd_a: int, pos_a: int, dtype_a: str,
                                 sides: list[tuple[int, int, str]], numel: int, groups: list[Groups | None],
-                                start: int = 0) -> bool:
+                                start: int = 0, direct: Any = None) -> bool:
     """accumulate_delta_from_files of one base range against one or several tuned files in one launch:
     side k is (descriptor, byte position, stored dtype) of tuned k, folded into targets[k] (and
     groups[k]). The kernel reads each base part once for all of them (delta_file); tuned k's
     statistics are bit for bit those of a call with it alone. Every side must be a reads_files pair
     of the base's width, with the same work dtype and grouping (run, count), or none. Returns False,
     leaving every target untouched, when a read fails: the caller then goes one side at a time.
+    With `direct` (a directreads.DirectReads), the sides whose range the page cache lacks are read
+    with O_DIRECT (_compiled.delta_file_spans: the same rows, bit for bit); where that read fails,
+    the call is made again through the cache.
     """
     if not sides or any(not reads_files(dtype_a, d) for _, _, d in sides):
         raise ValueError(f"no file path for {dtype_a} against {', '.join(d for _, _, d in sides)}: use accumulate_delta")
@@ -189,10 +196,16 @@ def accumulate_tuned_from_files(targets: list[DeltaStats], fd_a: int, pos_a: int
     codes = np.array([_file_code(d, wide) for _, _, d in sides], dtype=np.int64)
     import numba  # loaded by _compiled() already
 
-    with _LAUNCH:
-        sums, counts, hists, group_sums, failed = _compiled().delta_file(
-            fd_a, pos_a, like, _file_code(dtype_a, wide), fds, positions, like, codes, numel, consts, edges,
-            numba.get_num_threads(), _grouping(groups[0], start))
+    result = None
+    if direct is not None:
+        result = _launch_spans(direct, fd_a, pos_a, like, _file_code(dtype_a, wide), fds, positions, codes, numel,
+                               consts, edges, _grouping(groups[0], start))
+    if result is None:
+        with _LAUNCH:
+            result = _compiled().delta_file(
+                fd_a, pos_a, like, _file_code(dtype_a, wide), fds, positions, like, codes, numel, consts, edges,
+                numba.get_num_threads(), _grouping(groups[0], start))
+    sums, counts, hists, group_sums, failed = result
     if failed:
         return False
     for k, target in enumerate(targets):
@@ -200,6 +213,51 @@ def accumulate_tuned_from_files(targets: list[DeltaStats], fd_a: int, pos_a: int
         if groups[k] is not None:
             groups[k].add(group_sums[k])
     return True
+
+
+def _launch_spans(direct: Any, fd_a: int, pos_a: int, like: np.ndarray, code_a: int, fds: np.ndarray,
+                  positions: np.ndarray, codes: np.ndarray, numel: int, consts: np.ndarray, edges: np.ndarray,
+                  grouping: np.ndarray) -> tuple | None:
+    """delta_file's results, computed by _compiled.delta_spans_lane on `direct`'s threads where at
+    least one side's range is read with O_DIRECT (direct.choose), or None: no side is, a position is
+    not a multiple of the element width (the lanes view their aligned spans as elements), or a read
+    failed (the twins used are refused from then on, and the caller reads through the cache).
+
+    `direct` is a weightsurgeon.directreads.DirectReads (kernels import nothing of the project):
+    choose, refuse, pool, lanes, span_bytes and run_lanes are all this uses of it.
+    """
+    width = like.itemsize
+    plain = [fd_a, *fds.tolist()]
+    places = [pos_a, *positions.tolist()]
+    if any(pos % width for pos in places):
+        return None
+    chosen = [direct.choose(fd, pos, numel * width) for fd, pos in zip(plain, places)]
+    if chosen == plain:
+        return None
+    k = _compiled()
+    group = max(1, direct.span_bytes // (PART * width))  # parts per read
+    span = group * PART * width + 2 * k.DIRECT_ALIGN  # an aligned superset of `group` parts at any offset
+    lanes = direct.lanes
+    pool = direct.pool(2 * lanes * span, k.DIRECT_ALIGN)
+    tuned, nparts, nbins = fds.size, (numel + PART - 1) // PART, edges.size - 1
+    sums = np.zeros((tuned, nparts, k.N_SUMS), dtype=np.float64)
+    counts = np.zeros((tuned, nparts, 2), dtype=np.int64)
+    hists = np.zeros((tuned, nparts, nbins), dtype=np.int64)
+    groups = np.zeros((tuned, nparts, max(int(grouping[2]), 1), 2), dtype=np.float64)
+    failed = np.zeros(nparts, dtype=np.int64)
+    fds_b = np.array(chosen[1:], dtype=np.int64)
+    with _LAUNCH:
+        direct.run_lanes([
+            (k.delta_spans_lane, lane, lanes, chosen[0], pos_a, like, code_a, fds_b, positions, like, codes, numel,
+             consts, edges, grouping, pool[2 * lane * span:(2 * lane + 1) * span],
+             pool[(2 * lane + 1) * span:(2 * lane + 2) * span], group, sums, counts, hists, groups, failed)
+            for lane in range(lanes)])
+    if failed.any():
+        for fd, used in zip(plain, chosen):
+            if used != fd:
+                direct.refuse(fd)
+        return None
+    return sums, counts, hists, groups, 0
 
 
 def part_encoding(dtype: str, scheme: str | None = None) -> int | None:
