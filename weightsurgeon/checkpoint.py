@@ -154,7 +154,7 @@ class Checkpoint:
     shards: tuple[ShardHeader, ...]
     tensors: TensorMap
     config: dict | None
-    index: dict | None
+    index: dict | None  # model.safetensors.index.json as checked, without its weight_map (see _checked_index)
     warnings: list[str] = field(default_factory=list)
     surgeon: dict | None = None
     quant: Quantization = NOT_QUANTIZED  # FP8/MXFP4 weights and their scales (weightsurgeon.quant)
@@ -473,6 +473,7 @@ def _open_directory(text: str, root: Path) -> Checkpoint:
     tensors = _tensor_infos(headers)
     if index is not None:
         _cross_check_index(index_path, index, headers, tensors, warnings)
+        index = _checked_index(index)
     for h in headers:
         _refuse_quantised(h)
     config = _read_config(root)
@@ -494,6 +495,7 @@ def assemble_checkpoint(text: str, where: Path, headers: list[ShardHeader], inde
     tensors = _tensor_infos(headers)
     if index is not None:
         _cross_check_index(where / INDEX_NAME, index, headers, tensors, warnings)
+        index = _checked_index(index)
     for h in headers:
         _refuse_quantised(h)
     check_config(where / "config.json", config)
@@ -501,6 +503,15 @@ def assemble_checkpoint(text: str, where: Path, headers: list[ShardHeader], inde
                       config=config if isinstance(config, dict) else None, index=index, warnings=warnings,
                       surgeon=surgeon if isinstance(surgeon, dict) else None, remote=remote, origin="remote",
                       quant=scan_quantized(tensors, config if isinstance(config, dict) else None, str(where)))
+
+
+def _checked_index(index: dict) -> dict:
+    """The index as a checkpoint keeps it once checked against the headers: without its weight_map.
+
+    The headers say where each tensor is; the weight_map said it again, as a name and a file
+    name string per tensor (about 20 MiB for a 92k-tensor model, held for the whole run).
+    """
+    return {key: value for key, value in index.items() if key != "weight_map"}
 
 
 def _tensor_infos(headers: list[ShardHeader]) -> TensorMap:

@@ -68,17 +68,7 @@ def _side(ckpt: Checkpoint, name: str) -> tuple[TensorInfo, QuantTensor | None] 
 
 def _logical_names(ckpt: Checkpoint) -> list[str]:
     """Every logical tensor in on-disk order: a quantized tensor once, at its data; scales never."""
-    parts, quantized = ckpt.quant.parts, ckpt.quant.tensors
-    if not parts:
-        return list(ckpt.tensors)
-    out = []
-    for name in ckpt.tensors:  # names only: no record made per tensor
-        logical = parts.get(name)
-        if logical is None:
-            out.append(name)
-        elif quantized[logical].data.name == name:
-            out.append(logical)
-    return out
+    return ckpt.quant.logical_names(ckpt.tensors)
 
 
 @dataclass
@@ -598,34 +588,35 @@ class _ChunkReader:
                 _, rows, cols = info.shape
                 raw = np.ascontiguousarray(raw.view(f"V{info.itemsize}").reshape(rows, cols).T).view(np.uint8).reshape(-1)
             return (decode_to_float64 if wide else decode_to_float32)(raw, info.dtype), raw.size
+        scale = q.scale  # made on access (quant.QuantTensor): once per slice
         if q.scheme == "mxfp4":
             g0, g1 = start // 32, stop // 32
             blocks, scales = self._scratch(role, (g1 - g0) * 16), self._scratch(role + "s", g1 - g0)
-            ckpt.read_into(q.data, g0 * 16, blocks)
-            ckpt.read_into(q.scale, g0, scales)
+            ckpt.read_into(info, g0 * 16, blocks)
+            ckpt.read_into(scale, g0, scales)
             values = dequantize_mxfp4(blocks, scales, self._scratch(role + "v", (stop - start) * 4).view(np.float32))
         else:
             codes = self._scratch(role, stop - start)
-            ckpt.read_into(q.data, start, codes)
+            ckpt.read_into(info, start, codes)
             if q.scheme == "fp8-tensor":
-                scale_raw = self._scratch(role + "s", q.scale.nbytes)
-                ckpt.read_into(q.scale, 0, scale_raw)
-                scales = decode_to_float32(scale_raw, q.scale.dtype).reshape(1, 1)
-                values = dequantize_fp8(codes, q.data.dtype, scales, (1 << 62, 1), 0, 1,
+                scale_raw = self._scratch(role + "s", scale.nbytes)
+                ckpt.read_into(scale, 0, scale_raw)
+                scales = decode_to_float32(scale_raw, scale.dtype).reshape(1, 1)
+                values = dequantize_fp8(codes, info.dtype, scales, (1 << 62, 1), 0, 1,
                                         self._scratch(role + "v", (stop - start) * 4).view(np.float32))
             else:
                 br = q.block[0]
                 r0, r1 = start // q.cols, stop // q.cols
                 s0, s1 = r0 // br, -(-r1 // br)
-                scols = q.scale.shape[-1]
-                width = q.scale.itemsize
+                scols = scale.shape[-1]
+                width = scale.itemsize
                 scale_raw = self._scratch(role + "s", (s1 - s0) * scols * width)
-                ckpt.read_into(q.scale, s0 * scols * width, scale_raw)
-                scales = decode_to_float32(scale_raw, q.scale.dtype).reshape(s1 - s0, scols)
-                values = dequantize_fp8(codes, q.data.dtype, scales, q.block, r0, q.cols,
+                ckpt.read_into(scale, s0 * scols * width, scale_raw)
+                scales = decode_to_float32(scale_raw, scale.dtype).reshape(s1 - s0, scols)
+                values = dequantize_fp8(codes, info.dtype, scales, q.block, r0, q.cols,
                                         self._scratch(role + "v", (stop - start) * 4).view(np.float32))
             blocks = codes
-        nbytes = blocks.size + q.scale.nbytes * (stop - start) // max(q.numel, 1)
+        nbytes = blocks.size + scale.nbytes * (stop - start) // max(q.numel, 1)
         return (values.astype(np.float64) if wide else values), nbytes
 
     def run_decoded(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int,

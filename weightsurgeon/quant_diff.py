@@ -94,28 +94,30 @@ class PartBatch:
         from weightsurgeon.kernels.quant import e8m0_scales
 
         at = self.pool_len[side]
-        if q.scheme == "mxfp4":
+        scale, scheme = q.scale, q.kind.scheme  # one record per side and chunk: made on access (quant.QuantTensor)
+        if scheme == "mxfp4":
             g0, g1 = start // 32, -(-stop // 32)
             raw = np.empty(g1 - g0, dtype=np.uint8)
-            ckpt.read_into(q.scale, g0, raw)
+            ckpt.read_into(scale, g0, raw)
             scales = e8m0_scales(raw)
             geometry = (at - g0, 1, 32, 32, 1)
             pos, nbytes = begin + start // 2, (stop - start) // 2 + raw.size
-        elif q.scheme == "fp8-tensor":
-            raw = np.empty(q.scale.nbytes, dtype=np.uint8)
-            ckpt.read_into(q.scale, 0, raw)
-            scales = decode_to_float32(raw, q.scale.dtype)[:1]
+        elif scheme == "fp8-tensor":
+            raw = np.empty(scale.nbytes, dtype=np.uint8)
+            ckpt.read_into(scale, 0, raw)
+            scales = decode_to_float32(raw, scale.dtype)[:1]
             geometry = (at, 1, _WHOLE, _WHOLE, 0)
             pos, nbytes = begin + start, stop - start
         else:  # fp8-block and fp8-channel: one scale per (br, bc) block, a row of scols scales per br rows
-            br, bc = q.block
-            scols = q.scale.shape[-1]
-            s0, s1 = start // q.cols // br, (stop - 1) // q.cols // br + 1
-            width = q.scale.itemsize
+            br, bc = q.kind.block
+            cols = q.cols
+            scols = scale.shape[-1]
+            s0, s1 = start // cols // br, (stop - 1) // cols // br + 1
+            width = scale.itemsize
             raw = np.empty((s1 - s0) * scols * width, dtype=np.uint8)
-            ckpt.read_into(q.scale, s0 * scols * width, raw)
-            scales = decode_to_float32(raw, q.scale.dtype)
-            geometry = (at - s0 * scols, br, bc, q.cols, scols)
+            ckpt.read_into(scale, s0 * scols * width, raw)
+            scales = decode_to_float32(raw, scale.dtype)
+            geometry = (at - s0 * scols, br, bc, cols, scols)
             pos, nbytes = begin + start, stop - start + raw.size
         self.pools[side].append(np.asarray(scales, dtype=np.float32).reshape(-1))
         self.pool_len[side] += scales.size
