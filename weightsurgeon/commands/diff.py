@@ -195,6 +195,10 @@ def diff_cmd(base: str, tuned: tuple[str, ...], output: Path | None, modules: st
             fetched = {r["input"]: r["fetched_bytes"] for r in reads if "fetched_bytes" in r}
             if fetched:
                 report.timing["fetched_bytes"] = fetched
+            # Every input is read: close them and let the plan and both headers' tables go (~60 MB at
+            # 100k tensors) before the report files and figures, which then fit in that room.
+            stack.close()
+            del plan, base_ckpt, others, opened
             if folder is not None:
                 written, extra_warnings = write_report_folder(report, Path(folder), plots=not no_plots, every=every)
     print_warnings(extra_warnings)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.layout import GROUPS
@@ -291,6 +291,24 @@ def _discrete(cmap, norm, layers: Sequence[int]):
     return ListedColormap([cmap(norm(l)) for l in layers])
 
 
+def heat_image(ax, mat: Any, cmap: Any, norm: Any) -> Any:
+    """A heatmap of a rows x columns matrix, cell (i, j) centred on (j, i), row 0 at the top, NaN in the
+    colormap's 'bad' colour; returns the mappable for a colour bar.
+
+    A mesh of cells, not imshow: for a PNG, imshow resamples the matrix to the panel's pixels
+    in float64/float32 before colouring, 40-90 MB at once for a full-page panel (64 layers x
+    512 experts), where the mesh's cells are drawn straight into the canvas. In an SVG the
+    mesh is rasterized (one embedded image, as imshow gives), not a path per cell."""
+    import numpy as np
+
+    rows, cols = mat.shape
+    mesh = ax.pcolormesh(np.arange(cols + 1) - 0.5, np.arange(rows + 1) - 0.5, mat, cmap=cmap, norm=norm,
+                         shading="flat", rasterized=True)
+    ax.set_xlim(-0.5, cols - 0.5)
+    ax.set_ylim(rows - 0.5, -0.5)
+    return mesh
+
+
 def figure_rel_l2_heatmap(report: DiffReport):
     """Layers x modules of ||B - A|| / ||A||, tuned models side by side on one colour scale."""
     modules = report.module_names(per_layer=True)
@@ -299,6 +317,7 @@ def figure_rel_l2_heatmap(report: DiffReport):
         return None
     import numpy as np
     from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm, Normalize
 
     mats = []
@@ -325,9 +344,8 @@ def figure_rel_l2_heatmap(report: DiffReport):
     width_each = max(2.8, 0.45 * len(modules) + 1.0)
     fig = _new_figure(min(width_each * ncols, 22) + 1.4, height * nrows + 0.6)
     axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
-    image = None
     for ax, tuned, mat in zip(axes, report.labels, mats):
-        image = ax.imshow(mat, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm, origin="upper")
+        heat_image(ax, mat, cmap, norm)
         ax.set_xticks(range(len(modules)), modules, rotation=55, ha="right", fontsize=8)
         step = max(1, math.ceil(len(layers) / 24))
         ticks = list(range(0, len(layers), step))
@@ -338,7 +356,7 @@ def figure_rel_l2_heatmap(report: DiffReport):
         ax.set_visible(False)
     for ax in axes[::ncols]:
         ax.set_ylabel("layer")
-    cbar = fig.colorbar(image, ax=list(axes[:len(report.labels)]), shrink=0.9, pad=0.02)
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[:len(report.labels)]), shrink=0.9, pad=0.02)
     cbar.set_label("relative L2  ‖B − A‖ / ‖A‖" + ("  (log scale)" if log else ""))
     note = "; grey: unchanged or not measured" if np.isnan(np.concatenate([m.ravel() for m in mats])).any() else ""
     fig.suptitle(f"Relative change per layer and module{note}", fontsize=12)
@@ -409,28 +427,36 @@ def caption(name: str, every: int = 5) -> str:
     }.get(name, name)
 
 
-def build_figures(report: Any, every: int | None = None) -> list[tuple[str, Any]]:
-    """(name, matplotlib Figure) for every figure the report has data for, in FIGURE_NAMES order, then the
-    layers x heads/experts heatmaps."""
+def iter_figures(report: Any, every: int | None = None) -> Iterator[tuple[str, Any]]:
+    """(name, matplotlib Figure, laid out) for every figure the report has data for, in FIGURE_NAMES
+    order, then the layers x heads/experts heatmaps: one at a time, so a caller that saves each and
+    lets it go holds one figure, never all of them (eleven figures of a MoE report held ~60 MB)."""
     report = as_report(report)
     every = every or report.every or 5
-    drawn = [
-        ("l2_by_layer", figure_l2_by_layer(report)),
-        ("rel_change_hist", figure_rel_change_hist(report, every)),
-        ("rel_l2_heatmap", figure_rel_l2_heatmap(report)),
-        ("delta_share", figure_delta_share(report)),
-    ]
-    from weightsurgeon.report.unit_figures import unit_figures
+    from weightsurgeon.report.unit_figures import unit_figure_makers
 
-    drawn += unit_figures(report)  # heads_<module>, experts_<module>: one per module kind with units
-    drawn = [(name, fig) for name, fig in drawn if fig is not None]
+    makers: list[tuple[str, Any]] = [
+        ("l2_by_layer", lambda: figure_l2_by_layer(report)),
+        ("rel_change_hist", lambda: figure_rel_change_hist(report, every)),
+        ("rel_l2_heatmap", lambda: figure_rel_l2_heatmap(report)),
+        ("delta_share", lambda: figure_delta_share(report)),
+    ] + unit_figure_makers(report)  # heads_<module>, experts_<module>: one per module kind with units
     left_out = sum(m.stats.n_nonfinite for m in report.modules)
-    for _name, fig in drawn:
+    for name, make in makers:
+        fig = make()
+        if fig is None:
+            continue
         if left_out and fig._suptitle is not None:  # a NaN-ridden fine-tune must not look merely unchanged here either
             fig._suptitle.set_text(f"{fig._suptitle.get_text()}\n{left_out} NaN/Inf value(s) left out of every "
                                    "statistic (report.json 'nonfinite' names the tensors)")
         lay_out(fig)
-    return drawn
+        yield name, fig
+        del fig  # before the next one is made
+
+
+def build_figures(report: Any, every: int | None = None) -> list[tuple[str, Any]]:
+    """Every figure of `iter_figures` at once (all held together: for a caller that wants the list)."""
+    return list(iter_figures(report, every))
 
 
 def _configure_matplotlib() -> None:
@@ -484,9 +510,10 @@ def draw_all(report: Any, out_dir: Path, every: int | None = None, formats: str 
     out_dir.mkdir(parents=True, exist_ok=True)
     _configure_matplotlib()
     written: list[Path] = []
-    for name, fig in build_figures(report, every):
+    for name, fig in iter_figures(report, every):
         for fmt in fmts:
             written.append(save_figure(fig, out_dir / f"{name}.{fmt}", fmt))
+        del fig  # before the next one is drawn
     return written
 
 
@@ -496,7 +523,7 @@ def render_png(report: Any, every: int | None = None) -> list[tuple[str, bytes]]
 
     _configure_matplotlib()
     out = []
-    for name, fig in build_figures(report, every):
+    for name, fig in iter_figures(report, every):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=DPI, metadata=_metadata("png"))
         out.append((name, buf.getvalue()))

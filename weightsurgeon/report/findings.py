@@ -23,6 +23,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from weightsurgeon.report.units import top_units as units_by_rel_l2
+
 TOP_UNITS = 3
 
 
@@ -110,11 +112,8 @@ def findings(report: Any, tuned: str | None = None) -> list[Finding]:
         else:
             text = "bimodal relative change: none (every module's histogram has one mode)"
         out.append(Finding("bimodal", text, {m: {"layers": len(c), "of": layers_of[m]} for m, c in bimodal.items()}))
-    units = [u for u in getattr(report, "units", []) if u.tuned == tuned and u.sum_sq_delta > 0
-             and math.isfinite(u.rel_l2)]
-    if units:
-        units.sort(key=lambda u: (-u.rel_l2, -u.sum_sq_delta))
-        top_units = units[:TOP_UNITS]
+    top_units = units_by_rel_l2(getattr(report, "units", []), tuned, TOP_UNITS)
+    if top_units:
         text = "top units by relative L2: " + ", ".join(
             f"layer {u.layer} {u.module} {u.kind} {u.index} ({_fmt(u.rel_l2)})" for u in top_units)
         out.append(Finding("top_units", text, {"units": [(u.layer, u.module, u.kind, u.index, u.rel_l2)

@@ -34,7 +34,7 @@ from weightsurgeon._version import __version__
 from weightsurgeon.errors import SurgeonError
 from weightsurgeon.report.rows import CSV_COLUMNS, CSV_EXTRA, csv_row  # noqa: F401  # CSV_*: scripts import them here
 from weightsurgeon.report.spectrum import SpectrumRow
-from weightsurgeon.report.units import UnitDiff
+from weightsurgeon.report.units import UnitDiff, UnitTable
 
 SCHEMA = "weightsurgeon.diff/4"
 # Older schemas still read: /1 and /2 lack the shape of the relative change (r_* become NaN) and units;
@@ -355,7 +355,8 @@ class DiffReport:
     warnings: list[str] = field(default_factory=list)
     # Tensors holding NaN/Inf, per model: {"model": "base" or a label, "name", "count", "numel", "file"}.
     nonfinite: list[dict] = field(default_factory=list)
-    units: list[Any] = field(default_factory=list)  # report/units.UnitDiff: per head and per expert
+    # Per head and per expert (report/units.UnitTable: columns; a list of UnitDiff rows is made one)
+    units: Any = field(default_factory=UnitTable.empty)
     spectra: list[Any] = field(default_factory=list)  # report/spectrum.SpectrumRow: diff --spectrum
     # Where the tensor rows are, when not in `tensors` alone: report/rows.RowWriter.close()'s entry
     # (a streamed diff holds no rows in memory: `tensors` is empty; a loaded report reads them back).
@@ -363,6 +364,10 @@ class DiffReport:
     timing: dict = field(default_factory=lambda: {"seconds": 0.0, "bytes_read": 0, "gb_per_s": None})
     version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.units, UnitTable):
+            self.units = UnitTable.of(self.units)
 
     # -- derived views --------------------------------------------------------------------
     @property
@@ -543,7 +548,7 @@ class DiffReport:
                     raise SurgeonError(f"{source}: 'tensor_files' must name the row files and their row count")
                 if folder is not None:
                     tensors = FileRows(folder, files, [t["label"] for t in d["tuned"]], bins, clip, source)
-            units = [UnitDiff.from_dict(u) for u in d.get("units") or []]
+            units = UnitTable.of(UnitDiff.from_dict(u) for u in d.get("units") or [])
             if files is not None and folder is not None and isinstance(files.get("units"), str):
                 from weightsurgeon.report.units import read_units_csv
 

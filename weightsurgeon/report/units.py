@@ -4,14 +4,24 @@ A row is one unit (head or expert) of one (tuned, layer, module): the sums of d^
 over its elements, so rows merge exactly (a q_proj head's weight rows and bias entries
 add) and L2 and relative L2 are derived. Heads come from the kernel's grouped sums (see
 weightsurgeon/units.py), experts stored one tensor each from their tensor rows.
+
+A MoE diff has a row per expert (64 layers x 512 experts x 3 matrices: ~98k), so the rows
+are kept as columns (`UnitTable`: numpy arrays, text as small code tables), never as an
+object per expert: the figures, the findings and report_heads.csv read the columns, and a
+`UnitDiff` is made only when one row is asked for.
 """
 from __future__ import annotations
 
 import csv
 import math
+from array import array
+from operator import itemgetter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 HEADS_CSV = "report_heads.csv"
 CSV_COLUMNS = ("tuned", "layer", "module", "kind", "index", "l2_delta", "l2_base", "rel_l2", "sum_sq_delta",
@@ -60,72 +70,200 @@ class UnitDiff:
                    sum_sq_delta=num(d["sum_sq_delta"]), sum_sq_base=num(d["sum_sq_base"]))
 
 
+def derived(sum_sq_delta: np.ndarray, sum_sq_base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(l2_delta, l2_base, rel_l2) of many rows: UnitDiff's properties, the same operations, so the same bits."""
+    sd, sa = np.asarray(sum_sq_delta, dtype=np.float64), np.asarray(sum_sq_base, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        l2_delta = np.where(sd >= 0, np.sqrt(sd), math.nan)
+        l2_base = np.where(sa >= 0, np.sqrt(sa), math.nan)
+        rel_l2 = np.where(sa > 0, l2_delta / np.where(sa > 0, l2_base, 1.0), math.nan)
+    return l2_delta, l2_base, rel_l2
+
+
+class UnitTable(Sequence):
+    """Head and expert rows as columns: tuned, module and kind as codes into small name lists,
+    layer (-1: none), index and the two sums as arrays. Reads as a sequence of UnitDiff (made on
+    access) for callers that want rows; the report's own readers use the columns."""
+
+    def __init__(self, tuned_names: Sequence[str], module_names: Sequence[str], kind_names: Sequence[str],
+                 tuned: Any, layer: Any, module: Any, kind: Any, index: Any, sum_sq_delta: Any,
+                 sum_sq_base: Any) -> None:
+        self.tuned_names, self.module_names, self.kind_names = list(tuned_names), list(module_names), list(kind_names)
+        self.tuned = np.asarray(tuned, dtype=np.int32)
+        self.layer = np.asarray(layer, dtype=np.int64)
+        self.module = np.asarray(module, dtype=np.int32)
+        self.kind = np.asarray(kind, dtype=np.int32)
+        self.index = np.asarray(index, dtype=np.int64)
+        self.sum_sq_delta = np.asarray(sum_sq_delta, dtype=np.float64)
+        self.sum_sq_base = np.asarray(sum_sq_base, dtype=np.float64)
+        self._rel: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls) -> "UnitTable":
+        return cls([], [], [], [], [], [], [], [], [], [])
+
+    @classmethod
+    def of(cls, rows: Iterable[UnitDiff]) -> "UnitTable":
+        """A table of UnitDiff rows, in their order (a report.json 'units' list, the Python API)."""
+        if isinstance(rows, UnitTable):
+            return rows
+        rows = list(rows)
+        codes: tuple[dict[str, int], dict[str, int], dict[str, int]] = ({}, {}, {})
+        cols = [[codes[0].setdefault(u.tuned, len(codes[0])) for u in rows],
+                [-1 if u.layer is None else u.layer for u in rows],
+                [codes[1].setdefault(u.module, len(codes[1])) for u in rows],
+                [codes[2].setdefault(u.kind, len(codes[2])) for u in rows]]
+        return cls(list(codes[0]), list(codes[1]), list(codes[2]), *cols, [u.index for u in rows],
+                   [u.sum_sq_delta for u in rows], [u.sum_sq_base for u in rows])
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        layer = int(self.layer[i])
+        return UnitDiff(self.tuned_names[self.tuned[i]], None if layer < 0 else layer, self.module_names[self.module[i]],
+                        self.kind_names[self.kind[i]], int(self.index[i]), float(self.sum_sq_delta[i]),
+                        float(self.sum_sq_base[i]))
+
+    def __iter__(self) -> Iterator[UnitDiff]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (UnitTable, list, tuple)):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"UnitTable({len(self)} rows)"
+
+    @property
+    def rel_l2(self) -> np.ndarray:
+        """Relative L2 of every row (NaN where the base sum is 0 or not finite)."""
+        if self._rel is None:
+            self._rel = derived(self.sum_sq_delta, self.sum_sq_base)[2]
+        return self._rel
+
+    def code(self, names: list[str], name: str) -> int:
+        """The code of `name` in one of the name lists (-1: absent, so a mask selects nothing)."""
+        return names.index(name) if name in names else -1
+
+    def where(self, tuned: str | None = None, module: str | None = None, kind: str | None = None,
+              per_layer: bool = False) -> np.ndarray:
+        """Row mask: rows of one tuned model, module kind, unit kind; with per_layer, rows that have a layer."""
+        mask = np.ones(len(self), dtype=bool)
+        for names, column, value in ((self.tuned_names, self.tuned, tuned), (self.module_names, self.module, module),
+                                     (self.kind_names, self.kind, kind)):
+            if value is not None:
+                mask &= column == self.code(names, value)
+        if per_layer:
+            mask &= self.layer >= 0
+        return mask
+
+    def text(self, names: list[str], codes: np.ndarray) -> list[str]:
+        """A text column's cells."""
+        return np.array(names, dtype=object)[codes].tolist() if len(codes) and names else [""] * len(codes)
+
+
 class UnitTotals:
     """Unit rows built tensor by tensor as a diff finishes them: heads from the kernel's grouped
-    sums, experts stored one tensor each from their tensor's sums."""
+    sums, experts stored one tensor each from their tensor's sums. Kept as flat columns (key id,
+    index, the two sums: 32 bytes a contribution) and summed per unit once, at the end, in
+    arrival order (bincount adds each unit's contributions in input order: the same sums, bit
+    for bit, as adding them one by one)."""
 
     def __init__(self) -> None:
-        self.rows: dict[tuple, UnitDiff] = {}
+        self.keys: dict[tuple, int] = {}  # (tuned, layer, module, kind) -> key id
+        self.ids, self.index, self.sd, self.sa = array("q"), array("q"), array("d"), array("d")
 
-    def _add(self, tuned: str, layer: int | None, module: str, kind: str, index: int, sd: float, sa: float) -> None:
-        key = (tuned, layer, module, kind, index)
-        row = self.rows.get(key)
-        if row is None:
-            self.rows[key] = UnitDiff(tuned, layer, module, kind, index, sd, sa)
-        else:
-            row.sum_sq_delta += sd
-            row.sum_sq_base += sa
+    def _key(self, tuned: str, layer: int | None, module: str, kind: str) -> int:
+        return self.keys.setdefault((tuned, layer, module, kind), len(self.keys))
 
     def add_groups(self, tuned: str, layer: int | None, module: str, groups: Any) -> None:
         """One tensor's grouped sums (kernels.delta.Groups): a row per head or stacked expert."""
-        for i, (sd, sa) in enumerate(groups.sums.tolist()):
-            self._add(tuned, layer, module, groups.kind, i, sd, sa)
+        sums = np.ascontiguousarray(groups.sums, dtype=np.float64)
+        k = self._key(tuned, layer, module, groups.kind)
+        self.ids.frombytes(np.full(len(sums), k, dtype=np.int64).tobytes())
+        self.index.frombytes(np.arange(len(sums), dtype=np.int64).tobytes())
+        self.sd.frombytes(np.ascontiguousarray(sums[:, 0]).tobytes())
+        self.sa.frombytes(np.ascontiguousarray(sums[:, 1]).tobytes())
 
     def add_expert(self, tuned: str, layer: int | None, module: str, expert: int, sum_sq_delta: float,
                    sum_sq_base: float) -> None:
         """One expert stored as a tensor of its own: its tensor's sums."""
-        self._add(tuned, layer, module, "expert", expert, sum_sq_delta, sum_sq_base)
+        self.ids.append(self._key(tuned, layer, module, "expert"))
+        self.index.append(expert)
+        self.sd.append(sum_sq_delta)
+        self.sa.append(sum_sq_base)
 
-    def result(self, labels: list[str]) -> list[UnitDiff]:
-        order = {label: i for i, label in enumerate(labels)}
-        return sorted(self.rows.values(), key=lambda u: (order.get(u.tuned, len(order)),
-                                                         -1 if u.layer is None else u.layer, u.module, u.kind, u.index))
+    def result(self, labels: list[str]) -> UnitTable:
+        """The unit rows, one per (tuned, layer, module, kind, index), ordered by tuned model (in
+        `labels`' order), layer (none first), module, kind and index."""
+        if not self.ids:
+            return UnitTable.empty()
+        ids = np.frombuffer(self.ids, dtype=np.int64)
+        index = np.frombuffer(self.index, dtype=np.int64)
+        span = int(index.max()) + 1
+        units, inverse = np.unique(ids * span + index, return_inverse=True)
+        sd = np.bincount(inverse, weights=np.frombuffer(self.sd, dtype=np.float64), minlength=len(units))
+        sa = np.bincount(inverse, weights=np.frombuffer(self.sa, dtype=np.float64), minlength=len(units))
+        keys = list(self.keys)  # in key-id order
+        tuned_names = sorted({k[0] for k in keys}, key=lambda t: (labels.index(t) if t in labels else len(labels), t))
+        module_names = sorted({k[2] for k in keys})
+        kind_names = sorted({k[3] for k in keys})
+        key_tuned = np.array([tuned_names.index(k[0]) for k in keys], dtype=np.int32)
+        key_layer = np.array([-1 if k[1] is None else k[1] for k in keys], dtype=np.int64)
+        key_module = np.array([module_names.index(k[2]) for k in keys], dtype=np.int32)
+        key_kind = np.array([kind_names.index(k[3]) for k in keys], dtype=np.int32)
+        key, unit_index = units // span, units % span
+        tuned, layer, module, kind = key_tuned[key], key_layer[key], key_module[key], key_kind[key]
+        # labels not among `labels` sort after them (as the rows' sort did), then by name: tuned_names' order
+        order = np.lexsort((unit_index, kind, module, layer, tuned))
+        return UnitTable(tuned_names, module_names, kind_names, tuned[order], layer[order], module[order], kind[order],
+                         unit_index[order], sd[order], sa[order])
 
 
-def write_units_csv(units: Iterable[UnitDiff], path: str | Path) -> Path:
+def write_units_csv(units: Iterable[UnitDiff] | UnitTable, path: str | Path) -> Path:
     """report_heads.csv: one row per head or expert of each (tuned, layer, module); empty cells for NaN.
 
     A MoE diff has a row per expert (~100k): the numbers are derived as columns (the same
-    operations as UnitDiff's properties, so the same bits) and written in one compiled call.
+    operations as UnitDiff's properties, so the same bits) and written in one compiled call
+    per block.
     """
-    import numpy as np
-
-    from weightsurgeon.kernels._floattext import FLOAT, INTEGER, TEXT, csv_text
+    from weightsurgeon.kernels._floattext import FLOAT, INTEGER, NULL, TEXT, csv_text
     from weightsurgeon.report.rows import _floats, _optional
 
-    units = list(units)
+    table = UnitTable.of(units)
     kinds = {"tuned": TEXT, "module": TEXT, "kind": TEXT, "layer": INTEGER, "index": INTEGER}
     path = Path(path)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
-        for first in range(0, len(units), _BLOCK):  # a block's text at a time: 98k rows' text at once was ~40 MB
-            block = units[first:first + _BLOCK]
-            sd = np.array([u.sum_sq_delta for u in block], dtype=np.float64)
-            sa = np.array([u.sum_sq_base for u in block], dtype=np.float64)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                l2_delta = np.where(sd >= 0, np.sqrt(sd), math.nan)
-                l2_base = np.where(sa >= 0, np.sqrt(sa), math.nan)
-                rel_l2 = np.where(sa > 0, l2_delta / np.where(sa > 0, l2_base, 1.0), math.nan)
-            columns = {"tuned": [u.tuned for u in block], "layer": [u.layer for u in block],
-                       "module": [u.module for u in block], "kind": [u.kind for u in block],
-                       "index": [u.index for u in block], "l2_delta": l2_delta, "l2_base": l2_base, "rel_l2": rel_l2,
+        for first in range(0, len(table), _BLOCK):  # a block's text at a time: 98k rows' text at once was ~40 MB
+            block = slice(first, first + _BLOCK)
+            sd, sa = table.sum_sq_delta[block], table.sum_sq_base[block]
+            l2_delta, l2_base, rel_l2 = derived(sd, sa)
+            layer = table.layer[block]
+            columns = {"tuned": table.text(table.tuned_names, table.tuned[block]),
+                       "layer": np.where(layer >= 0, layer, NULL),
+                       "module": table.text(table.module_names, table.module[block]),
+                       "kind": table.text(table.kind_names, table.kind[block]),
+                       "index": table.index[block], "l2_delta": l2_delta, "l2_base": l2_base, "rel_l2": rel_l2,
                        "sum_sq_delta": sd, "sum_sq_base": sa}
             typed = [(kinds.get(c, FLOAT), columns[c]) for c in CSV_COLUMNS]
             text = csv_text(typed)
             if text is not None:
                 f.write(text)
             else:  # a label that needs quoting or is not ASCII
+                columns["layer"] = [None if v < 0 else v for v in layer.tolist()]
+                typed = [(kinds.get(c, FLOAT), columns[c]) for c in CSV_COLUMNS]
                 writer.writerows(zip(*(_floats(v) if k == FLOAT else _optional(v) if k == INTEGER else v
                                        for k, v in typed)))
     return path
@@ -134,25 +272,40 @@ def write_units_csv(units: Iterable[UnitDiff], path: str | Path) -> Path:
 _BLOCK = 8192  # rows of report_heads.csv composed at once
 
 
-def read_units_csv(path: Path, source: str) -> list[UnitDiff]:
+def read_units_csv(path: Path, source: str) -> UnitTable:
     """report_heads.csv back into rows (a report folder of schema 4 keeps them there, not in report.json)."""
     from weightsurgeon.errors import SurgeonError
 
     if not path.is_file():
         raise SurgeonError(f"{source}: its head and expert rows are in {path.name}, which is missing beside it")
-    rows = []
     with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            rows.append(UnitDiff(tuned=row["tuned"], layer=int(row["layer"]) if row["layer"] else None,
-                                 module=row["module"], kind=row["kind"], index=int(row["index"]),
-                                 sum_sq_delta=float(row["sum_sq_delta"] or "nan"),
-                                 sum_sq_base=float(row["sum_sq_base"] or "nan")))
-    return rows
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return UnitTable.empty()
+        at = [header.index(c) for c in ("tuned", "layer", "module", "kind", "index", "sum_sq_delta", "sum_sq_base")]
+        try:
+            cells = list(zip(*map(itemgetter(*at), reader)))
+        except IndexError:
+            raise ValueError(f"{path.name}: a row has fewer cells than its header names") from None
+    if not cells:
+        return UnitTable.empty()
+    tuned, layer, module, kind, index, sd, sa = cells
+    codes = []
+    for column in (tuned, module, kind):
+        names: dict[str, int] = {}
+        codes.append(([names.setdefault(v, len(names)) for v in column], list(names)))
+    return UnitTable(codes[0][1], codes[1][1], codes[2][1], codes[0][0], [int(v) if v else -1 for v in layer],
+                     codes[1][0], codes[2][0], [int(v) for v in index], [float(v or "nan") for v in sd],
+                     [float(v or "nan") for v in sa])
 
 
-def top_units(units: Iterable[UnitDiff], tuned: str, n: int = 5, kind: str | None = None) -> list[UnitDiff]:
-    """The n units of one tuned model with the largest relative L2 (ties by L2)."""
-    rows = [u for u in units if u.tuned == tuned and (kind is None or u.kind == kind) and math.isfinite(u.rel_l2)
-            and u.sum_sq_delta > 0]
-    rows.sort(key=lambda u: (-u.rel_l2, -u.sum_sq_delta))
-    return rows[:n]
+def top_units(units: Iterable[UnitDiff] | UnitTable, tuned: str, n: int = 5, kind: str | None = None) -> list[UnitDiff]:
+    """The n units of one tuned model with the largest relative L2 (ties by L2), among those that changed."""
+    table = UnitTable.of(units)
+    rel = table.rel_l2
+    mask = table.where(tuned=tuned, kind=kind) & np.isfinite(rel) & (table.sum_sq_delta > 0)
+    rows = np.flatnonzero(mask)
+    # the sort key (-rel_l2, -sum_sq_delta), then the table's order, as a stable sort of the rows gives
+    order = rows[np.lexsort((rows, -table.sum_sq_delta[rows], -rel[rows]))][:n]
+    return [table[int(i)] for i in order]
