@@ -60,3 +60,31 @@ def test_a_failed_read_in_the_shared_launch_goes_one_pair_at_a_time(tmp_path: Pa
     got = diff_checkpoints(base, tuned, chunk_bytes=96 * 1024)
     for row in want.tensors:
         _same(got.tensor(row.name, row.tuned).stats, row.stats)
+
+
+def test_a_chunk_longer_than_the_buffers_is_read_in_pieces_with_the_kernels_bits(tmp_path: Path, monkeypatch) -> None:
+    """Chunks are not cut to fit our read buffers (the kernel reads the files itself): the pairs read
+    here go a piece of whole parts at a time, folded once per chunk, so their numbers equal the
+    kernel's own reads of the same chunk bit for bit."""
+    from weightsurgeon import diff as diff_module
+
+    base = make_checkpoint(tmp_path / "base", dtype="bf16", **SHAPE)
+    tuned = [make_tuned(base, tmp_path / f"t{i}" / "ft", seed=i) for i in (1, 2)]
+    chunk = 6 * (1 << 16) * 2  # six parts of a bf16 side: longer than every tensor here (up to 2.5 parts)
+    want = diff_checkpoints(base, tuned, chunk_bytes=chunk)
+    monkeypatch.setattr(diff_module, "MAX_BUFFER_BYTES", (1 << 16) * 2 * 3)  # one part a side for three sides
+    pieces = []
+    real = diff_module._ChunkReader._run_buffered
+
+    def counted(self, info, pairs, start, stop, *rest):
+        pieces.append(-(-(stop - start) // (len(self._buffers()[0]) // info.itemsize)))
+        return real(self, info, pairs, start, stop, *rest)
+
+    monkeypatch.setattr(diff_module._ChunkReader, "_run_buffered", counted)
+    monkeypatch.setattr(delta, "accumulate_tuned_from_files", lambda *a, **k: False)
+    monkeypatch.setattr(delta, "accumulate_delta_from_files", lambda *a, **k: False)
+    got = diff_checkpoints(base, tuned, chunk_bytes=chunk)
+    assert max(pieces) == 3  # 2.5 parts read one part at a time
+    for row in want.tensors:
+        _same(got.tensor(row.name, row.tuned).stats, row.stats)
+    assert [u.to_dict() for u in got.units] == [u.to_dict() for u in want.units]

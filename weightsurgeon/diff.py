@@ -516,16 +516,24 @@ def _surfacing_signals(fn: Any, *args: Any) -> Any:
         raise cause from None
 
 
-def _chunk_plan(work: _Work, chunk_bytes: int, bins: int) -> tuple[int, int, int, int]:
-    """(chunk elements, base buffer bytes, tuned buffer bytes, tuned buffers), bounded in total."""
+def _chunk_plan(work: _Work, chunk_bytes: int, bins: int, bounded: bool = False) -> tuple[int, int, int, int]:
+    """(chunk elements, base buffer bytes, tuned buffer bytes, tuned buffers), the buffers bounded in total.
+
+    A chunk is `chunk_bytes` of each side: the kernel reads the files itself, into no buffer of
+    ours, and a chunk of the several-tuned-models diff cut to fit the buffers (16 MiB a side with
+    three) left the O_DIRECT lanes too few spans per call to overlap reading and computing. Only
+    the pairs read here (other dtypes, a failed kernel read) use the buffers, a piece at a time
+    (_ChunkReader._run_buffered). `bounded`: chunks no longer than the buffers (remote inputs,
+    whose fetched pieces are lent straight to the kernel beside local sides read into them).
+    """
     consumers, base_isz, other_isz, largest = work.sizes()
     # Keep every buffer together under MAX_BUFFER_BYTES (many tuned models), and the
     # kernel's per-part histograms of one call under HIST_BUDGET_BYTES (--bins 100000).
     per_elem = base_isz + consumers * other_isz
     parts = max(1, HIST_BUDGET_BYTES // (8 * bins))
-    elems = max(1, min(chunk_bytes // max(base_isz, other_isz), MAX_BUFFER_BYTES // per_elem, parts * PART,
-                       max(largest, 1)))
-    return elems, elems * base_isz, elems * other_isz, consumers
+    elems = max(1, min(chunk_bytes // max(base_isz, other_isz), parts * PART, max(largest, 1)))
+    buffered = max(1, min(elems, MAX_BUFFER_BYTES // per_elem))
+    return (buffered if bounded else elems), buffered * base_isz, buffered * other_isz, consumers
 
 
 class _ChunkReader:
@@ -685,8 +693,8 @@ class _ChunkReader:
         if lend and self.lends and all(p.kind == "file" for p in pairs):
             self._run_lent(info, pairs, start, stop, stats, groups)
             return nbytes + sum(count * p.other.itemsize for p in pairs)
-        base_view: np.ndarray | None = None
         together = self._run_together(pairs, start, count, stats, groups) if len(pairs) > 1 else ()
+        here: list[int] = []  # pairs read into our buffers
         for k, p in enumerate(pairs):
             target = stats[(p.tuned, p.name)]
             units = groups.get((p.tuned, p.name))
@@ -707,14 +715,39 @@ class _ChunkReader:
                         target, at_a[0], at_a[1] + start * info.itemsize, p.base.dtype,
                         at_b[0], at_b[1] + start * p.other.itemsize, p.other.dtype, count, units, start, self.direct):
                     continue
-            base_buf, other_bufs = self._buffers()
-            if base_view is None:
-                base_view = base_buf[:count * info.itemsize]
-                self.base.read_into(info, start * info.itemsize, base_view)
-            view = other_bufs[k][:count * p.other.itemsize]
-            source.read_into(p.other, start * p.other.itemsize, view)
-            self.accumulate(target, base_view, view, p.base.dtype, p.other.dtype, units, start)
+            here.append(k)
+        if here:
+            self._run_buffered(info, [pairs[k] for k in here], start, stop, stats, groups, here)
         return nbytes
+
+    def _run_buffered(self, info: TensorInfo, pairs: list[Pair], start: int, stop: int,
+                      stats: dict[tuple[int, str], Any], groups: dict[tuple[int, str], Any], slots: list[int]) -> None:
+        """`run` for the pairs the kernel does not read itself: read here into the reused buffers, a
+        piece of whole kernel parts at a time when the chunk is longer than the buffers, each pair's
+        per-part rows folded once for the chunk (kernels.fold_rows), so the numbers are those of one
+        kernel call on the whole chunk. slots[i]: pairs[i]'s buffer."""
+        from weightsurgeon.kernels.delta import chunk_rows, fold_rows
+
+        base_buf, other_bufs = self._buffers()
+        room = min(len(base_buf) // info.itemsize, min(len(other_bufs[k]) // p.other.itemsize for k, p in zip(slots, pairs)))
+        step = room // PART * PART if room >= PART else max(1, room)
+        pieces: list[list[tuple]] = [[] for _ in pairs]
+        for at in range(start, stop, step):
+            end = min(stop, at + step)
+            base_view = base_buf[:(end - at) * info.itemsize]
+            self.base.read_into(info, at * info.itemsize, base_view)
+            for i, (k, p) in enumerate(zip(slots, pairs)):
+                source = self.base if p.kind == "same" else self.others[p.tuned]
+                view = other_bufs[k][:(end - at) * p.other.itemsize]
+                source.read_into(p.other, at * p.other.itemsize, view)
+                target = stats[(p.tuned, p.name)]
+                rows = chunk_rows(base_view, view, p.base.dtype, p.other.dtype, target.bins, target.clip,
+                                  groups.get((p.tuned, p.name)), at)
+                if rows is not None:
+                    pieces[i].append(rows)
+        for p, rows in zip(pairs, pieces):
+            if rows:
+                fold_rows(stats[(p.tuned, p.name)], rows, groups.get((p.tuned, p.name)))
 
 
     def _run_together(self, pairs: list[Pair], start: int, count: int, stats: dict[tuple[int, str], Any],
@@ -1195,11 +1228,13 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
     groups = _unit_groups(plan)
     work = _order_pairs(plan.pairs, plan.base)
     started = time.perf_counter()
-    if plan.base.is_remote or any(c.is_remote for c in plan.others):
+    reader_lends = plan.base.is_remote or any(c.is_remote for c in plan.others)
+    if reader_lends:
         from weightsurgeon.remote import CHUNK_BYTES
 
         chunk_bytes = min(chunk_bytes, CHUNK_BYTES)  # the fetch window holds the rest
-    elems, base_bytes, other_bytes, consumers = _chunk_plan(work, max(MIN_CHUNK_BYTES, int(chunk_bytes)), bins)
+    elems, base_bytes, other_bytes, consumers = _chunk_plan(work, max(MIN_CHUNK_BYTES, int(chunk_bytes)), bins,
+                                                            bounded=reader_lends)
     reader = _ChunkReader(plan.base, plan.others, base_bytes, other_bytes, consumers, (bins, clip))
     rows = _Rows(plan, stats, groups, rows_folder)
 

@@ -105,6 +105,16 @@ def accumulate_delta(stats: DeltaStats, a: np.ndarray, b: np.ndarray, dtype_a: s
     decoded exactly with numpy first. Values are compared in float32, or float64 when
     either side is F64 or a 32/64-bit integer.
     """
+    rows = chunk_rows(a, b, dtype_a, dtype_b, stats.bins, stats.clip, groups, start)
+    if rows is not None:
+        fold_rows(stats, [rows], groups)
+
+
+def chunk_rows(a: np.ndarray, b: np.ndarray, dtype_a: str, dtype_b: str, bins: int, clip: float,
+               groups: Groups | None = None, start: int = 0) -> tuple | None:
+    """The kernel's per-part rows of one chunk pair (sums, counts, hists, group sums, elements), or None
+    for an empty one: what accumulate_delta folds. A chunk read in pieces of whole parts gives, piece
+    by piece, the rows of the whole chunk (fold_rows them together)."""
     dt = work_dtype(dtype_a, dtype_b)
     wide = dt is np.float64
     bits_a, code_a = _kernel_operand(a, dtype_a, wide)
@@ -119,12 +129,23 @@ def accumulate_delta(stats: DeltaStats, a: np.ndarray, b: np.ndarray, dtype_a: s
     if bits_a.size != bits_b.size:
         raise ValueError(f"chunks differ in length: {bits_a.size} vs {bits_b.size} elements")
     if bits_a.size == 0:
-        return
-    consts, edges = _histogram_constants(stats.bins, stats.clip, dt)
+        return None
+    consts, edges = _histogram_constants(bins, clip, dt)
     with _LAUNCH:
         sums, counts, hists, group_sums = _compiled().delta_chunk(bits_a, code_a, bits_b, code_b, consts, edges,
                                                                   _grouping(groups, start))
-    fold_parts(stats, sums, counts, hists, bits_a.size)
+    return sums, counts, hists, group_sums, bits_a.size
+
+
+def fold_rows(stats: DeltaStats, pieces: list[tuple], groups: Groups | None = None) -> None:
+    """Fold the chunk_rows of one chunk's pieces, in order, into `stats` (and `groups`): one fold for
+    the chunk, so the sums are bit for bit those of one kernel call on the whole chunk."""
+    if len(pieces) == 1:
+        sums, counts, hists, group_sums, numel = pieces[0]
+    else:
+        sums, counts, hists, group_sums = (np.concatenate([p[i] for p in pieces]) for i in range(4))
+        numel = sum(p[4] for p in pieces)
+    fold_parts(stats, sums, counts, hists, numel)
     if groups is not None:
         groups.add(group_sums)
 
