@@ -4,7 +4,8 @@ DeepSeek-V3-shaped pair, 46k FP8 weights and their scales per model, in < 300 Mi
 The test writes an FP8 block-scaled checkpoint of N tiny expert weights (each an F8_E4M3 [4, 4]
 and its F32 weight_scale_inv [1, 1], in one shard with an index, as DeepSeek-V3 stores them),
 then measures with tracemalloc in a fresh process what stays held: the quantization found by
-quant.scan, the whole opened checkpoint, and the QuantTensors a diff's plan keeps per pair.
+quant.scan, the whole opened checkpoint, a QuantTensor made on access, and a diff's plan of two
+such models (pairs.PairTable: an FP8 pair is a row of columns, its Pair made when read).
 """
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ SCAN_PER_WEIGHT = 16
 OPEN_PER_TENSOR = 260
 # A QuantTensor made for a pair (and the list entry holding it): four slots, its records made on access.
 QUANT_TENSOR_BYTES = 96
+# The plan per FP8 pair, its layout's columns included: with a Pair, two TensorInfo records, two
+# QuantTensors and a dict entry per pair ~700 bytes; as a row of the PairTable's columns (with its
+# 2-byte encoding code) ~90.
+PLAN_PER_FP8_PAIR = 150
 
 
 def _write(folder: Path) -> None:
@@ -58,9 +63,10 @@ def _write(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fp8") / "model"
-    _write(folder)
-    return folder
+    folder = tmp_path_factory.mktemp("fp8")
+    _write(folder / "model")
+    _write(folder / "tuned")
+    return folder / "model"
 
 
 _MEASURE = r"""
@@ -85,21 +91,36 @@ tracemalloc.start()
 kept = [found.tensors[n] for n in found.tensors]
 out["made"] = tracemalloc.get_traced_memory()[0]
 out["kept"] = len(kept)
+tracemalloc.stop()
 from weightsurgeon.diff import _logical_names
 out["logical"] = len(_logical_names(ckpt))
 out["index"] = sorted(ckpt.index)
+del kept
+from weightsurgeon.diff import plan_diff
+tuned = open_checkpoint(sys.argv[2])
+plan_diff(ckpt, [tuned])  # the layout's compiled patterns, once
+gc.collect()
+tracemalloc.start()
+plan = plan_diff(ckpt, [tuned])
+gc.collect()
+out["plan"] = tracemalloc.get_traced_memory()[0]
+out["pairs"] = len(plan.pairs)
+out["decoded"] = sum(1 for p in plan.pairs if p.decoded and p.base_q.stored is ckpt.tensors)
 print(json.dumps(out))
 """
 
 
 def test_an_opened_fp8_checkpoint_holds_a_few_bytes_per_quantized_weight(model):
-    got = subprocess.run([sys.executable, "-c", _MEASURE, str(model)], capture_output=True, text=True, check=True)
+    got = subprocess.run([sys.executable, "-c", _MEASURE, str(model), str(model.parent / "tuned")], capture_output=True,
+                         text=True, check=True)
     out = json.loads(got.stdout)
     assert out["quantized"] == N and out["stored"] == 2 * N and out["kept"] == N and out["logical"] == N
     assert out["scan"] / N < SCAN_PER_WEIGHT, f"quant.scan holds {out['scan'] / N:.0f} bytes per FP8 weight"
     assert out["open"] / (2 * N) < OPEN_PER_TENSOR, f"an opened checkpoint holds {out['open'] / (2 * N):.0f} B a tensor"
     assert out["made"] / N < QUANT_TENSOR_BYTES, f"a QuantTensor holds {out['made'] / N:.0f} bytes"
     assert out["index"] == ["metadata"]  # the weight_map is checked against the headers, then dropped
+    assert out["pairs"] == out["decoded"] == N
+    assert out["plan"] / N < PLAN_PER_FP8_PAIR, f"the plan holds {out['plan'] / N:.0f} bytes per FP8 pair"
 
 
 def test_quantized_tensors_made_on_access_read_as_the_records_say(model):

@@ -7,8 +7,11 @@ tensor of the same shape, read from the tuned model's file, reported under the b
 A `PairTable` holds those as four integer columns, 28 bytes a pair: the tuned model's
 index, each side's key in its checkpoint's `TensorMap` (shard << 32 | row: the table rows
 give name, dtype, shape and offsets without a record) and the element count. The rest
-(a quantized side, LoRA, an added vocabulary, an output head compared under another name,
-a transposed expert stack) stay `Pair` objects in `special`: a few per model.
+(LoRA, an added vocabulary, an output head compared under another name, a transposed
+expert stack, MXFP4) stay `Pair` objects in `special`: a few per model. An FP8 pair (46k of
+them in a DeepSeek-V3 diff) is a row of the same columns plus a 2-byte code naming the
+encoding of each side (quant.QuantKind): it is listed in `special` like the others, but its
+`Pair`, records and QuantTensors are made when it is read (~500 bytes a pair held before).
 
 The table is a `Sequence[Pair]`: a `Pair` is made on access, so code that looks at a few
 pairs reads them as before; the passes over every pair (the plan's checks, the reading
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,17 +54,67 @@ class Pair:
 
 
 _FIELDS = ("tuned", "name", "base", "other", "numel", "added_rows", "kind", "lora", "base_q", "other_q", "transposed")
+_NO_QUANT: tuple = (None, None)  # code 0 of PairTable.quant: no side quantized
 _SET = tuple(Pair.__dict__[f].__set__ for f in _FIELDS)
 _new = object.__new__
 
 
-def _plain(t: int, name: str, base: TensorInfo, other: TensorInfo, numel: int) -> Pair:
-    """Pair(t, name, base, other, numel) with its slots set directly: the frozen dataclass's
-    __init__ costs three times as much, and a run over plain pairs makes one per pair."""
+def _plain(t: int, name: str, base: TensorInfo, other: TensorInfo, numel: int, base_q: Any = None,
+           other_q: Any = None) -> Pair:
+    """Pair(t, name, base, other, numel, base_q=.., other_q=..) with its slots set directly: the frozen
+    dataclass's __init__ costs three times as much, and a run over plain pairs makes one per pair."""
     p = _new(Pair)
-    for setter, value in zip(_SET, (t, name, base, other, numel, 0, "file", None, None, None, False)):
+    for setter, value in zip(_SET, (t, name, base, other, numel, 0, "file", None, base_q, other_q, False)):
         setter(p, value)
     return p
+
+
+def _fp8_side(q: Any, info: TensorInfo, tensors: TensorMap) -> bool:
+    """Whether a quantized side can be made again from its data record and kind alone: FP8, whose
+    logical name and shape are its data's, held by that checkpoint's TensorMap."""
+    return q.kind.data_suffix == "" and q.name == info.name and q.shape == info.shape and q.stored is tensors
+
+
+class _Special(Mapping[int, Pair]):
+    """A PairTable's rows that are not plain, by row: the `Pair` objects kept (`kept`) and the
+    FP8 rows (a nonzero `quant` code), whose Pair is made on access."""
+
+    __slots__ = ("table", "kept")
+
+    def __init__(self, table: PairTable) -> None:
+        self.table = table
+        self.kept: dict[int, Pair] = {}
+
+    def __getitem__(self, i: int) -> Pair:
+        p = self.kept.get(i)
+        if p is not None:
+            return p
+        code = self.table.quant[i] if 0 <= i < len(self.table.quant) else 0
+        if not code:
+            raise KeyError(i)
+        return self.table._quantized(i, code)
+
+    def get(self, i: int, default: Any = None) -> Any:  # type: ignore[override]
+        p = self.kept.get(i)
+        if p is not None:
+            return p
+        quant = self.table.quant
+        code = quant[i] if 0 <= i < len(quant) else 0
+        return self.table._quantized(i, code) if code else default
+
+    def __contains__(self, i: object) -> bool:
+        quant = self.table.quant
+        return i in self.kept or (isinstance(i, int) and 0 <= i < len(quant) and quant[i] != 0)
+
+    def __setitem__(self, i: int, p: Pair) -> None:
+        self.kept[i] = p
+
+    def __iter__(self) -> Iterator[int]:
+        kept, quant = self.kept, self.table.quant
+        return (i for i in range(len(quant)) if quant[i] or i in kept)
+
+    def __len__(self) -> int:
+        return len(self.kept) + sum(1 for c in self.table.quant if c)
 
 
 class PairTable(Sequence[Pair]):
@@ -74,21 +127,32 @@ class PairTable(Sequence[Pair]):
     passes over the columns see every pair.
     """
 
-    __slots__ = ("base", "maps", "tuned", "base_at", "other_at", "numel", "special")
+    __slots__ = ("base", "maps", "tuned", "base_at", "other_at", "numel", "quant", "kinds", "special")
 
     def __init__(self, base: TensorMap, maps: dict[int, TensorMap] | None = None) -> None:
         self.base = base
         self.maps: dict[int, TensorMap] = dict(maps or {})
         self.tuned, self.base_at, self.other_at, self.numel = array("i"), array("q"), array("q"), array("q")
-        self.special: dict[int, Pair] = {}
+        self.quant = array("H")  # 0, or an FP8 row's index into `kinds`: (base QuantKind or None, tuned's)
+        self.kinds: list[tuple] = [_NO_QUANT]
+        self.special = _Special(self)
 
     # -- building ---------------------------------------------------------------------------
-    def add(self, t: int, base_at: int, other_at: int, numel: int) -> None:
-        """A plain pair: base key `base_at` against key `other_at` of tuned model `t`, `numel` elements."""
+    def add(self, t: int, base_at: int, other_at: int, numel: int, quant: int = 0) -> None:
+        """A plain pair: base key `base_at` against key `other_at` of tuned model `t`, `numel` elements
+        (`quant`: an FP8 pair's code, see `kinds`)."""
         self.tuned.append(t)
         self.base_at.append(base_at)
         self.other_at.append(other_at)
         self.numel.append(numel)
+        self.quant.append(quant)
+
+    def _code(self, kinds: tuple) -> int:
+        try:
+            return self.kinds.index(kinds)
+        except ValueError:
+            self.kinds.append(kinds)
+            return len(self.kinds) - 1
 
     def append(self, pair: Pair) -> None:
         """Any pair; one that is plain is kept as columns."""
@@ -98,6 +162,11 @@ class PairTable(Sequence[Pair]):
         if base_at is not None and other_at is not None and self._is_plain(pair, base_at, other_at):
             self.add(pair.tuned, base_at, other_at, pair.numel)
             return
+        if base_at is not None and other_at is not None and self._is_fp8(pair, base_at, other_at):
+            kinds = (pair.base_q.kind if pair.base_q is not None else None,
+                     pair.other_q.kind if pair.other_q is not None else None)
+            self.add(pair.tuned, base_at, other_at, pair.numel, self._code(kinds))
+            return
         self.special[len(self.tuned)] = pair
         self.add(pair.tuned, -1 if base_at is None else base_at, -1, pair.numel)
 
@@ -105,6 +174,26 @@ class PairTable(Sequence[Pair]):
         return (pair.kind == "file" and not pair.added_rows and not pair.decoded and not pair.transposed
                 and pair.lora is None and pair.name == pair.base.name and pair.numel == pair.base.numel
                 and self.base.info_at(base_at) == pair.base and self.maps[pair.tuned].info_at(other_at) == pair.other)
+
+    def _is_fp8(self, pair: Pair, base_at: int, other_at: int) -> bool:
+        other_map = self.maps[pair.tuned]
+        return (pair.kind == "file" and not pair.added_rows and pair.decoded and not pair.transposed
+                and pair.lora is None and pair.name == pair.base.name and pair.numel == pair.base.numel
+                and (pair.base_q is None or _fp8_side(pair.base_q, pair.base, self.base))
+                and (pair.other_q is None or _fp8_side(pair.other_q, pair.other, other_map))
+                and self.base.info_at(base_at) == pair.base and other_map.info_at(other_at) == pair.other)
+
+    def _quantized(self, i: int, code: int) -> Pair:
+        """The Pair of FP8 row i: its records and QuantTensors made now (quant.QuantTensor)."""
+        from weightsurgeon.quant import QuantTensor
+
+        kind_a, kind_b = self.kinds[code]
+        t = self.tuned[i]
+        other_map = self.maps[t]
+        base, other = self.base.info_at(self.base_at[i]), other_map.info_at(self.other_at[i])
+        return _plain(t, base.name, base, other, self.numel[i],
+                      QuantTensor(base.name, base.shape, kind_a, self.base) if kind_a is not None else None,
+                      QuantTensor(other.name, other.shape, kind_b, other_map) if kind_b is not None else None)
 
     def extend(self, pairs: PairTable | Iterable[Pair]) -> None:
         if isinstance(pairs, PairTable):
@@ -115,7 +204,9 @@ class PairTable(Sequence[Pair]):
             for mine, theirs in ((self.tuned, pairs.tuned), (self.base_at, pairs.base_at),
                                  (self.other_at, pairs.other_at), (self.numel, pairs.numel)):
                 mine.extend(theirs)
-            self.special.update((i + offset, p) for i, p in pairs.special.items())
+            codes = [self._code(kinds) for kinds in pairs.kinds]  # their code -> ours
+            self.quant.extend(codes[c] for c in pairs.quant)
+            self.special.kept.update((i + offset, p) for i, p in pairs.special.kept.items())
             return
         for p in pairs:
             self.append(p)
@@ -123,12 +214,13 @@ class PairTable(Sequence[Pair]):
     def subset(self, rows: Iterable[int]) -> PairTable:
         """The pairs of `rows` (increasing), in a new table."""
         out = PairTable(self.base, self.maps)
-        special = self.special
+        out.kinds = list(self.kinds)
+        kept = self.special.kept
         for i in rows:
-            p = special.get(i)
+            p = kept.get(i)
             if p is not None:
                 out.special[len(out.tuned)] = p
-            out.add(self.tuned[i], self.base_at[i], self.other_at[i], self.numel[i])
+            out.add(self.tuned[i], self.base_at[i], self.other_at[i], self.numel[i], self.quant[i])
         return out
 
     # -- reading ----------------------------------------------------------------------------
@@ -154,8 +246,8 @@ class PairTable(Sequence[Pair]):
             yield self[i]
 
     def name(self, i: int) -> str:
-        """The name pair i is reported under, without making the pair."""
-        p = self.special.get(i)
+        """The name pair i is reported under, without making the pair (an FP8 row's is its base tensor's)."""
+        p = self.special.kept.get(i)
         if p is not None:
             return p.name
         table, row = self.base.table_of(self.base_at[i])
@@ -166,7 +258,7 @@ class PairTable(Sequence[Pair]):
         return (self.name(i) for i in range(len(self.tuned)))
 
     def plain_rows(self) -> Iterator[int]:
-        """The rows held as columns only."""
+        """The rows held as columns only (FP8 rows are special: see _Special)."""
         special = self.special
         return (i for i in range(len(self.tuned)) if i not in special)
 

@@ -67,21 +67,21 @@ class QuantTensor:
     FP8 model holds no TensorInfo for them.
     """
 
-    __slots__ = ("name", "shape", "kind", "_tensors")
+    __slots__ = ("name", "shape", "kind", "stored")
 
     def __init__(self, name: str, shape: tuple[int, ...], kind: QuantKind, tensors: Any) -> None:
         self.name = name  # the logical name: the weight's (FP8) or the blocks' without "_blocks" (MXFP4)
         self.shape = shape  # logical shape
         self.kind = kind
-        self._tensors = tensors  # the checkpoint's TensorMap
+        self.stored = tensors  # the checkpoint's TensorMap, which holds its data and scale
 
     @property
     def data(self) -> "TensorInfo":
-        return self._tensors[self.name + self.kind.data_suffix]
+        return self.stored[self.name + self.kind.data_suffix]
 
     @property
     def scale(self) -> "TensorInfo":
-        return self._tensors[self.name + self.kind.scale_suffix]
+        return self.stored[self.name + self.kind.scale_suffix]
 
     @property
     def scheme(self) -> str:
