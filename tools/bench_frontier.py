@@ -6,6 +6,8 @@ times, in one run:
 
 - ``cat`` of both models' shards (the read bound of a warm cache),
 - ``surgeon diff BASE TUNED --no-plots`` (its per-tensor overhead: (diff - cat) / pairs),
+- ``mixed``: ``surgeon diff`` of BASE cast to bf16 (``surgeon cast --dtype bf16``, written once)
+  against the FP8 TUNED, every pair a bf16 side against an FP8 one, beside ``cat`` of those files,
 - ``surgeon inspect`` and ``surgeon verify --deep`` of BASE,
 - ``cp -r BASE`` (the copy bound), ``surgeon splice BASE TUNED --take o_proj``, ``surgeon remove BASE --layers 10-40``,
 - the decoding throughput on large tensors: ``surgeon diff`` of a one-tensor FP8 pair of
@@ -94,8 +96,8 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--disk-gbps", type=float, default=1.6, help="disk speed for the extrapolation")
-    parser.add_argument("--only", default="diff,inspect,verify,splice,remove,decode",
-                        help="comma-separated subset of: diff, inspect, verify, splice, remove, decode")
+    parser.add_argument("--only", default="diff,mixed,inspect,verify,splice,remove,decode",
+                        help="comma-separated subset of: diff, mixed, inspect, verify, splice, remove, decode")
     args = parser.parse_args()
     only = set(args.only.split(","))
     pair = args.workdir / "deepseek-v3"
@@ -118,6 +120,16 @@ def main() -> int:
         diff = run([*SURGEON, "diff", str(base), str(tuned), "--no-plots", "-q", "-o", str(args.workdir / "report"),
                     "--force"], env=env)
         rows.append(("surgeon diff --no-plots", diff))
+    if "mixed" in only:
+        bf16 = pair / "base-bf16"
+        if not (bf16 / "model.safetensors.index.json").exists():
+            subprocess.run([*SURGEON, "cast", str(base), "--dtype", "bf16", "-q", "-o", str(bf16)], check=True, env=env)
+        files = [str(p) for p in sorted(bf16.glob("*.safetensors")) + sorted(tuned.glob("*.safetensors"))]
+        run(["cat", *files])
+        mixed_cat = run(["cat", *files])
+        rows.append((f"cat BF16 base + FP8 tuned ({sum(os.path.getsize(f) for f in files) / 1e9:.2f} GB)", mixed_cat))
+        rows.append(("surgeon diff BF16 base vs FP8", run([*SURGEON, "diff", str(bf16), str(tuned), "--no-plots", "-q", "-o",
+                                                             str(args.workdir / "report-mixed"), "--force"], env=env)))
     if "inspect" in only:
         rows.append(("surgeon inspect BASE", run([*SURGEON, "inspect", str(base)], env=env)))
     if "verify" in only:
