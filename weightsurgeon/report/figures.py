@@ -424,12 +424,15 @@ def caption(name: str, every: int = 5) -> str:
         "rel_l2_heatmap": "Relative L2 change ‖B − A‖ / ‖A‖ per layer and module, one colour scale for all tuned models.",
         "delta_share": "Each module kind's share of the total squared delta Σ‖B − A‖², in percent and absolute, "
                        "all layers summed.",
-    }.get(name, name)
+        "experts": "Relative L2 change ‖B − A‖ / ‖A‖ of every routed expert per layer, its matrices pooled "
+                   "(√ of Σ‖B − A‖² / Σ‖A‖² over them); each matrix's own row is in report_heads.csv.",
+    }.get(name) or (f"Relative L2 change ‖B − A‖ / ‖A‖ of every attention head of {name[6:]} per layer."
+                    if name.startswith("heads_") else name)
 
 
 def iter_figures(report: Any, every: int | None = None) -> Iterator[tuple[str, Any]]:
     """(name, matplotlib Figure, laid out) for every figure the report has data for, in FIGURE_NAMES
-    order, then the layers x heads/experts heatmaps: one at a time, so a caller that saves each and
+    order, then the layers x heads heatmaps and the layers x experts one: one at a time, so a caller that saves each and
     lets it go holds one figure, never all of them (eleven figures of a MoE report held ~60 MB)."""
     report = as_report(report)
     every = every or report.every or 5
@@ -440,7 +443,7 @@ def iter_figures(report: Any, every: int | None = None) -> Iterator[tuple[str, A
         ("rel_change_hist", lambda: figure_rel_change_hist(report, every)),
         ("rel_l2_heatmap", lambda: figure_rel_l2_heatmap(report)),
         ("delta_share", lambda: figure_delta_share(report)),
-    ] + unit_figure_makers(report)  # heads_<module>, experts_<module>: one per module kind with units
+    ] + unit_figure_makers(report)  # heads_<module> per module kind with heads, then experts
     left_out = sum(m.stats.n_nonfinite for m in report.modules)
     for name, make in makers:
         fig = make()

@@ -132,7 +132,11 @@ class UnitTable(Sequence):
                         float(self.sum_sq_base[i]))
 
     def __iter__(self) -> Iterator[UnitDiff]:
-        return (self[i] for i in range(len(self)))
+        tuned, modules, kinds = self.tuned_names, self.module_names, self.kind_names
+        for t, layer, m, k, i, sd, sa in zip(self.tuned.tolist(), self.layer.tolist(), self.module.tolist(),
+                                             self.kind.tolist(), self.index.tolist(), self.sum_sq_delta.tolist(),
+                                             self.sum_sq_base.tolist()):
+            yield UnitDiff(tuned[t], None if layer < 0 else layer, modules[m], kinds[k], i, sd, sa)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (UnitTable, list, tuple)):
