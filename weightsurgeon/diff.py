@@ -218,14 +218,16 @@ def plan_pairs(base: Checkpoint, other: Checkpoint, t: int, label: str,
     other_tensors = {renames.get(n, n): info for n, info in other.tensors.items()} if renames else other.tensors
     if note:
         notes.append(note)
-    # the tuned model's layout, for its head and tying only: the base's rows reused for the names they share; not kept
-    other_layout = layout_of(other_tensors, other.config, known=base_layout.locations)
     consumed: set[str] = set()  # tuned names used by an effective-head pair
-
     base_emb, base_head = base_layout.locations.weight_of("embed_tokens"), base_layout.locations.weight_of("lm_head")
-    other_emb, other_head = other_layout.locations.weight_of("embed_tokens"), other_layout.locations.weight_of("lm_head")
-    other_tied = other_layout.tied_embeddings
-    del other_layout
+    if not renames and other_names == base_names:  # the same names in the same order: the base's layout answers
+        other_emb, other_head, other_tied = base_emb, base_head, base_layout.tied_under(other.config)
+    else:
+        # the tuned model's layout, for its head and tying only: the base's rows reused for the names they share; not kept
+        other_layout = layout_of(other_tensors, other.config, known=base_layout.locations)
+        other_emb, other_head = other_layout.locations.weight_of("embed_tokens"), other_layout.locations.weight_of("lm_head")
+        other_tied = other_layout.tied_embeddings
+        del other_layout
     head: tuple[str, TensorInfo, TensorInfo] | None = None  # (reported name, base side, tuned side)
     if base_head is None and other_head is not None and base_emb is not None and base_layout.tied_embeddings:
         head = (other_head, base.tensors[base_emb], other_tensors[other_head])
@@ -368,30 +370,30 @@ class _Work:
     def sizes(self) -> tuple[int, int, int, int]:
         """(most pairs of one base tensor, widest base element, widest tuned element, largest base tensor's
         elements), from the columns: no pair made (see _chunk_plan)."""
-        from weightsurgeon.format import DTYPE_WIDTHS
+        import numpy as np
 
-        pairs, at = self.pairs, self.at
+        from weightsurgeon.format import DTYPE_WIDTHS
+        from weightsurgeon.pairs import key_columns
+
+        pairs = self.pairs
         if not isinstance(pairs, PairTable):
             return _group_sizes(self)
-        special, base_of, maps = pairs.special, pairs.base.table_of, pairs.maps
-        consumers = base_isz = other_isz = largest = 0
-        run, current = 0, -1
-        counts: dict[tuple[int, ...], int] = {}
-        for i in self.order:
-            key = at[i]
-            if key != current:
-                consumers, run, current = max(consumers, run), 0, key
-                table, row = base_of(key)
-                base_isz = max(base_isz, DTYPE_WIDTHS[table.dtype_code(row)])
-                largest = max(largest, numel_of(table.shape(row), counts))
-            run += 1
-            p = special.get(i)
-            if p is not None:
-                other_isz = max(other_isz, p.other.itemsize)
-            else:
-                other, r = maps[pairs.tuned[i]].table_of(pairs.other_at[i])
-                other_isz = max(other_isz, DTYPE_WIDTHS[other.dtype_code(r)])
-        return max(consumers, run), base_isz, other_isz, largest
+        if not self.order:
+            return 0, 0, 0, 0
+        widths = np.array(DTYPE_WIDTHS, dtype=np.int64)
+        keys = np.frombuffer(self.at, dtype=np.int64)[np.frombuffer(self.order, dtype=np.int64)]  # grouped, in order
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        consumers = int(np.diff(np.r_[starts, len(keys)]).max())
+        codes, numels = key_columns(pairs.base, keys[starts])
+        base_isz, largest = int(widths[codes].max()), int(numels.max())
+        other_isz = max((p.other.itemsize for p in pairs.special.values()), default=0)
+        tuned, other_at = np.frombuffer(pairs.tuned, dtype=np.int32), np.frombuffer(pairs.other_at, dtype=np.int64)
+        plain = other_at >= 0
+        for t, tensors in pairs.maps.items():
+            mine = other_at[plain & (tuned == t)]
+            if len(mine):
+                other_isz = max(other_isz, int(widths[key_columns(tensors, mine)[0]].max()))
+        return consumers, base_isz, other_isz, largest
 
 
 def _group_sizes(work: Iterable[tuple[TensorInfo, list[Pair]]]) -> tuple[int, int, int, int]:

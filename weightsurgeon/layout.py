@@ -474,9 +474,23 @@ class ModelLayout:
     num_layers: int
     tied_embeddings: bool
     other: tuple[str, ...]
+    classified: frozenset[int] = frozenset()  # module ids of the names as classified, before any MTP relabel
 
     def modules_present(self) -> list[str]:
         return sorted(self.locations.modules())
+
+    def tied_under(self, config: dict | None) -> bool:
+        """Whether a checkpoint with these very names and `config` ties its embeddings (a fine-tune's
+        layout, judged from its base's without classifying its names again)."""
+        return _tied(ConfigView(config), self.classified)
+
+
+def _tied(view: "ConfigView", classified: frozenset[int] | set[int]) -> bool:
+    """The output head is the input embedding: no lm_head stored, and the config says so (or says
+    nothing while an embedding is stored)."""
+    has_head, has_emb = MODULE_ID["lm_head"] in classified, MODULE_ID["embed_tokens"] in classified
+    tie = view.lookup("tie_word_embeddings")
+    return (not has_head and has_emb) if tie is None else bool(tie) and not has_head
 
 
 def layout_of(names: Iterable[str], config: dict | None, known: Mapping[str, Location] | None = None) -> ModelLayout:
@@ -491,17 +505,15 @@ def layout_of(names: Iterable[str], config: dict | None, known: Mapping[str, Loc
     num_layers = view.num_layers
     if num_layers is None or num_layers < 0:
         num_layers = max_layer + 1
-    present = set(locations.module_ids)
-    has_head, has_emb = MODULE_ID["lm_head"] in present, MODULE_ID["embed_tokens"] in present
+    present = frozenset(locations.module_ids)
     mtp = view.int_value("num_nextn_predict_layers")
     if mtp is not None and mtp > 0 and max_layer >= num_layers:
         # DeepSeek-V3: layers num_hidden_layers.. are multi-token-prediction modules (a decoder block
         # plus enorm/hnorm/eh_proj/shared_head), not decoder layers.
         locations.to_mtp(num_layers)
-    tie = view.lookup("tie_word_embeddings")
-    tied = (not has_head and has_emb) if tie is None else bool(tie) and not has_head
     other = tuple(locations.names_of("other")) if MODULE_ID["other"] in present else ()
-    return ModelLayout(locations=locations, num_layers=num_layers, tied_embeddings=tied, other=other)
+    return ModelLayout(locations=locations, num_layers=num_layers, tied_embeddings=_tied(view, present), other=other,
+                       classified=present)
 
 
 # ---------------------------------------------------------------------------------------

@@ -263,6 +263,24 @@ class PairTable(Sequence[Pair]):
         return (i for i in range(len(self.tuned)) if i not in special)
 
 
+def key_columns(tensors: TensorMap, keys: Any) -> tuple[Any, Any]:
+    """(dtype codes, element counts) of the tensors at `keys` (a numpy int64 array of TensorMap keys,
+    none negative), gathered from the header tables' columns in one numpy pass per shard."""
+    import numpy as np
+
+    codes, numels = np.zeros(len(keys), dtype=np.uint8), np.zeros(len(keys), dtype=np.int64)
+    shard, rows = keys >> 32, keys & 0xFFFFFFFF
+    for s, table in enumerate(tensors.tables):
+        mask = shard == s
+        if not mask.any():
+            continue
+        dtypes, shape_ids, shapes, _, _ = table.columns()
+        r = rows[mask]
+        codes[mask] = np.asarray(dtypes, dtype=np.uint8)[r]
+        numels[mask] = np.array([math.prod(x) for x in shapes], dtype=np.int64)[np.asarray(shape_ids, dtype=np.int64)[r]]
+    return codes, numels
+
+
 def numel_of(shape: tuple[int, ...], cache: dict[tuple[int, ...], int]) -> int:
     """math.prod(shape), once per distinct shape (tables share equal shapes)."""
     n = cache.get(shape)
@@ -271,4 +289,4 @@ def numel_of(shape: tuple[int, ...], cache: dict[tuple[int, ...], int]) -> int:
     return n
 
 
-__all__: Sequence[str] = ("Pair", "PairTable", "numel_of")
+__all__: Sequence[str] = ("Pair", "PairTable", "key_columns", "numel_of")

@@ -49,6 +49,7 @@ class SmallPairs:
         self.fds: dict[tuple[int, Any], int | None] = {}  # (model, shard path) -> descriptor: no Path hashed per tensor
         self.last: dict[int, tuple[Any, int | None]] = {}  # model -> its last (shard path, descriptor)
         self.numels: dict[tuple[int, ...], int] = {}
+        self.shards: dict[tuple[int, int], tuple] = {}  # (model, shard index) -> see _shard
 
     def _fd(self, model: int, ckpt: Checkpoint, file: Any) -> int | None:
         """The kernel's descriptor of a shard (None: no local descriptor); -1 is the base, i the i-th tuned model."""
@@ -68,17 +69,25 @@ class SmallPairs:
             ok = self.readable[dtypes] = self.reads_files(*dtypes)
         return ok
 
+    def _shard(self, model: int, tensors: Any, ckpt: Checkpoint, s: int) -> tuple:
+        """(names, dtype codes, element counts by shape id, shape ids, begins, descriptor) of shard `s` of a
+        model (-1 the base), looked up once per shard instead of once per tensor."""
+        found = self.shards.get((model, s))
+        if found is None:
+            table = tensors.tables[s]
+            codes, shape_ids, shapes, begins, _ = table.columns()
+            found = self.shards[(model, s)] = (table.names, codes, [numel_of(x, self.numels) for x in shapes],
+                                               shape_ids, begins, ckpt.byte_source(table.file).fileno())
+        return found
+
     def _batchable(self, key: int, rows: list[int], elems: int) -> tuple[list[tuple], int] | None:
         """(each row's batch key and positions, the bytes they read) for the pairs of base tensor `key`,
         or None where they must run on their own (not one whole small chunk, a side the kernel cannot read)."""
         pairs = self.pairs
-        table, brow = pairs.base.table_of(key)
-        codes, shape_ids, shapes, begins, _ = table.columns()
-        numel = numel_of(shapes[shape_ids[brow]], self.numels)
-        if not 0 < numel <= min(PART, elems):  # one chunk, the whole tensor (diff._chunks)
-            return None
-        fd_a = self._fd(-1, self.base, table.file)
-        if fd_a is None:
+        brow = key & 0xFFFFFFFF
+        names, codes, numels, shape_ids, begins, fd_a = self._shard(-1, pairs.base, self.base, key >> 32)
+        numel = numels[shape_ids[brow]]
+        if not 0 < numel <= min(PART, elems) or fd_a is None:  # one chunk, the whole tensor (diff._chunks)
             return None
         dtype_a, pos_a = DTYPE_NAMES[codes[brow]], begins[brow]
         nbytes = numel * DTYPE_WIDTHS[codes[brow]]
@@ -89,16 +98,17 @@ class SmallPairs:
             if p is not None:
                 if p.kind != "file" or p.decoded or p.numel != numel or (groups and (p.tuned, p.name) in groups):
                     return None
-                t, file, pos_b, width, dtype_b = p.tuned, p.other.file, p.other.begin, p.other.itemsize, p.other.dtype
+                t, pos_b, width, dtype_b = p.tuned, p.other.begin, p.other.itemsize, p.other.dtype
+                fd_b = self._fd(t, self.others[t], p.other.file)
             else:
                 t = tuned[i]
-                if groups and (t, table.names[brow]) in groups:
+                if groups and (t, names[brow]) in groups:
                     return None
-                other, r = maps[t].table_of(other_at[i])
-                ocodes, _, _, obegins, _ = other.columns()
-                file, pos_b, width, dtype_b = other.file, obegins[r], DTYPE_WIDTHS[ocodes[r]], DTYPE_NAMES[ocodes[r]]
-            fd_b = self._fd(t, self.others[t], file) if self._ok((dtype_a, dtype_b)) else None
-            if fd_b is None:
+                at = other_at[i]
+                r = at & 0xFFFFFFFF
+                _, ocodes, _, _, obegins, fd_b = self._shard(t, maps[t], self.others[t], at >> 32)
+                pos_b, width, dtype_b = obegins[r], DTYPE_WIDTHS[ocodes[r]], DTYPE_NAMES[ocodes[r]]
+            if fd_b is None or not self._ok((dtype_a, dtype_b)):
                 return None
             out.append(((fd_a, fd_b, dtype_a, dtype_b), i, pos_a, pos_b))
             nbytes += numel * width
