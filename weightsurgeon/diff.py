@@ -386,7 +386,7 @@ class _Work:
         consumers = int(np.diff(np.r_[starts, len(keys)]).max())
         codes, numels = key_columns(pairs.base, keys[starts])
         base_isz, largest = int(widths[codes].max()), int(numels.max())
-        other_isz = max((p.other.itemsize for p in pairs.special.values()), default=0)
+        other_isz = max((p.other.itemsize for p in pairs.special.kept.values()), default=0)  # FP8 rows: in the columns
         tuned, other_at = np.frombuffer(pairs.tuned, dtype=np.int32), np.frombuffer(pairs.other_at, dtype=np.int64)
         plain = other_at >= 0
         for t, tensors in pairs.maps.items():
