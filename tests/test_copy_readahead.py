@@ -15,19 +15,9 @@ import pytest
 
 from weightsurgeon import exactreads
 from weightsurgeon.checkpoint import open_checkpoint
-from conftest import cachestat
+from conftest import cachestat, drop_cached
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _drop(files: list[Path]) -> None:
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def _cached_pages(path: Path, begin: int, end: int) -> int:
@@ -47,7 +37,7 @@ def _cold_disk_or_skip(tmp_path: Path) -> None:
         pytest.skip("needs posix_fadvise and cachestat's syscall number (x86-64, arm64)")
     probe = tmp_path / "probe"
     probe.write_bytes(b"p" * (1 << 20))
-    _drop([probe])
+    drop_cached([probe])
     fd = os.open(probe, os.O_RDONLY)
     try:
         seen = cachestat(fd, 0, 1 << 20)
@@ -69,7 +59,7 @@ def _model(tiny_model, name: str, seed: int) -> Path:
 def _readahead_reaches(path: Path, begin: int, end: int) -> bool:
     """Whether this disk's read-ahead, reading [0, begin) cold front to back, reaches into [begin, end):
     where it does not (a small read_ahead_kb), there is nothing to keep out and the test says nothing."""
-    _drop([path])
+    drop_cached([path])
     fd = os.open(path, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -79,7 +69,7 @@ def _readahead_reaches(path: Path, begin: int, end: int) -> bool:
     finally:
         os.close(fd)
     reached = _cached_pages(path, begin, end) > 0
-    _drop([path])
+    drop_cached([path])
     return reached
 
 
@@ -94,7 +84,7 @@ def test_a_cold_run_reads_none_of_the_input_bytes_it_does_not_copy(tmp_path, tin
         path, begin, end = skipped.file, skipped.begin, skipped.end
     if not _readahead_reaches(path, begin, end):
         pytest.skip("this disk's read-ahead does not reach past a copied run")
-    _drop([f for m in args if isinstance(m, Path) for f in m.glob("*.safetensors")])
+    drop_cached([f for m in args if isinstance(m, Path) for f in m.glob("*.safetensors")])
     res = surgeon(command, *args, "-q", "-o", tmp_path / "out")
     assert res.code == 0, res.stderr
     assert _cached_pages(path, begin, end) == 0, "the skipped o_proj was read from the disk"
@@ -110,7 +100,7 @@ def test_with_the_kernel_s_own_read_ahead_the_same_run_reads_the_skipped_tensor(
     if not _readahead_reaches(path, begin, end):
         pytest.skip("this disk's read-ahead does not reach past a copied run")
     monkeypatch.setattr(exactreads, "ENABLED", False)
-    _drop(list(base.glob("*.safetensors")))
+    drop_cached(list(base.glob("*.safetensors")))
     res = surgeon("zero", base, "--module", "o_proj", "--layers", "0", "-q", "-o", tmp_path / "out")
     assert res.code == 0, res.stderr
     assert _cached_pages(path, begin, end) > 0

@@ -16,6 +16,7 @@ import pytest
 from weightsurgeon import directreads
 from weightsurgeon.diff import diff_checkpoints
 from weightsurgeon.kernels import delta
+from conftest import drop_cached
 from weightsurgeon.synth import make_checkpoint, make_tuned
 
 SHAPE = dict(num_layers=2, hidden_size=256, intermediate_size=1280, num_heads=4, num_kv_heads=2, vocab_size=600)
@@ -36,16 +37,6 @@ def _same(want, got) -> None:
 
 def _files(*models: Path) -> list[Path]:
     return [f for m in models for f in sorted(Path(m).rglob("*.safetensors"))]
-
-
-def _drop(files: list[Path]) -> None:
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def _cached_pages(files: list[Path]) -> int | None:
@@ -94,14 +85,14 @@ def test_a_cold_diff_reads_directly_and_a_warm_one_through_the_cache_with_the_sa
     warm = diff_checkpoints(base, tuned, chunk_bytes=CHUNK)  # just written: every page cached
     warm_one = diff_checkpoints(base, tuned[0], chunk_bytes=CHUNK)
     assert launches.direct == 0
-    _drop(files)
+    drop_cached(files)
     cached = _cached_pages(files)
     if cached is None or cached * os.sysconf("SC_PAGE_SIZE") * 2 >= sum(f.stat().st_size for f in files):
         pytest.skip("needs cachestat(2) and a file system whose pages can be dropped (not tmpfs)")
     cold = diff_checkpoints(base, tuned, chunk_bytes=CHUNK)
     several = launches.direct
     assert several > 0
-    _drop(files)
+    drop_cached(files)
     cold_one = diff_checkpoints(base, tuned[0], chunk_bytes=CHUNK)
     assert launches.direct > several
     _same(warm, cold)

@@ -120,3 +120,28 @@ def test_the_reading_order_of_the_pairs_is_integer_columns(measured):
     assert per_pair < WORK_PER_PAIR, f"{per_pair:.0f} bytes a pair held by the reading order"
     first = "model.embed_tokens.weight"
     assert got["groups"][:2] == [[first, [first]], [_names()[1], [_names()[1]]]]
+
+
+def test_byte_counts_from_the_columns_equal_a_count_over_every_pair(tmp_path):
+    """DiffPlan.read_bytes/total_bytes count plain rows by numpy over the header columns and
+    special rows one by one; a base tensor read by both (a tied base's embedding, also compared
+    as the tuned model's head) counts once. The reference walks every Pair."""
+    from weightsurgeon.checkpoint import open_checkpoint
+    from weightsurgeon.diff import plan_diff
+    from weightsurgeon.synth import make_checkpoint, make_tuned
+
+    base = make_checkpoint(tmp_path / "base", tied=True, num_layers=2, dtype="bf16")
+    untied = make_checkpoint(tmp_path / "untied", tied=False, num_layers=2, dtype="bf16", seed=3)
+    wider = make_tuned(base, tmp_path / "f32", dtype="f32")
+    plan = plan_diff(open_checkpoint(base), [open_checkpoint(untied), open_checkpoint(wider)])
+    assert len(plan.pairs.special) >= 1  # the head compared against the base's embedding
+
+    want: dict[int, int] = {}
+    seen: set[str] = set()
+    for p in plan.pairs:
+        if p.base.name not in seen:
+            seen.add(p.base.name)
+            want[-1] = want.get(-1, 0) + p.base.nbytes
+        want[p.tuned] = want.get(p.tuned, 0) + p.numel * p.other.itemsize
+    assert plan.read_bytes() == want
+    assert plan.total_bytes == sum(want.values())

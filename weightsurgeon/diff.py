@@ -888,15 +888,17 @@ class DiffPlan:
     @property
     def total_bytes(self) -> int:
         """Bytes the diff reads: each paired base tensor once, plus every tuned side."""
-        base: dict[int | str, int] = {}
+        base: dict[str, int] = {}
         total = 0
         pairs = self.pairs
         for i, p in _special_rows(pairs):
             base[p.base.name] = _side_bytes(p.base, p.base_q, p.base.numel)
             total += _side_bytes(p.other, p.other_q, p.numel) if p.kind == "file" else 0
         if isinstance(pairs, PairTable):
-            plain = _plain_bytes(pairs)
-            total += plain.base_unique + int(plain.other.sum())
+            plain = _PlainBytes(pairs)
+            # a base tensor counted once, whether its pairs are special or plain rows
+            total += plain.base_unique - sum(plain.base_bytes_of(pairs.base.where(name)) for name in base)
+            total += int(plain.other.sum())
         total += sum(base.values())
         if self.options.get("spectrum"):
             from weightsurgeon.spectrum import spectrum_pairs
@@ -915,7 +917,7 @@ class DiffPlan:
                 per[-1] = per.get(-1, 0) + p.base.nbytes
             per[p.tuned] = per.get(p.tuned, 0) + p.numel * p.other.itemsize
         if isinstance(pairs, PairTable):
-            plain = _plain_bytes(pairs)
+            plain = _PlainBytes(pairs)
             # a base tensor counted once, whether its pairs are special or plain rows
             shared = sum(plain.base_bytes_of(pairs.base.where(name)) for name in seen)
             if plain.rows.size:
@@ -926,7 +928,7 @@ class DiffPlan:
 
 
 def _special_rows(pairs: Sequence[Pair]) -> Iterator[tuple[int, Pair]]:
-    """(row, Pair) of every pair of a list, or of a PairTable's special rows only (its plain rows: _plain_bytes)."""
+    """(row, Pair) of every pair of a list, or of a PairTable's special rows only (its plain rows: _PlainBytes)."""
     if not isinstance(pairs, PairTable):
         return enumerate(pairs)  # type: ignore[arg-type]
     special = pairs.special
@@ -941,23 +943,20 @@ class _PlainBytes:
     def __init__(self, pairs: PairTable) -> None:
         import numpy as np
 
-        n = len(pairs)
-        plain = np.frombuffer(pairs.quant, np.uint16)[:n] == 0 if n else np.zeros(0, bool)
+        plain = np.frombuffer(pairs.quant, np.uint16) == 0  # FP8 rows carry a nonzero code
         if pairs.special.kept:
             plain[np.fromiter(pairs.special.kept, np.int64)] = False
         self.rows = np.flatnonzero(plain)
-        self.tuned = np.frombuffer(pairs.tuned, np.int32)[self.rows] if n else np.zeros(0, np.int32)
-        numel = np.frombuffer(pairs.numel, np.int64)[self.rows] if n else np.zeros(0, np.int64)
-        other = np.zeros(self.rows.size, np.int64)
-        other_at = np.frombuffer(pairs.other_at, np.int64)[self.rows] if n else np.zeros(0, np.int64)
+        self.tuned = np.frombuffer(pairs.tuned, np.int32)[self.rows]
+        numel = np.frombuffer(pairs.numel, np.int64)[self.rows]
+        other_at = np.frombuffer(pairs.other_at, np.int64)[self.rows]
+        self.other = np.zeros(self.rows.size, np.int64)
         for t in np.unique(self.tuned):
             sel = self.tuned == t
-            other[sel] = numel[sel] * _key_columns(pairs.maps[int(t)], other_at[sel], widths=True)
-        self.other = other
+            self.other[sel] = numel[sel] * _key_columns(pairs.maps[int(t)], other_at[sel], widths=True)
         self._base = pairs.base
-        base_at = np.unique(np.frombuffer(pairs.base_at, np.int64)[self.rows]) if n else np.zeros(0, np.int64)
-        self._base_keys = base_at
-        self.base_unique = int(_key_columns(pairs.base, base_at, widths=False).sum())
+        self._base_keys = np.unique(np.frombuffer(pairs.base_at, np.int64)[self.rows])
+        self.base_unique = int(_key_columns(pairs.base, self._base_keys, widths=False).sum())
 
     def base_bytes_of(self, key: int | None) -> int:
         """The stored bytes of base key `key` if a plain row reads it, else 0."""
@@ -974,10 +973,6 @@ class _PlainBytes:
         import numpy as np
 
         return {int(t): int(self.other[self.tuned == t].sum()) for t in np.unique(self.tuned)}
-
-
-def _plain_bytes(pairs: PairTable) -> _PlainBytes:
-    return _PlainBytes(pairs)
 
 
 def _key_columns(tensors: Any, keys: Any, widths: bool) -> Any:
