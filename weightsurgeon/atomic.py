@@ -16,6 +16,8 @@ another live run writes the same output.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import os
 import secrets
@@ -235,8 +237,18 @@ def replace_file(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o
 
 
 def move_into_place(tmp: Path, final: Path, force: bool) -> None:
-    """Rename ``tmp`` to ``final``; with ``force`` an existing ``final`` is swapped out first and restored on failure."""
+    """Rename ``tmp`` to ``final``; with ``force`` an existing ``final`` is replaced.
+
+    The replacement is one atomic exchange where the system offers it (Linux
+    ``renameat2(RENAME_EXCHANGE)``), so a SIGKILL or power cut at any moment leaves either
+    the old output or the new one at ``final``, never neither. Elsewhere the old output is
+    moved aside first and put back if the second rename fails; a kill between the two
+    renames then leaves the old output in a ``-old-`` temporary folder, which
+    ``surgeon clean`` and the next run find."""
     if final.exists() and force:
+        if _exchange(tmp, final):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old output
+            return
         old = final.parent / f"{TEMP_PREFIX}{final.name}-old-{secrets.token_hex(6)}"
         os.rename(final, old)
         try:
@@ -247,6 +259,41 @@ def move_into_place(tmp: Path, final: Path, force: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically; False where the C library or the file system cannot
+    (not Linux, a libc without ``renameat2``, NFS and other file systems answering EINVAL)."""
+    libc_renameat2 = _libc_renameat2()
+    if libc_renameat2 is None:
+        return False
+    if libc_renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    import ctypes
+
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@functools.cache
+def _libc_renameat2():  # noqa: ANN202 - a ctypes function or None
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, a libc without it
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
 
 
 # ---------------------------------------------------------------------------------------
