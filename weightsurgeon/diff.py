@@ -1089,25 +1089,26 @@ def plan_diff(base: Checkpoint, others: Sequence[Checkpoint], modules: str | Non
 
 def _unit_groups(plan: DiffPlan) -> dict[tuple[int, str], Any]:
     """Per-head / per-stacked-expert accumulators of the pairs that have units (see units.py)."""
+    import numpy as np
+
     from weightsurgeon.kernels.delta import Groups
     from weightsurgeon.units import HEAD_MODULES, units_of
 
     out = {}
     locations = plan.layout.locations if plan.layout is not None else None
-    with_units = frozenset(MODULE_ID[m] for m in MODULES if m in HEAD_MODULES or m.startswith("expert_"))
+    with_units = [MODULE_ID[m] for m in MODULES if m in HEAD_MODULES or m.startswith("expert_")]
     pairs = plan.pairs
-    special, base_at, position_at = pairs.special, pairs.base_at, pairs.base.position_at
-    module_ids = locations.module_ids if locations is not None else None
-    for i in range(len(pairs)):
-        if locations is None:
-            row = None
-        elif i in special:
-            row = locations.row(special[i].name)
-        else:  # a plain pair's name is its base tensor's: the layout's row is the base position
-            row = position_at(base_at[i])
-            if locations.layers[row] >= 0 and (module_ids[row] not in with_units or locations.experts[row] >= 0):  # type: ignore[index]
-                continue  # the common case (below), decided without making the pair
+    candidates = np.arange(len(pairs), dtype=np.int64)
+    if _columnar(locations):  # a plain pair's name is its base tensor's: the layout's row is the base position
+        plain = _plain_mask(pairs, candidates)
+        at = _positions(pairs.base, _column(pairs.base_at)[plain])
+        # the common case, decided on the columns: a layer's tensor with no units, or an expert stored on its own
+        no_units = (_column(locations.layers)[at] >= 0) & (~np.isin(_column(locations.module_ids)[at], with_units)
+                                                           | (_column(locations.experts)[at] >= 0))
+        candidates = np.sort(np.concatenate([candidates[~plain], candidates[plain][~no_units]]))
+    for i in candidates.tolist():
         p = pairs[i]
+        row = None if locations is None else locations.row(p.name)
         if row is None or locations.layers[row] < 0:  # type: ignore[union-attr]  # the name's own classification (DeepSeek's MTP layers included)
             loc = classify(p.name)
         elif locations.module_ids[row] not in with_units or locations.experts[row] >= 0:  # type: ignore[union-attr]
@@ -1120,6 +1121,40 @@ def _unit_groups(plan: DiffPlan) -> dict[tuple[int, str], Any]:
         if units is not None:
             out[(p.tuned, p.name)] = Groups(units.run, units.count, units.kind)
     return out
+
+
+def _positions(tensors: Any, keys: Any) -> Any:
+    """The TensorMap positions (the layout's rows) of keys (numpy int64, shard << 32 | row)."""
+    import numpy as np
+
+    starts = np.array([tensors.position_at(s << 32) for s in range(len(tensors.tables))], dtype=np.int64)
+    return starts[keys >> 32] + (keys & 0xFFFFFFFF)
+
+
+def _column(values: Any) -> Any:
+    """A numpy view of an array.array column (no copy)."""
+    import numpy as np
+
+    return np.frombuffer(values, dtype=values.typecode)
+
+
+def _columnar(locations: Any) -> bool:
+    """Whether a layout's rows can be read by numpy (a damaged name's layer beyond 64 bits makes its column a list)."""
+    from weightsurgeon.layout import Locations
+
+    return isinstance(locations, Locations) and all(isinstance(c, array) for c in (
+        locations.layers, locations.experts, locations.module_ids, locations.param_ids))
+
+
+def _plain_mask(pairs: PairTable, rows: Any) -> Any:
+    """Which of `rows` (numpy) are plain pairs of the PairTable: not kept as Pairs, not FP8."""
+    import numpy as np
+
+    plain = _column(pairs.quant)[rows] == 0
+    kept = pairs.special.kept
+    if kept:
+        plain &= ~np.isin(rows, np.fromiter(kept, dtype=np.int64, count=len(kept)))
+    return plain
 
 
 class _LazyStats(dict):
@@ -1192,71 +1227,116 @@ class _Rows:
                 _side_label(p.other, p.other_q), p.base_q.shape if p.base_q is not None else p.base.shape, p.numel,
                 p.added_rows, p.lora.rank if p.lora is not None else None)
 
-    def _metas(self, rows: list[int]) -> tuple[list[tuple], list[int | None]]:
-        """Each row's META tuple and its expert number (None: not an expert's own tensor).
+    def _metas(self, rows: Any) -> Any:
+        """The rows' META as columns (report/rows.RowMeta), with each row's expert number.
 
-        A plain pair's row comes from the columns: its name, shape and dtypes from the header
-        tables, its place from the layout's columns (its name is a base name: the layout's row is
-        the base position). A special one from its Pair and the name's Location."""
-        from weightsurgeon.format import DTYPE_NAMES
-        from weightsurgeon.layout import MODULES, Locations
-
-        pairs, locations, labels = self.plan.pairs, self.locations, self.plan.labels
-        special, tuned, base_at, other_at, numel, maps = (pairs.special, pairs.tuned, pairs.base_at, pairs.other_at,
-                                                          pairs.numel, pairs.maps)
-        table_of, position_at = pairs.base.table_of, pairs.base.position_at
-        columnar = isinstance(locations, Locations)
-        if columnar:
-            layers, module_ids, experts, param_ids, params = (locations.layers, locations.module_ids, locations.experts,
-                                                              locations.param_ids, locations.params)
-        meta: list[tuple] = []
-        expert_of: list[int | None] = []
-        for i in rows:
-            p = special.get(i)
-            if p is not None or not columnar:
-                p = p if p is not None else pairs[i]
-                loc = locations.get(p.name)
-                meta.append(self._meta(p, loc if loc is not None else classify(p.name)))
-                # the name's own classification where the layout gives no layer (DeepSeek's MTP layers)
-                expert_of.append(loc.expert if loc is not None and loc.layer is not None else classify(p.name).expert)
-                continue
-            key, t = base_at[i], tuned[i]
-            table, r = table_of(key)
-            codes, shape_ids, shapes, _, _ = table.columns()
-            other, o = maps[t].table_of(other_at[i])
-            pos = position_at(key)
-            layer, name = layers[pos], table.names[r]
-            meta.append((labels[t], name, None if layer == -1 else layer, MODULES[module_ids[pos]],
-                         params[param_ids[pos]], DTYPE_NAMES[codes[r]], DTYPE_NAMES[other.dtype_code(o)],
-                         shapes[shape_ids[r]], numel[i], 0, None))
-            if layer == -1:
-                expert_of.append(classify(name).expert)
-            else:
-                expert = experts[pos]
-                expert_of.append(None if expert == -1 else expert)
-        return meta, expert_of
-
-    def _block(self, rows: list[int], columns: Any) -> None:
+        A plain pair's row comes from the columns, gathered by numpy: its name, shape and dtypes
+        from the header tables, its place from the layout's columns (its name is a base name: the
+        layout's row is the base position). A special one from its Pair and the name's Location."""
         import numpy as np
 
-        groups, tuned = self.groups, self.plan.pairs.tuned
-        meta, expert_of = self._metas(rows)
-        self.totals.add_block([(m[0], m[2], m[3]) for m in meta], [m[8] for m in meta], columns)
-        sum_sq_delta, sum_sq_a = columns.sum_sq_delta.tolist(), columns.sum_sq_a.tolist()
-        for j, (m, expert) in enumerate(zip(meta, expert_of)):
-            units = groups.get((tuned[rows[j]], m[1])) if groups else None
-            if units is not None:
-                self.units.add_groups(m[0], m[2], m[3], units)
-            elif expert is not None:
-                self.units.add_expert(m[0], m[2], m[3], expert, sum_sq_delta[j], sum_sq_a[j])
+        from weightsurgeon.format import DTYPE_NAMES
+        from weightsurgeon.kernels._floattext import NULL
+        from weightsurgeon.report.rows import RowMeta
+
+        pairs, locations = self.plan.pairs, self.locations
+        rows = np.asarray(rows, dtype=np.int64)
+        n = len(rows)
+        plain = _plain_mask(pairs, rows) if _columnar(locations) else np.zeros(n, dtype=bool)
+        meta = RowMeta(list(self.plan.labels), _column(pairs.tuned)[rows].astype(np.int64), [""] * n,
+                       np.full(n, -1, dtype=np.int64), list(MODULES), np.zeros(n, dtype=np.int64),
+                       list(locations.params) if plain.any() else [], np.zeros(n, dtype=np.int64), list(DTYPE_NAMES),
+                       np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), [], np.zeros(n, dtype=np.int64),
+                       _column(pairs.numel)[rows], np.zeros(n, dtype=np.int64), np.full(n, NULL, dtype=np.int64),
+                       np.full(n, -1, dtype=np.int64))
+        if plain.any():
+            self._plain_metas(meta, np.flatnonzero(plain), rows[plain])
+        coded: dict[int, dict] = {}  # a special row's text -> its code, per column
+        for j in np.flatnonzero(~plain).tolist():
+            i = int(rows[j])
+            p = pairs.special.get(i)
+            p = p if p is not None else pairs[i]
+            loc = locations.get(p.name)
+            own = loc if loc is not None and loc.layer is not None else classify(p.name)  # DeepSeek's MTP layers
+            tuned, name, layer, module, param, dtype, dtype_tuned, shape, numel, added_rows, lora_rank = self._meta(
+                p, loc if loc is not None else own)
+            meta.names[j] = name
+            meta.layer[j] = -1 if layer is None else layer
+            meta.added_rows[j], meta.lora_rank[j] = added_rows, NULL if lora_rank is None else lora_rank
+            meta.expert[j] = -1 if own.expert is None else own.expert
+            for column, names, value in ((meta.module, meta.modules, module), (meta.param, meta.params, param),
+                                         (meta.dtype, meta.dtypes, dtype), (meta.dtype_tuned, meta.dtypes, dtype_tuned),
+                                         (meta.shape, meta.shapes, shape)):
+                codes = coded.get(id(names))
+                if codes is None:  # the names so far, the first of equal ones winning
+                    codes = coded[id(names)] = {v: k for k, v in reversed(list(enumerate(names)))}
+                if value not in codes:
+                    codes[value] = len(names)
+                    names.append(value)
+                column[j] = codes[value]
+        return meta
+
+    def _plain_metas(self, meta: Any, at: Any, rows: Any) -> None:
+        """Fill rows `at` of `meta` with plain pairs `rows`: numpy over the header and layout columns."""
+        import numpy as np
+
+        pairs, locations = self.plan.pairs, self.locations
+        keys = _column(pairs.base_at)[rows]
+        for s in np.unique(keys >> 32).tolist():  # base shards
+            table = pairs.base.tables[s]
+            dtypes, shape_ids, shapes, _, _ = table.columns()
+            mine = np.flatnonzero(keys >> 32 == s)
+            r = keys[mine] & 0xFFFFFFFF  # TensorMap keys: shard << 32 | row
+            meta.dtype[at[mine]] = _column(dtypes)[r]
+            shape_ids = _column(shape_ids)[r]
+            used, local = np.unique(shape_ids, return_inverse=True)
+            meta.shape[at[mine]] = len(meta.shapes) + local.reshape(-1)
+            meta.shapes.extend(shapes[k] for k in used.tolist())
+            names, got = table.names, meta.names
+            for j, k in zip(at[mine].tolist(), r.tolist()):
+                got[j] = names[k]
+        others, tuned = _column(pairs.other_at)[rows], meta.tuned[at]
+        for t, s in set(zip(tuned.tolist(), (others >> 32).tolist())):  # (tuned model, its shard)
+            mine = np.flatnonzero((tuned == t) & (others >> 32 == s))
+            meta.dtype_tuned[at[mine]] = _column(pairs.maps[t].tables[s].columns()[0])[others[mine] & 0xFFFFFFFF]
+        positions = _positions(pairs.base, keys)
+        layer = _column(locations.layers)[positions]
+        meta.layer[at] = layer
+        meta.module[at] = _column(locations.module_ids)[positions]
+        meta.param[at] = _column(locations.param_ids)[positions]
+        meta.expert[at] = _column(locations.experts)[positions]
+        for j in at[layer == -1].tolist():  # the name's own classification where the layout gives no layer
+            expert = classify(meta.names[j]).expert
+            meta.expert[j] = -1 if expert is None else expert
+
+    def _block(self, rows: Any, columns: Any) -> None:
+        import numpy as np
+
+        groups = self.groups
+        meta = self._metas(rows)
+        self.totals.add_block(meta, columns)
+        grouped = ([j for j, key in enumerate(zip(meta.tuned.tolist(), meta.names)) if key in groups]
+                   if groups else [])
+        experts = meta.expert >= 0
+        experts[grouped] = False
+        start = 0
+        for j in grouped + [len(meta)]:  # experts and grouped sums into the unit rows in row order
+            between = start + np.flatnonzero(experts[start:j])
+            self.units.add_experts(meta, between, columns.sum_sq_delta[between], columns.sum_sq_a[between])
+            if j < len(meta):
+                t = int(meta.tuned[j])
+                layer = int(meta.layer[j])
+                self.units.add_groups(meta.labels[t], None if layer < 0 else layer, meta.modules[meta.module[j]],
+                                      groups[(t, meta.names[j])])
+            start = j + 1
         for j in np.flatnonzero(columns.n_nonfinite).tolist():
-            self.flagged.add((tuned[rows[j]], meta[j][1]))
+            self.flagged.add((int(meta.tuned[j]), meta.names[j]))
         if self.writer is not None:
             self.writer.add_block(meta, columns, self.clip)
             return
         from weightsurgeon.report.model import TensorDiff
 
-        for i, m in enumerate(meta):
+        for i, m in enumerate(meta.tuples()):
             tuned, name, layer, module, param, dtype, dtype_tuned, shape, numel, added_rows, lora_rank = m
             self.kept.append(TensorDiff(tuned=tuned, name=name, layer=layer, module=module, param=param, dtype=dtype,
                                         dtype_tuned=dtype_tuned, shape=shape, numel=numel,

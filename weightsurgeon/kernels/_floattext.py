@@ -212,7 +212,7 @@ def float_cells(values: np.ndarray) -> list[str]:
     return out[:end - 1].tobytes().decode("ascii").split("\n")
 
 
-TEXT, INTEGER, FLOAT = 0, 1, 2  # kinds of a `csv_lines` column
+TEXT, INTEGER, FLOAT, CODED = 0, 1, 2, 3  # kinds of a `csv_text` column (`csv_lines` sees CODED as TEXT)
 NULL = np.iinfo(np.int64).min  # an INTEGER cell written empty (None)
 
 
@@ -236,12 +236,12 @@ def _write_int(value, out, at, text):
 
 
 @numba.njit(cache=True)
-def csv_lines(rows, kinds, index, blob, offsets, ints, floats, out):
+def csv_lines(rows, kinds, index, blob, starts, ends, ints, floats, out):
     """CSV lines (comma-separated, each ended by CR LF, as csv.writer writes them) of rows whose
-    column c is TEXT (bytes blob[offsets[index[c], i]:offsets[index[c], i + 1]], written as they
-    are: the caller checked that none needs quoting), INTEGER (ints[i, index[c]], empty if NULL)
-    or FLOAT (the double with bits floats[i, index[c]], its repr; empty if NaN/inf). Returns the
-    length written into out."""
+    column c is TEXT (bytes blob[starts[i, index[c]]:ends[i, index[c]]], written as they are: the
+    caller checked that none needs quoting), INTEGER (ints[i, index[c]], empty if NULL) or FLOAT
+    (the double with bits floats[i, index[c]], its repr; empty if NaN/inf). Returns the length
+    written into out."""
     at = 0
     text = np.empty(24, dtype=np.uint8)
     for i in range(rows):
@@ -251,7 +251,7 @@ def csv_lines(rows, kinds, index, blob, offsets, ints, floats, out):
                 at += 1
             j = index[c]
             if kinds[c] == TEXT:
-                a, b = offsets[j, i], offsets[j, i + 1]
+                a, b = starts[i, j], ends[i, j]
                 out[at:at + b - a] = blob[a:b]
                 at += b - a
             elif kinds[c] == INTEGER:
@@ -264,38 +264,54 @@ def csv_lines(rows, kinds, index, blob, offsets, ints, floats, out):
     return at
 
 
+def _plain(text: str) -> bool:
+    """Whether csv.writer writes this text as it is (ASCII, nothing to quote)."""
+    return text.isascii() and not any(ch in text for ch in ',"\r\n')
+
+
 def csv_text(columns: list[tuple[int, Any]]) -> str | None:
     """The CSV lines of rows given as columns, as csv.writer writes them: each column is (TEXT, list
-    of str), (INTEGER, int64 values or a list of int/None) or (FLOAT, float64 values). None where a
-    text cell is not plain ASCII or needs quoting (a comma, a quote, a line end): write those with
-    csv.writer."""
-    kinds = np.array([kind for kind, _ in columns], dtype=np.int64)
+    of str), (CODED, (names, codes): row i's cell is names[codes[i]]), (INTEGER, int64 values or a
+    list of int/None) or (FLOAT, float64 values). None where a text cell is not plain ASCII or needs
+    quoting (a comma, a quote, a line end): write those with csv.writer.
+
+    A CODED column (a block's few labels, modules, dtypes, shapes) costs no Python per row: its
+    cells point into one copy of each name."""
+    kinds = np.array([TEXT if kind == CODED else kind for kind, _ in columns], dtype=np.int64)
     index = np.zeros(kinds.size, dtype=np.int64)
     texts, ints, floats = [], [], []
     for c, (kind, values) in enumerate(columns):
-        group = texts if kind == TEXT else ints if kind == INTEGER else floats
+        group = texts if kind in (TEXT, CODED) else ints if kind == INTEGER else floats
         index[c] = len(group)
-        group.append(values)
-    rows = len(columns[0][1]) if columns else 0
-    blob_parts, offsets = [], np.zeros((max(1, len(texts)), rows + 1), dtype=np.int64)
+        group.append((kind, values))
+    rows = 0 if not columns else len(columns[0][1][1]) if columns[0][0] == CODED else len(columns[0][1])
+    blob_parts = []
+    starts, ends = (np.zeros((rows, max(1, len(texts))), dtype=np.int64) for _ in range(2))
     start = 0
-    for j, cells in enumerate(texts):
+    for j, (kind, values) in enumerate(texts):
+        cells, codes = (values[0], np.asarray(values[1], dtype=np.int64)) if kind == CODED else (values, None)
         joined = "".join(cells)
-        if not joined.isascii() or any(ch in joined for ch in ',"\r\n'):
+        if not _plain(joined):
             return None
-        lengths = np.fromiter(map(len, cells), dtype=np.int64, count=rows)
-        np.cumsum(lengths, out=offsets[j, 1:])
-        offsets[j] += start
+        lengths = np.fromiter(map(len, cells), dtype=np.int64, count=len(cells))
+        bounds = np.zeros(len(cells) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=bounds[1:])
+        bounds += start
+        if codes is None:
+            starts[:, j], ends[:, j] = bounds[:-1], bounds[1:]
+        else:
+            starts[:, j], ends[:, j] = bounds[:-1][codes], bounds[1:][codes]
         start += len(joined)
         blob_parts.append(joined)
     blob = np.frombuffer("".join(blob_parts).encode("ascii"), dtype=np.uint8) if start else np.zeros(1, np.uint8)
     int_block = np.empty((rows, max(1, len(ints))), dtype=np.int64)
-    for j, values in enumerate(ints):
+    for j, (_, values) in enumerate(ints):
         int_block[:, j] = values if isinstance(values, np.ndarray) else [NULL if v is None else v for v in values]
     float_block = np.empty((rows, len(floats)), dtype=np.float64)
-    for j, values in enumerate(floats):
+    for j, (_, values) in enumerate(floats):
         float_block[:, j] = values
-    size = start + rows * (len(floats) * (MAX_CHARS + 1) + len(ints) * 21 + kinds.size + 2)
+    text_bytes = int((ends - starts).sum())
+    size = text_bytes + rows * (len(floats) * (MAX_CHARS + 1) + len(ints) * 21 + kinds.size + 2)
     out = np.empty(max(size, 1), dtype=np.uint8)
-    end = csv_lines(rows, kinds, index, blob, offsets, int_block, float_block.view(np.uint64), out)
+    end = csv_lines(rows, kinds, index, blob, starts, ends, int_block, float_block.view(np.uint64), out)
     return out[:end].tobytes().decode("ascii")

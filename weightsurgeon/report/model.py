@@ -255,18 +255,19 @@ class ModuleTotals:
         self.counts = np.concatenate([self.counts, np.zeros((size - have, self.counts.shape[1]), dtype=np.int64)])
         self.hist = np.concatenate([self.hist, np.zeros((size - have, self.bins), dtype=np.int64)])
 
-    def add_block(self, keys: list[tuple], numel: Any, columns: Any) -> None:
-        """Rows of many tensors: their (tuned, layer, module) keys, element counts and statistics."""
-        if not keys:
+    def add_block(self, meta: Any, columns: Any) -> None:
+        """Rows of many tensors: their META as columns (report/rows.RowMeta) and statistics."""
+        if not len(meta):
             return
-        index = self.index
-        ids = np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
-        self._grow(len(index))
         from weightsurgeon.kernels import _rowstats
 
+        keys, inverse = meta.module_keys()
+        index = self.index
+        ids = np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)[inverse]
+        self._grow(len(index))
         sums = np.stack([getattr(columns, name) for name in self._SUMS], axis=1)
         counts = np.stack([getattr(columns, name) for name in self._COUNTS]
-                          + [np.asarray(numel, dtype=np.int64), np.ones(len(keys), dtype=np.int64)], axis=1)
+                          + [meta.numel, np.ones(len(meta), dtype=np.int64)], axis=1)
         _rowstats.add_rows(ids, sums, columns.max_abs_delta, counts, columns.hist, self.sums, self.max_abs, self.counts,
                            self.hist)
         self.moments.append((ids, columns.r_n, columns.r_mean, columns.r_m2, columns.r_m3, columns.r_m4))
@@ -274,8 +275,10 @@ class ModuleTotals:
     def add(self, tuned: str, layer: int | None, module: str, numel: int, stats: Any) -> None:
         """One tensor's row."""
         from weightsurgeon.kernels.stats import StatsColumns
+        from weightsurgeon.report.rows import RowMeta
 
-        self.add_block([(tuned, layer, module)], [numel], StatsColumns.of([stats], self.bins))
+        self.add_block(RowMeta.of([(tuned, "", layer, module, "", "", "", (), numel, 0, None)]),
+                       StatsColumns.of([stats], self.bins))
 
     def result(self, tuned_order: list[str]) -> list[ModuleDiff]:
         from weightsurgeon.kernels.shape import combine
@@ -305,11 +308,11 @@ class ModuleTotals:
 def aggregate_modules(tensors: Iterable[TensorDiff], tuned_order: list[str], bins: int, clip: float) -> list[ModuleDiff]:
     """Merge tensor rows into (tuned, layer, module) rows, exactly (sums and counts add)."""
     from weightsurgeon.kernels.stats import StatsColumns
+    from weightsurgeon.report.rows import RowMeta, meta_of
 
     tensors = list(tensors)
     totals = ModuleTotals(bins, clip)
-    totals.add_block([(t.tuned, t.layer, t.module) for t in tensors], [t.numel for t in tensors],
-                     StatsColumns.of([t.stats for t in tensors], bins))
+    totals.add_block(RowMeta.of([meta_of(t) for t in tensors]), StatsColumns.of([t.stats for t in tensors], bins))
     return totals.result(tuned_order)
 
 

@@ -17,6 +17,7 @@ them back when the rows are asked for.
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable
 
@@ -36,7 +37,7 @@ CSV_EXTRA = ("dtype_tuned", "shape", "added_rows", "n", "r_mean", "r_std", "r_sk
 _INT_COLUMNS = ("numel", "n_base_zero", "n_nonfinite", "added_rows", "n")
 
 
-# A row's metadata, as `RowWriter.add_block` takes it: one tuple per tensor row.
+# A row's metadata, one tuple per tensor row (`meta_of`); `RowMeta` holds many as columns.
 META = ("tuned", "name", "layer", "module", "param", "dtype", "dtype_tuned", "shape", "numel", "added_rows",
         "lora_rank")
 
@@ -45,6 +46,107 @@ def meta_of(t: Any) -> tuple:
     """One TensorDiff's META tuple."""
     return (t.tuned, t.name, t.layer, t.module, t.param, t.dtype, t.dtype_tuned, tuple(t.shape), int(t.numel),
             int(t.added_rows), t.lora_rank)
+
+
+def _coded(values: Iterable[Any]) -> tuple[list[Any], np.ndarray]:
+    """(the distinct values in order of first appearance, each value's index among them)."""
+    index: dict[Any, int] = {}
+    codes = [index.setdefault(v, len(index)) for v in values]
+    return list(index), np.array(codes, dtype=np.int64)
+
+
+@dataclass(eq=False)
+class RowMeta:
+    """The META of many rows as columns: what `RowWriter.add_block`, `report.model.ModuleTotals` and
+    `report.units.UnitTotals` take.
+
+    A 100k-tensor diff hands its rows over ~4,000 at a time, with a handful of distinct labels,
+    modules, params, dtypes and shapes among them: those are codes into short lists, the numbers
+    int64 arrays (-1: no layer, no expert; NULL: no LoRA rank), and the one Python object a row
+    brings is its name (the header's own str). A tuple per row and the passes over them cost
+    more than the row's statistics (~8 us a tensor)."""
+
+    labels: list[str]
+    tuned: np.ndarray  # codes into labels
+    names: list[str]
+    layer: np.ndarray
+    modules: list[str]
+    module: np.ndarray
+    params: list[str]
+    param: np.ndarray
+    dtypes: list[str]
+    dtype: np.ndarray
+    dtype_tuned: np.ndarray
+    shapes: list[tuple[int, ...]]
+    shape: np.ndarray
+    numel: np.ndarray
+    added_rows: np.ndarray
+    lora_rank: np.ndarray
+    expert: np.ndarray  # an expert stored as a tensor of its own: its number (report_heads.csv), not in report.csv
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def of(cls, meta: list[tuple], experts: Iterable[int | None] | None = None) -> "RowMeta":
+        """Columns of META tuples (and each row's expert number, None or absent: not an expert's own tensor)."""
+        from weightsurgeon.kernels._floattext import NULL
+
+        n = len(meta)
+        columns = list(zip(*meta)) if meta else [()] * len(META)
+        tuned, name, layer, module, param, dtype, dtype_tuned, shape, numel, added_rows, lora_rank = columns
+        labels, tuned_codes = _coded(tuned)
+        dtypes, dtype_codes = _coded(dtype + dtype_tuned)
+        ints = [np.array([-1 if v is None else v for v in values], dtype=np.int64).reshape(n)
+                for values in (layer, experts if experts is not None else [None] * n)]
+        return cls(labels, tuned_codes, list(name), ints[0], *_coded(module), *_coded(param), dtypes, dtype_codes[:n],
+                   dtype_codes[n:], *_coded(shape), np.array(numel, dtype=np.int64).reshape(n),
+                   np.array(added_rows, dtype=np.int64).reshape(n),
+                   np.array([NULL if v is None else v for v in lora_rank], dtype=np.int64).reshape(n), ints[1])
+
+    def module_keys(self, rows: np.ndarray | None = None) -> tuple[list[tuple], np.ndarray]:
+        """The distinct (tuned label, layer or None, module) of the rows (all, or those at `rows`), in
+        order of first appearance, and each row's index among them: the keys of the module and unit
+        totals, found by one np.unique over a combined integer instead of a tuple per row."""
+        columns = [self.tuned, self.layer, self.module]
+        if rows is not None:
+            columns = [c[rows] for c in columns]
+        if not len(columns[0]):
+            return [], np.zeros(0, dtype=np.int64)
+        key, room = np.zeros(len(columns[0]), dtype=np.int64), 1
+        low = [int(c.min()) for c in columns]
+        for c, lo in zip(columns, low):
+            span = int(c.max()) - lo + 1
+            room *= span
+            if room >= 1 << 62:  # a layer number beyond any model's: unique rows the slow way
+                _, first, inverse = np.unique(np.stack(columns, axis=1), axis=0, return_index=True, return_inverse=True)
+                break
+            key = key * span + (c - lo)
+        else:
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        order = np.argsort(first)
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        labels, modules = self.labels, self.modules
+        keys = [(labels[t], None if layer < 0 else layer, modules[m])
+                for t, layer, m in zip(*(c[first[order]].tolist() for c in columns))]
+        return keys, rank[inverse.reshape(-1)]
+
+    def tuples(self) -> list[tuple]:
+        """Each row's META tuple."""
+        from weightsurgeon.kernels._floattext import NULL
+
+        labels, modules, params, dtypes, shapes = self.labels, self.modules, self.params, self.dtypes, self.shapes
+        return [(labels[t], name, None if layer < 0 else layer, modules[m], params[p], dtypes[d], dtypes[dt], shapes[s],
+                 numel, added, None if rank == NULL else rank)
+                for t, name, layer, m, p, d, dt, s, numel, added, rank in
+                zip(self.tuned.tolist(), self.names, self.layer.tolist(), self.module.tolist(), self.param.tolist(),
+                    self.dtype.tolist(), self.dtype_tuned.tolist(), self.shape.tolist(), self.numel.tolist(),
+                    self.added_rows.tolist(), self.lora_rank.tolist())]
+
+
+def _row_meta(meta: "RowMeta | list[tuple]") -> RowMeta:
+    return meta if isinstance(meta, RowMeta) else RowMeta.of(meta)
 
 
 def _floats(column: np.ndarray) -> list[str]:
@@ -59,16 +161,17 @@ def _optional(values: Iterable[Any]) -> list[str]:
     return ["" if v is None else str(v) for v in values]
 
 
-def _typed_columns(meta: list[tuple], columns: Any, clip: float) -> list[tuple[int, Any]]:
-    """report.csv's columns of many rows (kernels/stats.StatsColumns and their META tuples), in the
-    file's order, each as (kind, values) of kernels/_floattext (TEXT: str cells; INTEGER: ints,
-    None for an empty cell; FLOAT: float64, empty cell for NaN/inf): the numbers
+def _typed_columns(meta: RowMeta | list[tuple], columns: Any, clip: float) -> list[tuple[int, Any]]:
+    """report.csv's columns of many rows (kernels/stats.StatsColumns and their META), in the file's
+    order, each as (kind, values) of kernels/_floattext (TEXT: str cells; CODED: (names, codes);
+    INTEGER: ints, NULL for an empty cell; FLOAT: float64, empty cell for NaN/inf): the numbers
     `report.model.stats_fields` gives each row, derived for all rows at once
     (kernels/shape.derive_columns)."""
     from weightsurgeon.kernels import _rowstats
-    from weightsurgeon.kernels._floattext import FLOAT, INTEGER, TEXT
+    from weightsurgeon.kernels._floattext import CODED, FLOAT, INTEGER, NULL, TEXT
     from weightsurgeon.kernels.shape import derive_columns, mode_positions
 
+    meta = _row_meta(meta)
     derived, offsets, found = derive_columns(columns, clip)
     bins = columns.hist.shape[1]
     table = {i: repr(round(c, 12)) for i, c in zip(sorted(set(found.tolist())),
@@ -76,23 +179,23 @@ def _typed_columns(meta: list[tuple], columns: Any, clip: float) -> list[tuple[i
     names = [table[i] for i in found.tolist()]
     bounds = offsets.tolist()
     modes = [";".join(names[a:b]) for a, b in zip(bounds, bounds[1:])]
-    tuned, name, layer, module, param, dtype, dtype_tuned, shape, numel, added_rows, lora_rank = zip(*meta)
-    shapes: dict[tuple, str] = {}
-    shape_text = [shapes.get(s) or shapes.setdefault(s, "x".join(map(str, s))) for s in shape]
+    shapes = ["x".join(map(str, s)) for s in meta.shapes]
     d = [derived[:, c] for c in range(_rowstats.N_DERIVED)]
     out = {
-        "tuned": (TEXT, tuned), "name": (TEXT, name), "layer": (INTEGER, layer), "module": (TEXT, module),
-        "param": (TEXT, param), "dtype": (TEXT, dtype), "numel": (INTEGER, numel),
+        "tuned": (CODED, (meta.labels, meta.tuned)), "name": (TEXT, meta.names),
+        "layer": (INTEGER, np.where(meta.layer >= 0, meta.layer, NULL)), "module": (CODED, (meta.modules, meta.module)),
+        "param": (CODED, (meta.params, meta.param)), "dtype": (CODED, (meta.dtypes, meta.dtype)),
+        "numel": (INTEGER, meta.numel),
         "l2_delta": (FLOAT, d[_rowstats.L2_DELTA]), "l2_base": (FLOAT, d[_rowstats.L2_A]),
         "l2_tuned": (FLOAT, d[_rowstats.L2_B]), "rel_l2": (FLOAT, d[_rowstats.REL_L2]),
         "cosine": (FLOAT, d[_rowstats.COSINE]), "max_abs_delta": (FLOAT, columns.max_abs_delta),
         "mean_delta": (FLOAT, d[_rowstats.MEAN_DELTA]), "n_base_zero": (INTEGER, columns.n_base_zero),
-        "n_nonfinite": (INTEGER, columns.n_nonfinite), "dtype_tuned": (TEXT, dtype_tuned),
-        "shape": (TEXT, shape_text), "added_rows": (INTEGER, added_rows), "n": (INTEGER, columns.n),
+        "n_nonfinite": (INTEGER, columns.n_nonfinite), "dtype_tuned": (CODED, (meta.dtypes, meta.dtype_tuned)),
+        "shape": (CODED, (shapes, meta.shape)), "added_rows": (INTEGER, meta.added_rows), "n": (INTEGER, columns.n),
         "r_mean": (FLOAT, columns.r_mean), "r_std": (FLOAT, d[_rowstats.R_STD]),
         "r_skewness": (FLOAT, d[_rowstats.R_SKEW]), "r_excess_kurtosis": (FLOAT, d[_rowstats.R_KURT]),
         "bimodality": (FLOAT, d[_rowstats.BIMODALITY]), "n_modes": (INTEGER, np.diff(offsets)),
-        "modes": (TEXT, modes), "lora_rank": (INTEGER, lora_rank), "sum_sq_delta": (FLOAT, columns.sum_sq_delta),
+        "modes": (TEXT, modes), "lora_rank": (INTEGER, meta.lora_rank), "sum_sq_delta": (FLOAT, columns.sum_sq_delta),
         "sum_sq_base": (FLOAT, columns.sum_sq_a), "sum_sq_tuned": (FLOAT, columns.sum_sq_b),
         "dot_base_tuned": (FLOAT, columns.dot_ab), "sum_delta": (FLOAT, columns.sum_delta),
         "r_m2": (FLOAT, columns.r_m2), "r_m3": (FLOAT, columns.r_m3), "r_m4": (FLOAT, columns.r_m4),
@@ -100,19 +203,22 @@ def _typed_columns(meta: list[tuple], columns: Any, clip: float) -> list[tuple[i
     return [out[c] for c in CSV_COLUMNS + CSV_EXTRA]
 
 
-def csv_cells(meta: list[tuple], columns: Any, clip: float) -> list[list[str]]:
+def csv_cells(meta: RowMeta | list[tuple], columns: Any, clip: float) -> list[list[str]]:
     """report.csv's cells of many rows, as columns of str in the file's order (see _typed_columns);
     empty cells for null/NaN."""
-    from weightsurgeon.kernels._floattext import FLOAT, INTEGER
+    from weightsurgeon.kernels._floattext import CODED, FLOAT, INTEGER, NULL
 
-    if not meta:
+    if not len(meta):
         return []
     out = []
     for kind, values in _typed_columns(meta, columns, clip):
         if kind == FLOAT:
             out.append(_floats(values))
         elif kind == INTEGER:
-            out.append(_optional(values.tolist() if isinstance(values, np.ndarray) else values))
+            out.append(["" if v == NULL else str(v) for v in values.tolist()])
+        elif kind == CODED:
+            names, codes = values
+            out.append([names[c] for c in codes.tolist()])
         else:
             out.append(list(values))
     return out
@@ -135,14 +241,15 @@ def write_csv_columns(f: IO[str], writer: Any, cells: list[list[str]]) -> None:
         f.write("\r\n".join(map(",".join, rows)) + "\r\n")
 
 
-def write_csv_block(f: IO[str], writer: Any, meta: list[tuple], columns: Any, clip: float) -> None:
+def write_csv_block(f: IO[str], writer: Any, meta: RowMeta | list[tuple], columns: Any, clip: float) -> None:
     """Rows of many tensors into report.csv (opened with newline=""), as `writer.writerows` of
     their csv_cells writes them: composed in one compiled call (kernels/_floattext.csv_text), or
     cell by cell where a text cell is not plain ASCII or needs quoting."""
     from weightsurgeon.kernels._floattext import csv_text
 
-    if not meta:
+    if not len(meta):
         return
+    meta = _row_meta(meta)
     text = csv_text(_typed_columns(meta, columns, clip))
     if text is None:
         write_csv_columns(f, writer, csv_cells(meta, columns, clip))
@@ -183,8 +290,8 @@ class RowWriter:
                                  {"format": "np", "rows": f"the rows of {TENSORS_CSV}, in order"})
         self.hist_file.write(prefix)
 
-    def add_block(self, meta: list[tuple], columns: Any, clip: float) -> None:
-        """Rows of many tensors at once: their META tuples and statistics (kernels/stats.StatsColumns)."""
+    def add_block(self, meta: RowMeta | list[tuple], columns: Any, clip: float) -> None:
+        """Rows of many tensors at once: their META (RowMeta, or tuples) and statistics (kernels/stats.StatsColumns)."""
         if self.done + len(meta) > self.rows:
             raise RuntimeError(f"internal: more than the {self.rows} planned tensor rows")
         write_csv_block(self.csv_file, self.csv, meta, columns, clip)

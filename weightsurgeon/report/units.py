@@ -199,13 +199,17 @@ class UnitTotals:
         self.sd.frombytes(np.ascontiguousarray(sums[:, 0]).tobytes())
         self.sa.frombytes(np.ascontiguousarray(sums[:, 1]).tobytes())
 
-    def add_expert(self, tuned: str, layer: int | None, module: str, expert: int, sum_sq_delta: float,
-                   sum_sq_base: float) -> None:
-        """One expert stored as a tensor of its own: its tensor's sums."""
-        self.ids.append(self._key(tuned, layer, module, "expert"))
-        self.index.append(expert)
-        self.sd.append(sum_sq_delta)
-        self.sa.append(sum_sq_base)
+    def add_experts(self, meta: Any, rows: np.ndarray, sum_sq_delta: np.ndarray, sum_sq_base: np.ndarray) -> None:
+        """Experts stored as tensors of their own: rows `rows` of a block's META (report/rows.RowMeta,
+        whose `expert` column numbers them), in order, with their tensors' sums."""
+        if not len(rows):
+            return
+        keys, inverse = meta.module_keys(rows)
+        ids = np.array([self._key(*k, "expert") for k in keys], dtype=np.int64)
+        self.ids.frombytes(ids[inverse].tobytes())
+        self.index.frombytes(np.ascontiguousarray(meta.expert[rows], dtype=np.int64).tobytes())
+        self.sd.frombytes(np.ascontiguousarray(sum_sq_delta, dtype=np.float64).tobytes())
+        self.sa.frombytes(np.ascontiguousarray(sum_sq_base, dtype=np.float64).tobytes())
 
     def result(self, labels: list[str]) -> UnitTable:
         """The unit rows, one per (tuned, layer, module, kind, index), ordered by tuned model (in
