@@ -606,11 +606,19 @@ def _cross_check_index(index_path: Path, index: dict, headers: list[ShardHeader]
         warnings.append(f"{index_path}: metadata.total_size is {total} but the tensors hold {actual_total} bytes")
 
 
+_GPTQ_SUFFIXES = (".qweight", ".qzeros", ".g_idx")
+_BNB_SUFFIXES = (".absmax", ".quant_map", ".quant_state.bitsandbytes__nf4", ".SCB")
+
+
 def _refuse_quantised(header: ShardHeader) -> None:
-    for name in header.tensors.names:
-        if name.endswith((".qweight", ".qzeros", ".g_idx")):
+    names = header.tensors.names
+    joined = "\n".join(names) + "\n"  # one search per suffix over every name at once
+    if not any(suffix + "\n" in joined for suffix in _GPTQ_SUFFIXES + _BNB_SUFFIXES):
+        return
+    for name in names:  # one may be there (or a name holds a line break): say which
+        if name.endswith(_GPTQ_SUFFIXES):
             raise SurgeonError(f"{header.path}: GPTQ/AWQ-quantized weights ({name}); the engine works on plain float weights: use the unquantized model")
-        if name.endswith((".absmax", ".quant_map", ".quant_state.bitsandbytes__nf4", ".SCB")):
+        if name.endswith(_BNB_SUFFIXES):
             raise SurgeonError(f"{header.path}: bitsandbytes-quantized weights ({name}); use the unquantized model")
 
 

@@ -23,6 +23,8 @@ import struct
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import compress
+from operator import sub
 from pathlib import Path
 
 from weightsurgeon.errors import SurgeonError
@@ -162,12 +164,12 @@ class TensorTable(Sequence[TensorInfo]):
         return sum(self._ends) - sum(self._begins)
 
     def bytes_by_dtype(self) -> dict[str, int]:
-        """Data bytes per dtype name, without a record per tensor."""
-        out: dict[str, int] = {}
-        for code, begin, end in zip(self._dtypes, self._begins, self._ends):
-            name = DTYPE_NAMES[code]
-            out[name] = out.get(name, 0) + end - begin
-        return out
+        """Data bytes per dtype name (in order of first appearance), without a record per tensor."""
+        codes = dict.fromkeys(self._dtypes)
+        if len(codes) == 1:
+            return {DTYPE_NAMES[next(iter(codes))]: self.nbytes}
+        sizes = list(map(sub, self._ends, self._begins))
+        return {DTYPE_NAMES[code]: sum(compress(sizes, map(code.__eq__, self._dtypes))) for code in codes}
 
 
 class _Columns:
@@ -478,11 +480,8 @@ def _validate_header(path: Path, text: str, data_start: int, file_size: int) -> 
 
 
 def _contiguous(begins: array, ends: array, cursor: int) -> bool:
-    for begin, end in zip(begins, ends):
-        if begin != cursor:
-            return False
-        cursor = end
-    return True
+    """Each tensor starts where the one before ends, the first at `cursor` (array comparisons, at C speed)."""
+    return not begins or (begins[0] == cursor and begins[1:] == ends[:-1])
 
 
 def _finish_table(where: str, path: Path, cols: _Columns, data_start: int, file_size: int) -> TensorTable:
@@ -496,6 +495,16 @@ def _finish_table(where: str, path: Path, cols: _Columns, data_start: int, file_
             old = getattr(cols, column)
             setattr(cols, column, array(old.typecode, (old[i] for i in order)))
         del order
+        if not _contiguous(cols.begins, cols.ends, data_start):
+            _refuse_gap(where, cols, data_start)
+    cursor = cols.ends[-1] if cols.names else data_start
+    if cursor != file_size:  # never past it: every entry was checked to end within the data section
+        raise SurgeonError(f"{where}: {file_size - cursor} trailing bytes after the last tensor (data section must end at end of file); {DAMAGED}")
+    return TensorTable(path, cols.names, cols.dtypes, cols.shape_ids, cols.shapes, cols.begins, cols.ends)
+
+
+def _refuse_gap(where: str, cols: _Columns, data_start: int) -> None:
+    """Name the first tensor that does not start where the one before ends (columns in on-disk order)."""
     cursor = data_start
     for name, begin, end in zip(cols.names, cols.begins, cols.ends):
         if begin != cursor:
@@ -503,9 +512,6 @@ def _finish_table(where: str, path: Path, cols: _Columns, data_start: int, file_
                 raise SurgeonError(f"{where}: tensor {name!r} overlaps the previous tensor's bytes; {DAMAGED}")
             raise SurgeonError(f"{where}: gap of {begin - cursor} bytes before tensor {name!r} (offsets must be contiguous); {DAMAGED}")
         cursor = end
-    if cursor != file_size:  # never past it: every entry was checked to end within the data section
-        raise SurgeonError(f"{where}: {file_size - cursor} trailing bytes after the last tensor (data section must end at end of file); {DAMAGED}")
-    return TensorTable(path, cols.names, cols.dtypes, cols.shape_ids, cols.shapes, cols.begins, cols.ends)
 
 
 def _is_int(x: object) -> bool:

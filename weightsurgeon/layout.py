@@ -315,6 +315,133 @@ _NONE = -1  # "no layer" / "no expert" in the integer columns
 _BIG = (1 << 63) - 1
 
 
+# ---------------------------------------------------------------------------------------
+# Classifying many names: once per template
+# ---------------------------------------------------------------------------------------
+#
+# A MoE checkpoint's 100k names are a few dozen templates ("model.layers.#.mlp.experts.#.up_proj.weight")
+# filled with numbers. Every rule above sees a dotted part made only of digits (a "slot") through
+# `\d+` between dots or through `.`: names that differ only in their slots' digits get the same
+# module and param, and their layer and expert are the numbers in the same slots. So one name
+# per template is classified by the rules, its slots numbered 0, 1, 2 ... so that the layer and
+# expert it returns say which slot holds them, and every name of the template is read by slicing.
+
+_ASCII_DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
+_DIGIT_RUN = re.compile(r"0+")
+_MAX_SLOT_DIGITS = 18  # a longer number may not fit the 64-bit columns: such names are classified one by one
+
+
+def _template(name: str, key: str) -> tuple[int, slice | None, slice | None, str] | None:
+    """How every name with the coarse key `key` (its digits all "0") is classified, from `name`, one of them:
+    (module id, layer slot, expert slot, param) with slots as (start, stop) slices of the name, or None
+    when the names must be classified one by one (a digit inside a word, such as fc1 or ln_2, tells
+    templates apart that this key merges; a number as the param; a number too long for the columns)."""
+    slots: list[tuple[int, int]] = []
+    for run in _DIGIT_RUN.finditer(key):
+        a, b = run.span()
+        if (a and key[a - 1] != ".") or (b < len(key) and key[b] != "."):
+            return None  # a digit inside a word
+        slots.append((a, b))
+    if slots and slots[-1][1] == len(key):
+        return None  # the last part, the param, is a number
+    canonical, at = [], 0
+    for k, (a, b) in enumerate(slots):
+        canonical += (name[at:a], str(k))
+        at = b
+    canonical.append(name[at:])
+    layer, module, param, expert = _fields("".join(canonical))
+    layer_slot = slice(*slots[layer]) if layer is not None else None
+    expert_slot = slice(*slots[expert]) if expert is not None else None
+    if any(s is not None and s.stop - s.start > _MAX_SLOT_DIGITS for s in (layer_slot, expert_slot)):
+        return None
+    if _fields(name) != (None if layer_slot is None else int(name[layer_slot]), module, param,
+                         None if expert_slot is None else int(name[expert_slot])):
+        return None  # internal: the template disagrees with the rules on its own name (never seen): be exact
+    return MODULE_ID[module], layer_slot, expert_slot, param
+
+
+def _classify_columns(names: Sequence[str]) -> tuple[Any, Any, Any, array, list[str]]:
+    """(module ids, layers, experts, param ids, params) of `names`, as `Locations` holds them, each name's
+    the same as `_fields` gives it: classified once per template (see above), read by slicing."""
+    joined = "\n".join(names)
+    if not names or not joined.isascii() or joined.count("\n") != len(names) - 1:
+        # no names, or a name with a line break or beyond ASCII (\d matches other digits too): one by one
+        return _classify_known(names, {})
+    keys = joined.translate(_ASCII_DIGITS_TO_ZERO).split("\n")
+    del joined
+    params: list[str] = []
+    param_id: dict[str, int] = {}
+    # Per template, in order of first appearance: (module id, param id, layer slot, expert slot), or None.
+    found: list[tuple[int, int, slice | None, slice | None] | None] = []
+    for key, name in dict(zip(keys, names)).items():  # one name of each key (the last)
+        t = _template(name, key)
+        if t is not None:
+            pid = param_id.setdefault(t[3], len(params))
+            if pid == len(params):
+                params.append(intern(t[3]))
+            t = (t[0], pid, t[1], t[2])
+        found.append(t)
+    ids = dict(zip(dict.fromkeys(keys), range(len(found))))
+    rows = list(map(ids.__getitem__, keys))  # each name's template
+    del keys, ids
+    module_ids = array("B", (0 if t is None else t[0] for t in found))
+    module_ids = array("B", map(module_ids.__getitem__, rows))
+    param_ids = array("I", (0 if t is None else t[1] for t in found))
+    param_ids = array("I", map(param_ids.__getitem__, rows))
+    slots = [None if t is None else t[2] for t in found]
+    layers: Any = [_NONE if s is None else int(name[s]) for name, s in zip(names, map(slots.__getitem__, rows))]
+    slots = [None if t is None else t[3] for t in found]
+    experts: Any = [_NONE if s is None else int(name[s]) for name, s in zip(names, map(slots.__getitem__, rows))]
+    if None in found:  # the names classified one by one
+        for i, row in enumerate(rows):
+            if found[row] is None:
+                layer, module, param, expert = _fields(names[i])
+                pid = param_id.setdefault(param, len(params))
+                if pid == len(params):
+                    params.append(intern(param))
+                module_ids[i], param_ids[i] = MODULE_ID[module], pid
+                layers[i] = _NONE if layer is None else layer
+                experts[i] = _NONE if expert is None else expert
+    if max(layers) <= _BIG and max(experts) <= _BIG:  # else a damaged name: Python ints
+        layers, experts = array("q", layers), array("q", experts)
+    return module_ids, layers, experts, param_ids, params
+
+
+def _classify_known(names: Sequence[str], known: Mapping[str, Location]) -> tuple[Any, Any, Any, array, list[str]]:
+    """The columns of `names`, each row taken from `known` where it is there, else classified by the rules."""
+    module_ids, layers, experts, param_ids = array("B"), array("q"), array("q"), array("I")
+    params: list[str] = []
+    param_id: dict[str, int] = {}
+    same = known if isinstance(known, Locations) else None  # rows copied from its columns, no object made
+    mtp = MODULE_ID["mtp"]
+    for name in names:
+        if same is not None:
+            r = same.row(name)
+            if r is not None and same.module_ids[r] != mtp:  # MTP layers depend on the config: classified again
+                layer, expert = same.layers[r], same.experts[r]
+                layer, module, param, expert = (None if layer == _NONE else layer, MODULES[same.module_ids[r]],
+                                                same.params[same.param_ids[r]], None if expert == _NONE else expert)
+            else:
+                layer, module, param, expert = _fields(name)
+        else:
+            loc = known.get(name)
+            layer, module, param, expert = ((loc.layer, loc.module, loc.param, loc.expert) if loc is not None
+                                            else _fields(name))
+        pid = param_id.get(param)
+        if pid is None:
+            pid = param_id[param] = len(params)
+            params.append(intern(param))
+        layer = _NONE if layer is None else layer
+        expert = _NONE if expert is None else expert
+        if (layer > _BIG or expert > _BIG) and isinstance(layers, array):
+            layers, experts = list(layers), list(experts)  # a number beyond 64 bits (a damaged name): ints from here
+        module_ids.append(MODULE_ID[module])
+        layers.append(layer)
+        experts.append(expert)
+        param_ids.append(pid)
+    return module_ids, layers, experts, param_ids, params
+
+
 class Locations(Mapping[str, Location]):
     """Every tensor's Location, classified once, held as columns; a `Location` is made on access.
 
@@ -342,41 +469,15 @@ class Locations(Mapping[str, Location]):
 
     @classmethod
     def classify_all(cls, names: Iterable[str], known: Mapping[str, Location] | None = None) -> "Locations":
-        """Classify each name once (``known``: locations already classified, taken as they are)."""
+        """Classify each name once (``known``: locations already classified, taken as they are); without
+        ``known``, once per template (see _classify_columns)."""
         position = getattr(names, "position", None)  # a TensorMap: its own index serves
         names = names.keys() if isinstance(names, Mapping) else names
         ordered: Sequence[str] = list(names)
-        module_ids, layers, experts, param_ids = array("B"), array("q"), array("q"), array("I")
-        params: list[str] = []
-        param_id: dict[str, int] = {}
-        fields = _fields
-        same = known if isinstance(known, Locations) else None  # rows copied from its columns, no object made
-        mtp = MODULE_ID["mtp"]
-        for name in ordered:
-            if same is not None:
-                r = same.row(name)
-                if r is not None and same.module_ids[r] != mtp:  # MTP layers depend on the config: classified again
-                    layer, expert = same.layers[r], same.experts[r]
-                    layer, module, param, expert = (None if layer == _NONE else layer, MODULES[same.module_ids[r]],
-                                                    same.params[same.param_ids[r]], None if expert == _NONE else expert)
-                else:
-                    layer, module, param, expert = fields(name)
-            else:
-                loc = known.get(name) if known else None
-                layer, module, param, expert = ((loc.layer, loc.module, loc.param, loc.expert) if loc is not None
-                                                else fields(name))
-            pid = param_id.get(param)
-            if pid is None:
-                pid = param_id[param] = len(params)
-                params.append(intern(param))
-            layer = _NONE if layer is None else layer
-            expert = _NONE if expert is None else expert
-            if (layer > _BIG or expert > _BIG) and isinstance(layers, array):
-                layers, experts = list(layers), list(experts)  # a number beyond 64 bits (a damaged name): ints from here
-            module_ids.append(MODULE_ID[module])
-            layers.append(layer)
-            experts.append(expert)
-            param_ids.append(pid)
+        if known is None:
+            module_ids, layers, experts, param_ids, params = _classify_columns(ordered)
+        else:
+            module_ids, layers, experts, param_ids, params = _classify_known(ordered, known)
         if position is not None:
             row = position
         else:

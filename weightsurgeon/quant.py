@@ -364,7 +364,11 @@ def _mxfp4(where: str, b: "TensorInfo", s: "TensorInfo") -> tuple[str, tuple[int
 
 def scan(tensors: Any, config: dict | None, where: str) -> Quantization:
     """Find every quantized tensor of a checkpoint (`tensors`: its checkpoint.TensorMap; see the module
-    docstring); raises on broken pairs."""
+    docstring); raises on broken pairs.
+
+    Only rows whose dtype can hold quantized data (one-byte FP8, U8 blocks) are looked at, found
+    from each table's dtype column: a plain 100k-tensor model makes no record and reads no name.
+    """
     from array import array
 
     qc = quant_config(config)
@@ -373,7 +377,7 @@ def scan(tensors: Any, config: dict | None, where: str) -> Quantization:
     kinds: dict[QuantKind, int] = {}
     codes: Any = None
     count = 0
-    for pos, (name, info) in enumerate(tensors.items()):
+    for pos, name, info in _candidates(tensors):
         if info.dtype in FP8_DTYPES:
             suffix = FP8_SCALE_SUFFIXES[0]  # the first that exists wins
             scale = tensors.get(name + suffix)
@@ -387,7 +391,7 @@ def scan(tensors: Any, config: dict | None, where: str) -> Quantization:
                 continue  # plain F8 values: decoded as they are
             scheme, block = _fp8(where, info, scale, block_cfg)
             data_suffix = ""
-        elif name.endswith(MX_SUFFIXES[0]) and info.dtype == "U8":
+        elif name.endswith(MX_SUFFIXES[0]):  # a U8 tensor (see _candidates)
             logical = name[: -len(MX_SUFFIXES[0])]
             data_suffix, suffix = MX_SUFFIXES
             scale = tensors.get(logical + suffix)
@@ -414,3 +418,21 @@ def scan(tensors: Any, config: dict | None, where: str) -> Quantization:
     if not count and not method:
         return NONE
     return Quantization(tensors if count else None, codes, tuple(kinds), count, method)
+
+
+def _candidates(tensors: Any) -> Iterator[tuple[int, str, "TensorInfo"]]:
+    """(position, name, record) of every stored tensor one byte wide that may be quantized data (FP8, or
+    U8 MXFP4 blocks), in the map's order; the other rows are skipped by their dtype codes alone."""
+    from weightsurgeon.format import DTYPE_NAMES
+
+    wanted = bytes(code for code, dtype in enumerate(DTYPE_NAMES) if dtype in FP8_DTYPES or dtype == "U8")
+    others = bytes(code for code in range(256) if code not in wanted)
+    start = 0
+    for table in tensors.tables:
+        dtypes = table.columns()[0]
+        if bytes(dtypes).translate(None, others):  # a table without one of them costs one C pass
+            names = table.names
+            for row, code in enumerate(dtypes):
+                if code in wanted:
+                    yield start + row, names[row], table.info(row)
+        start += len(table)
