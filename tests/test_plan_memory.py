@@ -68,6 +68,7 @@ from weightsurgeon.diff import plan_diff
 base = open_checkpoint(sys.argv[1])
 tuned = open_checkpoint(sys.argv[2])
 classify("model.layers.0.mlp.experts.0.up_proj.weight")  # the compiled patterns, once
+import numpy  # the plan's passes over columns use it; its import is no memory of the plan
 out = {}
 tracemalloc.start()
 layout = layout_of(base.tensors, base.config)

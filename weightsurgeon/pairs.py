@@ -20,6 +20,7 @@ order, the buffer sizes, small-pair batches) read the columns.
 from __future__ import annotations
 
 import math
+import weakref
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ class _Special(Mapping[int, Pair]):
     __slots__ = ("table", "kept")
 
     def __init__(self, table: PairTable) -> None:
-        self.table = table
+        self.table = weakref.proxy(table)  # no cycle: a table made for one tuned model is freed once merged
         self.kept: dict[int, Pair] = {}
 
     def __getitem__(self, i: int) -> Pair:
@@ -110,11 +111,17 @@ class _Special(Mapping[int, Pair]):
         self.kept[i] = p
 
     def __iter__(self) -> Iterator[int]:
-        kept, quant = self.kept, self.table.quant
-        return (i for i in range(len(quant)) if quant[i] or i in kept)
+        import numpy as np
+
+        rows = np.flatnonzero(np.frombuffer(self.table.quant, dtype=np.uint16))  # by numpy: 100k rows, a few special
+        if self.kept:
+            rows = np.union1d(rows, np.fromiter(self.kept, dtype=np.int64))
+        return iter(rows.tolist())
 
     def __len__(self) -> int:
-        return len(self.kept) + sum(1 for c in self.table.quant if c)
+        import numpy as np
+
+        return len(self.kept) + int(np.count_nonzero(np.frombuffer(self.table.quant, dtype=np.uint16)))
 
 
 class PairTable(Sequence[Pair]):
@@ -127,7 +134,7 @@ class PairTable(Sequence[Pair]):
     passes over the columns see every pair.
     """
 
-    __slots__ = ("base", "maps", "tuned", "base_at", "other_at", "numel", "quant", "kinds", "special")
+    __slots__ = ("base", "maps", "tuned", "base_at", "other_at", "numel", "quant", "kinds", "special", "__weakref__")
 
     def __init__(self, base: TensorMap, maps: dict[int, TensorMap] | None = None) -> None:
         self.base = base
@@ -146,6 +153,17 @@ class PairTable(Sequence[Pair]):
         self.other_at.append(other_at)
         self.numel.append(numel)
         self.quant.append(quant)
+
+    def add_rows(self, t: int, base_at: Any, other_at: Any, numel: Any) -> None:
+        """Plain pairs of tuned model `t` in bulk: `add` for each row of the numpy columns given."""
+        import numpy as np
+
+        n = len(base_at)
+        self.tuned.frombytes(np.full(n, t, dtype=np.int32).tobytes())
+        self.base_at.frombytes(np.ascontiguousarray(base_at, dtype=np.int64).tobytes())
+        self.other_at.frombytes(np.ascontiguousarray(other_at, dtype=np.int64).tobytes())
+        self.numel.frombytes(np.ascontiguousarray(numel, dtype=np.int64).tobytes())
+        self.quant.frombytes(bytes(2 * n))
 
     def _code(self, kinds: tuple) -> int:
         try:

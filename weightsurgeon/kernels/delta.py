@@ -384,26 +384,38 @@ def fold_parts(stats: DeltaStats, sums: np.ndarray, counts: np.ndarray, hists: n
 
 
 def _segments(first: np.ndarray, sums: np.ndarray, counts: np.ndarray, hists: np.ndarray, n: np.ndarray) -> tuple:
-    """Each segment's sums, counts, histogram and merged moments (see fold_segments), as columns."""
+    """Each segment's sums, counts, histogram and merged moments (see fold_segments), as columns.
+
+    Where every segment is one part (a batch of small tensors: first = 0, 1, 2 ...), each
+    reduction over a segment is its one value, so the reductions are skipped; the numbers are
+    the same, bit for bit, at a third of the cost (the histograms are not copied)."""
     k = _compiled()
     first = np.asarray(first, dtype=np.intp)
-    lengths = np.diff(np.append(first, sums.shape[0]))
-    seg = [np.add.reduceat(sums[:, col], first) for col in (k.SUM_SQ_DELTA, k.SUM_SQ_A, k.SUM_SQ_B, k.DOT_AB,
-                                                             k.SUM_DELTA)]
-    max_abs = np.maximum.reduceat(sums[:, k.MAX_ABS_DELTA], first)
-    n_finite = np.add.reduceat(counts[:, k.N_FINITE], first)
-    n_base_zero = np.add.reduceat(counts[:, k.N_BASE_ZERO], first)
-    hist = np.add.reduceat(hists, first, axis=0)
+    if len(first) == sums.shape[0]:  # one part a segment: reduceat would return each row as it is
+        lengths = None
+
+        def add(x: np.ndarray, ufunc: Any = np.add) -> np.ndarray:
+            return x
+    else:
+        lengths = np.diff(np.append(first, sums.shape[0]))
+
+        def add(x: np.ndarray, ufunc: Any = np.add) -> np.ndarray:
+            return ufunc.reduceat(x, first, axis=0)
+    seg = [add(sums[:, col]) for col in (k.SUM_SQ_DELTA, k.SUM_SQ_A, k.SUM_SQ_B, k.DOT_AB, k.SUM_DELTA)]
+    max_abs = add(sums[:, k.MAX_ABS_DELTA], np.maximum)
+    n_finite = add(counts[:, k.N_FINITE])
+    n_base_zero = add(counts[:, k.N_BASE_ZERO])
+    hist = add(hists)
     n_r = hists.sum(axis=1).astype(np.float64)
     mean, m2, m3, m4 = central_sums(n_r, sums[:, k.R_SHIFT], sums[:, k.R_S1], sums[:, k.R_S2], sums[:, k.R_S3],
                                     sums[:, k.R_S4])
-    total = np.add.reduceat(n_r, first)
-    pooled = np.add.reduceat(n_r * mean, first) / np.where(total > 0, total, 1.0)
-    d = mean - np.repeat(pooled, lengths)
-    c2 = np.maximum(np.add.reduceat(m2 + n_r * d * d, first), 0.0)
-    c3 = np.add.reduceat(m3 + 3.0 * m2 * d + n_r * d ** 3, first)
-    c4 = np.maximum(np.add.reduceat(m4 + 4.0 * m3 * d + 6.0 * m2 * d * d + n_r * d ** 4, first), 0.0)
-    numel = np.add.reduceat(np.asarray(n, dtype=np.int64), first)
+    total = add(n_r)
+    pooled = add(n_r * mean) / np.where(total > 0, total, 1.0)
+    d = mean - (pooled if lengths is None else np.repeat(pooled, lengths))
+    c2 = np.maximum(add(m2 + n_r * d * d), 0.0)
+    c3 = add(m3 + 3.0 * m2 * d + n_r * d ** 3)
+    c4 = np.maximum(add(m4 + 4.0 * m3 * d + 6.0 * m2 * d * d + n_r * d ** 4), 0.0)
+    numel = add(np.asarray(n, dtype=np.int64))
     return seg, max_abs, n_finite, numel, n_base_zero, total, pooled, c2, c3, c4, hist
 
 
