@@ -27,6 +27,12 @@ def _is_colorbar(ax: Any) -> bool:
     return ax.get_label() == "<colorbar>"
 
 
+def _cell(ax: Any) -> Any:
+    """The panel's cell in the figure's grid (a colour bar made for one panel nests the panel
+    in a grid of its own)."""
+    return ax.get_subplotspec().get_topmost_subplotspec()
+
+
 def drawn_tick_labels(axis: Any) -> list[Any]:
     """The tick labels a draw will show: visible, not empty, at a tick inside the view (locators
     also return ticks beyond it, which the draw leaves out). Each axis locates and formats its
@@ -85,6 +91,9 @@ def overhang(ax: Any, renderer: Any) -> tuple[float, float, float, float]:
     for text in [ax.title, *ax.texts]:
         if text.get_visible() and text.get_text():
             extend(text.get_window_extent(renderer))
+    legend = ax.get_legend()
+    if legend is not None and legend.get_visible():  # one placed beside the panel (bbox_to_anchor) included
+        extend(legend.get_window_extent(renderer))
     return tuple(reach)
 
 
@@ -103,7 +112,7 @@ def lay_out_grid(fig: Any) -> None:
     bars = [ax for ax in fig.axes if _is_colorbar(ax)]
     if not panels:
         return
-    nrows, ncols = panels[0].get_subplotspec().get_gridspec().get_geometry()
+    nrows, ncols = _cell(panels[0]).get_gridspec().get_geometry()
     left = [0.0] * ncols
     right = [0.0] * ncols
     bottom = [0.0] * nrows
@@ -111,7 +120,7 @@ def lay_out_grid(fig: Any) -> None:
     for ax in panels:
         if not ax.get_visible():
             continue
-        spec = ax.get_subplotspec()
+        spec = _cell(ax)
         row, col = spec.rowspan.start, spec.colspan.start
         l, r, b, t = overhang(ax, renderer)
         left[col], right[col] = max(left[col], l), max(right[col], r)
@@ -147,12 +156,18 @@ def lay_out_grid(fig: Any) -> None:
         ys.append(y)
         y -= bottom[row] + gap
     for ax in panels:
-        spec = ax.get_subplotspec()
+        spec = _cell(ax)
         ax.set_position([xs[spec.colspan.start] / width, ys[spec.rowspan.start] / height,
                          panel_w / width, panel_h / height])
-    grid_right = xs[-1] + panel_w + right[-1]
-    grid_top = ys[0] + panel_h
-    grid_bottom = ys[-1]
+    # A panel of fixed aspect (imshow) is drawn smaller than its slot, centred in it: the colour
+    # bar goes beside the frames as drawn.
+    grid_right, grid_top, grid_bottom = 0.0, 0.0, height
+    for ax in panels:
+        if ax.get_aspect() != "auto":
+            ax.apply_aspect()
+        frame = ax.get_position(original=False)
+        grid_right = max(grid_right, frame.x1 * width + right[_cell(ax).colspan.start])
+        grid_top, grid_bottom = max(grid_top, frame.y1 * height), min(grid_bottom, frame.y0 * height)
     for bar in bars:
         bar_h = COLORBAR_SHRINK * (grid_top - grid_bottom)
         bar_y = grid_bottom + (grid_top - grid_bottom - bar_h) / 2
