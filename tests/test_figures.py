@@ -372,6 +372,7 @@ def test_plot_redraws_what_surgeon_diff_wrote(tmp_path, run_cli):
     assert done.returncode == 0, done.stderr
     rep = tmp_path / "rep"
     assert (rep / "report.html").exists() and (rep / "rel_l2_heatmap.png").exists()
+    assert not list(rep.glob("*.svg"))  # SVG only on request (--format png,svg)
     done = run_cli("plot", rep / "report.json", "-o", tmp_path / "again", "--format", "png")
     assert done.returncode == 0, done.stderr
     page = (tmp_path / "again" / "report.html").read_text(encoding="utf-8")
@@ -382,6 +383,25 @@ def test_plot_redraws_what_surgeon_diff_wrote(tmp_path, run_cli):
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) == len(FIGURE_NAMES) + len(heads)
     for name in list(FIGURE_NAMES) + heads:
         assert_png(tmp_path / "again" / f"{name}.png")
+
+
+def test_diff_draws_svg_on_request_and_refuses_a_wrong_format_before_reading(tmp_path, run_cli):
+    from weightsurgeon.synth import make_checkpoint, make_tuned
+
+    base = make_checkpoint(tmp_path / "base", num_layers=2, hidden_size=32, intermediate_size=64, vocab_size=300,
+                           dtype="bf16")
+    make_tuned(base, tmp_path / "ft", seed=1)
+    done = run_cli("diff", base, tmp_path / "ft", "-o", tmp_path / "rep", "--format", "svg,png", "-q")
+    assert done.returncode == 0, done.stderr
+    svgs = sorted(p.stem for p in (tmp_path / "rep").glob("*.svg"))
+    assert svgs == sorted(p.stem for p in (tmp_path / "rep").glob("*.png")) and "l2_by_layer" in svgs
+    for stem in svgs:
+        assert_svg(tmp_path / "rep" / f"{stem}.svg")
+    page = (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
+    assert page.count('<img src="data:image/png;base64,') == len(svgs)  # the page embeds the PNGs
+    done = run_cli("diff", base, tmp_path / "ft", "-o", tmp_path / "bad", "--format", "png,gif")
+    assert done.returncode == 1 and done.stderr.strip() == "error: unknown figure format 'gif'; choose from png, svg"
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".surgeon-tmp-*"))
 
 
 def test_l2_legend_has_one_entry_per_module_and_panels_name_their_unchanged_ones():

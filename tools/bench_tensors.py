@@ -7,9 +7,11 @@ tools/benchmodels.py: ``one-tensor`` (a single matrix), ``moe-10k`` and ``moe-10
 layers of 52 or 512 experts of 4 x 8, F32), the single matrix sized like the 100k-tensor
 model, so that the difference is the per-tensor cost alone. Per run: wall time, CPU time
 (user + system, from GNU time: on a shared machine wall time mostly measures the load),
-peak RSS, the report files' sizes; and per tensor: CPU microseconds beyond the one-tensor run.
+peak RSS, the report files' sizes; and per tensor: CPU microseconds beyond the one-tensor run;
+and per pair the figures' CPU seconds (the run with figures less the one without).
 
     python tools/bench_tensors.py --repeat 3
+    python tools/bench_tensors.py --repeat 3 --format png,svg    # the figures in both formats
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("BENCH_WORKDIR", "/tmp")) / "bench-tensors")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--format", dest="formats", default=None, metavar="LIST",
+                    help="figure formats of the runs with figures (diff --format; default: the diff's own, PNG)")
     args = ap.parse_args()
     shapes = ["moe-100k", "moe-10k", "one-tensor"]
     pairs = {s: ensure_models(args.workdir / s, s, 0.0, tuned=1) for s in shapes[:2]}
@@ -67,7 +71,8 @@ def main() -> None:
         count = tensor_count(base)
         for plots in (False, True):
             out = args.workdir / f"report-{shape}-{int(plots)}"
-            cmd = [*surgeon, str(base), str(tuned), "-o", str(out), "--force", "-q", *([] if plots else ["--no-plots"])]
+            figures = ["--format", args.formats] if args.formats else []
+            cmd = [*surgeon, str(base), str(tuned), "-o", str(out), "--force", "-q", *(figures if plots else ["--no-plots"])]
             runs = [run(cmd) for _ in range(args.repeat)]
             files = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
             rows.append({"shape": shape, "tensors": count, "bytes": nbytes, "plots": plots,
@@ -89,6 +94,9 @@ def main() -> None:
         print(f"{r['shape']:12s} {r['tensors']:8d} {r['bytes'] / 1e6:8.1f} {'yes' if r['plots'] else 'no':>7s} "
               f"{r['wall']:7.2f} {r['cpu']:6.2f} {extra if r['tensors'] > 1 else 0:14.1f} {r['rss_mib']:13.0f} "
               f"{r['report_json_mb']:15.2f} {r['side_files_mb']:15.2f}")
+    without = {r["shape"]: r["cpu"] for r in rows if not r["plots"]}
+    print("figures and report.html (CPU s with figures - without): " + ", ".join(
+        f"{r['shape']} {r['cpu'] - without[r['shape']]:.2f}" for r in rows if r["plots"]))
     if args.json:
         args.json.write_text(json.dumps({"load_before": load_before, "load_after": load_after, "rows": rows}, indent=2))
 
