@@ -61,6 +61,7 @@ _K, _K34, _R, _G1, _G0, _E_MIN = _tables()
 _M32 = np.uint64(0xFFFFFFFF)
 _M63 = np.uint64((1 << 63) - 1)
 _U32, _U63, _U1, _U0 = np.uint64(32), np.uint64(63), np.uint64(1), np.uint64(0)
+_U10, _U100 = np.uint64(10), np.uint64(100)
 MAX_CHARS = 24  # "-1.2345678901234567e-308"
 
 
@@ -139,13 +140,22 @@ def _write(bits, out, at, text):
         out[at], out[at + 1], out[at + 2] = 48, 46, 48  # "0.0"
         return at + 3
     digits, exponent = _shortest(bits)
-    while digits % 10 == 0:
-        digits //= 10
+    d = np.uint64(digits)  # unsigned: division by a constant without Python's floor fix-ups
+    while d % _U10 == _U0:
+        d //= _U10
         exponent += 1
-    n = 0
-    while digits:
-        text[n] = 48 + digits % 10
-        digits //= 10
+    n = 0  # the digits into text, last first, two at a time (a 17-digit significand: 9 divisions, not 17)
+    while d >= _U100:
+        q = d // _U100
+        r = np.int64(d - q * _U100)
+        text[n], text[n + 1] = 48 + r % 10, 48 + r // 10
+        n += 2
+        d = q
+    if d >= _U10:
+        text[n], text[n + 1] = 48 + np.int64(d % _U10), 48 + np.int64(d // _U10)
+        n += 2
+    else:
+        text[n] = 48 + np.int64(d)
         n += 1
     point = n + exponent  # value = 0.DIGITS * 10^point
     if -4 < point <= 16:
@@ -212,7 +222,7 @@ def float_cells(values: np.ndarray) -> list[str]:
     return out[:end - 1].tobytes().decode("ascii").split("\n")
 
 
-TEXT, INTEGER, FLOAT, CODED = 0, 1, 2, 3  # kinds of a `csv_text` column (`csv_lines` sees CODED as TEXT)
+TEXT, INTEGER, FLOAT, CODED, LIST = 0, 1, 2, 3, 4  # kinds of a `csv_text` column (`csv_lines` sees CODED as TEXT)
 NULL = np.iinfo(np.int64).min  # an INTEGER cell written empty (None)
 
 
@@ -236,12 +246,13 @@ def _write_int(value, out, at, text):
 
 
 @numba.njit(cache=True)
-def csv_lines(rows, kinds, index, blob, starts, ends, ints, floats, out):
+def csv_lines(rows, kinds, index, blob, starts, ends, items, ints, floats, out):
     """CSV lines (comma-separated, each ended by CR LF, as csv.writer writes them) of rows whose
-    column c is TEXT (bytes blob[starts[i, index[c]]:ends[i, index[c]]], written as they are: the
-    caller checked that none needs quoting), INTEGER (ints[i, index[c]], empty if NULL) or FLOAT
-    (the double with bits floats[i, index[c]], its repr; empty if NaN/inf). Returns the length
-    written into out."""
+    column c is TEXT (bytes blob[starts[i, j]:ends[i, j]] with j = index[c], written as they are:
+    the caller checked that none needs quoting), LIST (the texts blob[items[q, 0]:items[q, 1]] for
+    q in starts[i, j]..ends[i, j], joined by ';'), INTEGER (ints[i, j], empty if NULL) or FLOAT
+    (the double with bits floats[i, j], its repr; empty if NaN/inf). Returns the length written
+    into out."""
     at = 0
     text = np.empty(24, dtype=np.uint8)
     for i in range(rows):
@@ -251,9 +262,17 @@ def csv_lines(rows, kinds, index, blob, starts, ends, ints, floats, out):
                 at += 1
             j = index[c]
             if kinds[c] == TEXT:
-                a, b = starts[i, j], ends[i, j]
-                out[at:at + b - a] = blob[a:b]
-                at += b - a
+                for k in range(starts[i, j], ends[i, j]):  # a loop: a slice copy cost more for names this short
+                    out[at] = blob[k]
+                    at += 1
+            elif kinds[c] == LIST:
+                for q in range(starts[i, j], ends[i, j]):
+                    if q > starts[i, j]:
+                        out[at] = 59
+                        at += 1
+                    for k in range(items[q, 0], items[q, 1]):
+                        out[at] = blob[k]
+                        at += 1
             elif kinds[c] == INTEGER:
                 if ints[i, j] != NULL:
                     at = _write_int(ints[i, j], out, at, text)
@@ -264,6 +283,23 @@ def csv_lines(rows, kinds, index, blob, starts, ends, ints, floats, out):
     return at
 
 
+def column_cells(kind: int, values: Any) -> list[str]:
+    """A `csv_text` column as the str cells csv.writer is given (the path for text that needs quoting)."""
+    if kind == FLOAT:
+        return float_cells(values)
+    if kind == INTEGER:
+        values = values.tolist() if isinstance(values, np.ndarray) else values
+        return ["" if v is None or v == NULL else str(v) for v in values]
+    if kind == CODED:
+        names, codes = values
+        return [names[c] for c in np.asarray(codes).tolist()]
+    if kind == LIST:
+        names, offsets, codes = values
+        cells, bounds = [names[c] for c in np.asarray(codes).tolist()], np.asarray(offsets).tolist()
+        return [";".join(cells[a:b]) for a, b in zip(bounds, bounds[1:])]
+    return list(values)
+
+
 def _plain(text: str) -> bool:
     """Whether csv.writer writes this text as it is (ASCII, nothing to quote)."""
     return text.isascii() and not any(ch in text for ch in ',"\r\n')
@@ -271,36 +307,44 @@ def _plain(text: str) -> bool:
 
 def csv_text(columns: list[tuple[int, Any]]) -> str | None:
     """The CSV lines of rows given as columns, as csv.writer writes them: each column is (TEXT, list
-    of str), (CODED, (names, codes): row i's cell is names[codes[i]]), (INTEGER, int64 values or a
-    list of int/None) or (FLOAT, float64 values). None where a text cell is not plain ASCII or needs
-    quoting (a comma, a quote, a line end): write those with csv.writer.
+    of str), (CODED, (names, codes): row i's cell is names[codes[i]]), (LIST, (names, offsets, codes):
+    row i's cell is names[c] for c in codes[offsets[i]:offsets[i + 1]], joined by ';'), (INTEGER,
+    int64 values or a list of int/None) or (FLOAT, float64 values). None where a text cell is not
+    plain ASCII or needs quoting (a comma, a quote, a line end): write those with csv.writer.
 
-    A CODED column (a block's few labels, modules, dtypes, shapes) costs no Python per row: its
-    cells point into one copy of each name."""
+    CODED and LIST columns (a block's few labels, modules, dtypes, shapes, mode positions) cost no
+    Python per row: their cells point into one copy of each name."""
     kinds = np.array([TEXT if kind == CODED else kind for kind, _ in columns], dtype=np.int64)
     index = np.zeros(kinds.size, dtype=np.int64)
     texts, ints, floats = [], [], []
     for c, (kind, values) in enumerate(columns):
-        group = texts if kind in (TEXT, CODED) else ints if kind == INTEGER else floats
+        group = ints if kind == INTEGER else floats if kind == FLOAT else texts
         index[c] = len(group)
         group.append((kind, values))
     rows = 0 if not columns else len(columns[0][1][1]) if columns[0][0] == CODED else len(columns[0][1])
-    blob_parts = []
-    starts, ends = (np.zeros((rows, max(1, len(texts))), dtype=np.int64) for _ in range(2))
-    start = 0
+    shape = (rows, max(1, len(texts)))
+    starts, ends = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+    blob_parts, items, text_bytes, start = [], [np.zeros((0, 2), dtype=np.int64)], 0, 0
     for j, (kind, values) in enumerate(texts):
-        cells, codes = (values[0], np.asarray(values[1], dtype=np.int64)) if kind == CODED else (values, None)
+        cells, offsets, codes = (values, None, None) if kind == TEXT else (values[0], None, values[1]) \
+            if kind == CODED else values
         joined = "".join(cells)
         if not _plain(joined):
             return None
-        lengths = np.fromiter(map(len, cells), dtype=np.int64, count=len(cells))
         bounds = np.zeros(len(cells) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=bounds[1:])
+        np.cumsum(np.fromiter(map(len, cells), dtype=np.int64, count=len(cells)), out=bounds[1:])
         bounds += start
-        if codes is None:
+        if kind == TEXT:
             starts[:, j], ends[:, j] = bounds[:-1], bounds[1:]
-        else:
+        elif kind == CODED:
+            codes = np.asarray(codes, dtype=np.int64)
             starts[:, j], ends[:, j] = bounds[:-1][codes], bounds[1:][codes]
+        else:  # LIST: the row's range of items; each item's text
+            codes, first = np.asarray(codes, dtype=np.int64), sum(len(q) for q in items)
+            starts[:, j], ends[:, j] = first + np.asarray(offsets[:-1]), first + np.asarray(offsets[1:])
+            items.append(np.stack([bounds[:-1][codes], bounds[1:][codes]], axis=1))
+        text_bytes += int((ends[:, j] - starts[:, j]).sum()) if kind != LIST else \
+            int((items[-1][:, 1] - items[-1][:, 0]).sum()) + len(codes)
         start += len(joined)
         blob_parts.append(joined)
     blob = np.frombuffer("".join(blob_parts).encode("ascii"), dtype=np.uint8) if start else np.zeros(1, np.uint8)
@@ -310,8 +354,8 @@ def csv_text(columns: list[tuple[int, Any]]) -> str | None:
     float_block = np.empty((rows, len(floats)), dtype=np.float64)
     for j, (_, values) in enumerate(floats):
         float_block[:, j] = values
-    text_bytes = int((ends - starts).sum())
     size = text_bytes + rows * (len(floats) * (MAX_CHARS + 1) + len(ints) * 21 + kinds.size + 2)
     out = np.empty(max(size, 1), dtype=np.uint8)
-    end = csv_lines(rows, kinds, index, blob, starts, ends, int_block, float_block.view(np.uint64), out)
+    end = csv_lines(rows, kinds, index, blob, starts, ends, np.concatenate(items), int_block,
+                    float_block.view(np.uint64), out)
     return out[:end].tobytes().decode("ascii")

@@ -92,14 +92,22 @@ def _smooth_into(hist, sigma, padded, y):
     reach = min(radius, size - 1)  # beyond, both members of every pair lie outside: zeros, exact no-ops
     pad = padded[:size + 2 * reach]
     pad[:] = 0.0
+    first, last = size, -1
     for i in range(size):
         pad[reach + i] = hist[i + 1]
+        if hist[i + 1] != 0:
+            first = min(first, i)
+            last = i
+    # outputs farther than `reach` from every count add only zeros: exactly 0.0, left out (a small
+    # tensor's counts sit in a few of the 200 bins)
+    lo, hi = max(0, first - reach), min(size, last + reach + 1)
+    y[:] = 0.0
     k0 = weights[0] / total
-    for i in range(size):
+    for i in range(lo, hi):
         y[i] = k0 * pad[reach + i]
     for m in range(1, reach + 1):
         km = weights[m] / total
-        for i in range(size):  # independent outputs, each still summed in m order
+        for i in range(lo, hi):  # independent outputs, each still summed in m order
             y[i] += km * (pad[reach + i - m] + pad[reach + i + m])
 
 

@@ -149,18 +149,6 @@ def _row_meta(meta: "RowMeta | list[tuple]") -> RowMeta:
     return meta if isinstance(meta, RowMeta) else RowMeta.of(meta)
 
 
-def _floats(column: np.ndarray) -> list[str]:
-    """repr of each value (the shortest text that reads back exactly); empty for NaN/inf. Compiled
-    (kernels/_floattext.py): repr itself cost ~0.5 us a value, 2.5M values at 100k tensors."""
-    from weightsurgeon.kernels._floattext import float_cells
-
-    return float_cells(column)
-
-
-def _optional(values: Iterable[Any]) -> list[str]:
-    return ["" if v is None else str(v) for v in values]
-
-
 def _typed_columns(meta: RowMeta | list[tuple], columns: Any, clip: float) -> list[tuple[int, Any]]:
     """report.csv's columns of many rows (kernels/stats.StatsColumns and their META), in the file's
     order, each as (kind, values) of kernels/_floattext (TEXT: str cells; CODED: (names, codes);
@@ -168,17 +156,15 @@ def _typed_columns(meta: RowMeta | list[tuple], columns: Any, clip: float) -> li
     `report.model.stats_fields` gives each row, derived for all rows at once
     (kernels/shape.derive_columns)."""
     from weightsurgeon.kernels import _rowstats
-    from weightsurgeon.kernels._floattext import CODED, FLOAT, INTEGER, NULL, TEXT
+    from weightsurgeon.kernels._floattext import CODED, FLOAT, INTEGER, LIST, NULL, TEXT
     from weightsurgeon.kernels.shape import derive_columns, mode_positions
 
     meta = _row_meta(meta)
     derived, offsets, found = derive_columns(columns, clip)
     bins = columns.hist.shape[1]
-    table = {i: repr(round(c, 12)) for i, c in zip(sorted(set(found.tolist())),
-                                                    mode_positions(sorted(set(found.tolist())), clip, bins))}
-    names = [table[i] for i in found.tolist()]
-    bounds = offsets.tolist()
-    modes = [";".join(names[a:b]) for a, b in zip(bounds, bounds[1:])]
+    bins_found, mode_codes = np.unique(found, return_inverse=True)
+    modes = ([repr(round(c, 12)) for c in mode_positions(bins_found.tolist(), clip, bins)], offsets,
+             mode_codes.reshape(-1))
     shapes = ["x".join(map(str, s)) for s in meta.shapes]
     d = [derived[:, c] for c in range(_rowstats.N_DERIVED)]
     out = {
@@ -195,7 +181,7 @@ def _typed_columns(meta: RowMeta | list[tuple], columns: Any, clip: float) -> li
         "r_mean": (FLOAT, columns.r_mean), "r_std": (FLOAT, d[_rowstats.R_STD]),
         "r_skewness": (FLOAT, d[_rowstats.R_SKEW]), "r_excess_kurtosis": (FLOAT, d[_rowstats.R_KURT]),
         "bimodality": (FLOAT, d[_rowstats.BIMODALITY]), "n_modes": (INTEGER, np.diff(offsets)),
-        "modes": (TEXT, modes), "lora_rank": (INTEGER, meta.lora_rank), "sum_sq_delta": (FLOAT, columns.sum_sq_delta),
+        "modes": (LIST, modes), "lora_rank": (INTEGER, meta.lora_rank), "sum_sq_delta": (FLOAT, columns.sum_sq_delta),
         "sum_sq_base": (FLOAT, columns.sum_sq_a), "sum_sq_tuned": (FLOAT, columns.sum_sq_b),
         "dot_base_tuned": (FLOAT, columns.dot_ab), "sum_delta": (FLOAT, columns.sum_delta),
         "r_m2": (FLOAT, columns.r_m2), "r_m3": (FLOAT, columns.r_m3), "r_m4": (FLOAT, columns.r_m4),
@@ -206,22 +192,11 @@ def _typed_columns(meta: RowMeta | list[tuple], columns: Any, clip: float) -> li
 def csv_cells(meta: RowMeta | list[tuple], columns: Any, clip: float) -> list[list[str]]:
     """report.csv's cells of many rows, as columns of str in the file's order (see _typed_columns);
     empty cells for null/NaN."""
-    from weightsurgeon.kernels._floattext import CODED, FLOAT, INTEGER, NULL
+    from weightsurgeon.kernels._floattext import column_cells
 
     if not len(meta):
         return []
-    out = []
-    for kind, values in _typed_columns(meta, columns, clip):
-        if kind == FLOAT:
-            out.append(_floats(values))
-        elif kind == INTEGER:
-            out.append(["" if v == NULL else str(v) for v in values.tolist()])
-        elif kind == CODED:
-            names, codes = values
-            out.append([names[c] for c in codes.tolist()])
-        else:
-            out.append(list(values))
-    return out
+    return [column_cells(kind, values) for kind, values in _typed_columns(meta, columns, clip)]
 
 
 _TEXT = ("tuned", "name", "module", "param", "dtype", "dtype_tuned")  # the cells that may hold any text

@@ -171,10 +171,6 @@ class UnitTable(Sequence):
             mask &= self.layer >= 0
         return mask
 
-    def text(self, names: list[str], codes: np.ndarray) -> list[str]:
-        """A text column's cells."""
-        return np.array(names, dtype=object)[codes].tolist() if len(codes) and names else [""] * len(codes)
-
 
 class UnitTotals:
     """Unit rows built tensor by tensor as a diff finishes them: heads from the kernel's grouped
@@ -245,11 +241,10 @@ def write_units_csv(units: Iterable[UnitDiff] | UnitTable, path: str | Path) -> 
     operations as UnitDiff's properties, so the same bits) and written in one compiled call
     per block.
     """
-    from weightsurgeon.kernels._floattext import FLOAT, INTEGER, NULL, TEXT, csv_text
-    from weightsurgeon.report.rows import _floats, _optional
+    from weightsurgeon.kernels._floattext import CODED, FLOAT, INTEGER, NULL, column_cells, csv_text
 
     table = UnitTable.of(units)
-    kinds = {"tuned": TEXT, "module": TEXT, "kind": TEXT, "layer": INTEGER, "index": INTEGER}
+    kinds = {"tuned": CODED, "module": CODED, "kind": CODED, "layer": INTEGER, "index": INTEGER}
     path = Path(path)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -259,10 +254,9 @@ def write_units_csv(units: Iterable[UnitDiff] | UnitTable, path: str | Path) -> 
             sd, sa = table.sum_sq_delta[block], table.sum_sq_base[block]
             l2_delta, l2_base, rel_l2 = derived(sd, sa)
             layer = table.layer[block]
-            columns = {"tuned": table.text(table.tuned_names, table.tuned[block]),
-                       "layer": np.where(layer >= 0, layer, NULL),
-                       "module": table.text(table.module_names, table.module[block]),
-                       "kind": table.text(table.kind_names, table.kind[block]),
+            columns = {"tuned": (table.tuned_names, table.tuned[block]), "layer": np.where(layer >= 0, layer, NULL),
+                       "module": (table.module_names, table.module[block]),
+                       "kind": (table.kind_names, table.kind[block]),
                        "index": table.index[block], "l2_delta": l2_delta, "l2_base": l2_base, "rel_l2": rel_l2,
                        "sum_sq_delta": sd, "sum_sq_base": sa}
             typed = [(kinds.get(c, FLOAT), columns[c]) for c in CSV_COLUMNS]
@@ -270,10 +264,7 @@ def write_units_csv(units: Iterable[UnitDiff] | UnitTable, path: str | Path) -> 
             if text is not None:
                 f.write(text)
             else:  # a label that needs quoting or is not ASCII
-                columns["layer"] = [None if v < 0 else v for v in layer.tolist()]
-                typed = [(kinds.get(c, FLOAT), columns[c]) for c in CSV_COLUMNS]
-                writer.writerows(zip(*(_floats(v) if k == FLOAT else _optional(v) if k == INTEGER else v
-                                       for k, v in typed)))
+                writer.writerows(zip(*(column_cells(kind, values) for kind, values in typed)))
     return path
 
 
