@@ -74,11 +74,16 @@ def derive(n, sum_sq_delta, sum_sq_a, sum_sq_b, dot_ab, sum_delta, r_n, m2, m3, 
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _smooth_into(hist, sigma, padded, y):
+def _smooth_into(hist, sigma, padded, y, first, last):
     """shape.py's smoothing of one row's inner counts (hist[1:-1]) into y: a Gaussian of `sigma`
     bins, zero outside, truncated at 4 sigma and normalised. Each output adds its mirror pairs
     of counts nearest first, so counts symmetric about a point smooth to exactly symmetric
-    values: a tie stays a tie. `padded` holds at least 3 * y.size values."""
+    values: a tie stays a tie. `padded` holds at least 3 * y.size values; `first` and `last` are
+    the inner counts' first and last nonzero index.
+
+    Returns (lo, hi): y is written in lo..hi - 1 only. Every output farther than the kernel's
+    reach from each count adds nothing but zeros, so it is exactly 0.0: it is left out (a small
+    tensor's counts sit in a few of the 200 bins), and the caller reads it as 0.0."""
     size = y.size
     radius = int(4.0 * sigma + 0.5)
     weights = np.empty(radius + 1, dtype=np.float64)
@@ -90,18 +95,10 @@ def _smooth_into(hist, sigma, padded, y):
         tails += weights[m]
     total = weights[0] + 2.0 * tails
     reach = min(radius, size - 1)  # beyond, both members of every pair lie outside: zeros, exact no-ops
-    pad = padded[:size + 2 * reach]
-    pad[:] = 0.0
-    first, last = size, -1
-    for i in range(size):
-        pad[reach + i] = hist[i + 1]
-        if hist[i + 1] != 0:
-            first = min(first, i)
-            last = i
-    # outputs farther than `reach` from every count add only zeros: exactly 0.0, left out (a small
-    # tensor's counts sit in a few of the 200 bins)
     lo, hi = max(0, first - reach), min(size, last + reach + 1)
-    y[:] = 0.0
+    pad = padded[:size + 2 * reach]  # pad[reach + i]: inner count i; zeros around
+    for k in range(lo, hi + 2 * reach):
+        pad[k] = hist[k - reach + 1] if reach <= k < reach + size else 0.0
     k0 = weights[0] / total
     for i in range(lo, hi):
         y[i] = k0 * pad[reach + i]
@@ -109,6 +106,7 @@ def _smooth_into(hist, sigma, padded, y):
         km = weights[m] / total
         for i in range(lo, hi):  # independent outputs, each still summed in m order
             y[i] += km * (pad[reach + i - m] + pad[reach + i + m])
+    return lo, hi
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -119,8 +117,12 @@ def _row_modes(hist, std, clip, prominence, padded, y, found):
         return 0
     inner = bins - 2
     n = 0
+    first, last = inner, -1
     for i in range(inner):
-        n += hist[i + 1]
+        if hist[i + 1] != 0:
+            n += hist[i + 1]
+            first = min(first, i)
+            last = i
     if n == 0:
         return 0
     width = 2.0 * clip / bins
@@ -128,37 +130,36 @@ def _row_modes(hist, std, clip, prominence, padded, y, found):
     if math.isfinite(std) and std > 0:
         sigma = max(1.0, 0.9 * std * n ** -0.2 / width)
     ys = y[:inner]
-    _smooth_into(hist, sigma, padded, ys)
-    top = ys[0]
-    for i in range(1, inner):
+    lo, hi = _smooth_into(hist, sigma, padded, ys, first, last)  # ys is 0.0 outside lo..hi - 1
+    top = ys[lo]
+    for i in range(lo + 1, hi):
         if ys[i] > top:
             top = ys[i]
     floor = prominence * top
     kept = 0
-    last = inner - 1
-    for i in range(inner):
+    for i in range(lo, hi):
         h = ys[i]
-        left_of = ys[i - 1] if i > 0 else 0.0
-        right_of = ys[i + 1] if i < last else 0.0
+        left_of = ys[i - 1] if i > lo else 0.0
+        right_of = ys[i + 1] if i < hi - 1 else 0.0
         if not (h > left_of and h >= right_of and h >= floor):
             continue
         # prominence: the peak above the higher of the lowest points on its two sides, each side
         # running to the first value higher than the peak (or the end, beyond which y is 0)
         j = i - 1
         left = h
-        while j >= 0 and not ys[j] > h:
+        while j >= lo and not ys[j] > h:
             if ys[j] < left:
                 left = ys[j]
             j -= 1
-        if j < 0 and left > 0.0:
+        if j < lo and left > 0.0:  # ran into the zeros (or the end)
             left = 0.0
         k = i + 1
         right = h
-        while k <= last and not ys[k] > h:
+        while k < hi and not ys[k] > h:
             if ys[k] < right:
                 right = ys[k]
             k += 1
-        if k > last and right > 0.0:
+        if k >= hi and right > 0.0:
             right = 0.0
         p = h - max(left, right)
         if p >= floor and p > 0:
