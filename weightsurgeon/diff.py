@@ -1471,6 +1471,7 @@ def run_diff(plan: DiffPlan, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: A
                 bytes_read += nbytes
             _surfacing_signals(small.flush)
             _surfacing_signals(reader.flush)
+            del runs, starts, keys  # the run's columns, not held through the report
         spectra = []
         if plan.options.get("spectrum"):
             from weightsurgeon.spectrum import measure_spectra
