@@ -375,3 +375,112 @@ def test_compact_header_faults_get_the_strict_message(tmp_path: Path, change, me
     header += b" " * (-len(header) % 8)
     with pytest.raises(SurgeonError, match=message):
         parse_header(write_raw(tmp_path / "f.safetensors", header, bytes(sum(sizes))))
+
+
+# ---------------------------------------------------------------------------------------
+# Whatever the compact path takes, it reads as the strict path does; what it refuses, the strict
+# path decides.
+# ---------------------------------------------------------------------------------------
+
+def _both_paths(header: bytes, data_size: int) -> tuple:
+    import weightsurgeon.format as fmt
+
+    text = header.decode()
+    data_start = 8 + len(header)
+    compact = fmt._compact_entries(text, data_start, data_size)
+    try:
+        strict = fmt._strict_entries("f", text, data_start, data_size)
+    except SurgeonError:
+        strict = None
+    return compact, strict
+
+
+def _rows(found) -> list:
+    import weightsurgeon.format as fmt
+
+    metadata, cols = found
+    return [metadata] + [(n, fmt.DTYPE_NAMES[d], cols.shapes[s], b, e) for n, d, s, b, e in
+                         zip(cols.names, cols.dtypes, cols.shape_ids, cols.begins, cols.ends)]
+
+
+# Names safetensors writes as they are that hold pieces of the fixed text (no quote, no backslash).
+ODD_NAMES = ["a]},b", 'x:{dtype:y', "],data_offsets:[", ",", "0", "", "layers.0.w", "}}", "[1,2]", "__metadata", ";0,1"]
+
+
+def test_compact_path_reads_library_headers_as_the_strict_path_does(tmp_path: Path) -> None:
+    specs = [(name, dtype, shape) for name, (dtype, shape) in
+             zip(ODD_NAMES, [("F32", (2, 3)), ("BF16", ()), ("I8", (0, 4)), ("F64", (1,)), ("U8", (7,))] * 3)]
+    specs += [(f"model.layers.{i}.mlp.experts.{e}.w", "F16", (3, 2)) for i in range(3) for e in range(5)]
+    prefix, sizes = build_header(specs, {"format": "pt"})
+    header = prefix[8:]
+    compact, strict = _both_paths(header, sum(sizes))
+    assert compact is not None and _rows(compact) == _rows(strict)
+    path = write_raw(tmp_path / "f.safetensors", header, bytes(sum(sizes)))
+    assert [t.name for t in parse_header(path).tensors] == [name for name, _, _ in specs]
+    assert library_accepts(path)
+
+
+def _compact_header(entries: list[tuple[str, str, list, int, int]], metadata: str = '{"format":"pt"}') -> bytes:
+    body = ",".join(f'"{n}":{{"dtype":"{d}","shape":{json.dumps(s, separators=(",", ":"))},"data_offsets":[{b},{e}]}}'
+                    for n, d, s, b, e in entries)
+    text = ("{" + (f'"__metadata__":{metadata},' if metadata else "") + body + "}").encode()
+    return text + b" " * (-len(text) % 8)
+
+
+def test_compact_path_reads_offsets_in_any_order(tmp_path: Path) -> None:
+    entries = [("b", "F32", [2], 8, 16), ("a", "F32", [2], 0, 8), ("é名", "U8", [3], 16, 19), ("d", "U8", [0], 19, 19)]
+    compact, strict = _both_paths(_compact_header(entries), 19)
+    assert compact is not None and _rows(compact) == _rows(strict)
+    table = parse_header(write_raw(tmp_path / "f.safetensors", _compact_header(entries), bytes(19))).tensors
+    assert [t.name for t in table] == ["a", "b", "é名", "d"]
+
+
+SWAPPED = '{"x],"data_offsets":[F32","shape":[2":{"dtype":"0,8]}}'  # the separators of one entry in the wrong order
+NOT_LIBRARY_FORM = [
+    SWAPPED,
+    '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1;1,2]},"b":{"dtype":"U8","shape":[1],"data_offsets":[]}}',
+    '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,01]}}',
+    '{"a":{"dtype":"U8","shape":[1],"data_offsets":[00,1]}}',
+    '{"a":{"dtype":"U8","shape":[01],"data_offsets":[0,1]}}',
+    '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,]}}',
+    '{"a":{"dtype":"U8","shape":[1],"data_offsets":[-0,1]}}',
+    '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,+1]}}',
+    '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0, 1]}}',
+    '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}',
+    '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"__metadata__":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}',
+    '{"a\\u0062":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}',
+    '{"a\tb":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}',
+    '{"a"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}',
+    '{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,1]}}',
+    '{"a":{"dtype":"U9","shape":[1],"data_offsets":[0,1]}}',
+    '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,99999999999999999999]}}',
+    '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}',
+    '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}}',
+]
+
+
+@pytest.mark.parametrize("header", NOT_LIBRARY_FORM)
+def test_compact_path_leaves_anything_else_to_the_strict_path(tmp_path: Path, header: str) -> None:
+    blob = header.encode()
+    blob += b" " * (-len(blob) % 8)
+    compact, _ = _both_paths(blob, 2)
+    assert compact is None
+    _check_against_library(write_raw(tmp_path / "f.safetensors", blob, bytes(2)))
+
+
+@FUZZ
+@given(pos=st.integers(0, 10_000), byte=st.sampled_from(b'0123456789,;:[]{}"\\ aUF8_\t'), cut=st.booleans())
+def test_fuzz_compact_header_edits_read_as_the_strict_path_does(tmp_path: Path, pos: int, byte: int, cut: bool) -> None:
+    specs = [(f"l.{i}.{n}", d, s) for i in range(4) for n, d, s in (("w", "F32", (2, 3)), ("b", "U8", (3,)), ("e", "F16", (0,)))]
+    header = bytearray(build_header(specs, {"format": "pt"})[0][8:])
+    pos %= len(header)
+    if cut:
+        del header[pos]
+    else:
+        header[pos] = byte
+    try:
+        compact, strict = _both_paths(bytes(header), 124)
+    except UnicodeDecodeError:
+        return
+    if compact is not None:
+        assert strict is not None and _rows(compact) == _rows(strict)

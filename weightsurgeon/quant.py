@@ -377,7 +377,8 @@ def scan(tensors: Any, config: dict | None, where: str) -> Quantization:
     kinds: dict[QuantKind, int] = {}
     codes: Any = None
     count = 0
-    for pos, name, info in _candidates(tensors):
+    for pos, name, table, row in _candidates(tensors):
+        info = table.info(row)
         if info.dtype in FP8_DTYPES:
             suffix = FP8_SCALE_SUFFIXES[0]  # the first that exists wins
             scale = tensors.get(name + suffix)
@@ -391,7 +392,7 @@ def scan(tensors: Any, config: dict | None, where: str) -> Quantization:
                 continue  # plain F8 values: decoded as they are
             scheme, block = _fp8(where, info, scale, block_cfg)
             data_suffix = ""
-        elif name.endswith(MX_SUFFIXES[0]):  # a U8 tensor (see _candidates)
+        else:  # U8 blocks (see _candidates)
             logical = name[: -len(MX_SUFFIXES[0])]
             data_suffix, suffix = MX_SUFFIXES
             scale = tensors.get(logical + suffix)
@@ -402,8 +403,6 @@ def scan(tensors: Any, config: dict | None, where: str) -> Quantization:
             if logical in tensors:
                 raise SurgeonError(f"{where}: {logical!r} is stored both plain and as MXFP4 blocks")
             scheme, block = _mxfp4(where, info, scale)
-        else:
-            continue
         kind = QuantKind(scheme, block, info.dtype, scale.dtype, data_suffix, suffix, scale.name.rsplit(".", 1)[-1])
         k = kinds.setdefault(kind, len(kinds))
         if codes is None:
@@ -420,19 +419,21 @@ def scan(tensors: Any, config: dict | None, where: str) -> Quantization:
     return Quantization(tensors if count else None, codes, tuple(kinds), count, method)
 
 
-def _candidates(tensors: Any) -> Iterator[tuple[int, str, "TensorInfo"]]:
-    """(position, name, record) of every stored tensor one byte wide that may be quantized data (FP8, or
-    U8 MXFP4 blocks), in the map's order; the other rows are skipped by their dtype codes alone."""
+def _candidates(tensors: Any) -> Iterator[tuple[int, str, Any, int]]:
+    """(position, name, its format.TensorTable, row) of every stored tensor that may be quantized data
+    (one-byte FP8, or U8 named like MXFP4 blocks), in the map's order; the other rows are skipped by
+    their dtype codes alone."""
     from weightsurgeon.format import DTYPE_NAMES
 
-    wanted = bytes(code for code, dtype in enumerate(DTYPE_NAMES) if dtype in FP8_DTYPES or dtype == "U8")
-    others = bytes(code for code in range(256) if code not in wanted)
+    fp8 = bytes(code for code, dtype in enumerate(DTYPE_NAMES) if dtype in FP8_DTYPES)
+    u8 = DTYPE_NAMES.index("U8")
+    others = bytes(code for code in range(256) if code not in fp8 and code != u8)
     start = 0
     for table in tensors.tables:
         dtypes = table.columns()[0]
         if bytes(dtypes).translate(None, others):  # a table without one of them costs one C pass
             names = table.names
             for row, code in enumerate(dtypes):
-                if code in wanted:
-                    yield start + row, names[row], table.info(row)
+                if code in fp8 or (code == u8 and names[row].endswith(MX_SUFFIXES[0])):
+                    yield start + row, names[row], table, row
         start += len(table)
