@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from weightsurgeon.kernels.decode import decode_to_float32, decode_to_float64, encode_from_float32
@@ -87,7 +87,8 @@ def assert_same(got: DeltaStats, want: DeltaStats) -> None:
     mean_rounding = 16 * np.finfo(np.float64).eps * (abs(want.r_mean) + spread)
     assert_close(got.r_m3, want.r_m3, max(want.r_m2 ** 1.5 / max(want.r_n, 1) ** 0.5,
                                           3 * want.r_m2 * mean_rounding / REL))
-    assert_close(got.r_m4, want.r_m4)
+    # The same offset moves the fourth moment by 4 * m3 * it (first order).
+    assert_close(got.r_m4, want.r_m4, 4 * abs(want.r_m3) * mean_rounding / REL)
 
 
 def tricky_pair(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,6 +160,10 @@ any32 = st.one_of(finite32, st.sampled_from([float(x) for x in SPECIALS]))
     dtypes=st.sampled_from([("BF16", "BF16"), ("F16", "F16"), ("F32", "F32"), ("F64", "F64"), ("BF16", "F32"), ("F16", "BF16")]),
     hist=st.sampled_from([(200, 1.0), (13, 0.3), (1, 2.0), (50, 1e-2)]),
 )
+# Found by hypothesis: three ratios of 1.5 whose relative changes differ by float32 rounding only,
+# so m3 and m4 are ~1e-22 and ~1e-30 and the twin's rounded mean decides their last digits.
+@example(pairs=[(1.0, 0.0, 0.5), (72211016.0, 0.0, 0.5), (9.99994610111476e-41, 0.0, 0.5)], dtypes=("F32", "F32"),
+         hist=(200, 1.0))
 def test_hypothesis_matches_twin(pairs, dtypes, hist):
     a = np.array([p[0] for p in pairs], dtype=np.float32)
     # The third element, when set, makes b = a * (1 + r): a ratio on a round value.
