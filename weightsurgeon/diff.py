@@ -1135,7 +1135,7 @@ def _unit_groups(plan: DiffPlan) -> dict[tuple[int, str], Any]:
     pairs = plan.pairs
     candidates = np.arange(len(pairs), dtype=np.int64)
     if _columnar(locations):  # a plain pair's name is its base tensor's: the layout's row is the base position
-        plain = _plain_mask(pairs, candidates)
+        plain = pairs.plain_mask(candidates)
         at = _positions(pairs.base, _column(pairs.base_at)[plain])
         # the common case, decided on the columns: a layer's tensor with no units, or an expert stored on its own
         no_units = (_column(locations.layers)[at] >= 0) & (~np.isin(_column(locations.module_ids)[at], with_units)
@@ -1179,17 +1179,6 @@ def _columnar(locations: Any) -> bool:
 
     return isinstance(locations, Locations) and all(isinstance(c, array) for c in (
         locations.layers, locations.experts, locations.module_ids, locations.param_ids))
-
-
-def _plain_mask(pairs: PairTable, rows: Any) -> Any:
-    """Which of `rows` (numpy) are plain pairs of the PairTable: not kept as Pairs, not FP8."""
-    import numpy as np
-
-    plain = _column(pairs.quant)[rows] == 0
-    kept = pairs.special.kept
-    if kept:
-        plain &= ~np.isin(rows, np.fromiter(kept, dtype=np.int64, count=len(kept)))
-    return plain
 
 
 class _LazyStats(dict):
@@ -1277,7 +1266,7 @@ class _Rows:
         pairs, locations = self.plan.pairs, self.locations
         rows = np.asarray(rows, dtype=np.int64)
         n = len(rows)
-        plain = _plain_mask(pairs, rows) if _columnar(locations) else np.zeros(n, dtype=bool)
+        plain = pairs.plain_mask(rows) if _columnar(locations) else np.zeros(n, dtype=bool)
         meta = RowMeta(list(self.plan.labels), _column(pairs.tuned)[rows].astype(np.int64), [""] * n,
                        np.full(n, -1, dtype=np.int64), list(MODULES), np.zeros(n, dtype=np.int64),
                        list(locations.params) if plain.any() else [], np.zeros(n, dtype=np.int64), list(DTYPE_NAMES),

@@ -165,6 +165,17 @@ class PairTable(Sequence[Pair]):
         self.numel.frombytes(np.ascontiguousarray(numel, dtype=np.int64).tobytes())
         self.quant.frombytes(bytes(2 * n))
 
+    def plain_mask(self, rows: Any) -> Any:
+        """Which of `rows` (numpy row numbers) are plain pairs, read from their columns alone:
+        not kept as a `Pair` (LoRA, added rows, a renamed head...) and not FP8."""
+        import numpy as np
+
+        plain = np.frombuffer(self.quant, dtype=np.uint16)[rows] == 0
+        kept = self.special.kept
+        if kept:
+            plain &= ~np.isin(rows, np.fromiter(kept, dtype=np.int64, count=len(kept)))
+        return plain
+
     def _code(self, kinds: tuple) -> int:
         try:
             return self.kinds.index(kinds)

@@ -140,9 +140,7 @@ class SmallPairs:
         tuned = np.frombuffer(pairs.tuned, dtype=np.int32)[rows].astype(np.int64)
         other_at = np.frombuffer(pairs.other_at, dtype=np.int64)[rows]
         numel = np.frombuffer(pairs.numel, dtype=np.int64)[rows]
-        ok = np.frombuffer(pairs.quant, dtype=np.uint16)[rows] == 0  # FP8 rows are special
-        if pairs.special.kept:
-            ok &= ~np.isin(rows, np.fromiter(pairs.special.kept, dtype=np.int64))
+        ok = pairs.plain_mask(rows)
         other_at = np.where(ok, other_at, 0)  # a special row's own columns are not read below
         code_a, width_a, base_numel, pos_a, fd_a = self._sides(-1, pairs.base, self.base, keys)
         code_b = np.zeros(n, dtype=np.int64)
