@@ -232,26 +232,20 @@ def report_units(folder: Path) -> list[dict]:
 
 
 def cachestat(fd: int, offset: int, length: int) -> tuple[int, int] | None:
-    """(pages cached, pages dirty) of a range, by cachestat(2) (Linux 6.5+); None where there is none."""
-    class Range(ctypes.Structure):
-        _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+    """(pages cached, pages dirty) of a range, by cachestat(2) (Linux 6.5+) as the engine's direct
+    reads ask it; None where there is none."""
+    from weightsurgeon.directreads import CACHESTAT, _load_cachestat
 
-    class Stat(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_uint64) for n in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
-
+    loaded = _load_cachestat()
+    if not loaded:
+        return None
+    call, Range, Stat = loaded
     r, s = Range(offset, length), Stat()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(451, fd, ctypes.byref(r), ctypes.byref(s), 0) != 0:  # 451: cachestat on x86-64 and arm64
+    if call(CACHESTAT, fd, ctypes.byref(r), ctypes.byref(s), 0) != 0:
         return None
     return s.cache, s.dirty
 
 
-def drop_cached(files: list[Path]) -> None:
-    """Make files cold: flush them, then ask the kernel to drop their pages (no root needed)."""
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+# The benchmarks' own helper: fsync, then POSIX_FADV_DONTNEED on each file (no root needed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from benchmodels import drop_cached  # noqa: E402,F401  (re-exported for the tests)
